@@ -1,0 +1,93 @@
+"""The composition root: ``create_app(settings)`` wires controllers, middleware and errors."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from litestar import Litestar, Request, get
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+
+from server.auth.controller import AuthController
+from server.auth.guards import BearerAuth
+from server.auth.notifier import Notifier
+from server.catalog.controller import CatalogController
+from server.guests.controller import MeController
+from server.infra.observability import RequestIdMiddleware
+from server.infra.problems import exception_handlers
+from server.lifespan import Services, lifespan
+from server.loyalty.controller import AdjustmentsController
+from server.orders.controller import OrdersController
+from server.settings import Settings
+
+__all__ = ["create_app"]
+
+
+@get("/healthz", include_in_schema=False, tags=["ops"])
+async def healthz() -> dict[str, str]:
+    """Alive while the process lives."""
+    return {"status": "ok"}
+
+
+@get("/readyz", tags=["ops"])
+async def readyz(state: State) -> Any:
+    """Per-component readiness: 503 without PostgreSQL; Redis down is only 'degraded'."""
+    from litestar import Response
+
+    services: Services = state.services
+    postgres = "ok"
+    try:
+        async with asyncio.timeout(2):
+            await services.db.fetch("SELECT 1")
+    except Exception:
+        postgres = "down"
+    redis = "ok" if await services.gate.ping() else "degraded"
+    body = {"status": "ok" if postgres == "ok" else "unavailable", "postgres": postgres, "redis": redis}
+    return Response(content=body, status_code=200 if postgres == "ok" else 503)
+
+
+def _service(name: str) -> Provide:
+    def provide(state: State) -> Any:
+        return getattr(state.services, name)
+
+    return Provide(provide, sync_to_thread=False)
+
+
+def _principal(request: Request[Any, Any, Any]) -> Any:
+    return request.scope.get("user")
+
+
+def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar:
+    """The Litestar app for ``settings``; the lifespan opens the pool and Redis."""
+    prometheus = PrometheusConfig(app_name="regulars", group_path=True, excluded_http_methods=[])
+    dependencies = {
+        name: _service(name)
+        for name in ("catalog", "loyalty", "orders", "guests", "auth", "settings")
+    }
+    dependencies["principal"] = Provide(_principal, sync_to_thread=False)
+    return Litestar(
+        route_handlers=[
+            healthz, readyz, PrometheusController,
+            AuthController, CatalogController, MeController, OrdersController, AdjustmentsController,
+        ],
+        dependencies=dependencies,
+        middleware=[
+            RequestIdMiddleware,
+            prometheus.middleware,
+            DefineMiddleware(BearerAuth, exclude=["/healthz", "/readyz", "/metrics", "/schema"]),
+        ],
+        exception_handlers=exception_handlers,
+        lifespan=[lifespan],
+        state=State({"settings": settings, "notifier": notifier}),
+        openapi_config=OpenAPIConfig(
+            title="Regulars API", version="1", path="/schema",
+            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+        ),
+        debug=False,
+        logging_config=None,
+    )

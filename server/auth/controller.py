@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from litestar import Controller, post
+
+from server.auth.service import Auth
+from shared import contract
+
+__all__ = ["AuthController"]
+
+
+class AuthController(Controller):
+    path = "/v1/auth"
+    tags = ["auth"]
+
+    @post("/otp", status_code=202)
+    async def send_code(self, auth: Auth, data: contract.OtpRequest) -> contract.OtpSent:
+        """Send a one-time code to a phone (rate-limited)."""
+        return await auth.send_code(data)
+
+    @post("/otp/verify", status_code=200)
+    async def verify_code(self, auth: Auth, data: contract.OtpVerify) -> contract.TokenPair:
+        """Exchange the code for an access token and a refresh token; new guests are enrolled."""
+        return await auth.verify_code(data)
+
+    @post("/refresh", status_code=200)
+    async def refresh(self, auth: Auth, data: contract.RefreshIn) -> contract.TokenPair:
+        """Rotate a refresh token; reusing an old one signs out its whole family."""
+        return await auth.refresh(data)

@@ -1,0 +1,66 @@
+"""Who may call what: the authentication middleware and the guards controllers declare."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+
+from server.auth.tokens import Principal, TokenError, TokenIssuer
+from server.infra.problems import Problem
+
+__all__ = ["BearerAuth", "requires_guest", "requires_role", "requires_staff"]
+
+
+class BearerAuth(AbstractAuthenticationMiddleware):
+    """Decodes a bearer token when one is sent; public routes simply see no user."""
+
+    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
+        header = connection.headers.get("authorization")
+        token = None
+        if header and header[:7].lower() == "bearer ":
+            token = header[7:].strip()
+        elif connection.scope["type"] == "websocket":
+            # Browsers cannot set headers on a WebSocket; the kiosk passes ?token= instead.
+            token = connection.query_params.get("token")
+        if not token:
+            return AuthenticationResult(user=None, auth=None)
+        issuer: TokenIssuer = connection.app.state.tokens
+        try:
+            return AuthenticationResult(user=issuer.verify(token), auth=token)
+        except TokenError as exc:
+            raise Problem(401, "invalid-token", str(exc)) from None
+
+
+def _principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
+    user = connection.scope.get("user")
+    if not isinstance(user, Principal):
+        raise Problem(401, "unauthenticated", "sign in first: send an Authorization: Bearer token")
+    return user
+
+
+def requires_guest(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    if _principal(connection).kind != "guest":
+        raise Problem(403, "guests-only", "this call is for signed-in guests")
+
+
+def requires_staff(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    if _principal(connection).kind != "staff":
+        raise Problem(403, "staff-only", "this call is for staff")
+
+
+def requires_role(role: str) -> Any:
+    """A guard that admits staff of ``role`` or above."""
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        principal = _principal(connection)
+        if not principal.at_least(role):
+            raise Problem(403, "insufficient-role", f"this call needs the {role} role or above")
+
+    return guard
+
+
+def requires_authenticated(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    _principal(connection)

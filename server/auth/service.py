@@ -1,0 +1,168 @@
+"""Guest sign-in with a one-time code, and rotating refresh tokens for guests and staff."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+import asyncpg
+
+from server.auth.notifier import Notifier
+from server.auth.tokens import Principal, TokenIssuer
+from server.guests.service import Guests, normalise_phone
+from server.infra.db import Database
+from server.infra.problems import Problem
+from server.infra.redis import RedisGate, RedisUnavailable
+from server.settings import Settings
+from shared import contract
+
+__all__ = ["Auth"]
+
+INSERT_REFRESH = """
+INSERT INTO refresh_tokens (id, family_id, subject_kind, subject_id, token_hash, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6)
+"""
+REFRESH_FOR_UPDATE = """
+SELECT id, family_id, subject_kind, subject_id, expires_at, used_at, revoked_at
+FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE
+"""
+USE_REFRESH = "UPDATE refresh_tokens SET used_at = now() WHERE id = $1"
+REVOKE_FAMILY = "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL"
+GUEST_BRAND = "SELECT brand_id FROM guests WHERE id = $1 AND erased_at IS NULL"
+STAFF_PRINCIPAL = "SELECT id, brand_id, role, location_ids FROM staff_users WHERE id = $1"
+
+
+def _hash(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+class Auth:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        gate: RedisGate,
+        tokens: TokenIssuer,
+        guests: Guests,
+        notifier: Notifier,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.gate = gate
+        self.tokens = tokens
+        self.guests = guests
+        self.notifier = notifier
+
+    async def send_code(self, body: contract.OtpRequest) -> contract.OtpSent:
+        """Send a 6-digit code; at most ``otp_sends_per_hour`` per phone."""
+        phone = normalise_phone(body.phone)
+        code = f"{secrets.randbelow(1_000_000):06d}"
+        sends_key, otp_key = f"rg:otp-sends:{phone}", f"rg:otp:{phone}"
+
+        async def store() -> int:
+            async with self.gate.client.pipeline(transaction=True) as pipe:
+                pipe.incr(sends_key)
+                pipe.expire(sends_key, 3600, nx=True)
+                pipe.delete(otp_key)
+                pipe.hset(otp_key, mapping={"code": _hash(phone + code).hex(), "attempts": 0})
+                pipe.expire(otp_key, self.settings.otp_ttl_s)
+                sends, *_ = await pipe.execute()
+            return int(sends)
+
+        try:
+            sends = await self.gate.run(store)
+        except RedisUnavailable:
+            raise Problem(503, "sign-in-unavailable", "sign-in is briefly unavailable; try again in a minute") from None
+        if sends > self.settings.otp_sends_per_hour:
+            raise Problem(429, "too-many-codes", "too many codes for this phone; try again later", retry_after_s=3600)
+        await self.notifier.send_code(phone, code)
+        return contract.OtpSent(phone=phone, expires_in_s=self.settings.otp_ttl_s)
+
+    async def verify_code(self, body: contract.OtpVerify) -> contract.TokenPair:
+        """Exchange a valid code (single use, limited attempts) for tokens; enrols new guests."""
+        phone = normalise_phone(body.phone)
+        otp_key = f"rg:otp:{phone}"
+
+        async def check() -> tuple[str | None, int]:
+            async with self.gate.client.pipeline(transaction=True) as pipe:
+                pipe.hget(otp_key, "code")
+                pipe.hincrby(otp_key, "attempts", 1)
+                stored, attempts = await pipe.execute()
+            return stored, int(attempts)
+
+        try:
+            stored, attempts = await self.gate.run(check)
+        except RedisUnavailable:
+            raise Problem(503, "sign-in-unavailable", "sign-in is briefly unavailable; try again in a minute") from None
+        if stored is None:
+            await self.gate.run(lambda: self.gate.client.delete(otp_key))
+            raise Problem(401, "code-expired", "no valid code for this phone; ask for a new one")
+        if attempts > self.settings.otp_max_attempts:
+            await self.gate.run(lambda: self.gate.client.delete(otp_key))
+            raise Problem(429, "too-many-attempts", "too many wrong codes; ask for a new one")
+        if not hmac.compare_digest(stored, _hash(phone + body.code).hex()):
+            raise Problem(401, "wrong-code", "the code is not right")
+        await self.gate.run(lambda: self.gate.client.delete(otp_key))
+        welcome = None
+        async with self.db.transaction() as conn:
+            brand_id = await self.guests.brand_id(conn)
+            guest_id, _, welcome = await self.guests.enrol(conn, brand_id, phone, body.first_name or "")
+            pair = await self.issue(conn, Principal(kind="guest", subject_id=guest_id, brand_id=brand_id))
+        if welcome is not None:
+            await self.guests.loyalty.mirror(guest_id, "credit", welcome[0], welcome[1], welcome[2])
+        return pair
+
+    async def issue(
+        self, conn: asyncpg.Connection, principal: Principal, family_id: UUID | None = None
+    ) -> contract.TokenPair:
+        """An access token plus a new refresh token in ``family_id`` (a new family if None)."""
+        refresh = secrets.token_urlsafe(32)
+        await conn.execute(
+            INSERT_REFRESH, uuid.uuid4(), family_id or uuid.uuid4(), principal.kind,
+            principal.subject_id, _hash(refresh),
+            datetime.now(UTC) + timedelta(seconds=self.settings.refresh_ttl_s),
+        )
+        return contract.TokenPair(
+            access_token=self.tokens.issue(principal),
+            refresh_token=refresh,
+            expires_in=self.tokens.access_ttl_s,
+            guest_id=principal.subject_id if principal.kind == "guest" else None,
+            staff_id=principal.subject_id if principal.kind == "staff" else None,
+            role=principal.role if principal.kind == "staff" else None,
+        )
+
+    async def refresh(self, body: contract.RefreshIn) -> contract.TokenPair:
+        """Rotate a refresh token; a reused one revokes its whole family (theft detection)."""
+        async with self.db.transaction() as conn:
+            row = await conn.fetchrow(REFRESH_FOR_UPDATE, _hash(body.refresh_token))
+            if row is None or row["revoked_at"] is not None or row["expires_at"] < datetime.now(UTC):
+                raise Problem(401, "invalid-refresh-token", "sign in again")
+            if row["used_at"] is not None:
+                await conn.execute(REVOKE_FAMILY, row["family_id"])
+                reused = True
+            else:
+                reused = False
+                await conn.execute(USE_REFRESH, row["id"])
+                principal = await self.principal_for(conn, row["subject_kind"], row["subject_id"])
+                pair = await self.issue(conn, principal, row["family_id"])
+        if reused:
+            raise Problem(401, "refresh-token-reused", "this refresh token was already used; every session of it is signed out")
+        return pair
+
+    async def principal_for(self, conn: asyncpg.Connection, kind: str, subject_id: UUID) -> Principal:
+        if kind == "guest":
+            brand_id = await conn.fetchval(GUEST_BRAND, subject_id)
+            if brand_id is None:
+                raise Problem(401, "invalid-refresh-token", "sign in again")
+            return Principal(kind="guest", subject_id=subject_id, brand_id=brand_id)
+        staff = await conn.fetchrow(STAFF_PRINCIPAL, subject_id)
+        if staff is None:
+            raise Problem(401, "invalid-refresh-token", "sign in again")
+        return Principal(
+            kind="staff", subject_id=staff["id"], brand_id=staff["brand_id"], role=staff["role"],
+            location_ids=frozenset(staff["location_ids"]),
+        )

@@ -1,0 +1,82 @@
+"""Access tokens: short-lived HS256 JWTs that say who is calling and what they may touch."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+from uuid import UUID
+
+import jwt
+
+__all__ = ["Principal", "TokenError", "TokenIssuer"]
+
+ROLE_RANK = {"barista": 1, "shift_lead": 2, "manager": 3, "admin": 4}
+
+
+class TokenError(Exception):
+    """The token is missing, malformed, expired or signed by someone else."""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    kind: Literal["guest", "staff"]
+    subject_id: UUID
+    brand_id: UUID
+    role: str = "guest"
+    # Empty for staff means every location of the brand.
+    location_ids: frozenset[UUID] = field(default_factory=frozenset)
+    device_id: UUID | None = None
+
+    def at_least(self, role: str) -> bool:
+        return self.kind == "staff" and ROLE_RANK.get(self.role, 0) >= ROLE_RANK[role]
+
+    def covers(self, location_id: UUID) -> bool:
+        """Whether this staff member may act for ``location_id``."""
+        return self.kind == "staff" and (not self.location_ids or location_id in self.location_ids)
+
+
+class TokenIssuer:
+    def __init__(self, secret: str, issuer: str, access_ttl_s: int) -> None:
+        self._secret = secret
+        self._issuer = issuer
+        self.access_ttl_s = access_ttl_s
+
+    def issue(self, principal: Principal, now_s: float | None = None) -> str:
+        now = int(time.time() if now_s is None else now_s)
+        claims: dict[str, object] = {
+            "iss": self._issuer,
+            "sub": str(principal.subject_id),
+            "knd": principal.kind,
+            "brd": str(principal.brand_id),
+            "iat": now,
+            "exp": now + self.access_ttl_s,
+        }
+        if principal.kind == "staff":
+            claims["rol"] = principal.role
+            claims["loc"] = sorted(str(x) for x in principal.location_ids)
+            if principal.device_id:
+                claims["dev"] = str(principal.device_id)
+        return jwt.encode(claims, self._secret, algorithm="HS256")
+
+    def verify(self, token: str) -> Principal:
+        try:
+            claims = jwt.decode(
+                token, self._secret, algorithms=["HS256"], issuer=self._issuer,
+                options={"require": ["exp", "sub", "iss"]},
+            )
+            kind = claims["knd"]
+            if kind not in ("guest", "staff"):
+                raise TokenError("unknown principal kind")
+            return Principal(
+                kind=kind,
+                subject_id=UUID(claims["sub"]),
+                brand_id=UUID(claims["brd"]),
+                role=claims.get("rol", "guest"),
+                location_ids=frozenset(UUID(x) for x in claims.get("loc", [])),
+                device_id=UUID(claims["dev"]) if claims.get("dev") else None,
+            )
+        except jwt.ExpiredSignatureError:
+            raise TokenError("the access token has expired; refresh it") from None
+        except (jwt.PyJWTError, KeyError, ValueError) as exc:
+            raise TokenError(f"the access token is not valid: {exc}") from None

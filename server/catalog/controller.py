@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from uuid import UUID
+
+import msgspec
+from litestar import Controller, get, post
+from litestar.params import Parameter
+
+from server.auth.guards import requires_role
+from server.auth.tokens import Principal
+from server.catalog.service import Catalog
+from server.infra.problems import Problem
+from shared import contract
+
+__all__ = ["CatalogController"]
+
+
+class AvailabilityIn(msgspec.Struct, kw_only=True, frozen=True):
+    available: bool
+
+
+class CatalogController(Controller):
+    path = "/v1/locations"
+    tags = ["catalog"]
+
+    @get("/")
+    async def locations(self, catalog: Catalog) -> list[contract.Location]:
+        """Every location, with whether it is open right now."""
+        return await catalog.locations()
+
+    @get("/{location_id:uuid}/menu")
+    async def menu(self, catalog: Catalog, location_id: UUID) -> contract.Menu:
+        """The menu of a location with prices, modifiers and today's availability."""
+        return (await catalog.menu(location_id)).menu
+
+    @get("/{location_id:uuid}/slots")
+    async def slots(
+        self, catalog: Catalog, location_id: UUID, day: date | None = Parameter(query="date", default=None)
+    ) -> contract.Slots:
+        """Pickup slots of a day (default today) with their free capacity."""
+        return await catalog.slots(location_id, day or datetime.now(UTC).date())
+
+    @post("/{location_id:uuid}/items/{item_id:uuid}/availability", guards=[requires_role("shift_lead")], status_code=204)
+    async def set_availability(
+        self, catalog: Catalog, principal: Principal, location_id: UUID, item_id: UUID, data: AvailabilityIn
+    ) -> None:
+        """Sell out (or bring back) an item at a location; every API process drops its menu."""
+        if not principal.covers(location_id):
+            raise Problem(404, "location-not-found", f"no location {location_id}")
+        await catalog.set_availability(location_id, item_id, data.available)

@@ -1,0 +1,107 @@
+"""Pure catalog rules: opening hours, pickup slots and the priced menu index. No I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, time, timedelta
+from uuid import UUID
+from zoneinfo import ZoneInfo
+
+from shared import contract
+
+__all__ = ["LocationInfo", "MenuIndex", "PricedItem", "PricedModifier", "is_open", "slot_start", "slots_on"]
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True, slots=True)
+class LocationInfo:
+    id: UUID
+    brand_id: UUID
+    name: str
+    address: str
+    timezone: str
+    opening_hours: dict[str, list[list[str]]]
+    lead_time_min: int
+    slot_minutes: int
+    orders_per_slot: int
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+@dataclass(frozen=True, slots=True)
+class PricedModifier:
+    id: UUID
+    group: str
+    name: str
+    price_delta_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class PricedItem:
+    id: UUID
+    sku: str
+    name: str
+    price_minor: int
+    earns_points: bool
+    available: bool
+    modifiers: dict[UUID, PricedModifier] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class MenuIndex:
+    """Everything checkout needs to price an order, keyed for O(1) lookups per line."""
+
+    location: LocationInfo
+    currency: str
+    items: dict[UUID, PricedItem]
+    menu: contract.Menu
+
+
+def _parse(hhmm: str) -> time | None:
+    if hhmm == "24:00":
+        return None
+    hour, minute = hhmm.split(":")
+    return time(int(hour), int(minute))
+
+
+def is_open(location: LocationInfo, moment: datetime) -> bool:
+    """Whether ``moment`` falls inside one of the location's opening intervals."""
+    local = moment.astimezone(location.tz)
+    for start, end in location.opening_hours.get(WEEKDAYS[local.weekday()], []):
+        start_t, end_t = _parse(start), _parse(end)
+        assert start_t is not None
+        if local.time() >= start_t and (end_t is None or local.time() < end_t):
+            return True
+    return False
+
+
+def slot_start(location: LocationInfo, moment: datetime) -> datetime:
+    """The start of the pickup slot containing ``moment`` (slots are aligned in local time)."""
+    local = moment.astimezone(location.tz)
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    minutes = int((local - midnight).total_seconds() // 60)
+    start = midnight + timedelta(minutes=minutes - minutes % location.slot_minutes)
+    return start.astimezone(UTC)
+
+
+def earliest_pickup(location: LocationInfo, now: datetime) -> datetime:
+    """The first slot start at or after now + lead time."""
+    ready = now + timedelta(minutes=location.lead_time_min)
+    start = slot_start(location, ready)
+    return start if start >= ready else start + timedelta(minutes=location.slot_minutes)
+
+
+def slots_on(location: LocationInfo, day: datetime) -> list[datetime]:
+    """Every slot start (UTC) on the local calendar day of ``day`` while the location is open."""
+    local_day = day.astimezone(location.tz).replace(hour=0, minute=0, second=0, microsecond=0)
+    starts = []
+    step = timedelta(minutes=location.slot_minutes)
+    moment = local_day
+    while moment.date() == local_day.date():
+        if is_open(location, moment):
+            starts.append(moment.astimezone(UTC))
+        moment = (moment.astimezone(UTC) + step).astimezone(location.tz)
+    return starts

@@ -1,0 +1,146 @@
+"""Locations, menus and pickup slots. Menus are read on every checkout, so they are cached per
+process and dropped on change: the process that changes a menu publishes on Redis, every
+process drops its copy; a short TTL bounds staleness if a message is missed (Redis down).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, date, datetime, timedelta
+from uuid import UUID
+
+import asyncpg
+
+from server.catalog import sql
+from server.catalog.model import (
+    LocationInfo,
+    MenuIndex,
+    PricedItem,
+    PricedModifier,
+    is_open,
+    slots_on,
+)
+from server.infra.db import Database
+from server.infra.problems import Problem
+from server.infra.redis import RedisGate, RedisUnavailable
+from shared import contract
+
+__all__ = ["CATALOG_CHANNEL", "Catalog"]
+
+CATALOG_CHANNEL = "rg:catalog-changed"
+
+
+def _location(row: asyncpg.Record) -> LocationInfo:
+    return LocationInfo(**{name: row[name] for name in LocationInfo.__dataclass_fields__})
+
+
+class Catalog:
+    def __init__(self, db: Database, gate: RedisGate, ttl_s: float) -> None:
+        self.db = db
+        self.gate = gate
+        self.ttl_s = ttl_s
+        self._menus: dict[UUID, tuple[float, MenuIndex]] = {}
+
+    async def locations(self) -> list[contract.Location]:
+        now = datetime.now(UTC)
+        rows = await self.db.fetch(sql.LOCATIONS)
+        return [
+            contract.Location(
+                id=info.id, name=info.name, address=info.address, timezone=info.timezone,
+                open_now=is_open(info, now), lead_time_min=info.lead_time_min,
+                slot_minutes=info.slot_minutes, opening_hours=info.opening_hours,
+            )
+            for info in map(_location, rows)
+        ]
+
+    async def menu(self, location_id: UUID) -> MenuIndex:
+        """The priced menu of a location, from the cache when fresh."""
+        cached = self._menus.get(location_id)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        index = await self._load_menu(location_id)
+        self._menus[location_id] = (time.monotonic() + self.ttl_s, index)
+        return index
+
+    async def _load_menu(self, location_id: UUID) -> MenuIndex:
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(sql.LOCATION, location_id)
+            if row is None:
+                raise Problem(404, "location-not-found", f"no location {location_id}")
+            rows = await conn.fetch(sql.MENU, location_id, row["brand_id"])
+        location = _location(row)
+        items: dict[UUID, PricedItem] = {}
+        categories: dict[UUID, tuple[str, list[contract.MenuItem]]] = {}
+        for r in rows:
+            modifiers = {
+                UUID(m["id"]): PricedModifier(UUID(m["id"]), m["group"], m["name"], m["price_delta_minor"])
+                for m in r["modifiers"]
+            }
+            earns = r["earns_points"] and r["category_earns"] and not r["is_gift_card"]
+            items[r["id"]] = PricedItem(
+                id=r["id"], sku=r["sku"], name=r["name"], price_minor=r["price_minor"],
+                earns_points=earns, available=r["available"], modifiers=modifiers,
+            )
+            categories.setdefault(r["category_id"], (r["category_name"], []))[1].append(
+                contract.MenuItem(
+                    id=r["id"], sku=r["sku"], name=r["name"], description=r["description"],
+                    price_minor=r["price_minor"], available=r["available"], earns_points=earns,
+                    modifiers=[
+                        contract.Modifier(id=m.id, group=m.group, name=m.name,
+                                          price_delta_minor=m.price_delta_minor)
+                        for m in modifiers.values()
+                    ],
+                )
+            )
+        menu = contract.Menu(
+            location_id=location_id,
+            currency=row["currency"],
+            categories=[
+                contract.MenuCategory(id=cid, name=name, items=entries)
+                for cid, (name, entries) in categories.items()
+            ],
+        )
+        return MenuIndex(location=location, currency=row["currency"], items=items, menu=menu)
+
+    def forget(self, location_id: UUID | None = None) -> None:
+        if location_id is None:
+            self._menus.clear()
+        else:
+            self._menus.pop(location_id, None)
+
+    async def set_availability(self, location_id: UUID, item_id: UUID, available: bool) -> None:
+        """Mark an item (un)available at a location and tell every process to drop the menu."""
+        index = await self.menu(location_id)
+        if item_id not in index.items:
+            raise Problem(404, "item-not-found", f"no item {item_id} on this menu")
+        async with self.db.transaction() as conn:
+            await conn.execute(sql.SET_AVAILABLE if available else sql.SET_UNAVAILABLE, location_id, item_id)
+        self.forget(location_id)
+        try:
+            await self.gate.run(lambda: self.gate.client.publish(CATALOG_CHANNEL, str(location_id)))
+        except RedisUnavailable:
+            pass  # other processes fall back on the TTL
+
+    async def slots(self, location_id: UUID, day: date) -> contract.Slots:
+        location = (await self.menu(location_id)).location
+        local_noon = datetime(day.year, day.month, day.day, 12, tzinfo=location.tz)
+        starts = slots_on(location, local_noon)
+        earliest = datetime.now(UTC) + timedelta(minutes=location.lead_time_min)
+        counts: dict[datetime, int] = {}
+        if starts:
+            rows = await self.db.fetch(
+                sql.SLOT_COUNTS, location_id, starts[0], starts[-1] + timedelta(minutes=1)
+            )
+            counts = {r["slot_start"]: r["orders"] for r in rows}
+        return contract.Slots(
+            location_id=location_id,
+            date=day,
+            slots=[
+                contract.Slot(
+                    starts_at=start, capacity=location.orders_per_slot,
+                    free=max(0, location.orders_per_slot - counts.get(start, 0)),
+                )
+                for start in starts
+                if start >= earliest
+            ],
+        )

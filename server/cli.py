@@ -1,0 +1,362 @@
+"""The `regulars` command line: dev, serve, worker, migrate, seed, reconcile, token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+import msgspec
+
+from server.infra.embedded import EmbeddedError, EmbeddedServices, discover, port_is_free
+from server.settings import Settings, SettingsError, load_settings
+
+__all__ = ["main"]
+
+
+class CliError(Exception):
+    """A one-line error for the operator; the command exits non-zero."""
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"regulars: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
+    data_dir = getattr(args, "data_dir", None) or os.environ.get("REGULARS_DATA_DIR") or ".regulars"
+    return load_settings(data_dir=data_dir, **overrides)
+
+
+def _with_urls(settings: Settings) -> Settings:
+    """Settings with database and Redis URLs: from the environment, or from a running dev."""
+    if settings.database_url and settings.redis_url:
+        return settings
+    running = discover(Path(settings.data_dir).resolve())
+    if running is None:
+        raise CliError(
+            f"no running `regulars dev` under {settings.data_dir}; start one, pass --data-dir, "
+            "or set REGULARS_DATABASE_URL and REGULARS_REDIS_URL"
+        )
+    return msgspec.structs.replace(
+        settings,
+        database_url=settings.database_url or running.database_url,
+        redis_url=settings.redis_url or running.redis_url,
+    )
+
+
+async def _check_database(url: str) -> None:
+    from server.infra.db import connect_once
+
+    try:
+        conn = await connect_once(url, timeout_s=5)
+    except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
+        where = urlsplit(url)
+        raise CliError(
+            f"PostgreSQL at {where.hostname}:{where.port or 5432} does not answer ({exc.__class__.__name__}); "
+            "is it running? check REGULARS_DATABASE_URL"
+        ) from None
+    except Exception as exc:
+        raise CliError(f"cannot use the database: {exc}") from None
+    await conn.close()
+
+
+async def _migrate(url: str, quiet: bool = False) -> None:
+    from server.infra.db import connect_once
+    from server.infra.migrate import apply_migrations
+
+    await _check_database(url)
+    conn = await connect_once(url)
+    try:
+        applied = await apply_migrations(conn)
+    finally:
+        await conn.close()
+    if not quiet:
+        print("applied: " + ", ".join(applied) if applied else "schema is up to date")
+
+
+async def _seed(url: str) -> bool:
+    from server.infra.db import connect_once
+    from server.seed.demo import seed_demo
+
+    conn = await connect_once(url)
+    try:
+        return await seed_demo(conn)
+    finally:
+        await conn.close()
+
+
+async def _with_services(settings: Settings, work: Callable[[Any], Awaitable[int]]) -> int:
+    from server.lifespan import build_services
+
+    assert settings.database_url
+    await _check_database(settings.database_url)
+    services = await build_services(settings)
+    try:
+        return await work(services)
+    finally:
+        await services.close()
+
+
+# -- commands --------------------------------------------------------------------------
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    """Embedded PostgreSQL and Redis (unless URLs are given), migrations, demo data, the API
+    and the worker in one process; Ctrl-C stops all of it."""
+    from server.infra.observability import configure_logging
+
+    settings = _settings(args, env="dev", log_format="text")
+    configure_logging("text", settings.log_level)
+    if not port_is_free(args.host, args.port):
+        raise CliError(f"port {args.port} on {args.host} is in use; stop what uses it or pass --port")
+    data_dir = Path(settings.data_dir).resolve()
+    if args.fresh and data_dir.exists():
+        other = discover(data_dir)
+        if other is not None:
+            raise CliError(f"{data_dir} is in use by process {other.owner_pid}; stop it before --fresh")
+        shutil.rmtree(data_dir)
+    services = EmbeddedServices(data_dir, log=lambda msg: print(f"  {msg}", flush=True))
+    need_pg, need_redis = not settings.database_url, not settings.redis_url
+    # SIGTERM behaves like Ctrl-C, so the finally below always stops the children.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        if need_pg or need_redis:
+            running = services.start(postgres=need_pg, redis=need_redis)
+            settings = msgspec.structs.replace(
+                settings,
+                database_url=settings.database_url or running.database_url,
+                redis_url=settings.redis_url or running.redis_url,
+            )
+        assert settings.database_url
+        asyncio.run(_migrate(settings.database_url, quiet=True))
+        seeded = asyncio.run(_seed(settings.database_url))
+        _banner(settings, args.host, args.port, seeded)
+        asyncio.run(_serve_dev(settings, args.host, args.port))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("\nstopping…", flush=True)
+        services.stop()
+    return 0
+
+
+def _banner(settings: Settings, host: str, port: int, seeded: bool) -> None:
+    from server.seed.demo import DEMO_GUEST_PHONE, DEMO_PASSWORD, DEMO_PIN
+
+    base = f"http://{host}:{port}"
+    print(
+        f"""
+Regulars is running{' (demo brand loaded)' if seeded else ''}
+  API            {base}/v1/locations
+  API docs       {base}/schema   (Swagger UI: {base}/schema/swagger)
+  health         {base}/healthz   ready: {base}/readyz   metrics: {base}/metrics
+  database       {settings.database_url}
+  redis          {settings.redis_url}
+Demo logins
+  staff          barista@ | shift_lead@ | manager@ | admin@demo.regulars.test  password {DEMO_PASSWORD}  PIN {DEMO_PIN}
+  guest          phone {DEMO_GUEST_PHONE}: POST /v1/auth/otp, the code is printed in this log
+  guest token    regulars token guest --phone {DEMO_GUEST_PHONE}
+  kiosk          regulars-kiosk --demo   (or python -m kiosk --demo)
+Ctrl-C stops everything.
+""",
+        flush=True,
+    )
+
+
+async def _serve_dev(settings: Settings, host: str, port: int) -> None:
+    import uvicorn
+
+    from server.app import create_app
+    from server.lifespan import build_services
+    from server.worker import run_forever
+
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False))
+    worker_services = await build_services(settings)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_forever(worker_services, stop))
+    try:
+        await server.serve()
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await worker
+        await worker_services.close()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Production: given database and Redis URLs, N worker processes with uvloop."""
+    settings = _with_urls(_settings(args, log_format="json"))
+    assert settings.database_url
+    asyncio.run(_migrate(settings.database_url, quiet=True))
+    if not port_is_free(args.host, args.port):
+        raise CliError(f"port {args.port} on {args.host} is in use; pass --port")
+    os.environ["REGULARS_DATABASE_URL"] = settings.database_url
+    os.environ["REGULARS_REDIS_URL"] = settings.redis_url or ""
+    os.environ.setdefault("REGULARS_LOG_FORMAT", "json")
+    workers = args.workers or os.cpu_count() or 1
+    if args.server == "granian":
+        from granian import Granian
+        from granian.constants import Interfaces, Loops
+
+        Granian(
+            "server.asgi:app", address=args.host, port=args.port, interface=Interfaces.ASGI,
+            workers=workers, loop=Loops.uvloop, log_access=False,
+        ).serve()
+    else:
+        import uvicorn
+
+        uvicorn.run(
+            "server.asgi:app", host=args.host, port=args.port, workers=workers, loop="uvloop",
+            http="httptools", access_log=False, log_config=None, timeout_graceful_shutdown=30,
+        )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Scheduled jobs and the outbox relay until SIGINT/SIGTERM."""
+    from server.infra.observability import configure_logging
+    from server.worker import run_forever, run_once
+
+    settings = _with_urls(_settings(args))
+    configure_logging(settings.log_format, settings.log_level)
+
+    async def work(services: Any) -> int:
+        if args.once:
+            print(await run_once(services))
+            return 0
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_forever(services, stop)
+        return 0
+
+    return asyncio.run(_with_services(settings, work))
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _with_urls(_settings(args))
+    assert settings.database_url
+    asyncio.run(_migrate(settings.database_url))
+    return 0
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    if not args.demo:
+        raise CliError("say what to seed: --demo")
+    settings = _with_urls(_settings(args))
+    assert settings.database_url
+    asyncio.run(_migrate(settings.database_url, quiet=True))
+    print("demo brand loaded" if asyncio.run(_seed(settings.database_url)) else "demo brand already present")
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    """Compare every Redis wallet with the ledger, repair Redis, print what was fixed."""
+    from server.loyalty.reconcile import reconcile
+
+    settings = _with_urls(_settings(args))
+    grace = settings.reconcile_grace_s if args.grace_s is None else args.grace_s
+
+    async def work(services: Any) -> int:
+        repairs = await reconcile(services.loyalty, grace, services.settings.job_batch_size)
+        for repair in repairs:
+            print(f"{repair.guest_id}: " + "; ".join(repair.what))
+        print(f"{len(repairs)} wallet(s) repaired")
+        return 0
+
+    return asyncio.run(_with_services(settings, work))
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Print an access token and nothing else."""
+    settings = _with_urls(_settings(args))
+
+    async def work(services: Any) -> int:
+        from server.auth.tokens import Principal
+        from server.guests.service import normalise_phone
+        from server.infra.problems import Problem
+
+        async with services.db.transaction() as conn:
+            if args.kind == "guest":
+                try:
+                    phone = normalise_phone(args.phone)
+                except Problem as exc:
+                    raise CliError(exc.detail) from None
+                brand_id = await services.guests.brand_id(conn)
+                guest_id = await conn.fetchval(
+                    "SELECT id FROM guests WHERE brand_id = $1 AND phone_e164 = $2", brand_id, phone
+                )
+                welcome = None
+                if guest_id is None:
+                    if not args.create:
+                        raise CliError(f"no guest with phone {phone}; add --create to enrol one")
+                    guest_id, _, welcome = await services.guests.enrol(conn, brand_id, phone)
+                principal = Principal(kind="guest", subject_id=guest_id, brand_id=brand_id)
+            else:
+                staff_id = await conn.fetchval("SELECT id FROM staff_users WHERE email = $1", args.email.lower())
+                if staff_id is None:
+                    raise CliError(f"no staff user {args.email}")
+                principal = await services.auth.principal_for(conn, "staff", staff_id)
+        if args.kind == "guest" and welcome is not None:
+            await services.loyalty.mirror(guest_id, "credit", *welcome)
+        print(services.tokens.issue(principal))
+        return 0
+
+    return asyncio.run(_with_services(settings, work))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="regulars", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--data-dir", help="where `regulars dev` keeps its data (default .regulars)")
+        p.set_defaults(handler=handler)
+        return p
+
+    dev = command("dev", cmd_dev, "run everything locally on embedded PostgreSQL and Redis")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8000)
+    dev.add_argument("--fresh", action="store_true", help="delete the data directory first")
+    serve = command("serve", cmd_serve, "production API server")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
+    serve.add_argument("--server", choices=["granian", "uvicorn"], default="granian")
+    worker = command("worker", cmd_worker, "scheduled jobs and the outbox relay")
+    worker.add_argument("--once", action="store_true", help="one pass, then exit")
+    command("migrate", cmd_migrate, "apply database migrations")
+    seed = command("seed", cmd_seed, "load data")
+    seed.add_argument("--demo", action="store_true", help="the demo café chain")
+    reconcile = command("reconcile", cmd_reconcile, "repair Redis wallets from the ledger")
+    reconcile.add_argument("--grace-s", type=float, default=None, help="spare holds younger than this")
+    token = command("token", cmd_token, "print an access token")
+    kinds = token.add_subparsers(dest="kind", required=True)
+    guest = kinds.add_parser("guest")
+    guest.add_argument("--phone", required=True)
+    guest.add_argument("--create", action="store_true")
+    guest.add_argument("--data-dir")
+    staff = kinds.add_parser("staff")
+    staff.add_argument("--email", required=True)
+    staff.add_argument("--data-dir")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except (CliError, SettingsError, EmbeddedError) as exc:
+        _fail(str(exc))

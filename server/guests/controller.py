@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import qrcode
+from litestar import Controller, Request, Response, get
+from litestar.params import Parameter
+
+from server.auth.guards import requires_guest
+from server.auth.tokens import Principal
+from server.guests.service import Guests
+from server.loyalty.service import Loyalty
+from server.orders.service import Orders
+from server.settings import Settings
+from shared import contract
+
+__all__ = ["MeController"]
+
+
+class MeController(Controller):
+    path = "/v1/me"
+    guards = [requires_guest]
+    tags = ["guests"]
+
+    @get("/")
+    async def me(self, guests: Guests, principal: Principal) -> contract.Me:
+        """The signed-in guest's profile and tier."""
+        return await guests.me(principal.subject_id, principal.brand_id)
+
+    @get("/wallet")
+    async def wallet(self, loyalty: Loyalty, principal: Principal) -> contract.Wallet:
+        """Spendable points, points on hold, tier progress and the lots that expire soonest."""
+        return await loyalty.wallet(principal.subject_id, principal.brand_id)
+
+    @get("/ledger")
+    async def ledger(
+        self,
+        loyalty: Loyalty,
+        principal: Principal,
+        settings: Settings,
+        cursor: str | None = None,
+        limit: int = Parameter(default=20, ge=1, le=100),
+    ) -> contract.LedgerPage:
+        """Every points movement, newest first, a page at a time."""
+        return await loyalty.ledger_page(principal.subject_id, cursor, min(limit, settings.page_size_max))
+
+    @get("/orders")
+    async def orders(
+        self,
+        orders: Orders,
+        principal: Principal,
+        before: datetime | None = None,
+        limit: int = Parameter(default=20, ge=1, le=100),
+    ) -> list[contract.Order]:
+        """The guest's orders, newest first."""
+        return await orders.list_for_guest(principal.subject_id, before, limit)
+
+    @get("/qr", media_type="application/json")
+    async def qr(self, request: Request[Any, Any, Any], guests: Guests, principal: Principal) -> Response[Any]:
+        """The rotating QR code; ``Accept: image/png`` gives the image to show at the counter."""
+        code = await guests.qr_code(principal.subject_id)
+        if "image/png" in request.headers.get("accept", ""):
+            import io
+
+            image = qrcode.make(code.code, box_size=8, border=2)
+            buffer = io.BytesIO()
+            image.save(buffer)
+            return Response(content=buffer.getvalue(), media_type="image/png")
+        return Response(content=code)

@@ -1,0 +1,80 @@
+"""The asyncpg pool: bounded, with timeouts, jsonb as msgspec, and one transaction per use case."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from server.settings import Settings
+
+__all__ = ["Database", "connect_once", "create_pool"]
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.decode
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda value: _encode(value).decode(),
+        decoder=_decode,
+        schema="pg_catalog",
+        format="text",
+    )
+
+
+async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool:
+    """A pool sized and timed by settings; every statement has a server-side timeout."""
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        timeout=settings.db_connect_timeout_s,
+        command_timeout=settings.db_statement_timeout_ms / 1000 + 1,
+        init=_init_connection,
+        server_settings={
+            "statement_timeout": str(settings.db_statement_timeout_ms),
+            "application_name": "regulars",
+        },
+    )
+    assert pool is not None
+    return pool
+
+
+async def connect_once(dsn: str, timeout_s: float = 5.0) -> asyncpg.Connection:
+    """One connection for CLI commands, with the same codecs as the pool."""
+    conn = await asyncpg.connect(dsn, timeout=timeout_s)
+    await _init_connection(conn)
+    return conn
+
+
+class Database:
+    """The pool plus the one way services open a transaction."""
+
+    def __init__(self, pool: asyncpg.Pool, acquire_timeout_s: float) -> None:
+        self.pool = pool
+        self.acquire_timeout_s = acquire_timeout_s
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection inside one transaction: committed on exit, rolled back on error."""
+        async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn, conn.transaction():
+            yield conn
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection for reads that need no transaction."""
+        async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
+            yield conn
+
+    async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        async with self.connection() as conn:
+            return await conn.fetchrow(sql, *args)
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        async with self.connection() as conn:
+            return await conn.fetch(sql, *args)

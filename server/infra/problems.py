@@ -1,0 +1,116 @@
+"""RFC 9457 problem details: every error the API returns, with a stable ``type`` slug.
+
+Services raise :class:`Problem`; the handlers here turn it, Litestar's own HTTP errors and
+anything unexpected into ``application/problem+json``. A validation error names the field.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+__all__ = ["PROBLEM_BASE", "Problem", "exception_handlers", "problem_response"]
+
+PROBLEM_BASE = "https://docs.regulars.dev/problems/"
+PROBLEM_JSON = "application/problem+json"
+log = logging.getLogger("regulars.problems")
+
+_STATUS_SLUGS = {
+    400: "bad-request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    409: "conflict",
+    413: "payload-too-large",
+    415: "unsupported-media-type",
+    422: "unprocessable",
+    429: "rate-limited",
+    503: "unavailable",
+}
+
+
+class Problem(Exception):
+    """A refusal the client can act on: ``slug`` is stable, ``detail`` is for humans."""
+
+    def __init__(self, status: int, slug: str, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.slug = slug
+        self.detail = detail
+        self.extra = extra
+
+    def body(self, instance: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": PROBLEM_BASE + self.slug,
+            "title": self.slug.replace("-", " ").capitalize(),
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance:
+            body["instance"] = instance
+        body.update(self.extra)
+        return body
+
+
+def problem_response(problem: Problem, instance: str | None = None) -> Response[bytes]:
+    headers = {"retry-after": str(problem.extra["retry_after_s"])} if "retry_after_s" in problem.extra else None
+    return Response(
+        content=msgspec.json.encode(problem.body(instance)),
+        status_code=problem.status,
+        media_type=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+def _on_problem(request: Request[Any, Any, Any], exc: Problem) -> Response[bytes]:
+    return problem_response(exc, request.url.path)
+
+
+def _on_validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[bytes]:
+    errors = exc.extra if isinstance(exc.extra, list) else []
+    fields = [_field_of(e) for e in errors if isinstance(e, dict)]
+    detail = "; ".join(f"{f['field']}: {f['message']}" if f["field"] else f["message"] for f in fields)
+    if not detail:
+        detail = exc.detail or "the request is not valid"
+    if "JSON is malformed" in detail or "malformed" in detail.lower():
+        problem = Problem(400, "malformed-json", "the request body is not valid JSON: " + detail)
+    else:
+        problem = Problem(422, "validation-error", detail, errors=fields)
+    return problem_response(problem, request.url.path)
+
+
+def _field_of(error: dict[str, Any]) -> dict[str, str]:
+    message = str(error.get("message", "invalid"))
+    key = str(error.get("key") or "")
+    # msgspec messages end in "- at `$.lines[0].quantity`": that path is the field.
+    if "- at `$" in message:
+        message, _, path = message.partition(" - at `$")
+        key = path.rstrip("`").lstrip(".") or key
+    return {"field": key, "message": message}
+
+
+def _on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    status = exc.status_code
+    slug = _STATUS_SLUGS.get(status, "error")
+    if status == 400 and "malformed" in str(exc.detail).lower():
+        slug = "malformed-json"
+    return problem_response(Problem(status, slug, str(exc.detail)), request.url.path)
+
+
+def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    problem = Problem(500, "internal-error", "something went wrong on our side; it was logged")
+    return problem_response(problem, request.url.path)
+
+
+exception_handlers: dict[type[Exception] | int, Any] = {
+    Problem: _on_problem,
+    ValidationException: _on_validation,
+    HTTPException: _on_http,
+    Exception: _on_unexpected,
+}

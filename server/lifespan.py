@@ -1,0 +1,109 @@
+"""The composition root's runtime half: what the app owns while it runs (pool, Redis, services)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from uuid import UUID
+
+from litestar import Litestar
+
+from server.auth.notifier import LogNotifier, Notifier
+from server.auth.service import Auth
+from server.auth.tokens import TokenIssuer
+from server.catalog.service import CATALOG_CHANNEL, Catalog
+from server.guests.service import Guests
+from server.infra.db import Database, create_pool
+from server.infra.redis import RedisGate, create_redis
+from server.loyalty.hot import HotWallets
+from server.loyalty.repository import Ledger
+from server.loyalty.service import Loyalty, Programs
+from server.orders.service import Orders
+from server.settings import Settings
+
+__all__ = ["Services", "build_services", "jwt_secret", "lifespan"]
+
+log = logging.getLogger("regulars.lifespan")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    gate: RedisGate
+    tokens: TokenIssuer
+    catalog: Catalog
+    loyalty: Loyalty
+    orders: Orders
+    guests: Guests
+    auth: Auth
+
+    async def close(self) -> None:
+        await self.db.pool.close()
+        await self.gate.client.aclose()
+
+
+def jwt_secret(settings: Settings) -> str:
+    """The signing secret: from settings, or (outside prod) one kept in the data directory so
+    `regulars token` and `regulars dev` agree without configuration."""
+    if settings.jwt_secret:
+        return settings.jwt_secret
+    path = Path(settings.data_dir) / "jwt_secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+async def build_services(settings: Settings, notifier: Notifier | None = None) -> Services:
+    """Open the pool and the Redis client and wire every service. The one place that does."""
+    assert settings.database_url and settings.redis_url, "resolve the URLs before building"
+    pool = await create_pool(settings, settings.database_url)
+    db = Database(pool, settings.db_acquire_timeout_s)
+    gate = RedisGate(create_redis(settings, settings.redis_url), settings.redis_retry_after_s)
+    tokens = TokenIssuer(jwt_secret(settings), settings.jwt_issuer, settings.access_ttl_s)
+    catalog = Catalog(db, gate, settings.menu_cache_ttl_s)
+    programs = Programs(db, settings.menu_cache_ttl_s)
+    loyalty = Loyalty(db, Ledger(), HotWallets(gate, settings.reconcile_grace_s), programs)
+    orders = Orders(settings, db, catalog, loyalty)
+    guests = Guests(settings, db, loyalty)
+    auth = Auth(settings, db, gate, tokens, guests, notifier or LogNotifier())
+    return Services(settings, db, gate, tokens, catalog, loyalty, orders, guests, auth)
+
+
+async def _follow_catalog_changes(services: Services) -> None:
+    """Drop cached menus when another process says a location's menu changed."""
+    while True:
+        try:
+            pubsub = services.gate.client.pubsub()
+            await pubsub.subscribe(CATALOG_CHANNEL)
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    services.catalog.forget(UUID(message["data"]))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # Redis away: the menu TTL bounds staleness meanwhile
+            log.debug("catalog change feed interrupted: %s", exc)
+            await asyncio.sleep(services.settings.redis_retry_after_s)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Litestar) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    services = await build_services(settings, app.state.get("notifier"))
+    app.state.services = services
+    app.state.tokens = services.tokens
+    follower = asyncio.create_task(_follow_catalog_changes(services))
+    try:
+        yield
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+        await services.close()

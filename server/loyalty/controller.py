@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from uuid import UUID
+
+from litestar import Controller, Response, post
+
+from server.auth.guards import requires_role
+from server.auth.tokens import Principal
+from server.infra.http import IdempotencyKey, stored_response
+from server.infra.idempotency import require_key
+from server.loyalty.service import Loyalty
+from shared import contract
+
+__all__ = ["AdjustmentsController"]
+
+
+class AdjustmentsController(Controller):
+    path = "/v1/guests"
+    tags = ["loyalty"]
+
+    @post("/{guest_id:uuid}/adjustments", guards=[requires_role("manager")], status_code=201)
+    async def adjust(
+        self, loyalty: Loyalty, principal: Principal, guest_id: UUID, data: contract.AdjustmentIn,
+        idempotency_key: str | None = IdempotencyKey,
+    ) -> Response[bytes]:
+        """A manager's correction of a guest's points, with a reason; audited."""
+        return stored_response(
+            await loyalty.manager_adjustment(principal, guest_id, data, require_key(idempotency_key))
+        )

@@ -1,0 +1,108 @@
+"""Hot balances in Redis (DESIGN §4): the Lua scripts, called like functions.
+
+Every method raises :class:`RedisUnavailable` when Redis does not answer; callers carry on
+with PostgreSQL, which is always the last word.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from typing import Literal
+from uuid import UUID
+
+from redis.commands.core import AsyncScript
+
+from server.infra.redis import RedisGate
+from server.loyalty.repository import AccountState, Snapshot
+
+__all__ = ["HotWallets", "Status", "wallet_keys"]
+
+Status = Literal["ok", "exists", "insufficient", "miss", "voided", "posted"]
+SCRIPTS = ("reserve", "post", "void", "credit", "load")
+
+
+def wallet_keys(guest_id: UUID) -> list[str]:
+    """The wallet and holds keys of one guest, hash-tagged into one cluster slot."""
+    tag = f"rg:{{g:{guest_id}}}"
+    return [f"{tag}:wallet", f"{tag}:holds"]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class HotWallets:
+    def __init__(self, gate: RedisGate, grace_s: float, ttl_s: int = 30 * 86400) -> None:
+        self.gate = gate
+        self.grace_ms = int(grace_s * 1000)
+        self.ttl_s = ttl_s
+        folder = resources.files("server.loyalty") / "lua"
+        self._scripts: dict[str, AsyncScript] = {
+            name: gate.client.register_script((folder / f"{name}.lua").read_text())
+            for name in SCRIPTS
+        }
+
+    async def _call(self, name: str, guest_id: UUID, *args: object) -> tuple[Status, int]:
+        script = self._scripts[name]
+        result = await self.gate.run(lambda: script(keys=wallet_keys(guest_id), args=list(args)))
+        status, spendable = result
+        return status, int(spendable)
+
+    async def reserve(self, guest_id: UUID, transfer_id: UUID, points: int) -> tuple[Status, int]:
+        return await self._call("reserve", guest_id, str(transfer_id), points, _now_ms(), self.ttl_s)
+
+    async def post(self, guest_id: UUID, transfer_id: UUID, version: int) -> tuple[Status, int]:
+        return await self._call("post", guest_id, str(transfer_id), version)
+
+    async def void(self, guest_id: UUID, transfer_id: UUID, version: int = 0) -> tuple[Status, int]:
+        return await self._call("void", guest_id, str(transfer_id), version)
+
+    async def credit(
+        self, guest_id: UUID, transfer_id: UUID, points: int, version: int
+    ) -> tuple[Status, int]:
+        """Mirror a committed single-phase transfer; ``points`` is negative for a debit."""
+        return await self._call("credit", guest_id, str(transfer_id), points, version, _now_ms())
+
+    async def load(
+        self, guest_id: UUID, snapshot: Snapshot, *, force: bool = False, grace_ms: int | None = None
+    ) -> tuple[Status, int]:
+        """Write a PostgreSQL snapshot unless Redis mirrors a newer version (or ``force``).
+
+        Holds Redis reserved less than ``grace_ms`` ago (default: the configured grace) and
+        PostgreSQL does not show are kept: checkouts in flight. With 0, Redis is made to match
+        PostgreSQL exactly.
+        """
+        holds: list[object] = []
+        for hold_id, points in snapshot.holds:
+            holds += [str(hold_id), points]
+        return await self._call(
+            "load", guest_id, snapshot.state.posted, snapshot.state.version, _now_ms(),
+            self.grace_ms if grace_ms is None else grace_ms, self.ttl_s, 1 if force else 0, *holds,
+        )
+
+    async def read(self, guest_id: UUID) -> tuple[AccountState, dict[str, str]] | None:
+        """The wallet and raw holds as Redis has them (None when not loaded)."""
+        wallet_key, holds_key = wallet_keys(guest_id)
+
+        async def both() -> tuple[dict[str, str], dict[str, str]]:
+            async with self.gate.client.pipeline(transaction=False) as pipe:
+                pipe.hgetall(wallet_key)
+                pipe.hgetall(holds_key)
+                wallet, holds = await pipe.execute()
+            return wallet, holds
+
+        wallet, holds = await self.gate.run(both)
+        if not wallet:
+            return None
+        state = AccountState(
+            posted=int(wallet["posted"]), pending=int(wallet["pending"]),
+            version=int(wallet["version"]),
+        )
+        return state, holds
+
+    async def forget(self, guest_ids: set[UUID]) -> None:
+        """Drop wallets so they reload from PostgreSQL on next use."""
+        if guest_ids:
+            keys = [key for guest_id in guest_ids for key in wallet_keys(guest_id)]
+            await self.gate.run(lambda: self.gate.client.delete(*keys))

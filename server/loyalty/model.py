@@ -1,0 +1,116 @@
+"""The loyalty program's pure rules: earning, tiers, the points cap and lot expiry. No I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import msgspec
+
+__all__ = [
+    "Lot",
+    "Program",
+    "Tier",
+    "allocate",
+    "earn_points",
+    "max_points_for",
+    "remaining_lots",
+    "tier_for",
+]
+
+
+class Tier(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    # Points earned in the rolling window needed to reach the tier.
+    min_points: int = msgspec.field(default=0)
+    # Earn multiplier in percent (150 = 1.5×), so the rules stay in integers.
+    multiplier_pct: int = 100
+
+
+class Program(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A brand's loyalty rules, stored as jsonb in ``loyalty_programs.rules``."""
+
+    point_value_minor: int = 1
+    # Points earned per 100 minor units of net money paid (5 = 5 points per 1.00).
+    earn_per_100_minor: int = 5
+    tiers: list[Tier] = msgspec.field(default_factory=lambda: [Tier(name="Member")])
+    tier_window_days: int = 365
+    max_points_share_pct: int = 30
+    lot_expiry_months: int = 12
+    welcome_bonus_points: int = 0
+
+    def __post_init__(self) -> None:
+        if self.point_value_minor < 1:
+            raise ValueError("point_value_minor must be at least 1")
+        if not 0 <= self.max_points_share_pct <= 100:
+            raise ValueError("max_points_share_pct must be within 0..100")
+        if self.earn_per_100_minor < 0 or self.welcome_bonus_points < 0:
+            raise ValueError("earning rules must not be negative")
+        if not self.tiers or self.tiers[0].min_points != 0:
+            raise ValueError("the first tier must start at 0 points")
+        if any(a.min_points >= b.min_points for a, b in zip(self.tiers, self.tiers[1:], strict=False)):
+            raise ValueError("tiers must be ordered by min_points, strictly increasing")
+
+
+def tier_for(program: Program, points_earned_in_window: int) -> tuple[Tier, Tier | None]:
+    """The tier a guest holds and the next one (None at the top)."""
+    current, following = program.tiers[0], None
+    for tier in program.tiers:
+        if points_earned_in_window >= tier.min_points:
+            current = tier
+        elif following is None:
+            following = tier
+    return current, following
+
+
+def earn_points(program: Program, net_paid_minor: int, tier: Tier) -> int:
+    """Points earned on money really paid (never on points, discounts or excluded lines)."""
+    if net_paid_minor <= 0:
+        return 0
+    return net_paid_minor * program.earn_per_100_minor * tier.multiplier_pct // 10_000
+
+
+def max_points_for(program: Program, payable_minor: int, spendable: int) -> int:
+    """The most points an order of ``payable_minor`` (after discounts) may take."""
+    cap_minor = payable_minor * program.max_points_share_pct // 100
+    return max(0, min(cap_minor // program.point_value_minor, spendable))
+
+
+def allocate(total: int, weights: Sequence[int]) -> list[int]:
+    """Split ``total`` over ``weights`` proportionally, exactly (largest remainder).
+
+    Used for a discount or the points of an order over its lines, so that refunding every line
+    gives back exactly the whole, never a unit more or less.
+    """
+    weight_sum = sum(weights)
+    if total == 0 or weight_sum == 0:
+        return [0] * len(weights)
+    shares = [total * w // weight_sum for w in weights]
+    remainders = sorted(
+        range(len(weights)), key=lambda i: (-(total * weights[i] % weight_sum), i)
+    )
+    for i in remainders[: total - sum(shares)]:
+        shares[i] += 1
+    return shares
+
+
+@dataclass(frozen=True, slots=True)
+class Lot:
+    points: int
+    expires_at: datetime
+
+
+def remaining_lots(credits: Iterable[Lot], consumed: int) -> list[Lot]:
+    """What is left of each credit lot after ``consumed`` points were taken oldest first.
+
+    No lot rows are updated when points are spent: FIFO consumption means the oldest lots are
+    used first, so what remains follows from the credits and the total consumed.
+    """
+    left: list[Lot] = []
+    for lot in sorted(credits, key=lambda lot: lot.expires_at):
+        take = min(consumed, lot.points)
+        consumed -= take
+        if lot.points > take:
+            left.append(Lot(lot.points - take, lot.expires_at))
+    return left

@@ -1,0 +1,314 @@
+"""Loyalty use cases, and the one place that keeps Redis in step with the PostgreSQL ledger.
+
+The order of a spend (DESIGN §4): :meth:`Loyalty.admit` reserves in Redis (a fast refusal),
+the caller's PostgreSQL transaction makes the guarded hold, and after commit
+:meth:`Loyalty.settle_admission` either keeps the Redis hold (success) or voids it (refusal).
+Every other change is committed in PostgreSQL first and mirrored with :meth:`Loyalty.mirror`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+from server.auth.tokens import Principal
+from server.infra import idempotency
+from server.infra.db import Database
+from server.infra.idempotency import Stored
+from server.infra.problems import Problem
+from server.infra.redis import RedisUnavailable
+from server.loyalty import sql
+from server.loyalty.hot import HotWallets
+from server.loyalty.model import Lot, Program, Tier, remaining_lots, tier_for
+from server.loyalty.repository import AccountState, Ledger
+from shared import contract
+
+__all__ = ["Admission", "Loyalty", "Programs", "add_months"]
+
+log = logging.getLogger("regulars.loyalty")
+
+PROGRAM = "SELECT rules FROM loyalty_programs WHERE brand_id = $1"
+GUEST_OF_BRAND = "SELECT 1 FROM guests WHERE id = $1 AND brand_id = $2"
+AUDIT = """
+INSERT INTO audit_log (brand_id, actor_kind, actor_id, device_id, action, guest_id, detail)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+"""
+
+
+def add_months(moment: datetime, months: int) -> datetime:
+    """The same day ``months`` later, clamped to the end of a shorter month."""
+    month_index = moment.month - 1 + months
+    year, month = moment.year + month_index // 12, month_index % 12 + 1
+    for day in (moment.day, 30, 29, 28):
+        try:
+            return moment.replace(year=year, month=month, day=day)
+        except ValueError:
+            continue
+    raise AssertionError("unreachable")
+
+
+class Programs:
+    """Loyalty programs by brand, cached for a short while (they change rarely)."""
+
+    def __init__(self, db: Database, ttl_s: float) -> None:
+        self._db = db
+        self._ttl_s = ttl_s
+        self._cache: dict[UUID, tuple[float, Program]] = {}
+
+    async def get(self, brand_id: UUID, conn: asyncpg.Connection | None = None) -> Program:
+        cached = self._cache.get(brand_id)
+        if cached and cached[0] > time.monotonic():
+            return cached[1]
+        if conn is None:
+            async with self._db.connection() as own:
+                rules = await own.fetchval(PROGRAM, brand_id)
+        else:
+            rules = await conn.fetchval(PROGRAM, brand_id)
+        program = msgspec.convert(rules or {}, Program)
+        self._cache[brand_id] = (time.monotonic() + self._ttl_s, program)
+        return program
+
+    def forget(self, brand_id: UUID) -> None:
+        self._cache.pop(brand_id, None)
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What Redis said about a spend before PostgreSQL was asked.
+
+    ``reserved`` means this request put the hold in Redis, so this request must void it if
+    PostgreSQL refuses. ``status`` 'skipped' means Redis was not available.
+    """
+
+    status: Literal["ok", "exists", "insufficient", "skipped", "none"]
+    spendable: int | None = None
+
+    @property
+    def reserved(self) -> bool:
+        return self.status == "ok"
+
+
+class Loyalty:
+    def __init__(self, db: Database, ledger: Ledger, hot: HotWallets, programs: Programs) -> None:
+        self.db = db
+        self.ledger = ledger
+        self.hot = hot
+        self.programs = programs
+        # Guests whose wallets changed while Redis was down: dropped from Redis when it is back.
+        self._dirty: set[UUID] = set()
+        hot.gate.on_recover(self._forget_dirty)
+
+    # -- keeping Redis in step -----------------------------------------------------------
+
+    async def admit(self, guest_id: UUID, transfer_id: UUID, points: int) -> Admission:
+        """Reserve in Redis; on a miss load the wallet from PostgreSQL and try once more."""
+        if points <= 0:
+            return Admission("none")
+        try:
+            status, spendable = await self.hot.reserve(guest_id, transfer_id, points)
+            if status == "miss":
+                await self.reload(guest_id)
+                status, spendable = await self.hot.reserve(guest_id, transfer_id, points)
+        except RedisUnavailable:
+            self._dirty.add(guest_id)
+            return Admission("skipped")
+        if status == "ok" or status == "exists" or status == "insufficient":
+            return Admission(status, spendable)
+        return Admission("skipped")
+
+    async def settle_admission(
+        self, guest_id: UUID, transfer_id: UUID, admission: Admission, state: AccountState | None
+    ) -> None:
+        """After the PostgreSQL transaction: keep, or undo, what :meth:`admit` reserved.
+
+        ``state`` is the account after a committed hold (None when PostgreSQL refused or the
+        request was a replay). When Redis and PostgreSQL disagree, the wallet is reloaded.
+        """
+        try:
+            if admission.reserved and state is None:
+                await self.hot.void(guest_id, transfer_id)
+                await self.reload(guest_id)
+            elif admission.reserved and state is not None and admission.spendable != state.spendable:
+                await self.reload(guest_id)
+        except RedisUnavailable:
+            self._dirty.add(guest_id)
+
+    async def mirror(
+        self,
+        guest_id: UUID,
+        op: Literal["post", "void", "credit"],
+        transfer_id: UUID,
+        state: AccountState,
+        points: int = 0,
+    ) -> None:
+        """Apply a committed change to Redis; reload the wallet if Redis has no such hold."""
+        try:
+            if op == "post":
+                status, _ = await self.hot.post(guest_id, transfer_id, state.version)
+            elif op == "void":
+                status, _ = await self.hot.void(guest_id, transfer_id, state.version)
+            else:
+                status, _ = await self.hot.credit(guest_id, transfer_id, points, state.version)
+            if status == "miss" or status in ("voided", "posted"):
+                await self.reload(guest_id)
+        except RedisUnavailable:
+            self._dirty.add(guest_id)
+
+    async def reload(self, guest_id: UUID) -> None:
+        """Load the wallet from PostgreSQL into Redis (unless Redis mirrors a newer version)."""
+        async with self.db.connection() as conn:
+            snapshot = await self.ledger.snapshot(conn, guest_id)
+        if snapshot is not None:
+            await self.hot.load(guest_id, snapshot)
+
+    async def _forget_dirty(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        try:
+            await self.hot.forget(dirty)
+        except RedisUnavailable:
+            self._dirty |= dirty
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def tier(
+        self, conn: asyncpg.Connection, program: Program, account_id: UUID
+    ) -> tuple[Tier, Tier | None, int]:
+        since = datetime.now(UTC) - timedelta(days=program.tier_window_days)
+        earned = int(await conn.fetchval(sql.POINTS_EARNED_SINCE, account_id, since))
+        current, following = tier_for(program, earned)
+        return current, following, earned
+
+    async def wallet(self, guest_id: UUID, brand_id: UUID) -> contract.Wallet:
+        """Spendable and held points (from Redis when it has them), tier and expiring lots."""
+        program = await self.programs.get(brand_id)
+        async with self.db.connection() as conn:
+            account = await conn.fetchrow(sql.GUEST_ACCOUNT, guest_id)
+            if account is None:
+                raise Problem(404, "guest-not-found", "no such guest")
+            current, following, earned = await self.tier(conn, program, account["id"])
+            lots = [Lot(r["amount"], r["expires_at"]) for r in await conn.fetch(sql.GUEST_LOTS, account["id"])]
+            consumed = int(await conn.fetchval(sql.CONSUMED, account["id"]))
+        posted, pending = account["posted"], account["pending"]
+        try:
+            hot = await self.hot.read(guest_id)
+            if hot is not None:
+                posted, pending = hot[0].posted, hot[0].pending
+        except RedisUnavailable:
+            pass
+        expiring = [
+            contract.ExpiringPoints(points=lot.points, expires_at=lot.expires_at)
+            for lot in remaining_lots(lots, consumed)[:3]
+        ]
+        return contract.Wallet(
+            points_available=posted - pending,
+            points_pending=pending,
+            tier=current.name,
+            next_tier=following.name if following else None,
+            points_to_next_tier=(following.min_points - earned) if following else None,
+            point_value_minor=program.point_value_minor,
+            expiring=expiring,
+        )
+
+    async def ledger_page(
+        self, guest_id: UUID, cursor: str | None, limit: int
+    ) -> contract.LedgerPage:
+        after_at, after_id = _parse_cursor(cursor)
+        async with self.db.connection() as conn:
+            account_id = await conn.fetchval("SELECT id FROM accounts WHERE guest_id = $1", guest_id)
+            rows = await conn.fetch(sql.LEDGER_PAGE, account_id, after_at, after_id, limit + 1)
+        entries = []
+        for row in rows[:limit]:
+            state: Literal["pending", "posted", "voided"] = "posted"
+            if row["phase"] == "pending":
+                state = {"post_pending": "posted", "void_pending": "voided"}.get(
+                    row["resolution"] or "", "pending"
+                )  # type: ignore[assignment]
+            sign = 1 if row["is_credit"] else -1
+            entries.append(
+                contract.LedgerEntry(
+                    id=row["id"], code=row["code"], points=sign * row["amount"], state=state,
+                    created_at=row["created_at"], order_id=row["order_id"], reason=row["reason"],
+                )
+            )
+        next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            next_cursor = f"{last['created_at'].isoformat()}_{last['id']}"
+        return contract.LedgerPage(entries=entries, next_cursor=next_cursor)
+
+    # -- writing -------------------------------------------------------------------------
+
+    async def adjust(
+        self, conn: asyncpg.Connection, *, brand_id: UUID, guest_id: UUID, points: int, reason: str
+    ) -> tuple[UUID, AccountState]:
+        """A manager's correction: positive points are a credit, negative a guarded debit."""
+        account_id = await conn.fetchval("SELECT id FROM accounts WHERE guest_id = $1", guest_id)
+        if account_id is None or points == 0:
+            raise Problem(422, "invalid-adjustment", "points must be non-zero for an existing guest")
+        program = await self.programs.get(brand_id, conn)
+        transfer_id = uuid.uuid4()
+        state: AccountState | None
+        if points > 0:
+            state = await self.ledger.credit(
+                conn, transfer_id=transfer_id, brand_id=brand_id, account_id=account_id,
+                points=points, code="adjustment", source="adjustments", reason=reason,
+                expires_at=add_months(datetime.now(UTC), program.lot_expiry_months),
+            )
+        else:
+            state = await self.ledger.debit(
+                conn, transfer_id=transfer_id, brand_id=brand_id, account_id=account_id,
+                points=-points, code="adjustment", sink="adjustments", guarded=True, reason=reason,
+            )
+            if state is None:
+                raise Problem(
+                    422, "insufficient-points",
+                    f"the guest does not have {-points} spendable points to take away",
+                )
+        return transfer_id, state
+
+
+    async def manager_adjustment(
+        self, manager: Principal, guest_id: UUID, body: contract.AdjustmentIn, key: str
+    ) -> Stored:
+        """Adjust a guest of the manager's brand, once per key, with an audit entry."""
+        scope = f"staff:{manager.subject_id}:adjustments"
+        digest = idempotency.request_hash(f"POST /v1/guests/{guest_id}/adjustments", body)
+        async with self.db.transaction() as conn:
+            replay = await idempotency.begin(conn, scope, key, digest)
+            if replay is not None:
+                return replay
+            if await conn.fetchval(GUEST_OF_BRAND, guest_id, manager.brand_id) is None:
+                raise Problem(404, "guest-not-found", f"no guest {guest_id}")
+            transfer_id, state = await self.adjust(
+                conn, brand_id=manager.brand_id, guest_id=guest_id, points=body.points, reason=body.reason
+            )
+            await conn.execute(
+                AUDIT, manager.brand_id, manager.kind, manager.subject_id, manager.device_id,
+                "points.adjust", guest_id, {"points": body.points, "reason": body.reason},
+            )
+            transfer = contract.Transfer(
+                id=transfer_id, guest_id=guest_id, code="adjustment", points=body.points,
+                state="posted", created_at=datetime.now(UTC), points_available=state.spendable,
+            )
+            stored = Stored(201, msgspec.json.encode(transfer))
+            await idempotency.finish(conn, scope, key, 201, stored.body)
+        await self.mirror(guest_id, "credit", transfer_id, state, body.points)
+        return stored
+
+
+def _parse_cursor(cursor: str | None) -> tuple[datetime | None, UUID | None]:
+    if not cursor:
+        return None, None
+    try:
+        at, _, ident = cursor.rpartition("_")
+        return datetime.fromisoformat(at), UUID(ident)
+    except ValueError:
+        raise Problem(422, "invalid-cursor", "the cursor is not one this API handed out") from None

@@ -1,0 +1,182 @@
+"""The ledger's SQL. Guest accounts carry their balances in the row (the guarded update is the
+last word on a spend); system accounts (issued, redeemed, expired, adjustments) do not, because
+every checkout of a brand would queue on one hot row: their balances are derived from transfers.
+"""
+
+SYSTEM_ACCOUNTS = """
+SELECT kind, id FROM accounts WHERE brand_id = $1 AND guest_id IS NULL
+"""
+
+ENSURE_SYSTEM_ACCOUNTS = """
+INSERT INTO accounts (brand_id, kind)
+SELECT $1, kind FROM unnest(ARRAY['issued', 'redeemed', 'expired', 'adjustments']) AS kind
+ON CONFLICT (brand_id, kind) WHERE guest_id IS NULL DO NOTHING
+"""
+
+OPEN_GUEST_ACCOUNT = """
+INSERT INTO accounts (brand_id, kind, guest_id) VALUES ($1, 'guest', $2)
+ON CONFLICT (guest_id) DO UPDATE SET guest_id = EXCLUDED.guest_id
+RETURNING id
+"""
+
+GUEST_ACCOUNT = """
+SELECT id, brand_id, credits_posted - debits_posted AS posted, debits_pending AS pending, version
+FROM accounts WHERE guest_id = $1
+"""
+
+# One snapshot of a wallet for Redis: balances plus the holds that are still pending.
+WALLET_SNAPSHOT = """
+SELECT a.id, a.credits_posted - a.debits_posted AS posted, a.debits_pending AS pending,
+       a.version,
+       coalesce(array_agg(t.id) FILTER (WHERE t.id IS NOT NULL), '{}') AS hold_ids,
+       coalesce(array_agg(t.amount) FILTER (WHERE t.id IS NOT NULL), '{}') AS hold_points
+FROM accounts a
+LEFT JOIN transfers t
+       ON t.debit_account_id = a.id AND t.phase = 'pending'
+      AND NOT EXISTS (SELECT 1 FROM transfers r WHERE r.pending_id = t.id)
+WHERE a.guest_id = $1
+GROUP BY a.id
+"""
+
+# The guard: a spend may never take the spendable balance below zero.
+HOLD_POINTS = """
+UPDATE accounts
+SET debits_pending = debits_pending + $2, version = version + 1
+WHERE id = $1 AND credits_posted - debits_posted - debits_pending >= $2
+RETURNING credits_posted - debits_posted AS posted, debits_pending AS pending, version
+"""
+
+SETTLE_HOLD = """
+UPDATE accounts
+SET debits_pending = debits_pending - $2,
+    debits_posted = debits_posted + CASE WHEN $3 THEN $2 ELSE 0 END,
+    version = version + 1
+WHERE id = $1
+RETURNING credits_posted - debits_posted AS posted, debits_pending AS pending, version
+"""
+
+CREDIT_GUEST = """
+UPDATE accounts SET credits_posted = credits_posted + $2, version = version + 1
+WHERE id = $1
+RETURNING credits_posted - debits_posted AS posted, debits_pending AS pending, version
+"""
+
+# A debit that is allowed to take the balance below zero (refund clawback, expiry, adjustment).
+DEBIT_GUEST = """
+UPDATE accounts SET debits_posted = debits_posted + $2, version = version + 1
+WHERE id = $1
+RETURNING credits_posted - debits_posted AS posted, debits_pending AS pending, version
+"""
+
+# A debit that must not: a manager's negative adjustment only takes what is spendable.
+DEBIT_GUEST_GUARDED = """
+UPDATE accounts SET debits_posted = debits_posted + $2, version = version + 1
+WHERE id = $1 AND credits_posted - debits_posted - debits_pending >= $2
+RETURNING credits_posted - debits_posted AS posted, debits_pending AS pending, version
+"""
+
+INSERT_TRANSFER = """
+INSERT INTO transfers (id, brand_id, debit_account_id, credit_account_id, amount, phase,
+                       pending_id, code, order_id, location_id, expires_at, timeout_at, reason)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+"""
+
+# The pending transfer and whether (and how) it was resolved, locked for resolution.
+PENDING_TRANSFER = """
+SELECT t.id, t.brand_id, t.debit_account_id, t.credit_account_id, t.amount, t.code,
+       t.order_id, t.location_id, r.phase AS resolution,
+       (SELECT guest_id FROM accounts WHERE id = t.debit_account_id) AS guest_id
+FROM transfers t
+LEFT JOIN transfers r ON r.pending_id = t.id
+WHERE t.id = $1 AND t.phase = 'pending'
+"""
+
+LEDGER_PAGE = """
+SELECT t.id, t.code, t.amount, t.phase, t.created_at, t.order_id, t.reason,
+       t.credit_account_id = $1 AS is_credit, r.phase AS resolution
+FROM transfers t
+LEFT JOIN transfers r ON r.pending_id = t.id
+WHERE (t.debit_account_id = $1 OR t.credit_account_id = $1)
+  AND t.phase IN ('single', 'pending')
+  AND ($2::timestamptz IS NULL OR (t.created_at, t.id) < ($2, $3::uuid))
+ORDER BY t.created_at DESC, t.id DESC
+LIMIT $4
+"""
+
+# Credits to a guest are lots; debits consume them oldest first (see model.remaining_lots).
+GUEST_LOTS = """
+SELECT amount, expires_at FROM transfers
+WHERE credit_account_id = $1 AND phase = 'single' AND expires_at IS NOT NULL
+ORDER BY expires_at
+"""
+
+POINTS_EARNED_SINCE = """
+SELECT coalesce(sum(amount), 0)::bigint FROM transfers
+WHERE credit_account_id = $1 AND phase = 'single' AND code IN ('earn', 'accrual')
+  AND created_at >= $2
+"""
+
+# Total consumed from lots: everything posted out of the account that is not a hold.
+CONSUMED = """
+SELECT debits_posted + debits_pending FROM accounts WHERE id = $1
+"""
+
+# The brand invariant in one query: guest balances as stored plus system balances derived
+# from transfers must sum to zero, and every guest row must match its own transfers.
+LEDGER_CHECK = """
+WITH moves AS (
+    SELECT t.debit_account_id AS account_id, -t.amount AS delta
+    FROM transfers t
+    WHERE t.brand_id = $1 AND (t.phase IN ('single', 'post_pending'))
+    UNION ALL
+    SELECT t.credit_account_id, t.amount
+    FROM transfers t
+    WHERE t.brand_id = $1 AND (t.phase IN ('single', 'post_pending'))
+), derived AS (
+    SELECT a.id, a.kind, coalesce(sum(m.delta), 0) AS balance,
+           a.credits_posted - a.debits_posted AS stored
+    FROM accounts a LEFT JOIN moves m ON m.account_id = a.id
+    WHERE a.brand_id = $1
+    GROUP BY a.id
+), holds AS (
+    SELECT a.id, a.debits_pending AS stored,
+           coalesce(sum(t.amount) FILTER (WHERE t.id IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM transfers r WHERE r.pending_id = t.id)), 0) AS open
+    FROM accounts a LEFT JOIN transfers t ON t.debit_account_id = a.id AND t.phase = 'pending'
+    WHERE a.brand_id = $1 AND a.kind = 'guest'
+    GROUP BY a.id
+)
+SELECT
+    (SELECT coalesce(sum(CASE WHEN kind = 'guest' THEN stored ELSE balance END), 0)
+       FROM derived)::bigint AS brand_sum,
+    (SELECT count(*) FROM derived WHERE kind = 'guest' AND stored <> balance)::int
+       AS mismatched_balances,
+    (SELECT count(*) FROM holds WHERE stored <> open)::int AS mismatched_holds
+"""
+
+GUEST_ACCOUNTS_PAGE = """
+SELECT guest_id FROM accounts
+WHERE kind = 'guest' AND ($1::uuid IS NULL OR guest_id > $1)
+ORDER BY guest_id LIMIT $2
+"""
+
+# Pending spends whose payment window has passed (the worker voids them).
+TIMED_OUT_HOLDS = """
+SELECT t.id FROM transfers t
+WHERE t.phase = 'pending' AND t.timeout_at < now()
+  AND NOT EXISTS (SELECT 1 FROM transfers r WHERE r.pending_id = t.id)
+ORDER BY t.timeout_at LIMIT $1
+"""
+
+# Guests with lots past their expiry date: candidates for the expiry job.
+EXPIRY_CANDIDATES = """
+SELECT DISTINCT a.guest_id FROM transfers t JOIN accounts a ON a.id = t.credit_account_id
+WHERE a.kind = 'guest' AND t.phase = 'single' AND t.expires_at <= $1
+  AND a.credits_posted - a.debits_posted - a.debits_pending > 0
+LIMIT $2
+"""
+
+EXPIRED_CREDITS = """
+SELECT coalesce(sum(amount), 0)::bigint FROM transfers
+WHERE credit_account_id = $1 AND phase = 'single' AND expires_at <= $2
+"""

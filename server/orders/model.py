@@ -1,0 +1,180 @@
+"""Pure order rules: pricing from the menu, discounts, the points cap, what is earned, and the
+status machine. No I/O: every function here is tested without fixtures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+from uuid import UUID
+
+from server.catalog.model import MenuIndex
+from server.infra.problems import Problem
+from server.loyalty.model import Program, Tier, allocate, earn_points
+from shared import contract
+
+__all__ = [
+    "CANCELLABLE_BY_GUEST",
+    "CANCELLABLE_BY_STAFF",
+    "STAFF_TRANSITIONS",
+    "PricedLine",
+    "Promo",
+    "Quote",
+    "discount_for",
+    "price_lines",
+    "quote",
+]
+
+# Staff move an order forward one step at a time (DESIGN §5).
+STAFF_TRANSITIONS: dict[str, str] = {
+    "placed": "accepted",
+    "accepted": "preparing",
+    "preparing": "ready",
+    "ready": "completed",
+}
+CANCELLABLE_BY_GUEST = frozenset({"awaiting_payment", "placed"})
+CANCELLABLE_BY_STAFF = frozenset({"awaiting_payment", "placed", "accepted"})
+
+
+@dataclass(frozen=True, slots=True)
+class Promo:
+    id: UUID
+    code: str
+    kind: Literal["percent", "fixed"]
+    value: int
+    valid_from: datetime
+    valid_until: datetime
+    per_guest_limit: int
+    total_limit: int | None
+
+
+@dataclass(slots=True)
+class PricedLine:
+    item_id: UUID
+    sku: str
+    name: str
+    quantity: int
+    unit_price_minor: int
+    modifier_ids: list[UUID]
+    modifier_names: list[str]
+    earns_points: bool
+    discount_minor: int = 0
+    points_spent: int = 0
+    paid_minor: int = 0
+    points_earned: int = 0
+
+    @property
+    def gross_minor(self) -> int:
+        return self.unit_price_minor * self.quantity
+
+
+@dataclass(slots=True)
+class Quote:
+    lines: list[PricedLine]
+    subtotal_minor: int
+    discount_minor: int
+    points_spent: int
+    points_value_minor: int
+    amount_due_minor: int
+    points_to_earn: int
+    max_points: int = field(default=0)
+
+
+def price_lines(
+    index: MenuIndex, lines: list[contract.OrderLineIn], max_quantity: int
+) -> list[PricedLine]:
+    """Price every line from the menu; client-sent prices never reach here.
+
+    Refuses an unknown or unavailable item, a quantity outside 1..max_quantity, and a modifier
+    that does not belong to the item or repeats a group.
+    """
+    priced = []
+    for number, line in enumerate(lines):
+        item = index.items.get(line.item_id)
+        if item is None:
+            raise Problem(422, "unknown-item", f"lines[{number}]: no item {line.item_id} on this menu")
+        if not item.available:
+            raise Problem(422, "item-unavailable", f"lines[{number}]: {item.name} is not available here today")
+        if not 1 <= line.quantity <= max_quantity:
+            raise Problem(
+                422, "invalid-quantity",
+                f"lines[{number}].quantity must be between 1 and {max_quantity}, got {line.quantity}",
+            )
+        unit = item.price_minor
+        names, groups = [], set()
+        for modifier_id in line.modifier_ids:
+            modifier = item.modifiers.get(modifier_id)
+            if modifier is None or modifier.group in groups:
+                raise Problem(
+                    422, "invalid-modifier",
+                    f"lines[{number}]: modifier {modifier_id} does not apply to {item.name}"
+                    " (or repeats a choice)",
+                )
+            groups.add(modifier.group)
+            names.append(modifier.name)
+            unit += modifier.price_delta_minor
+        priced.append(
+            PricedLine(
+                item_id=item.id, sku=item.sku, name=item.name, quantity=line.quantity,
+                unit_price_minor=max(unit, 0), modifier_ids=list(line.modifier_ids),
+                modifier_names=names, earns_points=item.earns_points,
+            )
+        )
+    return priced
+
+
+def discount_for(promo: Promo, subtotal_minor: int, now: datetime) -> int:
+    """The discount a valid promo gives; refuses one outside its validity window."""
+    if not promo.valid_from <= now < promo.valid_until:
+        raise Problem(422, "promo-expired", f"promo code {promo.code} is not valid now")
+    if promo.kind == "percent":
+        return subtotal_minor * promo.value // 100
+    return min(promo.value, subtotal_minor)
+
+
+def quote(
+    program: Program,
+    tier: Tier,
+    lines: list[PricedLine],
+    discount_minor: int,
+    points_to_spend: int,
+) -> Quote:
+    """Split discount and points over lines and compute what is due and what will be earned.
+
+    Refuses points above the brand's cap (``max_points_share_pct`` of the order after
+    discounts). Points earned are on net money paid, on earning lines only.
+    """
+    subtotal = sum(line.gross_minor for line in lines)
+    discount_minor = min(discount_minor, subtotal)
+    for line, share in zip(lines, allocate(discount_minor, [l.gross_minor for l in lines]), strict=True):
+        line.discount_minor = share
+    payable = subtotal - discount_minor
+    max_points = payable * program.max_points_share_pct // 100 // program.point_value_minor
+    if points_to_spend > max_points:
+        raise Problem(
+            422, "points-over-cap",
+            f"at most {max_points} points can pay for this order "
+            f"({program.max_points_share_pct}% of {payable} minor units)",
+            max_points=max_points,
+        )
+    payables = [line.gross_minor - line.discount_minor for line in lines]
+    for line, points, line_payable in zip(lines, allocate(points_to_spend, payables), payables, strict=True):
+        line.points_spent = points
+        line.paid_minor = line_payable - points * program.point_value_minor
+    points_value = points_to_spend * program.point_value_minor
+    net_earning = sum(line.paid_minor for line in lines if line.earns_points)
+    to_earn = earn_points(program, net_earning, tier)
+    weights = [line.paid_minor if line.earns_points else 0 for line in lines]
+    for line, earned in zip(lines, allocate(to_earn, weights), strict=True):
+        line.points_earned = earned
+    return Quote(
+        lines=lines,
+        subtotal_minor=subtotal,
+        discount_minor=discount_minor,
+        points_spent=points_to_spend,
+        points_value_minor=points_value,
+        amount_due_minor=payable - points_value,
+        points_to_earn=to_earn,
+        max_points=max_points,
+    )

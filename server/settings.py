@@ -1,0 +1,125 @@
+"""Every knob of the server in one frozen Struct, read from ``REGULARS_*`` variables.
+
+A bad value stops the process at start-up with a message that names the variable, so a typo
+in a deployment manifest never becomes a surprise at the morning rush.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+__all__ = ["Settings", "SettingsError", "load_settings"]
+
+PREFIX = "REGULARS_"
+
+
+class SettingsError(Exception):
+    """A ``REGULARS_*`` variable has a value the server cannot use."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    # Where things are.
+    database_url: str | None = None
+    redis_url: str | None = None
+    data_dir: str = ".regulars"
+    env: Literal["dev", "prod", "test"] = "dev"
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # PostgreSQL pool: bounded, with timeouts on acquiring and on every statement.
+    db_pool_min: int = 2
+    db_pool_max: int = 10
+    db_acquire_timeout_s: float = 5.0
+    db_statement_timeout_ms: int = 5_000
+    db_connect_timeout_s: float = 5.0
+
+    # Redis: the hot balances are an accelerator, so calls fail fast and fall back.
+    redis_pool_max: int = 50
+    redis_socket_timeout_s: float = 0.25
+    redis_connect_timeout_s: float = 0.25
+    redis_retry_after_s: float = 2.0
+
+    # Tokens.
+    jwt_secret: str | None = None
+    jwt_issuer: str = "regulars"
+    access_ttl_s: int = 900
+    refresh_ttl_s: int = 30 * 24 * 3600
+
+    # Guest sign-in.
+    otp_ttl_s: int = 300
+    otp_max_attempts: int = 5
+    otp_sends_per_hour: int = 5
+
+    # Rotating QR codes (DESIGN §5): one step is a minute, a code is valid for a few steps.
+    qr_step_s: int = 60
+    qr_valid_steps: int = 5
+
+    # Orders.
+    payment_window_s: int = 900
+    menu_cache_ttl_s: float = 30.0
+    page_size_max: int = 100
+    max_lines_per_order: int = 50
+    max_quantity_per_line: int = 50
+
+    # Staff.
+    staff_max_failed_logins: int = 5
+    staff_lockout_s: int = 900
+    pin_attempts_per_window: int = 5
+    pin_window_s: int = 300
+    scans_per_minute: int = 120
+
+    # Jobs.
+    worker_interval_s: float = 15.0
+    reconcile_grace_s: float = 30.0
+    job_batch_size: int = 500
+
+    def __post_init__(self) -> None:
+        for name in ("db_pool_min", "db_pool_max", "redis_pool_max", "page_size_max"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{PREFIX}{name.upper()} must be at least 1")
+        if self.db_pool_min > self.db_pool_max:
+            raise ValueError(f"{PREFIX}DB_POOL_MIN must not exceed {PREFIX}DB_POOL_MAX")
+        if self.env == "prod" and not self.jwt_secret:
+            raise ValueError(f"{PREFIX}JWT_SECRET is required when {PREFIX}ENV=prod")
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Read ``REGULARS_*`` variables (and explicit overrides) into a validated Settings.
+
+    Unknown ``REGULARS_*`` names are refused too: a misspelt variable silently ignored is
+    the kind of mistake this exists to catch.
+    """
+    environ = os.environ if environ is None else environ
+    raw: dict[str, object] = {
+        key[len(PREFIX) :].lower(): value
+        for key, value in environ.items()
+        if key.startswith(PREFIX) and value != ""
+    }
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(_explain(str(exc))) from None
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+
+
+def _explain(message: str) -> str:
+    # msgspec says "Expected `int`, got `str` - at `$.db_pool_max`"; name the variable instead.
+    if "- at `$." in message:
+        text, _, path = message.partition(" - at `$.")
+        field = path.rstrip("`").split(".")[0].split("[")[0]
+        return f"{PREFIX}{field.upper()}: {text}"
+    if message.startswith("Object contains unknown field"):
+        field = message.split("`")[1]
+        return f"{PREFIX}{field.upper()} is not a known setting"
+    return message

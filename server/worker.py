@@ -1,0 +1,91 @@
+"""`regulars worker`: scheduled jobs and the outbox relay, in a loop with a bounded batch."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from server.infra.redis import RedisUnavailable
+from server.lifespan import Services
+from server.loyalty.jobs import expire_lots, void_timed_out_holds
+
+__all__ = ["QUEUE_CHANNEL", "relay_outbox", "run_forever", "run_once"]
+
+log = logging.getLogger("regulars.worker")
+QUEUE_CHANNEL = "rg:queue:{location_id}"
+
+CLAIM_OUTBOX = """
+SELECT id, topic, payload FROM outbox WHERE published_at IS NULL
+ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+"""
+MARK_PUBLISHED = "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])"
+
+
+async def relay_outbox(services: Services, batch_size: int) -> int:
+    """Publish outbox events to Redis pub/sub (live queues); at least once, in order."""
+    async with services.db.transaction() as conn:
+        rows = await conn.fetch(CLAIM_OUTBOX, batch_size)
+        if not rows:
+            return 0
+        client = services.gate.client
+
+        async def publish() -> None:
+            async with client.pipeline(transaction=False) as pipe:
+                for row in rows:
+                    location_id = row["payload"].get("order", {}).get("location_id")
+                    if location_id:
+                        channel = QUEUE_CHANNEL.format(location_id=location_id)
+                        pipe.publish(channel, services_encode(row["payload"]))
+                await pipe.execute()
+
+        await services.gate.run(publish)
+        await conn.execute(MARK_PUBLISHED, [row["id"] for row in rows])
+    return len(rows)
+
+
+def services_encode(payload: object) -> bytes:
+    import msgspec
+
+    return msgspec.json.encode(payload)
+
+
+async def run_once(services: Services) -> dict[str, int]:
+    """One pass of every job; each job's failure is logged and does not stop the others."""
+    batch = services.settings.job_batch_size
+    done: dict[str, int] = {}
+    jobs = {
+        "expired_orders": lambda: services.orders.expire_unpaid(batch),
+        "voided_holds": lambda: void_timed_out_holds(services.loyalty, batch),
+        "expired_lots": lambda: expire_lots(services.loyalty, batch),
+        "relayed_events": lambda: relay_outbox(services, batch),
+    }
+    for name, job in jobs.items():
+        try:
+            done[name] = await job()
+        except RedisUnavailable:
+            done[name] = 0
+        except Exception:
+            log.exception("job %s failed", name)
+            done[name] = 0
+    return done
+
+
+async def run_forever(services: Services, stop: asyncio.Event, relay_interval_s: float = 0.2) -> None:
+    """Relay the outbox often (live queues feel instant) and run the slower jobs every interval."""
+    loop = asyncio.get_running_loop()
+    next_jobs = 0.0
+    while not stop.is_set():
+        if loop.time() >= next_jobs:
+            done = await run_once(services)
+            if any(done.values()):
+                log.info("worker pass: %s", done)
+            next_jobs = loop.time() + services.settings.worker_interval_s
+        else:
+            try:
+                await relay_outbox(services, services.settings.job_batch_size)
+            except Exception as exc:
+                log.debug("relay skipped: %s", exc)
+        try:
+            await asyncio.wait_for(stop.wait(), relay_interval_s)
+        except TimeoutError:
+            pass
