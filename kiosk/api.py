@@ -41,8 +41,10 @@ class ApiProblem(Exception):
     @property
     def retryable(self) -> bool:
         """True when sending the same request later may succeed (rate limit, busy, 5xx)."""
-        return self.status in (408, 425, 429) or self.status >= 500 or (
-            self.status == 409 and "in-progress" in self.slug
+        return (
+            self.status in (408, 425, 429)
+            or self.status >= 500
+            or (self.status == 409 and "in-progress" in self.slug)
         )
 
 
@@ -182,7 +184,9 @@ class KioskApi:
     ) -> contract.TokenPair:
         """Sign in with email and password; keeps the tokens for later calls."""
         body = contract.StaffLogin(email=email, password=password, totp=totp)
-        self.tokens = await self._call(contract.TokenPair, "POST", "/v1/auth/staff", body, auth=False)
+        self.tokens = await self._call(
+            contract.TokenPair, "POST", "/v1/auth/staff", body, auth=False
+        )
         return self.tokens
 
     async def login_pin(
@@ -202,7 +206,10 @@ class KioskApi:
     async def pair_device(self, pairing_code: str) -> DevicePairing:
         """Exchange a one-time pairing code (from the back office) for device credentials."""
         return await self._call(
-            DevicePairing, "POST", "/v1/kiosk/devices/pair", {"pairing_code": pairing_code},
+            DevicePairing,
+            "POST",
+            "/v1/kiosk/devices/pair",
+            {"pairing_code": pairing_code},
             auth=False,
         )
 

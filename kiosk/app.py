@@ -96,6 +96,10 @@ class KioskApp(App):
     signed_in = BooleanProperty(False)
     queue_badge = NumericProperty(0)
     busy = BooleanProperty(False)
+    # Mirrors of the config for .kv bindings (the config itself is an immutable dataclass).
+    paired = BooleanProperty(False)
+    location_name = StringProperty("")
+    server_url = StringProperty("")
 
     def __init__(
         self,
@@ -106,7 +110,9 @@ class KioskApp(App):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self._kiosk_config = kiosk_config
         self.kiosk_config = kiosk_config
+        self._in_flight = 0
         self.kiosk_settings = kiosk_settings or KioskSettings()
         self.demo = demo
         self.sound_enabled = sound
@@ -123,13 +129,27 @@ class KioskApp(App):
         self.feed = FeedSource(self.pipeline, on_preview=self.show_frame)
         self.camera: KivyCameraSource | None = None
         self.wedge = KeyboardWedge(
-            Window, self.on_code, self._wedge_accepts, WedgeBuffer(s.wedge_max_gap_s, s.wedge_min_length)
+            Window,
+            self.on_code,
+            self._wedge_accepts,
+            WedgeBuffer(s.wedge_max_gap_s, s.wedge_min_length),
         )
         self._notice_event: Any = None
         self._lookup_in_flight = False
         self._alert_sound: Any = None
         self._shut_down = False
         self.last_status: SessionStatus | None = None
+
+    @property
+    def kiosk_config(self) -> KioskConfig:
+        return self._kiosk_config
+
+    @kiosk_config.setter
+    def kiosk_config(self, config: KioskConfig) -> None:
+        self._kiosk_config = config
+        self.paired = config.paired
+        self.location_name = config.location_name or ""
+        self.server_url = config.server_url
 
     # -- building ---------------------------------------------------------------------
 
@@ -206,13 +226,21 @@ class KioskApp(App):
 
     def run_bg(self, coro: Coroutine[Any, Any, T], on_done: Callable[[T], None]) -> None:
         """Run a session coroutine off the UI thread; ``on_done`` gets its result on the UI."""
+        self._in_flight += 1
         self.busy = True
 
         def done(result: T) -> None:
-            self.busy = False
+            self._in_flight -= 1
+            self.busy = self._in_flight > 0
             on_done(result)
 
-        self.runner.call(coro, done)
+        def failed(_exc: BaseException) -> None:
+            self._in_flight -= 1
+            self.busy = self._in_flight > 0
+            self._lookup_in_flight = False
+            self.show_notice(Notice("error", "Something went wrong", "It was logged. Try again."))
+
+        self.runner.call(coro, done, failed)
 
     def show_notice(self, notice: Notice, timeout_s: float = 6.0) -> None:
         """Show a message strip under the banner; it hides itself after ``timeout_s``."""
@@ -346,7 +374,9 @@ class KioskApp(App):
         """Preview a fed RGB frame (top-down rows) as a texture."""
         height, width = rgb.shape[:2]
         texture = Texture.create(size=(width, height), colorfmt="rgb")
-        texture.blit_buffer(np.ascontiguousarray(rgb[::-1]).tobytes(), colorfmt="rgb", bufferfmt="ubyte")
+        texture.blit_buffer(
+            np.ascontiguousarray(rgb[::-1]).tobytes(), colorfmt="rgb", bufferfmt="ubyte"
+        )
         self.show_texture(texture)
 
     # guest card ----------------------------------------------------------------------
@@ -391,9 +421,7 @@ class KioskApp(App):
             who = first.guest_display_name or "a guest"
             more = f" (+{len(new_orders) - 1} more)" if len(new_orders) > 1 else ""
             items = ", ".join(f"{ln.quantity}× {ln.name}" for ln in first.lines)
-            self.show_notice(
-                Notice("info", f"New pre-order from {who}{more}", items), timeout_s=10
-            )
+            self.show_notice(Notice("info", f"New pre-order from {who}{more}", items), timeout_s=10)
             self._beep()
 
     def advance_order(self, order_id: Any) -> None:
@@ -477,7 +505,9 @@ def _beep_wav(path: Path) -> Path:
     for freq, dur in ((880, 0.12), (1320, 0.18)):
         for i in range(int(rate * dur)):
             fade = min(1.0, (rate * dur - i) / 400)
-            frames += struct.pack("<h", int(12_000 * fade * math.sin(2 * math.pi * freq * i / rate)))
+            frames += struct.pack(
+                "<h", int(12_000 * fade * math.sin(2 * math.pi * freq * i / rate))
+            )
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)

@@ -59,8 +59,7 @@ CREATE INDEX IF NOT EXISTS outbox_state ON outbox (state, key);
 """
 
 _COLUMNS = (
-    "key, kind, guest_id, code, body, scanned_at, created_at, state, attempts, last_error,"
-    " response"
+    "key, kind, guest_id, code, body, scanned_at, created_at, state, attempts, last_error, response"
 )
 
 
@@ -181,7 +180,9 @@ class Outbox:
     def counts(self) -> OutboxCounts:
         """How many entries are pending, delivered and rejected."""
         with self._lock:
-            rows = self._conn.execute("SELECT state, count(*) FROM outbox GROUP BY state").fetchall()
+            rows = self._conn.execute(
+                "SELECT state, count(*) FROM outbox GROUP BY state"
+            ).fetchall()
         by_state = dict(rows)
         return OutboxCounts(
             pending=by_state.get("pending", 0),
@@ -193,7 +194,8 @@ class Outbox:
         """Remember which guest a scanned code belonged to, so a retry skips the lookup."""
         with self._tx() as conn:
             conn.execute(
-                "UPDATE outbox SET guest_id = ?, updated_at = ? WHERE key = ? AND state = 'pending'",
+                "UPDATE outbox SET guest_id = ?, updated_at = ?"
+                " WHERE key = ? AND state = 'pending'",
                 (str(guest_id), _now(), key),
             )
 
@@ -245,9 +247,7 @@ def _entry(row: tuple[object, ...]) -> OutboxEntry:
 class OutboxApi(Protocol):
     """The two server calls the relay needs (``KioskApi`` or a fake in tests)."""
 
-    async def scan(
-        self, code: str, scanned_at: datetime | None = None
-    ) -> contract.GuestCard: ...
+    async def scan(self, code: str, scanned_at: datetime | None = None) -> contract.GuestCard: ...
 
     async def accrue(
         self, guest_id: UUID | str, body: contract.AccrualIn, idempotency_key: UUID | str

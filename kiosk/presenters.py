@@ -97,6 +97,11 @@ _BY_KEYWORD: list[tuple[tuple[str, ...], str, str]] = [
         "Check the clock",
         "The code is from the future. The tablet's clock may be wrong.",
     ),
+]
+
+
+# Only when the request was a lookup: there "not found" and "invalid" are about the code.
+_LOOKUP_KEYWORDS: list[tuple[tuple[str, ...], str, str]] = [
     (
         ("not-found", "unknown"),
         "No guest found",
@@ -110,16 +115,18 @@ _BY_KEYWORD: list[tuple[tuple[str, ...], str, str]] = [
 ]
 
 
-def problem_notice(problem: ApiProblem) -> Notice:
+def problem_notice(problem: ApiProblem, lookup: bool = False) -> Notice:
     """Turn a server refusal into words a barista can act on; never empty, never a traceback.
 
-    Known slugs get fixed wording; unknown ones fall back to the server's ``detail``.
+    Known slugs get fixed wording; ``lookup=True`` (a scan or typed code) also reads
+    "not found"/"invalid" as being about the code; anything else falls back to ``detail``.
     """
     slug = problem.slug.lower()
     if slug in _BY_SLUG:
         title, detail = _BY_SLUG[slug]
         return Notice("error", title, detail)
-    for keywords, title, detail in _BY_KEYWORD:
+    rules = _BY_KEYWORD + (_LOOKUP_KEYWORDS if lookup else [])
+    for keywords, title, detail in rules:
         if any(k in slug for k in keywords):
             return Notice("error", title, detail)
     if problem.status == 404:
@@ -133,7 +140,9 @@ def problem_notice(problem: ApiProblem) -> Notice:
 
 def offline_notice(what: str) -> Notice:
     """The plain statement that ``what`` needs the server, which is unreachable now."""
-    return Notice("warning", "Server unreachable", f"{what} needs the server. Try again when online.")
+    return Notice(
+        "warning", "Server unreachable", f"{what} needs the server. Try again when online."
+    )
 
 
 # -- money and input -------------------------------------------------------------------
@@ -404,7 +413,9 @@ def banner_view(
     connection: Connection, pending: int, rejected: int = 0, live: bool = True
 ) -> BannerView:
     """The always-visible strip: online or not, and what is waiting to be sent."""
-    waiting = f" · {pending} accrual{'s' if pending != 1 else ''} waiting to send" if pending else ""
+    waiting = (
+        f" · {pending} accrual{'s' if pending != 1 else ''} waiting to send" if pending else ""
+    )
     stuck = f" · {rejected} refused (see Settings)" if rejected else ""
     if connection == "offline":
         return BannerView(f"Offline — accruals are saved and sent later{waiting}{stuck}", "warning")

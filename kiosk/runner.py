@@ -44,11 +44,12 @@ class AsyncRunner:
         self,
         coro: Coroutine[Any, Any, T],
         on_done: Callable[[T], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
     ) -> concurrent.futures.Future[T]:
         """Run ``coro`` and hand its result to ``on_done`` on the UI thread.
 
-        An unexpected exception is logged, never raised into the UI: the session layer
-        already turns every expected failure into a Notice.
+        An unexpected exception is logged and handed to ``on_error`` (on the UI thread), never
+        raised into the UI: the session layer already turns expected failures into a Notice.
         """
         future = self.submit(coro)
 
@@ -58,6 +59,8 @@ class AsyncRunner:
             exc = f.exception()
             if exc is not None:
                 log.error("background call failed", exc_info=exc)
+                if on_error is not None:
+                    self._deliver(lambda: on_error(exc))
                 return
             if on_done is not None:
                 result = f.result()

@@ -179,7 +179,9 @@ class KioskSession:
             staff=self.staff_email or "",
             location_name=self.config.location_name or "",
             banner=banner_view(
-                connection, counts.pending, counts.rejected,
+                connection,
+                counts.pending,
+                counts.rejected,
                 live=self.live_connected or not self.signed_in,
             ),
         )
@@ -233,9 +235,9 @@ class KioskSession:
     def _on_offline(self) -> None:
         self._set_connection("offline")
 
-    def _on_problem(self, problem: ApiProblem) -> Notice:
+    def _on_problem(self, problem: ApiProblem, lookup: bool = False) -> Notice:
         self._set_connection("online")
-        notice = problem_notice(problem)
+        notice = problem_notice(problem, lookup)
         if problem.status == 401:
             self._signed_out(notice)
         return notice
@@ -361,7 +363,9 @@ class KioskSession:
             try:
                 qr.parse(code)
             except qr.QrError:
-                return Notice("error", "Damaged code", "Part of the QR code is missing. Scan again.")
+                return Notice(
+                    "error", "Damaged code", "Part of the QR code is missing. Scan again."
+                )
         scanned_at = scanned_at or datetime.now(UTC)
         self.hold = None
         try:
@@ -371,7 +375,7 @@ class KioskSession:
             self.current = CurrentGuest(code=code, scanned_at=scanned_at)
             return self.current
         except ApiProblem as problem:
-            return self._on_problem(problem)
+            return self._on_problem(problem, lookup=True)
         self._set_connection("online")
         self.current = CurrentGuest(code, scanned_at, card, guest_card_view(card, self.currency))
         return self.current
@@ -412,7 +416,7 @@ class KioskSession:
                 return Notice("success", f"+{transfer.points:,} points", f"for {amount}{total}")
         for done, problem in report.rejected:
             if done.key == entry.key:
-                return problem_notice(problem)
+                return problem_notice(problem, lookup=done.guest_id is None)
         pending = self.outbox.counts().pending
         if report.stopped == "signed-out":
             return Notice("warning", "Saved, not sent", "Sign in again to send it.")

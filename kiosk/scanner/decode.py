@@ -31,7 +31,9 @@ def decode_qr(gray: np.ndarray) -> list[str]:
     return [r.text for r in results if r.valid and r.text]
 
 
-def rgba_to_gray(pixels: bytes | np.ndarray, width: int, height: int, flip: bool = False) -> np.ndarray:
+def rgba_to_gray(
+    pixels: bytes | np.ndarray, width: int, height: int, flip: bool = False
+) -> np.ndarray:
     """Luma of an RGBA (or RGB) buffer as uint8; ``flip`` turns a bottom-up GL texture upright.
 
     zxing-cpp rejects 4-channel arrays, so camera textures go through here.

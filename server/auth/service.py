@@ -65,12 +65,13 @@ class Auth:
 
         async def store() -> int:
             async with self.gate.client.pipeline(transaction=True) as pipe:
+                # SET NX EX then INCR: a fixed one-hour window (EXPIRE NX needs Redis 7).
+                pipe.set(sends_key, 0, ex=3600, nx=True)
                 pipe.incr(sends_key)
-                pipe.expire(sends_key, 3600, nx=True)
                 pipe.delete(otp_key)
                 pipe.hset(otp_key, mapping={"code": _hash(phone + code).hex(), "attempts": 0})
                 pipe.expire(otp_key, self.settings.otp_ttl_s)
-                sends, *_ = await pipe.execute()
+                _, sends, *_ = await pipe.execute()
             return int(sends)
 
         try:

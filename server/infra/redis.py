@@ -14,7 +14,8 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from server.settings import Settings
 
@@ -64,7 +65,8 @@ class RedisGate:
             raise RedisUnavailable("redis marked down")
         try:
             result = await call()
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        # Only "Redis is not there" counts as an outage; a command error is a bug and raises.
+        except (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError) as exc:
             if not self._was_down:
                 log.warning("redis unavailable, using PostgreSQL only: %s", exc)
             self._was_down = True

@@ -1,0 +1,133 @@
+"""Redis is a cache that can be lost (DESIGN §4): flushed, stopped, paused, or left with an
+orphan hold by a process that died between the Redis reserve and the PostgreSQL commit."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from server.seed.demo import PROGRAM
+from tests.api.helpers import assert_books_balance, ledger_state, menu_items, place, redis_state
+from tests.conftest import Client, Demo, GuestHandle, Stack, give_points
+
+WELCOME = PROGRAM.welcome_bonus_points
+
+
+async def order_body(client: Client, demo: Demo, points: int, sku: str = "AVO", quantity: int = 1) -> dict[str, Any]:
+    items = await menu_items(client, demo.locations["station"])
+    return {
+        "location_id": str(demo.locations["station"]),
+        "lines": [{"item_id": items[sku]["id"], "quantity": quantity}],
+        "points_to_spend": points,
+    }
+
+
+async def wait_for_redis(services: Any) -> None:
+    for _ in range(100):
+        if await services.gate.ping():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("redis did not come back")
+
+
+async def test_flushed_redis_reloads_wallets(client: Client, guest: GuestHandle, demo: Demo, services: Any) -> None:
+    body = await order_body(client, demo, 40)
+    assert (await place(client, guest, body)).status_code == 201
+    await services.gate.client.flushall()
+    assert await redis_state(services, guest.id) is None
+    response = await place(client, guest, body)
+    assert response.status_code == 201, response.text
+    assert await ledger_state(services, guest.id) == (WELCOME - 80, 80)
+    assert await redis_state(services, guest.id) == (WELCOME - 80, 80)
+
+
+async def test_checkout_survives_redis_down_and_recovers(
+    client: Client, guest: GuestHandle, demo: Demo, services: Any, stack: Stack
+) -> None:
+    body = await order_body(client, demo, 30)
+    assert (await place(client, guest, body)).status_code == 201
+    stack.stop_redis()
+    try:
+        response = await place(client, guest, body)
+        assert response.status_code == 201, response.text
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json() == {"status": "ok", "postgres": "ok", "redis": "degraded"}
+        # The PostgreSQL guard still refuses overspending without Redis.
+        refused = await place(client, guest, await order_body(client, demo, 100, "SAL", 5))
+        assert refused.status_code == 422 and refused.json()["type"].endswith("/insufficient-points")
+        assert await ledger_state(services, guest.id) == (WELCOME - 60, 60)
+    finally:
+        stack.start_redis()
+    await wait_for_redis(services)
+    assert (await client.get("/readyz")).json()["redis"] == "ok"
+    assert (await place(client, guest, body)).status_code == 201
+    assert await redis_state(services, guest.id) == (WELCOME - 90, 90)
+    await assert_books_balance(services, demo.brand_id)
+
+
+async def test_stale_wallet_after_an_outage_is_dropped(
+    client: Client, guest: GuestHandle, demo: Demo, services: Any, settings: Any
+) -> None:
+    body = await order_body(client, demo, 30)
+    assert (await place(client, guest, body)).status_code == 201
+    assert await redis_state(services, guest.id) == (WELCOME - 30, 30)
+    # Redis stops answering but keeps its (soon stale) data, as in a network partition.
+    admin = aioredis.from_url(settings.redis_url)
+    await admin.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+    try:
+        assert (await place(client, guest, body)).status_code == 201
+    finally:
+        await asyncio.sleep(1.6)
+        await admin.aclose()
+    await wait_for_redis(services)
+    assert (await place(client, guest, body)).status_code == 201
+    assert await ledger_state(services, guest.id) == (WELCOME - 90, 90)
+    assert await redis_state(services, guest.id) == (WELCOME - 90, 90)
+
+
+async def test_reconcile_voids_the_orphan_of_a_crash(
+    client: Client, guest: GuestHandle, demo: Demo, services: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await give_points(client, demo, guest, 400 - WELCOME)  # 400 points
+    body = await order_body(client, demo, 100, "SAL", 4)
+
+    # The process "dies" after the Redis reserve: PostgreSQL never commits, and nothing
+    # after the crash point runs (no void, no reload).
+    async def crash(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("injected crash before commit")
+
+    async def nothing_after_crash(*_: Any, **__: Any) -> None:
+        return None
+
+    monkeypatch.setattr(services.orders, "_create", crash)
+    monkeypatch.setattr(services.loyalty, "settle_admission", nothing_after_crash)
+    crashed = await place(client, guest, body)
+    assert crashed.status_code == 500 and crashed.json()["type"].endswith("/internal-error")
+    monkeypatch.undo()
+    assert await ledger_state(services, guest.id) == (400, 0)
+    assert await redis_state(services, guest.id) == (300, 100)
+
+    spend_all = await order_body(client, demo, 400, "GC50", 1)
+    spend_all["lines"][0]["quantity"] = 1
+    refused = await place(client, guest, spend_all)
+    assert refused.status_code == 422 and refused.json()["type"].endswith("/insufficient-points")
+
+    env = {**os.environ, "REGULARS_DATABASE_URL": settings.database_url, "REGULARS_REDIS_URL": settings.redis_url,
+           "REGULARS_JWT_SECRET": settings.jwt_secret}
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "reconcile", "--grace-s", "0"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"{guest.id}: voided orphan hold" in result.stdout
+    assert await redis_state(services, guest.id) == (400, 0)
+    spent = await place(client, guest, spend_all)
+    assert spent.status_code == 201, spent.text
+    assert await ledger_state(services, guest.id) == (0, 400)

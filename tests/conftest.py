@@ -1,0 +1,309 @@
+"""Session fixtures: a private PostgreSQL and Redis started with the same launcher as
+`regulars dev`, migrated and seeded once; an app per test over them; helpers to make guests.
+
+Tests are isolated by data, not by truncation: every test makes its own guests (fresh phone
+numbers), so tests never see each other's wallets or orders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from litestar import Litestar
+
+from server.app import create_app
+from server.lifespan import lifespan
+from server.auth.notifier import RecordingNotifier
+from server.auth.tokens import Principal, TokenIssuer
+from server.infra.db import connect_once
+from server.infra.embedded import EmbeddedServices, RunningServices, free_port
+from server.infra.migrate import apply_migrations
+from server.seed.demo import DEMO_BRAND, seed_demo
+from server.settings import Settings, load_settings
+
+TEST_JWT_SECRET = "test-secret-not-for-production-0123456789"
+_phones = itertools.count(int(time.time()) % 1_000_000 * 100)
+
+
+@dataclass
+class Stack:
+    """The session's embedded services; tests that kill Redis restart it through this."""
+
+    embedded: EmbeddedServices
+    running: RunningServices
+
+    def stop_redis(self) -> None:
+        self.embedded.stop_redis()
+
+    def start_redis(self) -> None:
+        self.embedded.start_redis()
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    data_dir = Path(tempfile.mkdtemp(prefix="regulars-test-"))
+    embedded = EmbeddedServices(data_dir)
+    running = embedded.start()
+
+    async def prepare() -> None:
+        conn = await connect_once(running.database_url)
+        try:
+            await apply_migrations(conn)
+            await seed_demo(conn)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(prepare())
+        yield Stack(embedded, running)
+    finally:
+        embedded.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def settings(stack: Stack) -> Settings:
+    return load_settings(
+        environ={},
+        database_url=stack.running.database_url,
+        redis_url=stack.running.redis_url,
+        data_dir=str(stack.embedded.data_dir),
+        env="test",
+        jwt_secret=TEST_JWT_SECRET,
+        redis_retry_after_s=0.2,
+        db_pool_max=20,
+        otp_sends_per_hour=1000,
+    )
+
+
+@pytest.fixture
+def notifier() -> RecordingNotifier:
+    return RecordingNotifier()
+
+
+class Client(httpx.AsyncClient):
+    """An httpx client over the app in the test's own event loop (so tests can also use the
+    app's services directly: one loop, one pool)."""
+
+    app: Litestar
+
+
+@pytest.fixture
+async def client(settings: Settings, notifier: RecordingNotifier) -> AsyncIterator[Client]:
+    app = create_app(settings, notifier=notifier)
+    # Our own lifespan rather than app.lifespan(): the latter holds an anyio cancel scope that
+    # pytest-asyncio would exit from another task.
+    async with lifespan(app):
+        transport = httpx.ASGITransport(app=app)
+        async with Client(transport=transport, base_url="http://testserver", timeout=30) as test_client:
+            test_client.app = app
+            yield test_client
+
+
+@pytest.fixture
+def services(client: Client) -> Any:
+    """The running app's services (ledger, hot wallets, orders, …) for white-box checks."""
+    return client.app.state.services
+
+
+def new_phone() -> str:
+    return f"+49152{next(_phones) % 100_000_000:08d}"
+
+
+def tokens() -> TokenIssuer:
+    return TokenIssuer(TEST_JWT_SECRET, "regulars", 900)
+
+
+@dataclass
+class Demo:
+    brand_id: uuid.UUID
+    locations: dict[str, uuid.UUID]
+    staff: dict[str, str]  # role -> access token
+    manager_id: uuid.UUID
+
+
+@pytest.fixture
+async def demo(client: Client) -> Demo:
+    services = client.app.state.services
+    async with services.db.connection() as conn:
+        brand_id = await conn.fetchval("SELECT id FROM brands WHERE slug = $1", DEMO_BRAND)
+        locations = {r["slug"]: r["id"] for r in await conn.fetch("SELECT slug, id FROM locations")}
+        staff = {}
+        ids = {}
+        for row in await conn.fetch("SELECT id, role FROM staff_users WHERE brand_id = $1", brand_id):
+            principal = await services.auth.principal_for(conn, "staff", row["id"])
+            staff[row["role"]] = services.tokens.issue(principal)
+            ids[row["role"]] = row["id"]
+    return Demo(brand_id, locations, staff, ids["manager"])
+
+
+@dataclass
+class GuestHandle:
+    id: uuid.UUID
+    token: str
+    phone: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+async def sign_in(client: Client, notifier: RecordingNotifier, phone: str | None = None) -> GuestHandle:
+    """The real sign-in: ask for a code, read it from the notifier, verify it."""
+    phone = phone or new_phone()
+    response = await client.post("/v1/auth/otp", json={"phone": phone})
+    assert response.status_code == 202, response.text
+    normalised = response.json()["phone"]
+    response = await client.post(
+        "/v1/auth/otp/verify", json={"phone": phone, "code": notifier.codes[normalised], "first_name": "Test"}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return GuestHandle(uuid.UUID(body["guest_id"]), body["access_token"], normalised)
+
+
+async def give_points(client: Client, demo: Demo, guest: GuestHandle, points: int) -> None:
+    """A manager adjustment, through the API, so the guest has exactly ``points`` more."""
+    response = await client.post(
+        f"/v1/guests/{guest.id}/adjustments",
+        json={"points": points, "reason": "test set-up"},
+        headers={"Authorization": f"Bearer {demo.staff['manager']}", "Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert response.status_code == 201, response.text
+
+
+@pytest.fixture
+async def guest(client: Client, notifier: RecordingNotifier) -> GuestHandle:
+    """A freshly signed-up guest (welcome bonus only)."""
+    return await sign_in(client, notifier)
+
+
+@pytest.fixture
+def station_menu_item() -> str:
+    """SKU of a plain item on the 24/7 location's menu (open at any hour)."""
+    return "CRO"
+
+
+class LiveServer:
+    """The real API on a real port (uvicorn in a thread), for GUI and end-to-end tests.
+
+    ``stop()`` and ``start()`` take it down and bring it back on the same port, so a client
+    can be tested against an outage.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.notifier = RecordingNotifier()
+        self._thread: threading.Thread | None = None
+        self._server: Any = None
+
+    def start(self) -> None:
+        import uvicorn
+
+        from server.lifespan import build_services
+        from server.worker import run_forever
+
+        app = create_app(self.settings, notifier=self.notifier)
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, access_log=False)
+        self._server = uvicorn.Server(config)
+
+        async def serve() -> None:
+            worker_services = await build_services(self.settings)
+            stop = asyncio.Event()
+            relay = asyncio.create_task(run_forever(worker_services, stop))
+            try:
+                await self._server.serve()
+            finally:
+                stop.set()
+                await relay
+                await worker_services.close()
+
+        self._thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.base_url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError("live server did not start")
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=30)
+            self._server = self._thread = None
+
+    def staff_token(self, role: str = "barista") -> str:
+        async def issue() -> str:
+            conn = await connect_once(self.settings.database_url or "")
+            try:
+                staff_id = await conn.fetchval("SELECT id FROM staff_users WHERE role = $1 ORDER BY email LIMIT 1", role)
+                row = await conn.fetchrow("SELECT brand_id, role, location_ids FROM staff_users WHERE id = $1", staff_id)
+            finally:
+                await conn.close()
+            return tokens().issue(
+                Principal(kind="staff", subject_id=staff_id, brand_id=row["brand_id"], role=row["role"],
+                          location_ids=frozenset(row["location_ids"]))
+            )
+
+        return asyncio.run(issue())
+
+    def new_guest(self, points: int = 0) -> dict[str, Any]:
+        """Sign up a guest through the API; returns id, token, phone, public_id and qr secret."""
+        phone = new_phone()
+        with httpx.Client(base_url=self.base_url, timeout=10) as http:
+            sent = http.post("/v1/auth/otp", json={"phone": phone}).json()
+            pair = http.post(
+                "/v1/auth/otp/verify",
+                json={"phone": phone, "code": self.notifier.codes[sent["phone"]], "first_name": "Kiosk"},
+            ).json()
+            if points:
+                http.post(
+                    f"/v1/guests/{pair['guest_id']}/adjustments",
+                    json={"points": points, "reason": "test set-up"},
+                    headers={"Authorization": f"Bearer {self.staff_token('manager')}",
+                             "Idempotency-Key": str(uuid.uuid4())},
+                ).raise_for_status()
+
+        async def secret() -> tuple[str, bytes]:
+            conn = await connect_once(self.settings.database_url or "")
+            try:
+                row = await conn.fetchrow("SELECT public_id, qr_secret FROM guests WHERE id = $1", uuid.UUID(pair["guest_id"]))
+            finally:
+                await conn.close()
+            return row["public_id"], bytes(row["qr_secret"])
+
+        public_id, qr_secret = asyncio.run(secret())
+        return {"id": pair["guest_id"], "token": pair["access_token"], "phone": sent["phone"],
+                "public_id": public_id, "qr_secret": qr_secret}
+
+
+@pytest.fixture(scope="session")
+def live_server(settings: Settings) -> Iterator[LiveServer]:
+    server = LiveServer(settings)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("REGULARS_ENV", "test")
