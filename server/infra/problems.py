@@ -97,7 +97,8 @@ def _field_of(error: dict[str, Any]) -> dict[str, str]:
 def _on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     status = exc.status_code
     slug = _STATUS_SLUGS.get(status, "error")
-    if status == 400 and "malformed" in str(exc.detail).lower():
+    # Litestar answers an undecodable body with a plain 400 carrying msgspec's message.
+    if status == 400 and any(w in str(exc.detail) for w in ("malformed", "truncated", "JSON")):
         slug = "malformed-json"
     return problem_response(Problem(status, slug, str(exc.detail)), request.url.path)
 

@@ -11,7 +11,7 @@ from kiosk.api import ApiProblem, Offline
 from kiosk.live import Backoff, LiveEvent, parse_event
 from kiosk.presenters import Notice
 from kiosk.session import CurrentGuest, KioskSession, RedemptionHold, normalise_code
-from shared import contract, qr
+from shared import qr
 
 SECRET = b"0123456789abcdefghij"
 PUBLIC_ID = "ABCDEFGHIJKLMNOP"
@@ -248,6 +248,3 @@ def test_status_change_reaches_the_listener(session: KioskSession, listener: Any
     assert listener.statuses[-1].connection == "offline"
     assert "Offline" in listener.statuses[-1].banner.text
 
-
-def test_order_contract_roundtrip_for_fakes(order_factory: Any) -> None:
-    assert isinstance(order_factory(), contract.Order)

@@ -1,0 +1,1 @@
+"""Offers: what staff could offer the guest in front of them, with a one-line reason."""
