@@ -20,6 +20,7 @@ from server.catalog.controller import CatalogController
 from server.guests.controller import MeController
 from server.infra.observability import RequestIdMiddleware
 from server.infra.problems import exception_handlers
+from server.kiosk.controller import ROUTES as STAFF_KIOSK_ROUTES
 from server.lifespan import Services, lifespan
 from server.loyalty.controller import AdjustmentsController
 from server.orders.controller import OrdersController
@@ -47,7 +48,11 @@ async def readyz(state: State) -> Any:
     except Exception:
         postgres = "down"
     redis = "ok" if await services.gate.ping() else "degraded"
-    body = {"status": "ok" if postgres == "ok" else "unavailable", "postgres": postgres, "redis": redis}
+    body = {
+        "status": "ok" if postgres == "ok" else "unavailable",
+        "postgres": postgres,
+        "redis": redis,
+    }
     return Response(content=body, status_code=200 if postgres == "ok" else 503)
 
 
@@ -64,16 +69,23 @@ def _principal(request: Request[Any, Any, Any]) -> Any:
 
 def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar:
     """The Litestar app for ``settings``; the lifespan opens the pool and Redis."""
-    prometheus = PrometheusConfig(app_name="regulars", group_path=True, excluded_http_methods=[])
+    prometheus = PrometheusConfig(app_name="regulars", prefix="regulars", group_path=True)
     dependencies = {
         name: _service(name)
-        for name in ("catalog", "loyalty", "orders", "guests", "auth", "settings")
+        for name in ("catalog", "loyalty", "orders", "guests", "auth", "settings",
+                     "staff", "kiosk", "counter", "live_queues")
     }
     dependencies["principal"] = Provide(_principal, sync_to_thread=False)
     return Litestar(
         route_handlers=[
-            healthz, readyz, PrometheusController,
-            AuthController, CatalogController, MeController, OrdersController, AdjustmentsController,
+            healthz,
+            readyz,
+            PrometheusController,
+            AuthController,
+            CatalogController,
+            MeController,
+            OrdersController,
+            AdjustmentsController,
         ],
         dependencies=dependencies,
         middleware=[
@@ -85,7 +97,9 @@ def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar
         lifespan=[lifespan],
         state=State({"settings": settings, "notifier": notifier}),
         openapi_config=OpenAPIConfig(
-            title="Regulars API", version="1", path="/schema",
+            title="Regulars API",
+            version="1",
+            path="/schema",
             render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
         ),
         debug=False,

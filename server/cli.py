@@ -33,7 +33,7 @@ def _fail(message: str) -> NoReturn:
 
 def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
     data_dir = getattr(args, "data_dir", None) or os.environ.get("REGULARS_DATA_DIR") or ".regulars"
-    return load_settings(data_dir=data_dir, **overrides)
+    return load_settings(None, data_dir=data_dir, **overrides)
 
 
 def _with_urls(settings: Settings) -> Settings:
@@ -58,7 +58,7 @@ async def _check_database(url: str) -> None:
 
     try:
         conn = await connect_once(url, timeout_s=5)
-    except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
+    except (OSError, TimeoutError) as exc:
         where = urlsplit(url)
         raise CliError(
             f"PostgreSQL at {where.hostname}:{where.port or 5432} does not answer ({exc.__class__.__name__}); "
@@ -117,12 +117,16 @@ def cmd_dev(args: argparse.Namespace) -> int:
     settings = _settings(args, env="dev", log_format="text")
     configure_logging("text", settings.log_level)
     if not port_is_free(args.host, args.port):
-        raise CliError(f"port {args.port} on {args.host} is in use; stop what uses it or pass --port")
+        raise CliError(
+            f"port {args.port} on {args.host} is in use; stop what uses it or pass --port"
+        )
     data_dir = Path(settings.data_dir).resolve()
     if args.fresh and data_dir.exists():
         other = discover(data_dir)
         if other is not None:
-            raise CliError(f"{data_dir} is in use by process {other.owner_pid}; stop it before --fresh")
+            raise CliError(
+                f"{data_dir} is in use by process {other.owner_pid}; stop it before --fresh"
+            )
         shutil.rmtree(data_dir)
     services = EmbeddedServices(data_dir, log=lambda msg: print(f"  {msg}", flush=True))
     need_pg, need_redis = not settings.database_url, not settings.redis_url
@@ -155,7 +159,7 @@ def _banner(settings: Settings, host: str, port: int, seeded: bool) -> None:
     base = f"http://{host}:{port}"
     print(
         f"""
-Regulars is running{' (demo brand loaded)' if seeded else ''}
+Regulars is running{" (demo brand loaded)" if seeded else ""}
   API            {base}/v1/locations
   API docs       {base}/schema   (Swagger UI: {base}/schema/swagger)
   health         {base}/healthz   ready: {base}/readyz   metrics: {base}/metrics
@@ -180,7 +184,9 @@ async def _serve_dev(settings: Settings, host: str, port: int) -> None:
     from server.worker import run_forever
 
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False)
+    )
     worker_services = await build_services(settings)
     stop = asyncio.Event()
     worker = asyncio.create_task(run_forever(worker_services, stop))
@@ -209,15 +215,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from granian.constants import Interfaces, Loops
 
         Granian(
-            "server.asgi:app", address=args.host, port=args.port, interface=Interfaces.ASGI,
-            workers=workers, loop=Loops.uvloop, log_access=False,
+            "server.asgi:app",
+            address=args.host,
+            port=args.port,
+            interface=Interfaces.ASGI,
+            workers=workers,
+            loop=Loops.uvloop,
+            log_access=False,
         ).serve()
     else:
         import uvicorn
 
         uvicorn.run(
-            "server.asgi:app", host=args.host, port=args.port, workers=workers, loop="uvloop",
-            http="httptools", access_log=False, log_config=None, timeout_graceful_shutdown=30,
+            "server.asgi:app",
+            host=args.host,
+            port=args.port,
+            workers=workers,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_config=None,
+            timeout_graceful_shutdown=30,
         )
     return 0
 
@@ -257,7 +275,11 @@ def cmd_seed(args: argparse.Namespace) -> int:
     settings = _with_urls(_settings(args))
     assert settings.database_url
     asyncio.run(_migrate(settings.database_url, quiet=True))
-    print("demo brand loaded" if asyncio.run(_seed(settings.database_url)) else "demo brand already present")
+    print(
+        "demo brand loaded"
+        if asyncio.run(_seed(settings.database_url))
+        else "demo brand already present"
+    )
     return 0
 
 
@@ -304,7 +326,9 @@ def cmd_token(args: argparse.Namespace) -> int:
                     guest_id, _, welcome = await services.guests.enrol(conn, brand_id, phone)
                 principal = Principal(kind="guest", subject_id=guest_id, brand_id=brand_id)
             else:
-                staff_id = await conn.fetchval("SELECT id FROM staff_users WHERE email = $1", args.email.lower())
+                staff_id = await conn.fetchval(
+                    "SELECT id FROM staff_users WHERE email = $1", args.email.lower()
+                )
                 if staff_id is None:
                     raise CliError(f"no staff user {args.email}")
                 principal = await services.auth.principal_for(conn, "staff", staff_id)
@@ -320,7 +344,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="regulars", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, handler: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], int], help_: str
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--data-dir", help="where `regulars dev` keeps its data (default .regulars)")
         p.set_defaults(handler=handler)
@@ -341,7 +367,9 @@ def _parser() -> argparse.ArgumentParser:
     seed = command("seed", cmd_seed, "load data")
     seed.add_argument("--demo", action="store_true", help="the demo café chain")
     reconcile = command("reconcile", cmd_reconcile, "repair Redis wallets from the ledger")
-    reconcile.add_argument("--grace-s", type=float, default=None, help="spare holds younger than this")
+    reconcile.add_argument(
+        "--grace-s", type=float, default=None, help="spare holds younger than this"
+    )
     token = command("token", cmd_token, "print an access token")
     kinds = token.add_subparsers(dest="kind", required=True)
     guest = kinds.add_parser("guest")

@@ -20,11 +20,13 @@ from server.catalog.service import CATALOG_CHANNEL, Catalog
 from server.guests.service import Guests
 from server.infra.db import Database, create_pool
 from server.infra.redis import RedisGate, create_redis
+from server.kiosk.service import Counter, Kiosk, LiveQueues
 from server.loyalty.hot import HotWallets
 from server.loyalty.repository import Ledger
 from server.loyalty.service import Loyalty, Programs
 from server.orders.service import Orders
 from server.settings import Settings
+from server.staff.service import Staff
 
 __all__ = ["Services", "build_services", "jwt_secret", "lifespan"]
 
@@ -42,8 +44,13 @@ class Services:
     orders: Orders
     guests: Guests
     auth: Auth
+    staff: Staff
+    kiosk: Kiosk
+    counter: Counter
+    live_queues: LiveQueues
 
     async def close(self) -> None:
+        await self.live_queues.close()
         await self.db.pool.close()
         await self.gate.client.aclose()
 
@@ -74,7 +81,14 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
     orders = Orders(settings, db, catalog, loyalty)
     guests = Guests(settings, db, loyalty)
     auth = Auth(settings, db, gate, tokens, guests, notifier or LogNotifier())
-    return Services(settings, db, gate, tokens, catalog, loyalty, orders, guests, auth)
+    staff = Staff(settings, db, gate, auth)
+    kiosk = Kiosk(settings, db, gate, loyalty, guests)
+    counter = Counter(db, loyalty, kiosk.locations)
+    live_queues = LiveQueues(gate, settings.redis_retry_after_s)
+    return Services(
+        settings, db, gate, tokens, catalog, loyalty, orders, guests, auth,
+        staff, kiosk, counter, live_queues,
+    )
 
 
 async def _follow_catalog_changes(services: Services) -> None:

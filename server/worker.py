@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+import contextlib
 import logging
+
+import msgspec
 
 from server.infra.redis import RedisUnavailable
 from server.lifespan import Services
@@ -35,7 +39,7 @@ async def relay_outbox(services: Services, batch_size: int) -> int:
                     location_id = row["payload"].get("order", {}).get("location_id")
                     if location_id:
                         channel = QUEUE_CHANNEL.format(location_id=location_id)
-                        pipe.publish(channel, services_encode(row["payload"]))
+                        pipe.publish(channel, msgspec.json.encode(row["payload"]))
                 await pipe.execute()
 
         await services.gate.run(publish)
@@ -43,17 +47,11 @@ async def relay_outbox(services: Services, batch_size: int) -> int:
     return len(rows)
 
 
-def services_encode(payload: object) -> bytes:
-    import msgspec
-
-    return msgspec.json.encode(payload)
-
-
 async def run_once(services: Services) -> dict[str, int]:
     """One pass of every job; each job's failure is logged and does not stop the others."""
     batch = services.settings.job_batch_size
     done: dict[str, int] = {}
-    jobs = {
+    jobs: dict[str, Callable[[], Awaitable[int]]] = {
         "expired_orders": lambda: services.orders.expire_unpaid(batch),
         "voided_holds": lambda: void_timed_out_holds(services.loyalty, batch),
         "expired_lots": lambda: expire_lots(services.loyalty, batch),
@@ -70,7 +68,9 @@ async def run_once(services: Services) -> dict[str, int]:
     return done
 
 
-async def run_forever(services: Services, stop: asyncio.Event, relay_interval_s: float = 0.2) -> None:
+async def run_forever(
+    services: Services, stop: asyncio.Event, relay_interval_s: float = 0.2
+) -> None:
     """Relay the outbox often (live queues feel instant) and run the slower jobs every interval."""
     loop = asyncio.get_running_loop()
     next_jobs = 0.0
@@ -85,7 +85,5 @@ async def run_forever(services: Services, stop: asyncio.Event, relay_interval_s:
                 await relay_outbox(services, services.settings.job_batch_size)
             except Exception as exc:
                 log.debug("relay skipped: %s", exc)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), relay_interval_s)
-        except TimeoutError:
-            pass

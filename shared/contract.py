@@ -67,29 +67,35 @@ Quantity = Annotated[int, Meta(ge=1, le=99)]
 ShortText = Annotated[str, Meta(min_length=1, max_length=200)]
 
 OrderStatus = Literal[
-    "awaiting_payment", "placed", "accepted", "preparing", "ready", "completed", "cancelled",
+    "awaiting_payment",
+    "placed",
+    "accepted",
+    "preparing",
+    "ready",
+    "completed",
+    "cancelled",
     "refunded",
 ]
 
 # -- auth ------------------------------------------------------------------------------
 
 
-class OtpRequest(_Wire, kw_only=True):
+class OtpRequest(_Wire, kw_only=True, frozen=True):
     phone: Annotated[str, Meta(min_length=3, max_length=32)]
 
 
-class OtpSent(_Wire, kw_only=True):
+class OtpSent(_Wire, kw_only=True, frozen=True):
     phone: str
     expires_in_s: int
 
 
-class OtpVerify(_Wire, kw_only=True):
+class OtpVerify(_Wire, kw_only=True, frozen=True):
     phone: Annotated[str, Meta(min_length=3, max_length=32)]
     code: Annotated[str, Meta(pattern=r"^\d{6}$")]
     first_name: Annotated[str, Meta(max_length=80)] | None = None
 
 
-class TokenPair(_Wire, kw_only=True):
+class TokenPair(_Wire, kw_only=True, frozen=True):
     access_token: str
     refresh_token: str
     expires_in: int
@@ -99,17 +105,17 @@ class TokenPair(_Wire, kw_only=True):
     role: str | None = None
 
 
-class RefreshIn(_Wire, kw_only=True):
+class RefreshIn(_Wire, kw_only=True, frozen=True):
     refresh_token: Annotated[str, Meta(min_length=10, max_length=200)]
 
 
-class StaffLogin(_Wire, kw_only=True):
+class StaffLogin(_Wire, kw_only=True, frozen=True):
     email: Annotated[str, Meta(min_length=3, max_length=200)]
     password: Annotated[str, Meta(min_length=1, max_length=200)]
     totp: Annotated[str, Meta(pattern=r"^\d{6}$")] | None = None
 
 
-class PinLogin(_Wire, kw_only=True):
+class PinLogin(_Wire, kw_only=True, frozen=True):
     device_id: UUID
     device_secret: Annotated[str, Meta(min_length=10, max_length=200)]
     email: Annotated[str, Meta(min_length=3, max_length=200)]
@@ -119,7 +125,7 @@ class PinLogin(_Wire, kw_only=True):
 # -- catalog ---------------------------------------------------------------------------
 
 
-class Location(_Wire, kw_only=True):
+class Location(_Wire, kw_only=True, frozen=True):
     id: UUID
     name: str
     address: str
@@ -130,14 +136,14 @@ class Location(_Wire, kw_only=True):
     opening_hours: dict[str, list[list[str]]] = {}
 
 
-class Modifier(_Wire, kw_only=True):
+class Modifier(_Wire, kw_only=True, frozen=True):
     id: UUID
     group: str
     name: str
     price_delta_minor: int
 
 
-class MenuItem(_Wire, kw_only=True):
+class MenuItem(_Wire, kw_only=True, frozen=True):
     id: UUID
     sku: str
     name: str
@@ -148,25 +154,25 @@ class MenuItem(_Wire, kw_only=True):
     modifiers: list[Modifier] = []
 
 
-class MenuCategory(_Wire, kw_only=True):
+class MenuCategory(_Wire, kw_only=True, frozen=True):
     id: UUID
     name: str
     items: list[MenuItem]
 
 
-class Menu(_Wire, kw_only=True):
+class Menu(_Wire, kw_only=True, frozen=True):
     location_id: UUID
     currency: str
     categories: list[MenuCategory]
 
 
-class Slot(_Wire, kw_only=True):
+class Slot(_Wire, kw_only=True, frozen=True):
     starts_at: datetime
     capacity: int
     free: int
 
 
-class Slots(_Wire, kw_only=True):
+class Slots(_Wire, kw_only=True, frozen=True):
     location_id: UUID
     date: date
     slots: list[Slot]
@@ -175,7 +181,7 @@ class Slots(_Wire, kw_only=True):
 # -- guests and wallet -----------------------------------------------------------------
 
 
-class Me(_Wire, kw_only=True):
+class Me(_Wire, kw_only=True, frozen=True):
     id: UUID
     first_name: str
     last_name: str
@@ -185,12 +191,12 @@ class Me(_Wire, kw_only=True):
     card_number: str | None = None
 
 
-class ExpiringPoints(_Wire, kw_only=True):
+class ExpiringPoints(_Wire, kw_only=True, frozen=True):
     points: int
     expires_at: datetime
 
 
-class Wallet(_Wire, kw_only=True):
+class Wallet(_Wire, kw_only=True, frozen=True):
     points_available: int
     points_pending: int
     tier: str
@@ -200,7 +206,7 @@ class Wallet(_Wire, kw_only=True):
     expiring: list[ExpiringPoints] = []
 
 
-class LedgerEntry(_Wire, kw_only=True):
+class LedgerEntry(_Wire, kw_only=True, frozen=True):
     id: UUID
     code: str
     points: int
@@ -210,12 +216,12 @@ class LedgerEntry(_Wire, kw_only=True):
     reason: str | None = None
 
 
-class LedgerPage(_Wire, kw_only=True):
+class LedgerPage(_Wire, kw_only=True, frozen=True):
     entries: list[LedgerEntry]
     next_cursor: str | None = None
 
 
-class QrCode(_Wire, kw_only=True):
+class QrCode(_Wire, kw_only=True, frozen=True):
     code: str
     valid_until: datetime
     secret_ttl_s: int | None = None
@@ -224,14 +230,14 @@ class QrCode(_Wire, kw_only=True):
 # -- orders ----------------------------------------------------------------------------
 
 
-class OrderLineIn(_Wire, kw_only=True):
+class OrderLineIn(_Wire, kw_only=True, frozen=True):
     item_id: UUID
     # Bounds are checked by the service so that a bad quantity gets its own problem type.
     quantity: int
     modifier_ids: list[UUID] = []
 
 
-class OrderIn(_Wire, kw_only=True):
+class OrderIn(_Wire, kw_only=True, frozen=True):
     location_id: UUID
     lines: Annotated[list[OrderLineIn], Meta(min_length=1, max_length=100)]
     pickup_at: datetime | None = None
@@ -239,7 +245,7 @@ class OrderIn(_Wire, kw_only=True):
     promo_code: Annotated[str, Meta(min_length=1, max_length=40)] | None = None
 
 
-class OrderLine(_Wire, kw_only=True):
+class OrderLine(_Wire, kw_only=True, frozen=True):
     id: UUID
     item_id: UUID
     sku: str
@@ -255,7 +261,7 @@ class OrderLine(_Wire, kw_only=True):
     refunded: bool = False
 
 
-class Order(_Wire, kw_only=True):
+class Order(_Wire, kw_only=True, frozen=True):
     id: UUID
     status: OrderStatus
     location_id: UUID
@@ -275,29 +281,29 @@ class Order(_Wire, kw_only=True):
     guest_display_name: str | None = None
 
 
-class PaymentIn(_Wire, kw_only=True):
+class PaymentIn(_Wire, kw_only=True, frozen=True):
     provider: Literal["test"] = "test"
     token: Annotated[str, Meta(min_length=1, max_length=200)]
 
 
-class StatusChange(_Wire, kw_only=True):
+class StatusChange(_Wire, kw_only=True, frozen=True):
     status: OrderStatus
 
 
-class RefundIn(_Wire, kw_only=True):
+class RefundIn(_Wire, kw_only=True, frozen=True):
     line_ids: Annotated[list[UUID], Meta(min_length=1, max_length=100)]
 
 
 # -- staff and kiosk -------------------------------------------------------------------
 
 
-class ScanIn(_Wire, kw_only=True):
+class ScanIn(_Wire, kw_only=True, frozen=True):
     code: Annotated[str, Meta(min_length=1, max_length=200)]
     # When an offline kiosk scanned the code; verification uses it for late replays.
     scanned_at: datetime | None = None
 
 
-class GuestSummary(_Wire, kw_only=True):
+class GuestSummary(_Wire, kw_only=True, frozen=True):
     id: UUID
     display_name: str
     tier: str
@@ -308,14 +314,14 @@ class GuestSummary(_Wire, kw_only=True):
     email: str | None = None
 
 
-class UsualItem(_Wire, kw_only=True):
+class UsualItem(_Wire, kw_only=True, frozen=True):
     item_id: UUID
     name: str
     count: int
     price_minor: int = 0
 
 
-class Habits(_Wire, kw_only=True):
+class Habits(_Wire, kw_only=True, frozen=True):
     usual_weekday: str | None = None
     usual_time: str | None = None
     visits_30d: int = 0
@@ -324,13 +330,13 @@ class Habits(_Wire, kw_only=True):
     last_visit_at: datetime | None = None
 
 
-class Offer(_Wire, kw_only=True):
+class Offer(_Wire, kw_only=True, frozen=True):
     id: str
     title: str
     reason: str
 
 
-class GuestCard(_Wire, kw_only=True):
+class GuestCard(_Wire, kw_only=True, frozen=True):
     guest: GuestSummary
     wallet: Wallet
     usual: list[UsualItem] = []
@@ -339,7 +345,7 @@ class GuestCard(_Wire, kw_only=True):
     open_orders: list[Order] = []
 
 
-class AccrualIn(_Wire, kw_only=True):
+class AccrualIn(_Wire, kw_only=True, frozen=True):
     amount_paid_minor: Annotated[int, Meta(gt=0, le=100_000_00)]
     location_id: UUID
     receipt_ref: Annotated[str, Meta(min_length=1, max_length=100)]
@@ -347,17 +353,17 @@ class AccrualIn(_Wire, kw_only=True):
     scanned_at: datetime | None = None
 
 
-class RedemptionIn(_Wire, kw_only=True):
+class RedemptionIn(_Wire, kw_only=True, frozen=True):
     points: Annotated[int, Meta(gt=0, le=1_000_000)]
     location_id: UUID
 
 
-class AdjustmentIn(_Wire, kw_only=True):
+class AdjustmentIn(_Wire, kw_only=True, frozen=True):
     points: Annotated[int, Meta(ge=-1_000_000, le=1_000_000)]
     reason: ShortText
 
 
-class Transfer(_Wire, kw_only=True):
+class Transfer(_Wire, kw_only=True, frozen=True):
     id: UUID
     guest_id: UUID
     code: str
@@ -372,4 +378,4 @@ encode = _encoder.encode
 
 
 def decode(data: bytes | str, type_: type[Struct]) -> Struct:
-    return msgspec.json.decode(data, type=type_)  # type: ignore[no-any-return]
+    return msgspec.json.decode(data, type=type_)

@@ -25,12 +25,12 @@ import pytest
 from litestar import Litestar
 
 from server.app import create_app
-from server.lifespan import lifespan
 from server.auth.notifier import RecordingNotifier
 from server.auth.tokens import Principal, TokenIssuer
 from server.infra.db import connect_once
 from server.infra.embedded import EmbeddedServices, RunningServices, free_port
 from server.infra.migrate import apply_migrations
+from server.lifespan import lifespan
 from server.seed.demo import DEMO_BRAND, seed_demo
 from server.settings import Settings, load_settings
 
@@ -108,7 +108,9 @@ async def client(settings: Settings, notifier: RecordingNotifier) -> AsyncIterat
     # pytest-asyncio would exit from another task.
     async with lifespan(app):
         transport = httpx.ASGITransport(app=app)
-        async with Client(transport=transport, base_url="http://testserver", timeout=30) as test_client:
+        async with Client(
+            transport=transport, base_url="http://testserver", timeout=30
+        ) as test_client:
             test_client.app = app
             yield test_client
 
@@ -143,7 +145,9 @@ async def demo(client: Client) -> Demo:
         locations = {r["slug"]: r["id"] for r in await conn.fetch("SELECT slug, id FROM locations")}
         staff = {}
         ids = {}
-        for row in await conn.fetch("SELECT id, role FROM staff_users WHERE brand_id = $1", brand_id):
+        for row in await conn.fetch(
+            "SELECT id, role FROM staff_users WHERE brand_id = $1", brand_id
+        ):
             principal = await services.auth.principal_for(conn, "staff", row["id"])
             staff[row["role"]] = services.tokens.issue(principal)
             ids[row["role"]] = row["id"]
@@ -161,14 +165,17 @@ class GuestHandle:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-async def sign_in(client: Client, notifier: RecordingNotifier, phone: str | None = None) -> GuestHandle:
+async def sign_in(
+    client: Client, notifier: RecordingNotifier, phone: str | None = None
+) -> GuestHandle:
     """The real sign-in: ask for a code, read it from the notifier, verify it."""
     phone = phone or new_phone()
     response = await client.post("/v1/auth/otp", json={"phone": phone})
     assert response.status_code == 202, response.text
     normalised = response.json()["phone"]
     response = await client.post(
-        "/v1/auth/otp/verify", json={"phone": phone, "code": notifier.codes[normalised], "first_name": "Test"}
+        "/v1/auth/otp/verify",
+        json={"phone": phone, "code": notifier.codes[normalised], "first_name": "Test"},
     )
     assert response.status_code == 200, response.text
     body = response.json()
@@ -180,7 +187,10 @@ async def give_points(client: Client, demo: Demo, guest: GuestHandle, points: in
     response = await client.post(
         f"/v1/guests/{guest.id}/adjustments",
         json={"points": points, "reason": "test set-up"},
-        headers={"Authorization": f"Bearer {demo.staff['manager']}", "Idempotency-Key": str(uuid.uuid4())},
+        headers={
+            "Authorization": f"Bearer {demo.staff['manager']}",
+            "Idempotency-Key": str(uuid.uuid4()),
+        },
     )
     assert response.status_code == 201, response.text
 
@@ -219,7 +229,9 @@ class LiveServer:
         from server.worker import run_forever
 
         app = create_app(self.settings, notifier=self.notifier)
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, access_log=False)
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_config=None, access_log=False
+        )
         self._server = uvicorn.Server(config)
 
         async def serve() -> None:
@@ -254,13 +266,22 @@ class LiveServer:
         async def issue() -> str:
             conn = await connect_once(self.settings.database_url or "")
             try:
-                staff_id = await conn.fetchval("SELECT id FROM staff_users WHERE role = $1 ORDER BY email LIMIT 1", role)
-                row = await conn.fetchrow("SELECT brand_id, role, location_ids FROM staff_users WHERE id = $1", staff_id)
+                staff_id = await conn.fetchval(
+                    "SELECT id FROM staff_users WHERE role = $1 ORDER BY email LIMIT 1", role
+                )
+                row = await conn.fetchrow(
+                    "SELECT brand_id, role, location_ids FROM staff_users WHERE id = $1", staff_id
+                )
             finally:
                 await conn.close()
             return tokens().issue(
-                Principal(kind="staff", subject_id=staff_id, brand_id=row["brand_id"], role=row["role"],
-                          location_ids=frozenset(row["location_ids"]))
+                Principal(
+                    kind="staff",
+                    subject_id=staff_id,
+                    brand_id=row["brand_id"],
+                    role=row["role"],
+                    location_ids=frozenset(row["location_ids"]),
+                )
             )
 
         return asyncio.run(issue())
@@ -272,27 +293,41 @@ class LiveServer:
             sent = http.post("/v1/auth/otp", json={"phone": phone}).json()
             pair = http.post(
                 "/v1/auth/otp/verify",
-                json={"phone": phone, "code": self.notifier.codes[sent["phone"]], "first_name": "Kiosk"},
+                json={
+                    "phone": phone,
+                    "code": self.notifier.codes[sent["phone"]],
+                    "first_name": "Kiosk",
+                },
             ).json()
             if points:
                 http.post(
                     f"/v1/guests/{pair['guest_id']}/adjustments",
                     json={"points": points, "reason": "test set-up"},
-                    headers={"Authorization": f"Bearer {self.staff_token('manager')}",
-                             "Idempotency-Key": str(uuid.uuid4())},
+                    headers={
+                        "Authorization": f"Bearer {self.staff_token('manager')}",
+                        "Idempotency-Key": str(uuid.uuid4()),
+                    },
                 ).raise_for_status()
 
         async def secret() -> tuple[str, bytes]:
             conn = await connect_once(self.settings.database_url or "")
             try:
-                row = await conn.fetchrow("SELECT public_id, qr_secret FROM guests WHERE id = $1", uuid.UUID(pair["guest_id"]))
+                row = await conn.fetchrow(
+                    "SELECT public_id, qr_secret FROM guests WHERE id = $1",
+                    uuid.UUID(pair["guest_id"]),
+                )
             finally:
                 await conn.close()
             return row["public_id"], bytes(row["qr_secret"])
 
         public_id, qr_secret = asyncio.run(secret())
-        return {"id": pair["guest_id"], "token": pair["access_token"], "phone": sent["phone"],
-                "public_id": public_id, "qr_secret": qr_secret}
+        return {
+            "id": pair["guest_id"],
+            "token": pair["access_token"],
+            "phone": sent["phone"],
+            "public_id": public_id,
+            "qr_secret": qr_secret,
+        }
 
 
 @pytest.fixture(scope="session")

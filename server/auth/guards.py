@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar.connection import ASGIConnection
+from litestar.enums import ScopeType
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
@@ -17,12 +18,14 @@ __all__ = ["BearerAuth", "requires_guest", "requires_role", "requires_staff"]
 class BearerAuth(AbstractAuthenticationMiddleware):
     """Decodes a bearer token when one is sent; public routes simply see no user."""
 
-    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
         header = connection.headers.get("authorization")
         token = None
         if header and header[:7].lower() == "bearer ":
             token = header[7:].strip()
-        elif connection.scope["type"] == "websocket":
+        elif connection.scope["type"] == ScopeType.WEBSOCKET:
             # Browsers cannot set headers on a WebSocket; the kiosk passes ?token= instead.
             token = connection.query_params.get("token")
         if not token:
@@ -62,5 +65,7 @@ def requires_role(role: str) -> Any:
     return guard
 
 
-def requires_authenticated(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+def requires_authenticated(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
     _principal(connection)

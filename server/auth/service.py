@@ -31,7 +31,9 @@ SELECT id, family_id, subject_kind, subject_id, expires_at, used_at, revoked_at
 FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE
 """
 USE_REFRESH = "UPDATE refresh_tokens SET used_at = now() WHERE id = $1"
-REVOKE_FAMILY = "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL"
+REVOKE_FAMILY = (
+    "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL"
+)
 GUEST_BRAND = "SELECT brand_id FROM guests WHERE id = $1 AND erased_at IS NULL"
 STAFF_PRINCIPAL = "SELECT id, brand_id, role, location_ids FROM staff_users WHERE id = $1"
 
@@ -77,9 +79,16 @@ class Auth:
         try:
             sends = await self.gate.run(store)
         except RedisUnavailable:
-            raise Problem(503, "sign-in-unavailable", "sign-in is briefly unavailable; try again in a minute") from None
+            raise Problem(
+                503, "sign-in-unavailable", "sign-in is briefly unavailable; try again in a minute"
+            ) from None
         if sends > self.settings.otp_sends_per_hour:
-            raise Problem(429, "too-many-codes", "too many codes for this phone; try again later", retry_after_s=3600)
+            raise Problem(
+                429,
+                "too-many-codes",
+                "too many codes for this phone; try again later",
+                retry_after_s=3600,
+            )
         await self.notifier.send_code(phone, code)
         return contract.OtpSent(phone=phone, expires_in_s=self.settings.otp_ttl_s)
 
@@ -98,7 +107,9 @@ class Auth:
         try:
             stored, attempts = await self.gate.run(check)
         except RedisUnavailable:
-            raise Problem(503, "sign-in-unavailable", "sign-in is briefly unavailable; try again in a minute") from None
+            raise Problem(
+                503, "sign-in-unavailable", "sign-in is briefly unavailable; try again in a minute"
+            ) from None
         if stored is None:
             await self.gate.run(lambda: self.gate.client.delete(otp_key))
             raise Problem(401, "code-expired", "no valid code for this phone; ask for a new one")
@@ -111,8 +122,12 @@ class Auth:
         welcome = None
         async with self.db.transaction() as conn:
             brand_id = await self.guests.brand_id(conn)
-            guest_id, _, welcome = await self.guests.enrol(conn, brand_id, phone, body.first_name or "")
-            pair = await self.issue(conn, Principal(kind="guest", subject_id=guest_id, brand_id=brand_id))
+            guest_id, _, welcome = await self.guests.enrol(
+                conn, brand_id, phone, body.first_name or ""
+            )
+            pair = await self.issue(
+                conn, Principal(kind="guest", subject_id=guest_id, brand_id=brand_id)
+            )
         if welcome is not None:
             await self.guests.loyalty.mirror(guest_id, "credit", welcome[0], welcome[1], welcome[2])
         return pair
@@ -123,8 +138,12 @@ class Auth:
         """An access token plus a new refresh token in ``family_id`` (a new family if None)."""
         refresh = secrets.token_urlsafe(32)
         await conn.execute(
-            INSERT_REFRESH, uuid.uuid4(), family_id or uuid.uuid4(), principal.kind,
-            principal.subject_id, _hash(refresh),
+            INSERT_REFRESH,
+            uuid.uuid4(),
+            family_id or uuid.uuid4(),
+            principal.kind,
+            principal.subject_id,
+            _hash(refresh),
             datetime.now(UTC) + timedelta(seconds=self.settings.refresh_ttl_s),
         )
         return contract.TokenPair(
@@ -140,7 +159,11 @@ class Auth:
         """Rotate a refresh token; a reused one revokes its whole family (theft detection)."""
         async with self.db.transaction() as conn:
             row = await conn.fetchrow(REFRESH_FOR_UPDATE, _hash(body.refresh_token))
-            if row is None or row["revoked_at"] is not None or row["expires_at"] < datetime.now(UTC):
+            if (
+                row is None
+                or row["revoked_at"] is not None
+                or row["expires_at"] < datetime.now(UTC)
+            ):
                 raise Problem(401, "invalid-refresh-token", "sign in again")
             if row["used_at"] is not None:
                 await conn.execute(REVOKE_FAMILY, row["family_id"])
@@ -151,10 +174,16 @@ class Auth:
                 principal = await self.principal_for(conn, row["subject_kind"], row["subject_id"])
                 pair = await self.issue(conn, principal, row["family_id"])
         if reused:
-            raise Problem(401, "refresh-token-reused", "this refresh token was already used; every session of it is signed out")
+            raise Problem(
+                401,
+                "refresh-token-reused",
+                "this refresh token was already used; every session of it is signed out",
+            )
         return pair
 
-    async def principal_for(self, conn: asyncpg.Connection, kind: str, subject_id: UUID) -> Principal:
+    async def principal_for(
+        self, conn: asyncpg.Connection, kind: str, subject_id: UUID
+    ) -> Principal:
         if kind == "guest":
             brand_id = await conn.fetchval(GUEST_BRAND, subject_id)
             if brand_id is None:
@@ -164,6 +193,9 @@ class Auth:
         if staff is None:
             raise Problem(401, "invalid-refresh-token", "sign in again")
         return Principal(
-            kind="staff", subject_id=staff["id"], brand_id=staff["brand_id"], role=staff["role"],
+            kind="staff",
+            subject_id=staff["id"],
+            brand_id=staff["brand_id"],
+            role=staff["role"],
             location_ids=frozenset(staff["location_ids"]),
         )

@@ -62,7 +62,10 @@ class TokenIssuer:
     def verify(self, token: str) -> Principal:
         try:
             claims = jwt.decode(
-                token, self._secret, algorithms=["HS256"], issuer=self._issuer,
+                token,
+                self._secret,
+                algorithms=["HS256"],
+                issuer=self._issuer,
                 options={"require": ["exp", "sub", "iss"]},
             )
             kind = claims["knd"]

@@ -36,14 +36,26 @@ class CatalogController(Controller):
 
     @get("/{location_id:uuid}/slots")
     async def slots(
-        self, catalog: Catalog, location_id: UUID, day: date | None = Parameter(query="date", default=None)
+        self,
+        catalog: Catalog,
+        location_id: UUID,
+        day: date | None = Parameter(query="date", default=None),
     ) -> contract.Slots:
         """Pickup slots of a day (default today) with their free capacity."""
         return await catalog.slots(location_id, day or datetime.now(UTC).date())
 
-    @post("/{location_id:uuid}/items/{item_id:uuid}/availability", guards=[requires_role("shift_lead")], status_code=204)
+    @post(
+        "/{location_id:uuid}/items/{item_id:uuid}/availability",
+        guards=[requires_role("shift_lead")],
+        status_code=204,
+    )
     async def set_availability(
-        self, catalog: Catalog, principal: Principal, location_id: UUID, item_id: UUID, data: AvailabilityIn
+        self,
+        catalog: Catalog,
+        principal: Principal,
+        location_id: UUID,
+        item_id: UUID,
+        data: AvailabilityIn,
     ) -> None:
         """Sell out (or bring back) an item at a location; every API process drops its menu."""
         if not principal.covers(location_id):

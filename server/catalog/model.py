@@ -9,7 +9,15 @@ from zoneinfo import ZoneInfo
 
 from shared import contract
 
-__all__ = ["LocationInfo", "MenuIndex", "PricedItem", "PricedModifier", "is_open", "slot_start", "slots_on"]
+__all__ = [
+    "LocationInfo",
+    "MenuIndex",
+    "PricedItem",
+    "PricedModifier",
+    "is_open",
+    "slot_start",
+    "slots_on",
+]
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 

@@ -5,6 +5,7 @@ process drops its copy; a short TTL bounds staleness if a message is missed (Red
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import UTC, date, datetime, timedelta
 from uuid import UUID
@@ -46,9 +47,14 @@ class Catalog:
         rows = await self.db.fetch(sql.LOCATIONS)
         return [
             contract.Location(
-                id=info.id, name=info.name, address=info.address, timezone=info.timezone,
-                open_now=is_open(info, now), lead_time_min=info.lead_time_min,
-                slot_minutes=info.slot_minutes, opening_hours=info.opening_hours,
+                id=info.id,
+                name=info.name,
+                address=info.address,
+                timezone=info.timezone,
+                open_now=is_open(info, now),
+                lead_time_min=info.lead_time_min,
+                slot_minutes=info.slot_minutes,
+                opening_hours=info.opening_hours,
             )
             for info in map(_location, rows)
         ]
@@ -73,21 +79,37 @@ class Catalog:
         categories: dict[UUID, tuple[str, list[contract.MenuItem]]] = {}
         for r in rows:
             modifiers = {
-                UUID(m["id"]): PricedModifier(UUID(m["id"]), m["group"], m["name"], m["price_delta_minor"])
+                UUID(m["id"]): PricedModifier(
+                    UUID(m["id"]), m["group"], m["name"], m["price_delta_minor"]
+                )
                 for m in r["modifiers"]
             }
             earns = r["earns_points"] and r["category_earns"] and not r["is_gift_card"]
             items[r["id"]] = PricedItem(
-                id=r["id"], sku=r["sku"], name=r["name"], price_minor=r["price_minor"],
-                earns_points=earns, available=r["available"], modifiers=modifiers,
+                id=r["id"],
+                sku=r["sku"],
+                name=r["name"],
+                price_minor=r["price_minor"],
+                earns_points=earns,
+                available=r["available"],
+                modifiers=modifiers,
             )
             categories.setdefault(r["category_id"], (r["category_name"], []))[1].append(
                 contract.MenuItem(
-                    id=r["id"], sku=r["sku"], name=r["name"], description=r["description"],
-                    price_minor=r["price_minor"], available=r["available"], earns_points=earns,
+                    id=r["id"],
+                    sku=r["sku"],
+                    name=r["name"],
+                    description=r["description"],
+                    price_minor=r["price_minor"],
+                    available=r["available"],
+                    earns_points=earns,
                     modifiers=[
-                        contract.Modifier(id=m.id, group=m.group, name=m.name,
-                                          price_delta_minor=m.price_delta_minor)
+                        contract.Modifier(
+                            id=m.id,
+                            group=m.group,
+                            name=m.name,
+                            price_delta_minor=m.price_delta_minor,
+                        )
                         for m in modifiers.values()
                     ],
                 )
@@ -114,12 +136,13 @@ class Catalog:
         if item_id not in index.items:
             raise Problem(404, "item-not-found", f"no item {item_id} on this menu")
         async with self.db.transaction() as conn:
-            await conn.execute(sql.SET_AVAILABLE if available else sql.SET_UNAVAILABLE, location_id, item_id)
+            await conn.execute(
+                sql.SET_AVAILABLE if available else sql.SET_UNAVAILABLE, location_id, item_id
+            )
         self.forget(location_id)
-        try:
+        # Without Redis, other processes fall back on the TTL.
+        with contextlib.suppress(RedisUnavailable):
             await self.gate.run(lambda: self.gate.client.publish(CATALOG_CHANNEL, str(location_id)))
-        except RedisUnavailable:
-            pass  # other processes fall back on the TTL
 
     async def slots(self, location_id: UUID, day: date) -> contract.Slots:
         location = (await self.menu(location_id)).location
@@ -137,7 +160,8 @@ class Catalog:
             date=day,
             slots=[
                 contract.Slot(
-                    starts_at=start, capacity=location.orders_per_slot,
+                    starts_at=start,
+                    capacity=location.orders_per_slot,
                     free=max(0, location.orders_per_slot - counts.get(start, 0)),
                 )
                 for start in starts

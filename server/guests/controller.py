@@ -43,7 +43,9 @@ class MeController(Controller):
         limit: int = Parameter(default=20, ge=1, le=100),
     ) -> contract.LedgerPage:
         """Every points movement, newest first, a page at a time."""
-        return await loyalty.ledger_page(principal.subject_id, cursor, min(limit, settings.page_size_max))
+        return await loyalty.ledger_page(
+            principal.subject_id, cursor, min(limit, settings.page_size_max)
+        )
 
     @get("/orders")
     async def orders(
@@ -57,7 +59,9 @@ class MeController(Controller):
         return await orders.list_for_guest(principal.subject_id, before, limit)
 
     @get("/qr", media_type="application/json")
-    async def qr(self, request: Request[Any, Any, Any], guests: Guests, principal: Principal) -> Response[Any]:
+    async def qr(
+        self, request: Request[Any, Any, Any], guests: Guests, principal: Principal
+    ) -> Response[Any]:
         """The rotating QR code; ``Accept: image/png`` gives the image to show at the counter."""
         code = await guests.qr_code(principal.subject_id)
         if "image/png" in request.headers.get("accept", ""):

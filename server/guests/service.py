@@ -28,7 +28,9 @@ def normalise_phone(raw: str, default_region: str = "DE") -> str:
     except phonenumbers.NumberParseException:
         number = None
     if number is None or not phonenumbers.is_valid_number(number):
-        raise Problem(422, "invalid-phone", f"{raw!r} is not a valid phone number; use the +CC format")
+        raise Problem(
+            422, "invalid-phone", f"{raw!r} is not a valid phone number; use the +CC format"
+        )
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
@@ -39,7 +41,9 @@ class Guests:
         self.loyalty = loyalty
 
     async def brand_id(self, conn: asyncpg.Connection, slug: str | None = None) -> UUID:
-        brand: UUID | None = await conn.fetchval(sql.BRAND_BY_SLUG if slug else sql.DEFAULT_BRAND, *([slug] if slug else []))
+        brand: UUID | None = await conn.fetchval(
+            sql.BRAND_BY_SLUG if slug else sql.DEFAULT_BRAND, *([slug] if slug else [])
+        )
         if brand is None:
             raise Problem(404, "brand-not-found", "no such brand; run `regulars seed --demo`?")
         return brand
@@ -62,8 +66,15 @@ class Guests:
             return existing, False, None
         card = "".join(secrets.choice("0123456789") for _ in range(12))
         guest_id = await conn.fetchval(
-            sql.INSERT_GUEST, brand_id, qr.new_public_id(), qr.new_secret(), card, phone_e164,
-            first_name, last_name, email,
+            sql.INSERT_GUEST,
+            brand_id,
+            qr.new_public_id(),
+            qr.new_secret(),
+            card,
+            phone_e164,
+            first_name,
+            last_name,
+            email,
         )
         if guest_id is None:  # a concurrent sign-in created it first
             return await conn.fetchval(sql.FIND_BY_PHONE, brand_id, phone_e164), False, None
@@ -74,8 +85,13 @@ class Guests:
         if program.welcome_bonus_points:
             transfer_id = uuid.uuid4()
             state = await ledger.credit(
-                conn, transfer_id=transfer_id, brand_id=brand_id, account_id=account_id,
-                points=program.welcome_bonus_points, code="welcome", source="issued",
+                conn,
+                transfer_id=transfer_id,
+                brand_id=brand_id,
+                account_id=account_id,
+                points=program.welcome_bonus_points,
+                code="welcome",
+                source="issued",
                 expires_at=add_months(datetime.now(UTC), program.lot_expiry_months),
             )
             welcome = (transfer_id, state, program.welcome_bonus_points)
@@ -91,8 +107,12 @@ class Guests:
         row = await self.profile(guest_id)
         wallet = await self.loyalty.wallet(guest_id, brand_id)
         return contract.Me(
-            id=row["id"], first_name=row["first_name"], last_name=row["last_name"],
-            phone=row["phone_e164"], email=row["email"], tier=wallet.tier,
+            id=row["id"],
+            first_name=row["first_name"],
+            last_name=row["last_name"],
+            phone=row["phone_e164"],
+            email=row["email"],
+            tier=wallet.tier,
             card_number=row["card_number"],
         )
 
@@ -101,4 +121,6 @@ class Guests:
         step_s, steps = self.settings.qr_step_s, self.settings.qr_valid_steps
         code = qr.generate(row["public_id"], bytes(row["qr_secret"]), step_s=step_s)
         until = qr.valid_until(code, step_s, steps)
-        return contract.QrCode(code=code, valid_until=datetime.fromtimestamp(until, UTC), secret_ttl_s=step_s * steps)
+        return contract.QrCode(
+            code=code, valid_until=datetime.fromtimestamp(until, UTC), secret_ttl_s=step_s * steps
+        )

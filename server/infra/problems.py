@@ -58,7 +58,11 @@ class Problem(Exception):
 
 
 def problem_response(problem: Problem, instance: str | None = None) -> Response[bytes]:
-    headers = {"retry-after": str(problem.extra["retry_after_s"])} if "retry_after_s" in problem.extra else None
+    headers = (
+        {"retry-after": str(problem.extra["retry_after_s"])}
+        if "retry_after_s" in problem.extra
+        else None
+    )
     return Response(
         content=msgspec.json.encode(problem.body(instance)),
         status_code=problem.status,
@@ -74,7 +78,9 @@ def _on_problem(request: Request[Any, Any, Any], exc: Problem) -> Response[bytes
 def _on_validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[bytes]:
     errors = exc.extra if isinstance(exc.extra, list) else []
     fields = [_field_of(e) for e in errors if isinstance(e, dict)]
-    detail = "; ".join(f"{f['field']}: {f['message']}" if f["field"] else f["message"] for f in fields)
+    detail = "; ".join(
+        f"{f['field']}: {f['message']}" if f["field"] else f["message"] for f in fields
+    )
     if not detail:
         detail = exc.detail or "the request is not valid"
     if "JSON is malformed" in detail or "malformed" in detail.lower():

@@ -7,7 +7,6 @@ the first success brings it back without a restart.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -66,7 +65,7 @@ class RedisGate:
         try:
             result = await call()
         # Only "Redis is not there" counts as an outage; a command error is a bug and raises.
-        except (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisConnectionError, RedisTimeoutError, OSError) as exc:
             if not self._was_down:
                 log.warning("redis unavailable, using PostgreSQL only: %s", exc)
             self._was_down = True

@@ -20,10 +20,16 @@ class AdjustmentsController(Controller):
 
     @post("/{guest_id:uuid}/adjustments", guards=[requires_role("manager")], status_code=201)
     async def adjust(
-        self, loyalty: Loyalty, principal: Principal, guest_id: UUID, data: contract.AdjustmentIn,
+        self,
+        loyalty: Loyalty,
+        principal: Principal,
+        guest_id: UUID,
+        data: contract.AdjustmentIn,
         idempotency_key: str | None = IdempotencyKey,
     ) -> Response[bytes]:
         """A manager's correction of a guest's points, with a reason; audited."""
         return stored_response(
-            await loyalty.manager_adjustment(principal, guest_id, data, require_key(idempotency_key))
+            await loyalty.manager_adjustment(
+                principal, guest_id, data, require_key(idempotency_key)
+            )
         )

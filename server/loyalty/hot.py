@@ -43,14 +43,16 @@ class HotWallets:
             for name in SCRIPTS
         }
 
-    async def _call(self, name: str, guest_id: UUID, *args: object) -> tuple[Status, int]:
+    async def _call(self, name: str, guest_id: UUID, *args: str | int) -> tuple[Status, int]:
         script = self._scripts[name]
         result = await self.gate.run(lambda: script(keys=wallet_keys(guest_id), args=list(args)))
         status, spendable = result
         return status, int(spendable)
 
     async def reserve(self, guest_id: UUID, transfer_id: UUID, points: int) -> tuple[Status, int]:
-        return await self._call("reserve", guest_id, str(transfer_id), points, _now_ms(), self.ttl_s)
+        return await self._call(
+            "reserve", guest_id, str(transfer_id), points, _now_ms(), self.ttl_s
+        )
 
     async def post(self, guest_id: UUID, transfer_id: UUID, version: int) -> tuple[Status, int]:
         return await self._call("post", guest_id, str(transfer_id), version)
@@ -65,7 +67,12 @@ class HotWallets:
         return await self._call("credit", guest_id, str(transfer_id), points, version, _now_ms())
 
     async def load(
-        self, guest_id: UUID, snapshot: Snapshot, *, force: bool = False, grace_ms: int | None = None
+        self,
+        guest_id: UUID,
+        snapshot: Snapshot,
+        *,
+        force: bool = False,
+        grace_ms: int | None = None,
     ) -> tuple[Status, int]:
         """Write a PostgreSQL snapshot unless Redis mirrors a newer version (or ``force``).
 
@@ -73,12 +80,19 @@ class HotWallets:
         PostgreSQL does not show are kept: checkouts in flight. With 0, Redis is made to match
         PostgreSQL exactly.
         """
-        holds: list[object] = []
+        holds: list[str | int] = []
         for hold_id, points in snapshot.holds:
             holds += [str(hold_id), points]
         return await self._call(
-            "load", guest_id, snapshot.state.posted, snapshot.state.version, _now_ms(),
-            self.grace_ms if grace_ms is None else grace_ms, self.ttl_s, 1 if force else 0, *holds,
+            "load",
+            guest_id,
+            snapshot.state.posted,
+            snapshot.state.version,
+            _now_ms(),
+            self.grace_ms if grace_ms is None else grace_ms,
+            self.ttl_s,
+            1 if force else 0,
+            *holds,
         )
 
     async def read(self, guest_id: UUID) -> tuple[AccountState, dict[str, str]] | None:
@@ -96,7 +110,8 @@ class HotWallets:
         if not wallet:
             return None
         state = AccountState(
-            posted=int(wallet["posted"]), pending=int(wallet["pending"]),
+            posted=int(wallet["posted"]),
+            pending=int(wallet["pending"]),
             version=int(wallet["version"]),
         )
         return state, holds

@@ -37,9 +37,15 @@ async def expire_lots(loyalty: Loyalty, batch_size: int, now: datetime | None = 
                 continue
             transfer_id = uuid.uuid4()
             state = await loyalty.ledger.debit(
-                conn, transfer_id=transfer_id, brand_id=account["brand_id"],
-                account_id=account["id"], points=due, code="expiry", sink="expired",
-                guarded=True, reason="points expired",
+                conn,
+                transfer_id=transfer_id,
+                brand_id=account["brand_id"],
+                account_id=account["id"],
+                points=due,
+                code="expiry",
+                sink="expired",
+                guarded=True,
+                reason="points expired",
             )
         if state is not None:
             touched += 1

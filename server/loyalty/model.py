@@ -49,7 +49,9 @@ class Program(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
             raise ValueError("earning rules must not be negative")
         if not self.tiers or self.tiers[0].min_points != 0:
             raise ValueError("the first tier must start at 0 points")
-        if any(a.min_points >= b.min_points for a, b in zip(self.tiers, self.tiers[1:], strict=False)):
+        if any(
+            a.min_points >= b.min_points for a, b in zip(self.tiers, self.tiers[1:], strict=False)
+        ):
             raise ValueError("tiers must be ordered by min_points, strictly increasing")
 
 
@@ -87,9 +89,7 @@ def allocate(total: int, weights: Sequence[int]) -> list[int]:
     if total == 0 or weight_sum == 0:
         return [0] * len(weights)
     shares = [total * w // weight_sum for w in weights]
-    remainders = sorted(
-        range(len(weights)), key=lambda i: (-(total * weights[i] % weight_sum), i)
-    )
+    remainders = sorted(range(len(weights)), key=lambda i: (-(total * weights[i] % weight_sum), i))
     for i in remainders[: total - sum(shares)]:
         shares[i] += 1
     return shares

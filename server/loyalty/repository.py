@@ -65,7 +65,9 @@ class Ledger:
     def __init__(self) -> None:
         self._system: dict[UUID, dict[str, UUID]] = {}
 
-    async def system_account(self, conn: asyncpg.Connection, brand_id: UUID, kind: SystemAccount) -> UUID:
+    async def system_account(
+        self, conn: asyncpg.Connection, brand_id: UUID, kind: SystemAccount
+    ) -> UUID:
         # System accounts never change once created, so they are cached per process.
         accounts = self._system.get(brand_id)
         if accounts is None:
@@ -107,8 +109,20 @@ class Ledger:
             return None
         redeemed = await self.system_account(conn, brand_id, "redeemed")
         await conn.execute(
-            sql.INSERT_TRANSFER, transfer_id, brand_id, account_id, redeemed, points, "pending",
-            None, code, order_id, location_id, None, timeout_at, None,
+            sql.INSERT_TRANSFER,
+            transfer_id,
+            brand_id,
+            account_id,
+            redeemed,
+            points,
+            "pending",
+            None,
+            code,
+            order_id,
+            location_id,
+            None,
+            timeout_at,
+            None,
         )
         return _state(row)
 
@@ -131,9 +145,20 @@ class Ledger:
         try:
             async with conn.transaction():
                 await conn.execute(
-                    sql.INSERT_TRANSFER, uuid.uuid4(), hold.brand_id, hold.debit_account_id,
-                    hold.credit_account_id, hold.amount, "post_pending" if post else "void_pending",
-                    hold.id, hold.code, hold.order_id, hold.location_id, None, None, None,
+                    sql.INSERT_TRANSFER,
+                    uuid.uuid4(),
+                    hold.brand_id,
+                    hold.debit_account_id,
+                    hold.credit_account_id,
+                    hold.amount,
+                    "post_pending" if post else "void_pending",
+                    hold.id,
+                    hold.code,
+                    hold.order_id,
+                    hold.location_id,
+                    None,
+                    None,
+                    None,
                 )
         except asyncpg.UniqueViolationError:
             return None
@@ -159,8 +184,20 @@ class Ledger:
         """Give a guest ``points`` from a system account (earn, accrual, welcome, restore)."""
         system = await self.system_account(conn, brand_id, source)
         await conn.execute(
-            sql.INSERT_TRANSFER, transfer_id, brand_id, system, account_id, points, "single",
-            None, code, order_id, location_id, expires_at, None, reason,
+            sql.INSERT_TRANSFER,
+            transfer_id,
+            brand_id,
+            system,
+            account_id,
+            points,
+            "single",
+            None,
+            code,
+            order_id,
+            location_id,
+            expires_at,
+            None,
+            reason,
         )
         row = await conn.fetchrow(sql.CREDIT_GUEST, account_id, points)
         assert row is not None
@@ -192,8 +229,20 @@ class Ledger:
             return None
         system = await self.system_account(conn, brand_id, sink)
         await conn.execute(
-            sql.INSERT_TRANSFER, transfer_id, brand_id, account_id, system, points, "single",
-            None, code, order_id, None, None, None, reason,
+            sql.INSERT_TRANSFER,
+            transfer_id,
+            brand_id,
+            account_id,
+            system,
+            points,
+            "single",
+            None,
+            code,
+            order_id,
+            None,
+            None,
+            None,
+            reason,
         )
         return _state(row)
 

@@ -136,7 +136,9 @@ class Loyalty:
             if admission.reserved and state is None:
                 await self.hot.void(guest_id, transfer_id)
                 await self.reload(guest_id)
-            elif admission.reserved and state is not None and admission.spendable != state.spendable:
+            elif (
+                admission.reserved and state is not None and admission.spendable != state.spendable
+            ):
                 await self.reload(guest_id)
         except RedisUnavailable:
             self._dirty.add(guest_id)
@@ -194,7 +196,10 @@ class Loyalty:
             if account is None:
                 raise Problem(404, "guest-not-found", "no such guest")
             current, following, earned = await self.tier(conn, program, account["id"])
-            lots = [Lot(r["amount"], r["expires_at"]) for r in await conn.fetch(sql.GUEST_LOTS, account["id"])]
+            lots = [
+                Lot(r["amount"], r["expires_at"])
+                for r in await conn.fetch(sql.GUEST_LOTS, account["id"])
+            ]
             consumed = int(await conn.fetchval(sql.CONSUMED, account["id"]))
         posted, pending = account["posted"], account["pending"]
         try:
@@ -222,7 +227,9 @@ class Loyalty:
     ) -> contract.LedgerPage:
         after_at, after_id = _parse_cursor(cursor)
         async with self.db.connection() as conn:
-            account_id = await conn.fetchval("SELECT id FROM accounts WHERE guest_id = $1", guest_id)
+            account_id = await conn.fetchval(
+                "SELECT id FROM accounts WHERE guest_id = $1", guest_id
+            )
             rows = await conn.fetch(sql.LEDGER_PAGE, account_id, after_at, after_id, limit + 1)
         entries = []
         for row in rows[:limit]:
@@ -234,8 +241,13 @@ class Loyalty:
             sign = 1 if row["is_credit"] else -1
             entries.append(
                 contract.LedgerEntry(
-                    id=row["id"], code=row["code"], points=sign * row["amount"], state=state,
-                    created_at=row["created_at"], order_id=row["order_id"], reason=row["reason"],
+                    id=row["id"],
+                    code=row["code"],
+                    points=sign * row["amount"],
+                    state=state,
+                    created_at=row["created_at"],
+                    order_id=row["order_id"],
+                    reason=row["reason"],
                 )
             )
         next_cursor = None
@@ -252,28 +264,43 @@ class Loyalty:
         """A manager's correction: positive points are a credit, negative a guarded debit."""
         account_id = await conn.fetchval("SELECT id FROM accounts WHERE guest_id = $1", guest_id)
         if account_id is None or points == 0:
-            raise Problem(422, "invalid-adjustment", "points must be non-zero for an existing guest")
+            raise Problem(
+                422, "invalid-adjustment", "points must be non-zero for an existing guest"
+            )
         program = await self.programs.get(brand_id, conn)
         transfer_id = uuid.uuid4()
         state: AccountState | None
         if points > 0:
             state = await self.ledger.credit(
-                conn, transfer_id=transfer_id, brand_id=brand_id, account_id=account_id,
-                points=points, code="adjustment", source="adjustments", reason=reason,
+                conn,
+                transfer_id=transfer_id,
+                brand_id=brand_id,
+                account_id=account_id,
+                points=points,
+                code="adjustment",
+                source="adjustments",
+                reason=reason,
                 expires_at=add_months(datetime.now(UTC), program.lot_expiry_months),
             )
         else:
             state = await self.ledger.debit(
-                conn, transfer_id=transfer_id, brand_id=brand_id, account_id=account_id,
-                points=-points, code="adjustment", sink="adjustments", guarded=True, reason=reason,
+                conn,
+                transfer_id=transfer_id,
+                brand_id=brand_id,
+                account_id=account_id,
+                points=-points,
+                code="adjustment",
+                sink="adjustments",
+                guarded=True,
+                reason=reason,
             )
             if state is None:
                 raise Problem(
-                    422, "insufficient-points",
+                    422,
+                    "insufficient-points",
                     f"the guest does not have {-points} spendable points to take away",
                 )
         return transfer_id, state
-
 
     async def manager_adjustment(
         self, manager: Principal, guest_id: UUID, body: contract.AdjustmentIn, key: str
@@ -288,15 +315,30 @@ class Loyalty:
             if await conn.fetchval(GUEST_OF_BRAND, guest_id, manager.brand_id) is None:
                 raise Problem(404, "guest-not-found", f"no guest {guest_id}")
             transfer_id, state = await self.adjust(
-                conn, brand_id=manager.brand_id, guest_id=guest_id, points=body.points, reason=body.reason
+                conn,
+                brand_id=manager.brand_id,
+                guest_id=guest_id,
+                points=body.points,
+                reason=body.reason,
             )
             await conn.execute(
-                AUDIT, manager.brand_id, manager.kind, manager.subject_id, manager.device_id,
-                "points.adjust", guest_id, {"points": body.points, "reason": body.reason},
+                AUDIT,
+                manager.brand_id,
+                manager.kind,
+                manager.subject_id,
+                manager.device_id,
+                "points.adjust",
+                guest_id,
+                {"points": body.points, "reason": body.reason},
             )
             transfer = contract.Transfer(
-                id=transfer_id, guest_id=guest_id, code="adjustment", points=body.points,
-                state="posted", created_at=datetime.now(UTC), points_available=state.spendable,
+                id=transfer_id,
+                guest_id=guest_id,
+                code="adjustment",
+                points=body.points,
+                state="posted",
+                created_at=datetime.now(UTC),
+                points_available=state.spendable,
             )
             stored = Stored(201, msgspec.json.encode(transfer))
             await idempotency.finish(conn, scope, key, 201, stored.body)

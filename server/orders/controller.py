@@ -20,7 +20,10 @@ class OrdersController(Controller):
 
     @post("/", guards=[requires_guest])
     async def place(
-        self, orders: Orders, principal: Principal, data: contract.OrderIn,
+        self,
+        orders: Orders,
+        principal: Principal,
+        data: contract.OrderIn,
         idempotency_key: str | None = IdempotencyKey,
     ) -> Response[bytes]:
         """Price the order on the server, reserve the points and create it (201)."""
@@ -33,11 +36,17 @@ class OrdersController(Controller):
 
     @post("/{order_id:uuid}/payments", guards=[requires_guest])
     async def pay(
-        self, orders: Orders, principal: Principal, order_id: UUID, data: contract.PaymentIn,
+        self,
+        orders: Orders,
+        principal: Principal,
+        order_id: UUID,
+        data: contract.PaymentIn,
         idempotency_key: str | None = IdempotencyKey,
     ) -> Response[bytes]:
         """Pay the money part; success places the order and posts the reserved points."""
-        return stored_response(await orders.pay(principal, order_id, data, require_key(idempotency_key)))
+        return stored_response(
+            await orders.pay(principal, order_id, data, require_key(idempotency_key))
+        )
 
     @post("/{order_id:uuid}/status", guards=[requires_staff], status_code=200)
     async def status(
@@ -53,8 +62,14 @@ class OrdersController(Controller):
 
     @post("/{order_id:uuid}/refunds", guards=[requires_staff])
     async def refund(
-        self, orders: Orders, principal: Principal, order_id: UUID, data: contract.RefundIn,
+        self,
+        orders: Orders,
+        principal: Principal,
+        order_id: UUID,
+        data: contract.RefundIn,
         idempotency_key: str | None = IdempotencyKey,
     ) -> Response[bytes]:
         """Refund lines of a completed order; points move back exactly once per line."""
-        return stored_response(await orders.refund_lines(principal, order_id, data, require_key(idempotency_key)))
+        return stored_response(
+            await orders.refund_lines(principal, order_id, data, require_key(idempotency_key))
+        )

@@ -93,12 +93,17 @@ def price_lines(
     for number, line in enumerate(lines):
         item = index.items.get(line.item_id)
         if item is None:
-            raise Problem(422, "unknown-item", f"lines[{number}]: no item {line.item_id} on this menu")
+            raise Problem(
+                422, "unknown-item", f"lines[{number}]: no item {line.item_id} on this menu"
+            )
         if not item.available:
-            raise Problem(422, "item-unavailable", f"lines[{number}]: {item.name} is not available here today")
+            raise Problem(
+                422, "item-unavailable", f"lines[{number}]: {item.name} is not available here today"
+            )
         if not 1 <= line.quantity <= max_quantity:
             raise Problem(
-                422, "invalid-quantity",
+                422,
+                "invalid-quantity",
                 f"lines[{number}].quantity must be between 1 and {max_quantity}, got {line.quantity}",
             )
         unit = item.price_minor
@@ -107,7 +112,8 @@ def price_lines(
             modifier = item.modifiers.get(modifier_id)
             if modifier is None or modifier.group in groups:
                 raise Problem(
-                    422, "invalid-modifier",
+                    422,
+                    "invalid-modifier",
                     f"lines[{number}]: modifier {modifier_id} does not apply to {item.name}"
                     " (or repeats a choice)",
                 )
@@ -116,9 +122,14 @@ def price_lines(
             unit += modifier.price_delta_minor
         priced.append(
             PricedLine(
-                item_id=item.id, sku=item.sku, name=item.name, quantity=line.quantity,
-                unit_price_minor=max(unit, 0), modifier_ids=list(line.modifier_ids),
-                modifier_names=names, earns_points=item.earns_points,
+                item_id=item.id,
+                sku=item.sku,
+                name=item.name,
+                quantity=line.quantity,
+                unit_price_minor=max(unit, 0),
+                modifier_ids=list(line.modifier_ids),
+                modifier_names=names,
+                earns_points=item.earns_points,
             )
         )
     return priced
@@ -147,19 +158,24 @@ def quote(
     """
     subtotal = sum(line.gross_minor for line in lines)
     discount_minor = min(discount_minor, subtotal)
-    for line, share in zip(lines, allocate(discount_minor, [l.gross_minor for l in lines]), strict=True):
+    for line, share in zip(
+        lines, allocate(discount_minor, [ln.gross_minor for ln in lines]), strict=True
+    ):
         line.discount_minor = share
     payable = subtotal - discount_minor
     max_points = payable * program.max_points_share_pct // 100 // program.point_value_minor
     if points_to_spend > max_points:
         raise Problem(
-            422, "points-over-cap",
+            422,
+            "points-over-cap",
             f"at most {max_points} points can pay for this order "
             f"({program.max_points_share_pct}% of {payable} minor units)",
             max_points=max_points,
         )
     payables = [line.gross_minor - line.discount_minor for line in lines]
-    for line, points, line_payable in zip(lines, allocate(points_to_spend, payables), payables, strict=True):
+    for line, points, line_payable in zip(
+        lines, allocate(points_to_spend, payables), payables, strict=True
+    ):
         line.points_spent = points
         line.paid_minor = line_payable - points * program.point_value_minor
     points_value = points_to_spend * program.point_value_minor

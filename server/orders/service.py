@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -25,7 +25,7 @@ from server.infra.db import Database
 from server.infra.idempotency import Stored
 from server.infra.problems import Problem
 from server.loyalty.repository import AccountState
-from server.loyalty.service import Admission, Loyalty, add_months
+from server.loyalty.service import Loyalty, add_months
 from server.orders import sql
 from server.orders.model import (
     CANCELLABLE_BY_GUEST,
@@ -49,31 +49,50 @@ _encode = msgspec.json.Encoder().encode
 _SPEND_NAMESPACE = uuid.UUID("6f1c1d3e-3f7a-4c35-9a43-2f0b8f2b1e01")
 
 
-def order_from_rows(order: Mapping[str, Any], lines: list[asyncpg.Record]) -> contract.Order:
+def order_from_rows(
+    order: Mapping[str, Any] | asyncpg.Record, lines: list[asyncpg.Record]
+) -> contract.Order:
     return contract.Order(
-        id=order["id"], status=order["status"], location_id=order["location_id"],
-        guest_id=order["guest_id"], currency=order["currency"],
-        subtotal_minor=order["subtotal_minor"], discount_minor=order["discount_minor"],
-        points_spent=order["points_spent"], points_value_minor=order["points_value_minor"],
-        amount_due_minor=order["amount_due_minor"], points_to_earn=order["points_to_earn"],
-        points_earned=order["points_earned"], pickup_at=order["pickup_at"],
-        created_at=order["created_at"], payment_expires_at=order["payment_expires_at"],
+        id=order["id"],
+        status=order["status"],
+        location_id=order["location_id"],
+        guest_id=order["guest_id"],
+        currency=order["currency"],
+        subtotal_minor=order["subtotal_minor"],
+        discount_minor=order["discount_minor"],
+        points_spent=order["points_spent"],
+        points_value_minor=order["points_value_minor"],
+        amount_due_minor=order["amount_due_minor"],
+        points_to_earn=order["points_to_earn"],
+        points_earned=order["points_earned"],
+        pickup_at=order["pickup_at"],
+        created_at=order["created_at"],
+        payment_expires_at=order["payment_expires_at"],
         lines=[
             contract.OrderLine(
-                id=l["id"], item_id=l["item_id"], sku=l["sku"], name=l["name"],
-                quantity=l["quantity"], unit_price_minor=l["unit_price_minor"],
-                modifiers=list(l["modifier_names"]), gross_minor=l["gross_minor"],
-                discount_minor=l["discount_minor"], points_spent=l["points_spent"],
-                paid_minor=l["paid_minor"], points_earned=l["points_earned"],
-                refunded=l["refunded"],
+                id=ln["id"],
+                item_id=ln["item_id"],
+                sku=ln["sku"],
+                name=ln["name"],
+                quantity=ln["quantity"],
+                unit_price_minor=ln["unit_price_minor"],
+                modifiers=list(ln["modifier_names"]),
+                gross_minor=ln["gross_minor"],
+                discount_minor=ln["discount_minor"],
+                points_spent=ln["points_spent"],
+                paid_minor=ln["paid_minor"],
+                points_earned=ln["points_earned"],
+                refunded=ln["refunded"],
             )
-            for l in lines
+            for ln in lines
         ],
     )
 
 
 class Orders:
-    def __init__(self, settings: Settings, db: Database, catalog: Catalog, loyalty: Loyalty) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, catalog: Catalog, loyalty: Loyalty
+    ) -> None:
         self.settings = settings
         self.db = db
         self.catalog = catalog
@@ -90,7 +109,11 @@ class Orders:
         if index.location.brand_id != guest.brand_id:
             raise Problem(404, "location-not-found", f"no location {body.location_id}")
         if len(body.lines) > self.settings.max_lines_per_order:
-            raise Problem(422, "too-many-lines", f"an order takes at most {self.settings.max_lines_per_order} lines")
+            raise Problem(
+                422,
+                "too-many-lines",
+                f"an order takes at most {self.settings.max_lines_per_order} lines",
+            )
         now = datetime.now(UTC)
         pickup_at, slot = self._pickup(index, body.pickup_at, now)
         lines = price_lines(index, list(body.lines), self.settings.max_quantity_per_line)
@@ -127,7 +150,9 @@ class Orders:
             await self.loyalty.mirror(guest.subject_id, "post", transfer_id, state)
         return Stored(201, response)
 
-    def _pickup(self, index: MenuIndex, asked: datetime | None, now: datetime) -> tuple[datetime, datetime]:
+    def _pickup(
+        self, index: MenuIndex, asked: datetime | None, now: datetime
+    ) -> tuple[datetime, datetime]:
         location = index.location
         if asked is None:
             pickup = earliest_pickup(location, now)
@@ -137,13 +162,16 @@ class Orders:
             pickup = asked.astimezone(UTC)
             if pickup < now + timedelta(minutes=location.lead_time_min):
                 raise Problem(
-                    422, "pickup-too-soon",
+                    422,
+                    "pickup-too-soon",
                     f"the earliest pickup is {location.lead_time_min} minutes from now",
                 )
             if pickup > now + timedelta(days=14):
                 raise Problem(422, "pickup-too-far", "orders can be placed at most 14 days ahead")
         if not is_open(location, pickup):
-            raise Problem(422, "location-closed", f"{location.name} is closed at {pickup.isoformat()}")
+            raise Problem(
+                422, "location-closed", f"{location.name} is closed at {pickup.isoformat()}"
+            )
         return pickup, slot_start(location, pickup)
 
     async def _promo(self, brand_id: UUID, code: str) -> Promo:
@@ -151,7 +179,10 @@ class Orders:
         if cached is None or cached[0] < time.monotonic():
             rows = await self.db.fetch(sql.PROMOS, brand_id)
             promos = {r["code"].upper(): Promo(**dict(r)) for r in rows}
-            cached = self._promos[brand_id] = (time.monotonic() + self.settings.menu_cache_ttl_s, promos)
+            cached = self._promos[brand_id] = (
+                time.monotonic() + self.settings.menu_cache_ttl_s,
+                promos,
+            )
         promo = cached[1].get(code.strip().upper())
         if promo is None:
             raise Problem(422, "unknown-promo-code", f"there is no promo code {code!r}")
@@ -172,13 +203,22 @@ class Orders:
         order_id = uuid.uuid4()
         state: AccountState | None = None
         ledger = self.loyalty.ledger
-        status = "placed" if priced.amount_due_minor == 0 else "awaiting_payment"
-        payment_expires_at = None if status == "placed" else now + timedelta(seconds=self.settings.payment_window_s)
+        status: contract.OrderStatus = (
+            "placed" if priced.amount_due_minor == 0 else "awaiting_payment"
+        )
+        payment_expires_at = (
+            None if status == "placed" else now + timedelta(seconds=self.settings.payment_window_s)
+        )
         if priced.points_spent:
             account_id = await conn.fetchval(sql.GUEST_ACCOUNT_ID, guest.subject_id)
             state = await ledger.hold(
-                conn, transfer_id=transfer_id, brand_id=guest.brand_id, account_id=account_id,
-                points=priced.points_spent, code="spend", order_id=order_id,
+                conn,
+                transfer_id=transfer_id,
+                brand_id=guest.brand_id,
+                account_id=account_id,
+                points=priced.points_spent,
+                code="spend",
+                order_id=order_id,
                 location_id=index.location.id,
                 timeout_at=now + timedelta(seconds=self.settings.payment_window_s),
             )
@@ -188,29 +228,55 @@ class Orders:
                     account_id,
                 )
                 raise _insufficient(priced.points_spent, spendable)
-        if promo is not None and await conn.fetchval(sql.USE_PROMO, promo.id, guest.subject_id) is None:
+        if (
+            promo is not None
+            and await conn.fetchval(sql.USE_PROMO, promo.id, guest.subject_id) is None
+        ):
             raise Problem(422, "promo-exhausted", f"promo code {promo.code} has been used up")
         await conn.execute(
-            sql.INSERT_ORDER, order_id, guest.brand_id, index.location.id, guest.subject_id,
-            status, index.currency, priced.subtotal_minor, priced.discount_minor,
-            priced.points_spent, priced.points_value_minor, priced.amount_due_minor,
-            priced.points_to_earn, promo.id if promo else None,
-            transfer_id if priced.points_spent else None, pickup_at, slot, payment_expires_at, now,
+            sql.INSERT_ORDER,
+            order_id,
+            guest.brand_id,
+            index.location.id,
+            guest.subject_id,
+            status,
+            index.currency,
+            priced.subtotal_minor,
+            priced.discount_minor,
+            priced.points_spent,
+            priced.points_value_minor,
+            priced.amount_due_minor,
+            priced.points_to_earn,
+            promo.id if promo else None,
+            transfer_id if priced.points_spent else None,
+            pickup_at,
+            slot,
+            payment_expires_at,
+            now,
         )
         line_ids = [uuid.uuid4() for _ in priced.lines]
         await conn.execute(
-            sql.INSERT_LINES, order_id,
+            sql.INSERT_LINES,
+            order_id,
             [
                 {
-                    "id": str(line_id), "line_no": n, "item_id": str(l.item_id), "sku": l.sku,
-                    "name": l.name, "quantity": l.quantity, "unit_price_minor": l.unit_price_minor,
-                    "modifier_ids": [str(m) for m in l.modifier_ids],
-                    "modifier_names": l.modifier_names, "gross_minor": l.gross_minor,
-                    "discount_minor": l.discount_minor, "points_spent": l.points_spent,
-                    "paid_minor": l.paid_minor, "earns_points": l.earns_points,
-                    "points_earned": l.points_earned,
+                    "id": str(line_id),
+                    "line_no": n,
+                    "item_id": str(ln.item_id),
+                    "sku": ln.sku,
+                    "name": ln.name,
+                    "quantity": ln.quantity,
+                    "unit_price_minor": ln.unit_price_minor,
+                    "modifier_ids": [str(m) for m in ln.modifier_ids],
+                    "modifier_names": ln.modifier_names,
+                    "gross_minor": ln.gross_minor,
+                    "discount_minor": ln.discount_minor,
+                    "points_spent": ln.points_spent,
+                    "paid_minor": ln.paid_minor,
+                    "earns_points": ln.earns_points,
+                    "points_earned": ln.points_earned,
                 }
-                for n, (line_id, l) in enumerate(zip(line_ids, priced.lines, strict=True))
+                for n, (line_id, ln) in enumerate(zip(line_ids, priced.lines, strict=True))
             ],
         )
         if promo is not None:
@@ -221,24 +287,46 @@ class Orders:
             state = await ledger.resolve(conn, hold, post=True)
         # Last, so the slot row is locked for the shortest time: every checkout for the same
         # pickup slot queues on it.
-        if await conn.fetchval(sql.TAKE_SLOT, index.location.id, slot, index.location.orders_per_slot) is None:
-            raise Problem(409, "slot-full", f"the pickup slot at {slot.isoformat()} is full; choose another")
+        if (
+            await conn.fetchval(
+                sql.TAKE_SLOT, index.location.id, slot, index.location.orders_per_slot
+            )
+            is None
+        ):
+            raise Problem(
+                409, "slot-full", f"the pickup slot at {slot.isoformat()} is full; choose another"
+            )
         order = contract.Order(
-            id=order_id, status=status, location_id=index.location.id, guest_id=guest.subject_id,
-            currency=index.currency, subtotal_minor=priced.subtotal_minor,
-            discount_minor=priced.discount_minor, points_spent=priced.points_spent,
+            id=order_id,
+            status=status,
+            location_id=index.location.id,
+            guest_id=guest.subject_id,
+            currency=index.currency,
+            subtotal_minor=priced.subtotal_minor,
+            discount_minor=priced.discount_minor,
+            points_spent=priced.points_spent,
             points_value_minor=priced.points_value_minor,
-            amount_due_minor=priced.amount_due_minor, points_to_earn=priced.points_to_earn,
+            amount_due_minor=priced.amount_due_minor,
+            points_to_earn=priced.points_to_earn,
             lines=[
                 contract.OrderLine(
-                    id=line_id, item_id=l.item_id, sku=l.sku, name=l.name, quantity=l.quantity,
-                    unit_price_minor=l.unit_price_minor, modifiers=l.modifier_names,
-                    gross_minor=l.gross_minor, discount_minor=l.discount_minor,
-                    points_spent=l.points_spent, paid_minor=l.paid_minor,
+                    id=line_id,
+                    item_id=ln.item_id,
+                    sku=ln.sku,
+                    name=ln.name,
+                    quantity=ln.quantity,
+                    unit_price_minor=ln.unit_price_minor,
+                    modifiers=ln.modifier_names,
+                    gross_minor=ln.gross_minor,
+                    discount_minor=ln.discount_minor,
+                    points_spent=ln.points_spent,
+                    paid_minor=ln.paid_minor,
                 )
-                for line_id, l in zip(line_ids, priced.lines, strict=True)
+                for line_id, ln in zip(line_ids, priced.lines, strict=True)
             ],
-            pickup_at=pickup_at, created_at=now, payment_expires_at=payment_expires_at,
+            pickup_at=pickup_at,
+            created_at=now,
+            payment_expires_at=payment_expires_at,
         )
         if status == "placed":
             await self._announce(conn, "order.placed", order)
@@ -251,7 +339,9 @@ class Orders:
             order = await self._visible(conn, principal, order_id, lock=False)
             return order_from_rows(order, await conn.fetch(sql.LINES, order_id))
 
-    async def list_for_guest(self, guest_id: UUID, before: datetime | None, limit: int) -> list[contract.Order]:
+    async def list_for_guest(
+        self, guest_id: UUID, before: datetime | None, limit: int
+    ) -> list[contract.Order]:
         async with self.db.connection() as conn:
             orders = await conn.fetch(sql.GUEST_ORDERS, guest_id, before, limit)
             lines = await conn.fetch(sql.LINES_OF_ORDERS, [o["id"] for o in orders])
@@ -280,7 +370,9 @@ class Orders:
 
     # -- payment -------------------------------------------------------------------------
 
-    async def pay(self, guest: Principal, order_id: UUID, body: contract.PaymentIn, key: str) -> Stored:
+    async def pay(
+        self, guest: Principal, order_id: UUID, body: contract.PaymentIn, key: str
+    ) -> Stored:
         """Take the money part with the provider; success places the order and posts points.
 
         The built-in ``test`` provider accepts token "ok" and declines anything else; a
@@ -295,21 +387,34 @@ class Orders:
                 return replay
             order = await self._visible(conn, guest, order_id, lock=True)
             if order["status"] != "awaiting_payment":
-                raise Problem(409, "order-not-payable", f"the order is {order['status']}, not awaiting payment")
+                raise Problem(
+                    409,
+                    "order-not-payable",
+                    f"the order is {order['status']}, not awaiting payment",
+                )
             approved = body.token == "ok"
             await conn.execute(
-                sql.INSERT_PAYMENT, order_id, body.provider,
-                "succeeded" if approved else "declined", order["amount_due_minor"],
+                sql.INSERT_PAYMENT,
+                order_id,
+                body.provider,
+                "succeeded" if approved else "declined",
+                order["amount_due_minor"],
             )
             if not approved:
-                problem = Problem(402, "payment-declined", "the payment was declined; the order is still payable")
+                problem = Problem(
+                    402, "payment-declined", "the payment was declined; the order is still payable"
+                )
                 stored = Stored(402, _encode(problem.body()))
                 await idempotency.finish(conn, scope, key, stored.status_code, stored.body)
             else:
                 state = await self._post_spend(conn, order)
                 await conn.execute(sql.SET_STATUS, order_id, "placed", 0)
                 placed = order_from_rows(
-                    {**dict(order), "status": "placed", "payment_expires_at": order["payment_expires_at"]},
+                    {
+                        **dict(order),
+                        "status": "placed",
+                        "payment_expires_at": order["payment_expires_at"],
+                    },
                     await conn.fetch(sql.LINES, order_id),
                 )
                 await self._announce(conn, "order.placed", placed)
@@ -319,13 +424,17 @@ class Orders:
             await self.loyalty.mirror(guest.subject_id, "post", order["spend_transfer_id"], state)
         return stored
 
-    async def _post_spend(self, conn: asyncpg.Connection, order: asyncpg.Record) -> AccountState | None:
+    async def _post_spend(
+        self, conn: asyncpg.Connection, order: asyncpg.Record
+    ) -> AccountState | None:
         if order["spend_transfer_id"] is None:
             return None
         hold = await self.loyalty.ledger.pending(conn, order["spend_transfer_id"])
         if hold is None or hold.resolution is not None:
             # The payment window passed and the worker voided the hold in the meantime.
-            raise Problem(409, "order-expired", "the payment window has passed; place the order again")
+            raise Problem(
+                409, "order-expired", "the payment window has passed; place the order again"
+            )
         return await self.loyalty.ledger.resolve(conn, hold, post=True)
 
     # -- status --------------------------------------------------------------------------
@@ -339,7 +448,8 @@ class Orders:
             order = await self._visible(conn, staff, order_id, lock=True)
             if STAFF_TRANSITIONS.get(order["status"]) != target:
                 raise Problem(
-                    409, "invalid-transition",
+                    409,
+                    "invalid-transition",
                     f"an order that is {order['status']} cannot become {target}",
                 )
             earned = 0
@@ -348,14 +458,24 @@ class Orders:
                 earned = credit[2] if credit else 0
             await conn.execute(sql.SET_STATUS, order_id, target, earned)
             lines = await conn.fetch(sql.LINES, order_id)
-            updated = order_from_rows({**dict(order), "status": target, "points_earned": earned}, lines)
+            updated = order_from_rows(
+                {**dict(order), "status": target, "points_earned": earned}, lines
+            )
             await self._announce(conn, "order.status", updated)
-            await _audit(conn, staff, "order.status", order["guest_id"], {"order_id": str(order_id), "status": target})
+            await _audit(
+                conn,
+                staff,
+                "order.status",
+                order["guest_id"],
+                {"order_id": str(order_id), "status": target},
+            )
         if credit is not None:
             await self.loyalty.mirror(order["guest_id"], "credit", credit[0], credit[1], credit[2])
         return updated
 
-    async def _earn(self, conn: asyncpg.Connection, order: asyncpg.Record) -> tuple[UUID, AccountState, int] | None:
+    async def _earn(
+        self, conn: asyncpg.Connection, order: asyncpg.Record
+    ) -> tuple[UUID, AccountState, int] | None:
         program = await self.loyalty.programs.get(order["brand_id"], conn)
         account_id = await conn.fetchval(sql.GUEST_ACCOUNT_ID, order["guest_id"])
         tier, _, _ = await self.loyalty.tier(conn, program, account_id)
@@ -365,19 +485,25 @@ class Orders:
         )
         from server.loyalty.model import allocate, earn_points
 
-        net = sum(l["paid_minor"] for l in lines if l["earns_points"])
+        net = sum(ln["paid_minor"] for ln in lines if ln["earns_points"])
         points = earn_points(program, net, tier)
-        shares = allocate(points, [l["paid_minor"] if l["earns_points"] else 0 for l in lines])
+        shares = allocate(points, [ln["paid_minor"] if ln["earns_points"] else 0 for ln in lines])
         await conn.executemany(
             "UPDATE order_lines SET points_earned = $2 WHERE id = $1",
-            [(l["id"], share) for l, share in zip(lines, shares, strict=True)],
+            [(ln["id"], share) for ln, share in zip(lines, shares, strict=True)],
         )
         if points == 0:
             return None
         transfer_id = uuid.uuid4()
         state = await self.loyalty.ledger.credit(
-            conn, transfer_id=transfer_id, brand_id=order["brand_id"], account_id=account_id,
-            points=points, code="earn", source="issued", order_id=order["id"],
+            conn,
+            transfer_id=transfer_id,
+            brand_id=order["brand_id"],
+            account_id=account_id,
+            points=points,
+            code="earn",
+            source="issued",
+            order_id=order["id"],
             location_id=order["location_id"],
             expires_at=add_months(datetime.now(UTC), program.lot_expiry_months),
         )
@@ -391,14 +517,22 @@ class Orders:
             if principal.kind == "staff" and not principal.at_least("shift_lead"):
                 raise Problem(403, "insufficient-role", "cancelling needs a shift lead or above")
             if order["status"] not in allowed:
-                raise Problem(409, "not-cancellable", f"an order that is {order['status']} can no longer be cancelled")
+                raise Problem(
+                    409,
+                    "not-cancellable",
+                    f"an order that is {order['status']} can no longer be cancelled",
+                )
             mirror = await self._release_points(conn, order)
             await conn.execute(sql.SET_STATUS, order_id, "cancelled", 0)
             await conn.execute(sql.RELEASE_SLOT, order["location_id"], order["slot_start"])
-            updated = order_from_rows({**dict(order), "status": "cancelled"}, await conn.fetch(sql.LINES, order_id))
+            updated = order_from_rows(
+                {**dict(order), "status": "cancelled"}, await conn.fetch(sql.LINES, order_id)
+            )
             await self._announce(conn, "order.status", updated)
             if principal.kind == "staff":
-                await _audit(conn, principal, "order.cancel", order["guest_id"], {"order_id": str(order_id)})
+                await _audit(
+                    conn, principal, "order.cancel", order["guest_id"], {"order_id": str(order_id)}
+                )
         if mirror is not None:
             await self.loyalty.mirror(order["guest_id"], *mirror)
         return updated
@@ -416,9 +550,14 @@ class Orders:
             program = await self.loyalty.programs.get(order["brand_id"], conn)
             transfer_id = uuid.uuid4()
             state = await ledger.credit(
-                conn, transfer_id=transfer_id, brand_id=order["brand_id"],
-                account_id=hold.debit_account_id, points=hold.amount, code="spend_returned",
-                source="redeemed", order_id=order["id"],
+                conn,
+                transfer_id=transfer_id,
+                brand_id=order["brand_id"],
+                account_id=hold.debit_account_id,
+                points=hold.amount,
+                code="spend_returned",
+                source="redeemed",
+                order_id=order["id"],
                 expires_at=add_months(datetime.now(UTC), program.lot_expiry_months),
             )
             return ("credit", transfer_id, state, hold.amount)
@@ -442,18 +581,27 @@ class Orders:
                 return replay
             order = await self._visible(conn, staff, order_id, lock=True)
             if order["status"] not in ("completed", "refunded"):
-                raise Problem(409, "not-refundable", f"only completed orders are refunded; this one is {order['status']}")
+                raise Problem(
+                    409,
+                    "not-refundable",
+                    f"only completed orders are refunded; this one is {order['status']}",
+                )
             rows = await conn.fetch(sql.LINES_FOR_REFUND, order_id, body.line_ids)
             if len(rows) != len(set(body.line_ids)):
                 raise Problem(404, "line-not-found", "one of line_ids is not a line of this order")
             mirrors = await self._refund_rows(conn, order, rows)
             if await conn.fetchval(sql.ALL_LINES_REFUNDED, order_id):
                 await conn.execute(sql.SET_STATUS, order_id, "refunded", order["points_earned"])
-            updated = order_from_rows(
-                await conn.fetchrow(sql.ORDER, order_id), await conn.fetch(sql.LINES, order_id)
+            after = await conn.fetchrow(sql.ORDER, order_id)
+            assert after is not None  # locked above
+            updated = order_from_rows(after, await conn.fetch(sql.LINES, order_id))
+            await _audit(
+                conn,
+                staff,
+                "order.refund",
+                order["guest_id"],
+                {"order_id": str(order_id), "line_ids": [str(x) for x in body.line_ids]},
             )
-            await _audit(conn, staff, "order.refund", order["guest_id"],
-                         {"order_id": str(order_id), "line_ids": [str(x) for x in body.line_ids]})
             stored = Stored(200, _encode(updated))
             await idempotency.finish(conn, scope, key, 200, stored.body)
         for transfer_id, state, points in mirrors:
@@ -470,24 +618,44 @@ class Orders:
         for row in rows:
             if row["refunded"]:
                 continue
-            if await conn.fetchval(sql.INSERT_REFUND, row["id"], row["paid_minor"],
-                                   row["points_spent"], row["points_earned"]) is None:
+            if (
+                await conn.fetchval(
+                    sql.INSERT_REFUND,
+                    row["id"],
+                    row["paid_minor"],
+                    row["points_spent"],
+                    row["points_earned"],
+                )
+                is None
+            ):
                 continue  # a concurrent refund of this line won
             await conn.execute(sql.MARK_LINE_REFUNDED, row["id"])
             if row["points_spent"]:
                 transfer_id = uuid.uuid4()
                 state = await ledger.credit(
-                    conn, transfer_id=transfer_id, brand_id=order["brand_id"], account_id=account_id,
-                    points=row["points_spent"], code="refund_restore", source="redeemed",
-                    order_id=order["id"], expires_at=add_months(datetime.now(UTC), program.lot_expiry_months),
+                    conn,
+                    transfer_id=transfer_id,
+                    brand_id=order["brand_id"],
+                    account_id=account_id,
+                    points=row["points_spent"],
+                    code="refund_restore",
+                    source="redeemed",
+                    order_id=order["id"],
+                    expires_at=add_months(datetime.now(UTC), program.lot_expiry_months),
                 )
                 mirrors.append((transfer_id, state, row["points_spent"]))
             if row["points_earned"]:
                 transfer_id = uuid.uuid4()
                 debited = await ledger.debit(
-                    conn, transfer_id=transfer_id, brand_id=order["brand_id"], account_id=account_id,
-                    points=row["points_earned"], code="refund_reversal", sink="issued",
-                    guarded=False, order_id=order["id"],
+                    conn,
+                    transfer_id=transfer_id,
+                    brand_id=order["brand_id"],
+                    account_id=account_id,
+                    points=row["points_earned"],
+                    code="refund_reversal",
+                    sink="issued",
+                    guarded=False,
+                    order_id=order["id"],
                 )
                 assert debited is not None
                 mirrors.append((transfer_id, debited, -row["points_earned"]))
@@ -522,16 +690,29 @@ class Orders:
 
 def _insufficient(wanted: int, spendable: int | None) -> Problem:
     return Problem(
-        422, "insufficient-points",
+        422,
+        "insufficient-points",
         f"the guest has {spendable if spendable is not None else 'fewer'} spendable points, "
         f"{wanted} were asked",
         points_available=spendable,
     )
 
 
-async def _audit(conn: asyncpg.Connection, staff: Principal, action: str, guest_id: UUID | None, detail: dict[str, Any]) -> None:
+async def _audit(
+    conn: asyncpg.Connection,
+    staff: Principal,
+    action: str,
+    guest_id: UUID | None,
+    detail: dict[str, Any],
+) -> None:
     await conn.execute(
         "INSERT INTO audit_log (brand_id, actor_kind, actor_id, device_id, action, guest_id, detail)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        staff.brand_id, staff.kind, staff.subject_id, staff.device_id, action, guest_id, detail,
+        staff.brand_id,
+        staff.kind,
+        staff.subject_id,
+        staff.device_id,
+        action,
+        guest_id,
+        detail,
     )

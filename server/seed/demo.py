@@ -10,6 +10,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
@@ -61,54 +62,141 @@ WEEKDAYS_7_19 = {d: [["07:00", "19:00"]] for d in ("mon", "tue", "wed", "thu", "
 ALWAYS = {d: [["00:00", "24:00"]] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
 LOCATIONS = [
     # slug, name, address, timezone, hours, lead min, slot min, orders per slot
-    ("mitte", "Regulars Mitte", "Torstraße 101, Berlin", "Europe/Berlin", WEEKDAYS_7_19, 10, 15, 20),
-    ("kreuzberg", "Regulars Kreuzberg", "Oranienstraße 12, Berlin", "Europe/Berlin", WEEKDAYS_7_19, 10, 15, 15),
-    ("lisbon", "Regulars Chiado", "Rua Garrett 40, Lisboa", "Europe/Lisbon", WEEKDAYS_7_19, 5, 10, 12),
+    (
+        "mitte",
+        "Regulars Mitte",
+        "Torstraße 101, Berlin",
+        "Europe/Berlin",
+        WEEKDAYS_7_19,
+        10,
+        15,
+        20,
+    ),
+    (
+        "kreuzberg",
+        "Regulars Kreuzberg",
+        "Oranienstraße 12, Berlin",
+        "Europe/Berlin",
+        WEEKDAYS_7_19,
+        10,
+        15,
+        15,
+    ),
+    (
+        "lisbon",
+        "Regulars Chiado",
+        "Rua Garrett 40, Lisboa",
+        "Europe/Lisbon",
+        WEEKDAYS_7_19,
+        5,
+        10,
+        12,
+    ),
     # A station counter that never closes: the demo works at any hour.
-    ("station", "Regulars Hauptbahnhof 24/7", "Europaplatz 1, Berlin", "Europe/Berlin", ALWAYS, 5, 5, 500),
+    (
+        "station",
+        "Regulars Hauptbahnhof 24/7",
+        "Europaplatz 1, Berlin",
+        "Europe/Berlin",
+        ALWAYS,
+        5,
+        5,
+        500,
+    ),
 ]
 
 COFFEE_MODS = ("size", "milk", "shot")
-MENU = [
+MenuEntry = tuple[str, str, int, tuple[str, ...]]
+MENU: list[tuple[str, bool, list[MenuEntry]]] = [
     # category, earns points, [(sku, name, price_minor, modifier groups)]
-    ("Coffee", True, [
-        ("ESP", "Espresso", 240, ("shot",)), ("DOP", "Doppio", 300, ()),
-        ("AME", "Americano", 320, ("size", "shot")), ("CAP", "Cappuccino", 380, COFFEE_MODS),
-        ("FLW", "Flat White", 400, COFFEE_MODS), ("LAT", "Caffè Latte", 410, COFFEE_MODS),
-        ("COR", "Cortado", 350, ("milk",)), ("MOC", "Mocha", 450, COFFEE_MODS),
-        ("FIL", "Filter Coffee", 290, ("size",)), ("CLD", "Cold Brew", 420, ("size", "milk")),
-    ]),
-    ("Tea & more", True, [
-        ("CHA", "Chai Latte", 420, ("size", "milk")), ("MAT", "Matcha Latte", 460, ("size", "milk")),
-        ("HOT", "Hot Chocolate", 390, ("size", "milk")), ("TEA", "Loose Leaf Tea", 300, ("size",)),
-    ]),
-    ("Cold drinks", True, [
-        ("LEM", "Homemade Lemonade", 380, ()), ("OJ", "Fresh Orange Juice", 450, ()),
-        ("WAT", "Sparkling Water", 250, ()), ("ICT", "Iced Tea", 350, ()),
-    ]),
-    ("Bakery", True, [
-        ("CRO", "Butter Croissant", 260, ()), ("PAC", "Pain au Chocolat", 290, ()),
-        ("CIN", "Cinnamon Bun", 340, ()), ("BAN", "Banana Bread", 330, ()),
-        ("MUF", "Blueberry Muffin", 320, ()), ("COO", "Chocolate Cookie", 250, ()),
-    ]),
-    ("Breakfast", True, [
-        ("POR", "Porridge with Berries", 650, ()), ("AVO", "Avocado Toast", 850, ()),
-        ("GRA", "Granola Bowl", 700, ()), ("EGG", "Egg Muffin", 590, ()),
-    ]),
-    ("Lunch", True, [
-        ("SAN", "Grilled Cheese Sandwich", 790, ()), ("SOU", "Soup of the Day", 620, ()),
-        ("SAL", "Seasonal Salad", 890, ()), ("QUI", "Quiche", 720, ()),
-    ]),
+    (
+        "Coffee",
+        True,
+        [
+            ("ESP", "Espresso", 240, ("shot",)),
+            ("DOP", "Doppio", 300, ()),
+            ("AME", "Americano", 320, ("size", "shot")),
+            ("CAP", "Cappuccino", 380, COFFEE_MODS),
+            ("FLW", "Flat White", 400, COFFEE_MODS),
+            ("LAT", "Caffè Latte", 410, COFFEE_MODS),
+            ("COR", "Cortado", 350, ("milk",)),
+            ("MOC", "Mocha", 450, COFFEE_MODS),
+            ("FIL", "Filter Coffee", 290, ("size",)),
+            ("CLD", "Cold Brew", 420, ("size", "milk")),
+        ],
+    ),
+    (
+        "Tea & more",
+        True,
+        [
+            ("CHA", "Chai Latte", 420, ("size", "milk")),
+            ("MAT", "Matcha Latte", 460, ("size", "milk")),
+            ("HOT", "Hot Chocolate", 390, ("size", "milk")),
+            ("TEA", "Loose Leaf Tea", 300, ("size",)),
+        ],
+    ),
+    (
+        "Cold drinks",
+        True,
+        [
+            ("LEM", "Homemade Lemonade", 380, ()),
+            ("OJ", "Fresh Orange Juice", 450, ()),
+            ("WAT", "Sparkling Water", 250, ()),
+            ("ICT", "Iced Tea", 350, ()),
+        ],
+    ),
+    (
+        "Bakery",
+        True,
+        [
+            ("CRO", "Butter Croissant", 260, ()),
+            ("PAC", "Pain au Chocolat", 290, ()),
+            ("CIN", "Cinnamon Bun", 340, ()),
+            ("BAN", "Banana Bread", 330, ()),
+            ("MUF", "Blueberry Muffin", 320, ()),
+            ("COO", "Chocolate Cookie", 250, ()),
+        ],
+    ),
+    (
+        "Breakfast",
+        True,
+        [
+            ("POR", "Porridge with Berries", 650, ()),
+            ("AVO", "Avocado Toast", 850, ()),
+            ("GRA", "Granola Bowl", 700, ()),
+            ("EGG", "Egg Muffin", 590, ()),
+        ],
+    ),
+    (
+        "Lunch",
+        True,
+        [
+            ("SAN", "Grilled Cheese Sandwich", 790, ()),
+            ("SOU", "Soup of the Day", 620, ()),
+            ("SAL", "Seasonal Salad", 890, ()),
+            ("QUI", "Quiche", 720, ()),
+        ],
+    ),
     # Gift cards and beans to take home earn nothing (DESIGN §3).
-    ("Shop", False, [
-        ("GC25", "Gift Card 25", 2500, ()), ("GC50", "Gift Card 50", 5000, ()),
-        ("BNS", "House Blend Beans 250 g", 1290, ()),
-    ]),
+    (
+        "Shop",
+        False,
+        [
+            ("GC25", "Gift Card 25", 2500, ()),
+            ("GC50", "Gift Card 50", 5000, ()),
+            ("BNS", "House Blend Beans 250 g", 1290, ()),
+        ],
+    ),
 ]
 MODIFIERS = [
-    ("size", "Small", -40), ("size", "Regular", 0), ("size", "Large", 60),
-    ("milk", "Whole milk", 0), ("milk", "Oat milk", 40), ("milk", "Almond milk", 40),
-    ("milk", "Lactose-free", 20), ("shot", "Extra shot", 60),
+    ("size", "Small", -40),
+    ("size", "Regular", 0),
+    ("size", "Large", 60),
+    ("milk", "Whole milk", 0),
+    ("milk", "Oat milk", 40),
+    ("milk", "Almond milk", 40),
+    ("milk", "Lactose-free", 20),
+    ("shot", "Extra shot", 60),
 ]
 STAFF = [
     ("barista", "Bea Barista", ["mitte", "station"]),
@@ -116,10 +204,50 @@ STAFF = [
     ("manager", "Mia Manager", []),
     ("admin", "Ada Admin", []),
 ]
-FIRST = ["Anna", "Ben", "Clara", "David", "Ela", "Finn", "Greta", "Hugo", "Ida", "Jonas", "Lea",
-         "Max", "Nora", "Oskar", "Paula", "Rafael", "Sofia", "Tom", "Uma", "Vito", "Wanda", "Yusuf"]
-LAST = ["Schmidt", "Müller", "Silva", "Weber", "Costa", "Fischer", "Wagner", "Santos", "Becker",
-        "Hoffmann", "Koch", "Ferreira", "Richter", "Klein", "Wolf", "Neumann", "Braun", "Pereira"]
+FIRST = [
+    "Anna",
+    "Ben",
+    "Clara",
+    "David",
+    "Ela",
+    "Finn",
+    "Greta",
+    "Hugo",
+    "Ida",
+    "Jonas",
+    "Lea",
+    "Max",
+    "Nora",
+    "Oskar",
+    "Paula",
+    "Rafael",
+    "Sofia",
+    "Tom",
+    "Uma",
+    "Vito",
+    "Wanda",
+    "Yusuf",
+]
+LAST = [
+    "Schmidt",
+    "Müller",
+    "Silva",
+    "Weber",
+    "Costa",
+    "Fischer",
+    "Wagner",
+    "Santos",
+    "Becker",
+    "Hoffmann",
+    "Koch",
+    "Ferreira",
+    "Richter",
+    "Klein",
+    "Wolf",
+    "Neumann",
+    "Braun",
+    "Pereira",
+]
 PROMOS = [
     # code, kind, value, starts (days from now), ends, per guest, total
     ("WELCOME10", "percent", 10, -30, 365, 1, None),
@@ -152,11 +280,15 @@ async def seed_demo(conn: asyncpg.Connection, now: datetime | None = None) -> bo
         brand = _id("brand")
         await conn.execute(
             "INSERT INTO brands (id, slug, name, currency, created_at) VALUES ($1, $2, $3, 'EUR', $4)",
-            brand, DEMO_BRAND, "Regulars Coffee", now - timedelta(days=400),
+            brand,
+            DEMO_BRAND,
+            "Regulars Coffee",
+            now - timedelta(days=400),
         )
         await conn.execute(
             "INSERT INTO loyalty_programs (brand_id, rules) VALUES ($1, $2)",
-            brand, msgspec.to_builtins(PROGRAM),
+            brand,
+            msgspec.to_builtins(PROGRAM),
         )
         await conn.execute(
             "INSERT INTO accounts (id, brand_id, kind) SELECT gen_random_uuid(), $1, k"
@@ -178,32 +310,56 @@ async def _locations(conn: asyncpg.Connection, brand: UUID) -> dict[str, UUID]:
         await conn.execute(
             "INSERT INTO locations (id, brand_id, slug, name, address, timezone, opening_hours,"
             " lead_time_min, slot_minutes, orders_per_slot) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
-            ids[slug], brand, slug, name, address, tz, hours, lead, slot, per_slot,
+            ids[slug],
+            brand,
+            slug,
+            name,
+            address,
+            tz,
+            hours,
+            lead,
+            slot,
+            per_slot,
         )
     return ids
 
 
 async def _menu(conn: asyncpg.Connection, brand: UUID) -> list[_Item]:
-    modifiers = {}
+    modifiers: dict[str, list[UUID]] = {}
     for group, name, delta in MODIFIERS:
         modifiers.setdefault(group, []).append(_id("modifier", group, name))
         await conn.execute(
             "INSERT INTO modifiers (id, brand_id, group_name, name, price_delta_minor) VALUES ($1,$2,$3,$4,$5)",
-            _id("modifier", group, name), brand, group, name, delta,
+            _id("modifier", group, name),
+            brand,
+            group,
+            name,
+            delta,
         )
     items = []
     for position, (category, earns, entries) in enumerate(MENU):
         category_id = _id("category", category)
         await conn.execute(
             "INSERT INTO menu_categories (id, brand_id, name, position, earns_points) VALUES ($1,$2,$3,$4,$5)",
-            category_id, brand, category, position, earns,
+            category_id,
+            brand,
+            category,
+            position,
+            earns,
         )
         for item_position, (sku, name, price, groups) in enumerate(entries):
             item_id = _id("item", sku)
             await conn.execute(
                 "INSERT INTO menu_items (id, brand_id, category_id, sku, name, price_minor,"
                 " is_gift_card, position) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
-                item_id, brand, category_id, sku, name, price, sku.startswith("GC"), item_position,
+                item_id,
+                brand,
+                category_id,
+                sku,
+                name,
+                price,
+                sku.startswith("GC"),
+                item_position,
             )
             await conn.executemany(
                 "INSERT INTO item_modifiers (item_id, modifier_id) VALUES ($1, $2)",
@@ -213,7 +369,8 @@ async def _menu(conn: asyncpg.Connection, brand: UUID) -> list[_Item]:
     # Seasonal: the lisbon café has no soup.
     await conn.execute(
         "INSERT INTO item_unavailable (location_id, item_id) VALUES ($1, $2)",
-        _id("location", "lisbon"), _id("item", "SOU"),
+        _id("location", "lisbon"),
+        _id("item", "SOU"),
     )
     return items
 
@@ -227,8 +384,14 @@ async def _staff(conn: asyncpg.Connection, brand: UUID, locations: dict[str, UUI
         await conn.execute(
             "INSERT INTO staff_users (id, brand_id, email, display_name, role, location_ids,"
             " password_hash, pin_hash, totp_secret) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
-            _id("staff", role), brand, f"{role}@demo.regulars.test", name, role,
-            [locations[s] for s in slugs], password_hash, pin_hash,
+            _id("staff", role),
+            brand,
+            f"{role}@demo.regulars.test",
+            name,
+            role,
+            [locations[s] for s in slugs],
+            password_hash,
+            pin_hash,
             DEMO_TOTP_SECRET if role in ("manager", "admin") else None,
         )
 
@@ -238,26 +401,60 @@ async def _promos(conn: asyncpg.Connection, brand: UUID, now: datetime) -> None:
         await conn.execute(
             "INSERT INTO promo_codes (id, brand_id, code, kind, value, valid_from, valid_until,"
             " per_guest_limit, total_limit) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
-            _id("promo", code), brand, code, kind, value, now + timedelta(days=start),
-            now + timedelta(days=end), per_guest, total,
+            _id("promo", code),
+            brand,
+            code,
+            kind,
+            value,
+            now + timedelta(days=start),
+            now + timedelta(days=end),
+            per_guest,
+            total,
         )
 
 
 async def _guests(
-    conn: asyncpg.Connection, brand: UUID, locations: dict[str, UUID], items: list[_Item], now: datetime
+    conn: asyncpg.Connection,
+    brand: UUID,
+    locations: dict[str, UUID],
+    items: list[_Item],
+    now: datetime,
 ) -> None:
     rng = random.Random(20261122)
-    issued = await conn.fetchval("SELECT id FROM accounts WHERE brand_id = $1 AND kind = 'issued'", brand)
+    issued = await conn.fetchval(
+        "SELECT id FROM accounts WHERE brand_id = $1 AND kind = 'issued'", brand
+    )
     berlin = ZoneInfo("Europe/Berlin")
     cafe_items = [i for i in items if i.earns]
-    guests, accounts, orders, lines, transfers, profiles = [], [], [], [], [], []
-    location_ids = [locations["mitte"], locations["kreuzberg"], locations["lisbon"], locations["station"]]
+    guests: list[tuple[Any, ...]] = []
+    accounts: list[tuple[Any, ...]] = []
+    orders: list[tuple[Any, ...]] = []
+    lines: list[tuple[Any, ...]] = []
+    transfers: list[tuple[Any, ...]] = []
+    profiles: list[tuple[Any, ...]] = []
+    location_ids = [
+        locations["mitte"],
+        locations["kreuzberg"],
+        locations["lisbon"],
+        locations["station"],
+    ]
     for n in range(1, GUESTS + 1):
         guest_id, account_id = _id("guest", n), _id("account", n)
-        first, last = (("Demo", "Guest") if n == 1 else (rng.choice(FIRST), rng.choice(LAST)))
+        first, last = ("Demo", "Guest") if n == 1 else (rng.choice(FIRST), rng.choice(LAST))
         joined = now - timedelta(days=HISTORY_DAYS + rng.randint(0, 200))
-        guests.append((guest_id, brand, qr.new_public_id(), qr.new_secret(),
-                       f"{n:012d}", f"+49151{n:08d}", first, last, joined))
+        guests.append(
+            (
+                guest_id,
+                brand,
+                qr.new_public_id(),
+                qr.new_secret(),
+                f"{n:012d}",
+                f"+49151{n:08d}",
+                first,
+                last,
+                joined,
+            )
+        )
         # Habits: a favourite weekday set, hour, location and two or three favourite items.
         visits_per_week = rng.choice([0.5, 1, 2, 3, 5])
         hour = rng.choice([7, 8, 8, 9, 12, 13, 15])
@@ -276,56 +473,173 @@ async def _guests(
         spend = 0
         for number, at in enumerate(history):
             order_id = _id("order", n, number)
-            picks = [rng.choice(favourites) if rng.random() < 0.8 else rng.choice(cafe_items)
-                     for _ in range(rng.choice([1, 1, 2, 2, 3]))]
+            picks = [
+                rng.choice(favourites) if rng.random() < 0.8 else rng.choice(cafe_items)
+                for _ in range(rng.choice([1, 1, 2, 2, 3]))
+            ]
             subtotal = sum(p.price for p in picks)
             tier, _ = tier_for(PROGRAM, credits)
             points = earn_points(PROGRAM, subtotal, tier)
             shares = allocate(points, [p.price for p in picks])
-            orders.append((order_id, brand, home, guest_id, "completed", "EUR", subtotal, 0, 0, 0,
-                           subtotal, points, points, at, at, at, at))
+            orders.append(
+                (
+                    order_id,
+                    brand,
+                    home,
+                    guest_id,
+                    "completed",
+                    "EUR",
+                    subtotal,
+                    0,
+                    0,
+                    0,
+                    subtotal,
+                    points,
+                    points,
+                    at,
+                    at,
+                    at,
+                    at,
+                )
+            )
             for line_no, (pick, share) in enumerate(zip(picks, shares, strict=True)):
-                lines.append((_id("line", n, number, line_no), order_id, line_no, pick.id, pick.sku,
-                              pick.name, 1, pick.price, pick.price, 0, 0, pick.price, True, share))
+                lines.append(
+                    (
+                        _id("line", n, number, line_no),
+                        order_id,
+                        line_no,
+                        pick.id,
+                        pick.sku,
+                        pick.name,
+                        1,
+                        pick.price,
+                        pick.price,
+                        0,
+                        0,
+                        pick.price,
+                        True,
+                        share,
+                    )
+                )
                 item_counts[pick.id] += 1
             if points:
-                transfers.append((_id("transfer", n, number), brand, issued, account_id, points, "single",
-                                  "earn", order_id, home, add_months(at, PROGRAM.lot_expiry_months), at))
+                transfers.append(
+                    (
+                        _id("transfer", n, number),
+                        brand,
+                        issued,
+                        account_id,
+                        points,
+                        "single",
+                        "earn",
+                        order_id,
+                        home,
+                        add_months(at, PROGRAM.lot_expiry_months),
+                        at,
+                    )
+                )
                 credits += points
             spend += subtotal
         welcome_at = joined
-        transfers.append((_id("welcome", n), brand, issued, account_id, PROGRAM.welcome_bonus_points,
-                          "single", "welcome", None, None,
-                          add_months(welcome_at, PROGRAM.lot_expiry_months), welcome_at))
+        transfers.append(
+            (
+                _id("welcome", n),
+                brand,
+                issued,
+                account_id,
+                PROGRAM.welcome_bonus_points,
+                "single",
+                "welcome",
+                None,
+                None,
+                add_months(welcome_at, PROGRAM.lot_expiry_months),
+                welcome_at,
+            )
+        )
         credits += PROGRAM.welcome_bonus_points
         accounts.append((account_id, brand, "guest", guest_id, credits, len(history) + 1))
-        profiles.append(_profile(guest_id, history, item_counts, items, spend, credits, now, berlin))
+        profiles.append(
+            _profile(guest_id, history, item_counts, items, spend, credits, now, berlin)
+        )
     await conn.copy_records_to_table(
-        "guests", records=guests,
-        columns=["id", "brand_id", "public_id", "qr_secret", "card_number", "phone_e164",
-                 "first_name", "last_name", "created_at"],
+        "guests",
+        records=guests,
+        columns=[
+            "id",
+            "brand_id",
+            "public_id",
+            "qr_secret",
+            "card_number",
+            "phone_e164",
+            "first_name",
+            "last_name",
+            "created_at",
+        ],
     )
     await conn.copy_records_to_table(
-        "accounts", records=accounts,
+        "accounts",
+        records=accounts,
         columns=["id", "brand_id", "kind", "guest_id", "credits_posted", "version"],
     )
     await conn.copy_records_to_table(
-        "orders", records=orders,
-        columns=["id", "brand_id", "location_id", "guest_id", "status", "currency",
-                 "subtotal_minor", "discount_minor", "points_spent", "points_value_minor",
-                 "amount_due_minor", "points_to_earn", "points_earned", "pickup_at", "slot_start",
-                 "created_at", "updated_at"],
+        "orders",
+        records=orders,
+        columns=[
+            "id",
+            "brand_id",
+            "location_id",
+            "guest_id",
+            "status",
+            "currency",
+            "subtotal_minor",
+            "discount_minor",
+            "points_spent",
+            "points_value_minor",
+            "amount_due_minor",
+            "points_to_earn",
+            "points_earned",
+            "pickup_at",
+            "slot_start",
+            "created_at",
+            "updated_at",
+        ],
     )
     await conn.copy_records_to_table(
-        "order_lines", records=lines,
-        columns=["id", "order_id", "line_no", "item_id", "sku", "name", "quantity",
-                 "unit_price_minor", "gross_minor", "discount_minor", "points_spent", "paid_minor",
-                 "earns_points", "points_earned"],
+        "order_lines",
+        records=lines,
+        columns=[
+            "id",
+            "order_id",
+            "line_no",
+            "item_id",
+            "sku",
+            "name",
+            "quantity",
+            "unit_price_minor",
+            "gross_minor",
+            "discount_minor",
+            "points_spent",
+            "paid_minor",
+            "earns_points",
+            "points_earned",
+        ],
     )
     await conn.copy_records_to_table(
-        "transfers", records=transfers,
-        columns=["id", "brand_id", "debit_account_id", "credit_account_id", "amount", "phase",
-                 "code", "order_id", "location_id", "expires_at", "created_at"],
+        "transfers",
+        records=transfers,
+        columns=[
+            "id",
+            "brand_id",
+            "debit_account_id",
+            "credit_account_id",
+            "amount",
+            "phase",
+            "code",
+            "order_id",
+            "location_id",
+            "expires_at",
+            "created_at",
+        ],
     )
     # executemany, not COPY: binary COPY has no encoder for our text-format jsonb codec.
     await conn.executemany(
@@ -337,18 +651,36 @@ async def _guests(
 
 
 def _profile(
-    guest_id: UUID, history: list[datetime], counts: Counter[UUID], items: list[_Item],
-    spend: int, earned: int, now: datetime, tz: ZoneInfo,
+    guest_id: UUID,
+    history: list[datetime],
+    counts: Counter[UUID],
+    items: list[_Item],
+    spend: int,
+    earned: int,
+    now: datetime,
+    tz: ZoneInfo,
 ) -> tuple[object, ...]:
     names = {i.id: i for i in items}
     weekdays = Counter(at.astimezone(tz).weekday() for at in history)
     hours = Counter(at.astimezone(tz).hour for at in history)
-    top = [{"item_id": str(item_id), "name": names[item_id].name, "count": count,
-            "price_minor": names[item_id].price} for item_id, count in counts.most_common(3)]
+    top = [
+        {
+            "item_id": str(item_id),
+            "name": names[item_id].name,
+            "count": count,
+            "price_minor": names[item_id].price,
+        }
+        for item_id, count in counts.most_common(3)
+    ]
     return (
-        guest_id, len(history), sum(1 for at in history if at > now - timedelta(days=30)), spend,
+        guest_id,
+        len(history),
+        sum(1 for at in history if at > now - timedelta(days=30)),
+        spend,
         spend // len(history) if history else 0,
         weekdays.most_common(1)[0][0] if weekdays else None,
         hours.most_common(1)[0][0] if hours else None,
-        max(history) if history else None, top, earned,
+        max(history) if history else None,
+        top,
+        earned,
     )

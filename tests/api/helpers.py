@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-
 from tests.conftest import Client, Demo, GuestHandle
 
 
@@ -13,7 +12,11 @@ async def menu_items(client: Client, location_id: uuid.UUID) -> dict[str, dict[s
     """The location's menu items by SKU."""
     response = await client.get(f"/v1/locations/{location_id}/menu")
     assert response.status_code == 200, response.text
-    return {item["sku"]: item for category in response.json()["categories"] for item in category["items"]}
+    return {
+        item["sku"]: item
+        for category in response.json()["categories"]
+        for item in category["items"]
+    }
 
 
 async def place(

@@ -40,18 +40,30 @@ async def orders_of(services: Any, guest: GuestHandle) -> int:
         return int(await conn.fetchval("SELECT count(*) FROM orders WHERE guest_id = $1", guest.id))
 
 
-async def test_unknown_item(client: Client, guest: GuestHandle, demo: Demo, items: Any, services: Any) -> None:
-    await refused(await place(client, guest, body(demo, {"id": str(uuid.uuid4())})), 422, "unknown-item")
+async def test_unknown_item(
+    client: Client, guest: GuestHandle, demo: Demo, items: Any, services: Any
+) -> None:
+    await refused(
+        await place(client, guest, body(demo, {"id": str(uuid.uuid4())})), 422, "unknown-item"
+    )
     assert await orders_of(services, guest) == 0
 
 
 @pytest.mark.parametrize("quantity", [0, 10_000, -1])
-async def test_quantity_out_of_range(client: Client, guest: GuestHandle, demo: Demo, items: Any, quantity: int) -> None:
-    problem = await refused(await place(client, guest, body(demo, items["CRO"], quantity=quantity)), 422, "invalid-quantity")
+async def test_quantity_out_of_range(
+    client: Client, guest: GuestHandle, demo: Demo, items: Any, quantity: int
+) -> None:
+    problem = await refused(
+        await place(client, guest, body(demo, items["CRO"], quantity=quantity)),
+        422,
+        "invalid-quantity",
+    )
     assert "lines[0].quantity" in problem["detail"]
 
 
-async def test_client_prices_are_ignored(client: Client, guest: GuestHandle, demo: Demo, items: Any) -> None:
+async def test_client_prices_are_ignored(
+    client: Client, guest: GuestHandle, demo: Demo, items: Any
+) -> None:
     sent = body(demo, items["CRO"], quantity=2)
     sent["lines"][0]["price_minor"] = 1
     sent["subtotal_minor"] = 2
@@ -60,35 +72,55 @@ async def test_client_prices_are_ignored(client: Client, guest: GuestHandle, dem
     assert response.json()["subtotal_minor"] == 2 * items["CRO"]["price_minor"]
 
 
-async def test_points_over_the_cap(client: Client, guest: GuestHandle, demo: Demo, items: Any, services: Any) -> None:
+async def test_points_over_the_cap(
+    client: Client, guest: GuestHandle, demo: Demo, items: Any, services: Any
+) -> None:
     cap = items["CRO"]["price_minor"] * PROGRAM.max_points_share_pct // 100
-    problem = await refused(await place(client, guest, body(demo, items["CRO"], points_to_spend=cap + 1)), 422, "points-over-cap")
+    problem = await refused(
+        await place(client, guest, body(demo, items["CRO"], points_to_spend=cap + 1)),
+        422,
+        "points-over-cap",
+    )
     assert problem["max_points"] == cap
     assert await ledger_state(services, guest.id) == (WELCOME, 0)
 
 
-async def test_points_over_the_balance(client: Client, guest: GuestHandle, demo: Demo, items: Any, services: Any) -> None:
-    await refused(await place(client, guest, body(demo, items["GC50"], points_to_spend=WELCOME + 1)), 422, "insufficient-points")
+async def test_points_over_the_balance(
+    client: Client, guest: GuestHandle, demo: Demo, items: Any, services: Any
+) -> None:
+    await refused(
+        await place(client, guest, body(demo, items["GC50"], points_to_spend=WELCOME + 1)),
+        422,
+        "insufficient-points",
+    )
     assert await ledger_state(services, guest.id) == (WELCOME, 0)
     assert await orders_of(services, guest) == 0
 
 
 async def test_closed_location(client: Client, guest: GuestHandle, demo: Demo) -> None:
     items = await menu_items(client, demo.locations["mitte"])
-    night = (datetime.now(ZoneInfo("Europe/Berlin")) + timedelta(days=1)).replace(hour=3, minute=0, second=0, microsecond=0)
-    sent = {"location_id": str(demo.locations["mitte"]), "lines": [{"item_id": items["CRO"]["id"], "quantity": 1}],
-            "pickup_at": night.isoformat()}
+    night = (datetime.now(ZoneInfo("Europe/Berlin")) + timedelta(days=1)).replace(
+        hour=3, minute=0, second=0, microsecond=0
+    )
+    sent = {
+        "location_id": str(demo.locations["mitte"]),
+        "lines": [{"item_id": items["CRO"]["id"], "quantity": 1}],
+        "pickup_at": night.isoformat(),
+    }
     await refused(await place(client, guest, sent), 422, "location-closed")
 
 
-async def test_full_slot(client: Client, guest: GuestHandle, demo: Demo, items: Any, services: Any) -> None:
+async def test_full_slot(
+    client: Client, guest: GuestHandle, demo: Demo, items: Any, services: Any
+) -> None:
     pickup = (datetime.now(UTC) + timedelta(days=2)).replace(second=0, microsecond=0)
     pickup = pickup.replace(minute=pickup.minute - pickup.minute % 5)
     async with services.db.transaction() as conn:
         await conn.execute(
             "INSERT INTO slot_counts (location_id, slot_start, orders) VALUES ($1, $2, 500)"
             " ON CONFLICT (location_id, slot_start) DO UPDATE SET orders = 500",
-            demo.locations["station"], pickup,
+            demo.locations["station"],
+            pickup,
         )
     sent = body(demo, items["CRO"], pickup_at=pickup.isoformat(), points_to_spend=10)
     await refused(await place(client, guest, sent), 409, "slot-full")
@@ -101,47 +133,77 @@ async def test_pickup_too_soon(client: Client, guest: GuestHandle, demo: Demo, i
     await refused(await place(client, guest, sent), 422, "pickup-too-soon")
 
 
-async def test_expired_and_unknown_promo_codes(client: Client, guest: GuestHandle, demo: Demo, items: Any) -> None:
-    await refused(await place(client, guest, body(demo, items["CRO"], promo_code="SUMMER24")), 422, "promo-expired")
-    await refused(await place(client, guest, body(demo, items["CRO"], promo_code="NOPE")), 422, "unknown-promo-code")
+async def test_expired_and_unknown_promo_codes(
+    client: Client, guest: GuestHandle, demo: Demo, items: Any
+) -> None:
+    await refused(
+        await place(client, guest, body(demo, items["CRO"], promo_code="SUMMER24")),
+        422,
+        "promo-expired",
+    )
+    await refused(
+        await place(client, guest, body(demo, items["CRO"], promo_code="NOPE")),
+        422,
+        "unknown-promo-code",
+    )
 
 
-async def test_promo_discounts_and_per_guest_limit(client: Client, guest: GuestHandle, demo: Demo, items: Any, services: Any) -> None:
+async def test_promo_discounts_and_per_guest_limit(
+    client: Client, guest: GuestHandle, demo: Demo, items: Any, services: Any
+) -> None:
     first = await place(client, guest, body(demo, items["AVO"], promo_code="welcome10"))
     assert first.status_code == 201
     assert first.json()["discount_minor"] == items["AVO"]["price_minor"] // 10
-    await refused(await place(client, guest, body(demo, items["AVO"], promo_code="WELCOME10")), 422, "promo-exhausted")
+    await refused(
+        await place(client, guest, body(demo, items["AVO"], promo_code="WELCOME10")),
+        422,
+        "promo-exhausted",
+    )
     assert await orders_of(services, guest) == 1
 
 
 async def test_malformed_json(client: Client, guest: GuestHandle) -> None:
     response = await client.post(
-        "/v1/orders", content=b'{"lines": [', headers={**guest.headers, "Idempotency-Key": "k", "content-type": "application/json"}
+        "/v1/orders",
+        content=b'{"lines": [',
+        headers={**guest.headers, "Idempotency-Key": "k", "content-type": "application/json"},
     )
     await refused(response, 400, "malformed-json")
 
 
-async def test_wrong_types_name_the_field(client: Client, guest: GuestHandle, demo: Demo, items: Any) -> None:
+async def test_wrong_types_name_the_field(
+    client: Client, guest: GuestHandle, demo: Demo, items: Any
+) -> None:
     sent = body(demo, items["CRO"])
     sent["lines"][0]["quantity"] = "two"
     problem = await refused(await place(client, guest, sent), 422, "validation-error")
     assert "lines[0].quantity" in problem["detail"]
 
 
-async def test_missing_idempotency_key(client: Client, guest: GuestHandle, demo: Demo, items: Any) -> None:
+async def test_missing_idempotency_key(
+    client: Client, guest: GuestHandle, demo: Demo, items: Any
+) -> None:
     response = await client.post("/v1/orders", json=body(demo, items["CRO"]), headers=guest.headers)
     await refused(response, 400, "idempotency-key-required")
 
 
 async def test_no_token_and_bad_token(client: Client, demo: Demo, items: Any) -> None:
     await refused(await client.get("/v1/me"), 401, "unauthenticated")
-    await refused(await client.get("/v1/me", headers={"Authorization": "Bearer nope"}), 401, "invalid-token")
+    await refused(
+        await client.get("/v1/me", headers={"Authorization": "Bearer nope"}), 401, "invalid-token"
+    )
     staff = {"Authorization": f"Bearer {demo.staff['barista']}", "Idempotency-Key": "x"}
-    await refused(await client.post("/v1/orders", json=body(demo, items["CRO"]), headers=staff), 403, "guests-only")
+    await refused(
+        await client.post("/v1/orders", json=body(demo, items["CRO"]), headers=staff),
+        403,
+        "guests-only",
+    )
 
 
 async def test_bad_phone(client: Client) -> None:
-    problem = await refused(await client.post("/v1/auth/otp", json={"phone": "+49 123"}), 422, "invalid-phone")
+    problem = await refused(
+        await client.post("/v1/auth/otp", json={"phone": "+49 123"}), 422, "invalid-phone"
+    )
     assert "+49 123" in problem["detail"]
 
 

@@ -6,7 +6,6 @@ import asyncio
 import uuid
 from typing import Any
 
-
 from server.auth.notifier import RecordingNotifier
 from server.loyalty.model import earn_points
 from server.seed.demo import PROGRAM
@@ -23,7 +22,9 @@ from tests.api.helpers import (
 from tests.conftest import Client, Demo, GuestHandle, give_points, sign_in
 
 
-async def test_full_journey(client: Client, notifier: RecordingNotifier, demo: Demo, services: Any) -> None:
+async def test_full_journey(
+    client: Client, notifier: RecordingNotifier, demo: Demo, services: Any
+) -> None:
     guest = await sign_in(client, notifier)
     welcome = PROGRAM.welcome_bonus_points
     assert await spendable(client, guest) == welcome
@@ -44,7 +45,9 @@ async def test_full_journey(client: Client, notifier: RecordingNotifier, demo: D
     response = await place(client, guest, body)
     assert response.status_code == 201, response.text
     order = response.json()
-    subtotal = 2 * (latte["price_minor"] + oat["price_delta_minor"]) + items["CRO"]["price_minor"] + 2500
+    subtotal = (
+        2 * (latte["price_minor"] + oat["price_delta_minor"]) + items["CRO"]["price_minor"] + 2500
+    )
     assert order["subtotal_minor"] == subtotal
     assert order["status"] == "awaiting_payment"
     assert order["points_spent"] == 150
@@ -59,7 +62,9 @@ async def test_full_journey(client: Client, notifier: RecordingNotifier, demo: D
     assert paid.json()["status"] == "placed"
     assert await ledger_state(services, guest.id) == (welcome + 400 - 150, 0)
 
-    completed = (await advance(client, demo, order["id"], "accepted", "preparing", "ready", "completed")).json()
+    completed = (
+        await advance(client, demo, order["id"], "accepted", "preparing", "ready", "completed")
+    ).json()
     # Earned on money really paid for earning lines: not the points part, not the gift card.
     net_earning = sum(line["paid_minor"] for line in order["lines"] if line["sku"] != "GC25")
     expected = earn_points(PROGRAM, net_earning, PROGRAM.tiers[0])
@@ -79,7 +84,11 @@ async def test_replayed_checkout_returns_the_same_order(
     client: Client, guest: GuestHandle, demo: Demo, services: Any
 ) -> None:
     items = await menu_items(client, demo.locations["station"])
-    body = {"location_id": str(demo.locations["station"]), "lines": [{"item_id": items["CRO"]["id"], "quantity": 1}], "points_to_spend": 50}
+    body = {
+        "location_id": str(demo.locations["station"]),
+        "lines": [{"item_id": items["CRO"]["id"], "quantity": 1}],
+        "points_to_spend": 50,
+    }
     key = str(uuid.uuid4())
     first = await place(client, guest, body, key)
     again = await place(client, guest, body, key)
@@ -98,7 +107,11 @@ async def test_concurrent_duplicates_have_one_effect(
     client: Client, guest: GuestHandle, demo: Demo, services: Any
 ) -> None:
     items = await menu_items(client, demo.locations["station"])
-    body = {"location_id": str(demo.locations["station"]), "lines": [{"item_id": items["ESP"]["id"], "quantity": 1}], "points_to_spend": 40}
+    body = {
+        "location_id": str(demo.locations["station"]),
+        "lines": [{"item_id": items["ESP"]["id"], "quantity": 1}],
+        "points_to_spend": 40,
+    }
     key = str(uuid.uuid4())
     responses = await asyncio.gather(*(place(client, guest, body, key) for _ in range(8)))
     assert {r.status_code for r in responses} <= {201, 409}
@@ -117,7 +130,11 @@ async def test_fifty_concurrent_spends_from_one_wallet(
     await give_points(client, demo, guest, 1000 - PROGRAM.welcome_bonus_points)
     items = await menu_items(client, demo.locations["station"])
     # 100 points must stay within the 30% cap: four cinnamon buns (13.60) allow 408 points.
-    body = {"location_id": str(demo.locations["station"]), "lines": [{"item_id": items["CIN"]["id"], "quantity": 4}], "points_to_spend": 100}
+    body = {
+        "location_id": str(demo.locations["station"]),
+        "lines": [{"item_id": items["CIN"]["id"], "quantity": 4}],
+        "points_to_spend": 100,
+    }
     responses = await asyncio.gather(*(place(client, guest, body) for _ in range(50)))
     codes = [r.status_code for r in responses]
     assert codes.count(201) == 10, codes
@@ -132,7 +149,11 @@ async def test_cancel_before_acceptance_returns_the_points(
     client: Client, guest: GuestHandle, demo: Demo, services: Any
 ) -> None:
     items = await menu_items(client, demo.locations["station"])
-    body = {"location_id": str(demo.locations["station"]), "lines": [{"item_id": items["AVO"]["id"], "quantity": 1}], "points_to_spend": 90}
+    body = {
+        "location_id": str(demo.locations["station"]),
+        "lines": [{"item_id": items["AVO"]["id"], "quantity": 1}],
+        "points_to_spend": 90,
+    }
     awaiting = (await place(client, guest, body)).json()
     cancelled = await client.post(f"/v1/orders/{awaiting['id']}/cancel", headers=guest.headers)
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
@@ -141,7 +162,9 @@ async def test_cancel_before_acceptance_returns_the_points(
     placed = (await place(client, guest, body)).json()
     assert (await pay(client, guest, placed["id"])).status_code == 200
     assert await spendable(client, guest) == PROGRAM.welcome_bonus_points - 90
-    assert (await client.post(f"/v1/orders/{placed['id']}/cancel", headers=guest.headers)).status_code == 200
+    assert (
+        await client.post(f"/v1/orders/{placed['id']}/cancel", headers=guest.headers)
+    ).status_code == 200
     assert await ledger_state(services, guest.id) == (PROGRAM.welcome_bonus_points, 0)
     assert await redis_state(services, guest.id) == (PROGRAM.welcome_bonus_points, 0)
     again = await client.post(f"/v1/orders/{placed['id']}/cancel", headers=guest.headers)
@@ -153,7 +176,10 @@ async def test_declined_payment_leaves_the_order_payable(
     client: Client, guest: GuestHandle, demo: Demo
 ) -> None:
     items = await menu_items(client, demo.locations["station"])
-    body = {"location_id": str(demo.locations["station"]), "lines": [{"item_id": items["MUF"]["id"], "quantity": 1}]}
+    body = {
+        "location_id": str(demo.locations["station"]),
+        "lines": [{"item_id": items["MUF"]["id"], "quantity": 1}],
+    }
     order = (await place(client, guest, body)).json()
     declined = await pay(client, guest, order["id"], token="declined")
     assert declined.status_code == 402
@@ -170,12 +196,17 @@ async def test_refund_of_one_line_moves_points_back_once(
     items = await menu_items(client, demo.locations["station"])
     body = {
         "location_id": str(demo.locations["station"]),
-        "lines": [{"item_id": items["SAL"]["id"], "quantity": 2}, {"item_id": items["FLW"]["id"], "quantity": 1}],
+        "lines": [
+            {"item_id": items["SAL"]["id"], "quantity": 2},
+            {"item_id": items["FLW"]["id"], "quantity": 1},
+        ],
         "points_to_spend": 300,
     }
     order = (await place(client, guest, body)).json()
     await pay(client, guest, order["id"])
-    completed = (await advance(client, demo, order["id"], "accepted", "preparing", "ready", "completed")).json()
+    completed = (
+        await advance(client, demo, order["id"], "accepted", "preparing", "ready", "completed")
+    ).json()
     before = await spendable(client, guest)
     salad = next(line for line in completed["lines"] if line["sku"] == "SAL")
     assert salad["points_spent"] > 0 and salad["points_earned"] > 0
@@ -183,7 +214,8 @@ async def test_refund_of_one_line_moves_points_back_once(
 
     async def refund(key: str) -> Any:
         return await client.post(
-            f"/v1/orders/{order['id']}/refunds", json={"line_ids": [salad["id"]]},
+            f"/v1/orders/{order['id']}/refunds",
+            json={"line_ids": [salad["id"]]},
             headers={**lead, "Idempotency-Key": key},
         )
 
@@ -207,7 +239,10 @@ async def test_another_guests_order_is_not_found(
     client: Client, notifier: RecordingNotifier, guest: GuestHandle, demo: Demo
 ) -> None:
     items = await menu_items(client, demo.locations["station"])
-    body = {"location_id": str(demo.locations["station"]), "lines": [{"item_id": items["COO"]["id"], "quantity": 1}]}
+    body = {
+        "location_id": str(demo.locations["station"]),
+        "lines": [{"item_id": items["COO"]["id"], "quantity": 1}],
+    }
     order = (await place(client, guest, body)).json()
     stranger = await sign_in(client, notifier)
     for response in (

@@ -19,7 +19,9 @@ from tests.conftest import Client, Demo, GuestHandle, Stack, give_points
 WELCOME = PROGRAM.welcome_bonus_points
 
 
-async def order_body(client: Client, demo: Demo, points: int, sku: str = "AVO", quantity: int = 1) -> dict[str, Any]:
+async def order_body(
+    client: Client, demo: Demo, points: int, sku: str = "AVO", quantity: int = 1
+) -> dict[str, Any]:
     items = await menu_items(client, demo.locations["station"])
     return {
         "location_id": str(demo.locations["station"]),
@@ -36,7 +38,9 @@ async def wait_for_redis(services: Any) -> None:
     raise AssertionError("redis did not come back")
 
 
-async def test_flushed_redis_reloads_wallets(client: Client, guest: GuestHandle, demo: Demo, services: Any) -> None:
+async def test_flushed_redis_reloads_wallets(
+    client: Client, guest: GuestHandle, demo: Demo, services: Any
+) -> None:
     body = await order_body(client, demo, 40)
     assert (await place(client, guest, body)).status_code == 201
     await services.gate.client.flushall()
@@ -61,7 +65,9 @@ async def test_checkout_survives_redis_down_and_recovers(
         assert ready.json() == {"status": "ok", "postgres": "ok", "redis": "degraded"}
         # The PostgreSQL guard still refuses overspending without Redis.
         refused = await place(client, guest, await order_body(client, demo, 100, "SAL", 5))
-        assert refused.status_code == 422 and refused.json()["type"].endswith("/insufficient-points")
+        assert refused.status_code == 422 and refused.json()["type"].endswith(
+            "/insufficient-points"
+        )
         assert await ledger_state(services, guest.id) == (WELCOME - 60, 60)
     finally:
         stack.start_redis()
@@ -93,7 +99,12 @@ async def test_stale_wallet_after_an_outage_is_dropped(
 
 
 async def test_reconcile_voids_the_orphan_of_a_crash(
-    client: Client, guest: GuestHandle, demo: Demo, services: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+    client: Client,
+    guest: GuestHandle,
+    demo: Demo,
+    services: Any,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await give_points(client, demo, guest, 400 - WELCOME)  # 400 points
     body = await order_body(client, demo, 100, "SAL", 4)
@@ -119,11 +130,18 @@ async def test_reconcile_voids_the_orphan_of_a_crash(
     refused = await place(client, guest, spend_all)
     assert refused.status_code == 422 and refused.json()["type"].endswith("/insufficient-points")
 
-    env = {**os.environ, "REGULARS_DATABASE_URL": settings.database_url, "REGULARS_REDIS_URL": settings.redis_url,
-           "REGULARS_JWT_SECRET": settings.jwt_secret}
+    env = {
+        **os.environ,
+        "REGULARS_DATABASE_URL": settings.database_url,
+        "REGULARS_REDIS_URL": settings.redis_url,
+        "REGULARS_JWT_SECRET": settings.jwt_secret,
+    }
     result = subprocess.run(
         [sys.executable, "-m", "server", "reconcile", "--grace-s", "0"],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert f"{guest.id}: voided orphan hold" in result.stdout

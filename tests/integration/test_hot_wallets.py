@@ -56,7 +56,10 @@ async def test_credit(hot: HotWallets) -> None:
     guest, transfer = await loaded(hot), uuid.uuid4()
     assert await hot.credit(guest, transfer, 50, 2) == ("ok", 550)
     assert await hot.credit(guest, transfer, 50, 2) == ("exists", 550)
-    assert await hot.credit(guest, uuid.uuid4(), -600, 3) == ("ok", -50)  # a clawback may go negative
+    assert await hot.credit(guest, uuid.uuid4(), -600, 3) == (
+        "ok",
+        -50,
+    )  # a clawback may go negative
     assert await hot.reserve(guest, uuid.uuid4(), 1) == ("insufficient", -50)
     assert (await hot.credit(uuid.uuid4(), uuid.uuid4(), 5, 1))[0] == "miss"
 

@@ -1,0 +1,252 @@
+"""The `regulars` command as a user runs it: dev start and stop, SIGKILL and restart, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from server.infra.db import connect_once
+from server.infra.embedded import free_port
+from server.infra.migrate import apply_migrations
+from tests.conftest import Stack
+
+REGULARS = [sys.executable, "-m", "server"]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REGULARS_")}
+    return {**env, **extra}
+
+
+class Dev:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [*REGULARS, "dev", "--data-dir", str(self.data_dir), "--port", str(self.port)],
+            env=clean_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.proc.stdout.read() if self.proc.stdout else ""
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise AssertionError("regulars dev did not become ready")
+
+    def children(self) -> list[int]:
+        state = json.loads((self.data_dir / "services.json").read_text())
+        assert state["owner_pid"] == self.proc.pid  # type: ignore[union-attr]
+        return [p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)]  # type: ignore[union-attr]
+
+    def output(self) -> str:
+        assert self.proc is not None and self.proc.stdout is not None
+        return self.proc.stdout.read()
+
+
+def gone(pids: list[int], timeout_s: float = 30) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not any(
+            psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+            for pid in pids
+        ):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture
+def dev(tmp_path: Path) -> Iterator[Dev]:
+    os.chmod(tmp_path, 0o755)
+    handle = Dev(tmp_path / "data")
+    yield handle
+    if handle.proc is not None and handle.proc.poll() is None:
+        handle.proc.kill()
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_dev_serves_and_stops_everything(dev: Dev, stop_signal: int) -> None:
+    dev.start()
+    base = f"http://127.0.0.1:{dev.port}"
+    assert httpx.get(base + "/readyz").json() == {"status": "ok", "postgres": "ok", "redis": "ok"}
+    assert len(httpx.get(base + "/v1/locations").json()) >= 3
+    metrics = httpx.get(base + "/metrics").text
+    assert (
+        'regulars_request_duration_seconds_bucket{app_name="regulars",le="0.005",method="GET",path="/v1/locations"'
+        in metrics
+    )
+    assert len(httpx.get(base + "/healthz").headers["x-request-id"]) == 32
+    token = subprocess.run(
+        [*REGULARS, "token", "guest", "--phone", "+4915100000001", "--data-dir", str(dev.data_dir)],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert token.returncode == 0, token.stderr
+    assert token.stdout.count("\n") == 1 and token.stdout.count(".") == 2
+    me = httpx.get(base + "/v1/me", headers={"Authorization": f"Bearer {token.stdout.strip()}"})
+    assert me.status_code == 200 and me.json()["first_name"] == "Demo"
+    children = dev.children()
+    assert children
+    assert dev.proc is not None
+    dev.proc.send_signal(stop_signal)
+    assert dev.proc.wait(60) == 0
+    assert gone(children)
+    assert not (dev.data_dir / "services.json").exists()
+
+
+def test_sigkill_then_restart_reuses_the_data(dev: Dev) -> None:
+    dev.start()
+    assert "(demo brand loaded)" in _read_until_banner(dev)
+    children = dev.children()
+    assert dev.proc is not None
+    dev.proc.kill()
+    dev.proc.wait()
+    assert gone(children), "children outlived a SIGKILLed regulars dev"
+    dev.start()
+    banner = _read_until_banner(dev)
+    assert "Regulars is running" in banner and "(demo brand loaded)" not in banner
+    dev.proc.send_signal(signal.SIGINT)
+    assert dev.proc.wait(60) == 0
+
+
+def _read_until_banner(dev: Dev) -> str:
+    assert dev.proc is not None and dev.proc.stdout is not None
+    lines = []
+    for line in dev.proc.stdout:
+        lines.append(line)
+        if line.startswith("Ctrl-C stops everything"):
+            break
+    return "".join(lines)
+
+
+def test_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [*REGULARS, "dev", "--data-dir", str(tmp_path / "d"), "--port", str(port)],
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode != 0
+    assert result.stderr.strip().count("\n") == 0
+    assert f"port {port}" in result.stderr and "--port" in result.stderr
+
+
+def test_data_dir_of_another_user_is_refused(tmp_path: Path) -> None:
+    owned = tmp_path / "someone-elses"
+    owned.mkdir()
+    os.chmod(tmp_path, 0o755)
+    if os.geteuid() == 0:
+        # As root, run the command as an unprivileged user against root's folder.
+        command = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *REGULARS]
+    else:
+        os.chown(owned, os.getuid(), os.getgid())
+        owned.chmod(0o500)
+        command = REGULARS
+    result = subprocess.run(
+        [*command, "dev", "--data-dir", str(owned), "--port", str(free_port())],
+        env=clean_env(HOME=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "another user" in result.stderr or "not writable" in result.stderr, result.stderr
+    assert result.stderr.strip().count("\n") == 0
+
+
+def test_database_that_does_not_answer(tmp_path: Path) -> None:
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/regulars"
+    result = subprocess.run(
+        [*REGULARS, "migrate"],
+        env=clean_env(REGULARS_DATABASE_URL=url, REGULARS_REDIS_URL="redis://127.0.0.1:1"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "does not answer" in result.stderr and "REGULARS_DATABASE_URL" in result.stderr
+
+
+def test_bad_setting_names_the_variable() -> None:
+    result = subprocess.run(
+        [*REGULARS, "migrate"],
+        env=clean_env(REGULARS_DB_POOL_MAX="many"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "REGULARS_DB_POOL_MAX" in result.stderr
+
+
+def test_commands_without_a_running_dev_say_what_to_do(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            *REGULARS,
+            "token",
+            "staff",
+            "--email",
+            "manager@demo.regulars.test",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "regulars dev" in result.stderr
+
+
+def test_concurrent_migrations_apply_each_file_once(stack: Stack) -> None:
+    admin_url = stack.running.database_url.rsplit("/", 1)[0] + "/postgres"
+    name = f"migrations_{os.getpid()}_{int(time.time())}"
+
+    async def run() -> list[Any]:
+        admin = await connect_once(admin_url)
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        url = stack.running.database_url.rsplit("/", 1)[0] + f"/{name}"
+        conns = [await connect_once(url) for _ in range(4)]
+        try:
+            results = await asyncio.gather(*(apply_migrations(c) for c in conns))
+            rows = await conns[0].fetch("SELECT name FROM schema_migrations")
+        finally:
+            for c in conns:
+                await c.close()
+            await admin.execute(f'DROP DATABASE "{name}"')
+            await admin.close()
+        return [results, rows]
+
+    results, rows = asyncio.run(run())
+    applied = [name for result in results for name in result]
+    assert sorted(applied) == sorted(r["name"] for r in rows)
+    assert len(applied) == len(set(applied)) >= 1

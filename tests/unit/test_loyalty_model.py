@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import pytest
+
+from server.loyalty.model import (
+    Lot,
+    Program,
+    Tier,
+    earn_points,
+    max_points_for,
+    remaining_lots,
+    tier_for,
+)
+from server.loyalty.service import add_months
+
+PROGRAM = Program(
+    tiers=[
+        Tier(name="Bronze"),
+        Tier(name="Silver", min_points=500, multiplier_pct=125),
+        Tier(name="Gold", min_points=2000, multiplier_pct=150),
+    ]
+)
+
+
+def test_tiers_come_from_points_earned() -> None:
+    assert tier_for(PROGRAM, 0)[0].name == "Bronze"
+    assert [t.name if t else None for t in tier_for(PROGRAM, 500)] == ["Silver", "Gold"]
+    assert tier_for(PROGRAM, 10_000) == (PROGRAM.tiers[2], None)
+
+
+def test_earning_rounds_down_and_never_earns_on_nothing() -> None:
+    assert earn_points(PROGRAM, 1999, PROGRAM.tiers[0]) == 99
+    assert earn_points(PROGRAM, 1000, PROGRAM.tiers[2]) == 75
+    assert earn_points(PROGRAM, 0, PROGRAM.tiers[2]) == 0
+    assert earn_points(PROGRAM, -50, PROGRAM.tiers[2]) == 0
+
+
+def test_cap_is_the_smaller_of_share_and_balance() -> None:
+    assert max_points_for(PROGRAM, 1000, 10_000) == 300
+    assert max_points_for(PROGRAM, 1000, 120) == 120
+    assert max_points_for(PROGRAM, 1000, -5) == 0
+
+
+def test_lots_are_consumed_oldest_first() -> None:
+    now = datetime.now(UTC)
+    lots = [
+        Lot(100, now + timedelta(days=30)),
+        Lot(50, now + timedelta(days=1)),
+        Lot(70, now + timedelta(days=90)),
+    ]
+    left = remaining_lots(lots, consumed=80)
+    assert [(lot.points, lot.expires_at) for lot in left] == [
+        (70, now + timedelta(days=30)),
+        (70, now + timedelta(days=90)),
+    ]
+    assert remaining_lots(lots, consumed=1000) == []
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        {"point_value_minor": 0},
+        {"max_points_share_pct": 120},
+        {"tiers": [{"name": "A", "min_points": 10}]},
+        {"tiers": [{"name": "A"}, {"name": "B", "min_points": 0}]},
+        {"unknown": 1},
+    ],
+)
+def test_bad_programs_are_refused(rules: dict[str, object]) -> None:
+    with pytest.raises((msgspec.ValidationError, ValueError)):
+        msgspec.convert(rules, Program)
+
+
+def test_add_months_clamps_to_month_end() -> None:
+    assert add_months(datetime(2026, 1, 31, tzinfo=UTC), 1) == datetime(2026, 2, 28, tzinfo=UTC)
+    assert add_months(datetime(2026, 11, 15, tzinfo=UTC), 12) == datetime(2027, 11, 15, tzinfo=UTC)

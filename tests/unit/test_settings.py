@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import pytest
+
+from server.settings import SettingsError, load_settings
+
+
+def test_defaults_and_environment() -> None:
+    settings = load_settings({"REGULARS_DB_POOL_MAX": "7", "OTHER": "x"})
+    assert settings.db_pool_max == 7 and settings.data_dir == ".regulars"
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"REGULARS_DB_POOL_MAX": "lots"}, "REGULARS_DB_POOL_MAX"),
+        ({"REGULARS_DB_POOL_MAX": "0"}, "REGULARS_DB_POOL_MAX"),
+        ({"REGULARS_DB_POOL_MIN": "9", "REGULARS_DB_POOL_MAX": "3"}, "REGULARS_DB_POOL_MIN"),
+        ({"REGULARS_LOG_FORMAT": "xml"}, "REGULARS_LOG_FORMAT"),
+        ({"REGULARS_DATABSE_URL": "postgresql://"}, "REGULARS_DATABSE_URL"),
+        ({"REGULARS_ENV": "prod"}, "REGULARS_JWT_SECRET"),
+    ],
+)
+def test_a_bad_value_names_the_variable(environ: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings(environ)
+    assert named in str(refused.value)
