@@ -118,7 +118,9 @@ class Auth:
             raise Problem(429, "too-many-attempts", "too many wrong codes; ask for a new one")
         if not hmac.compare_digest(stored, _hash(phone + body.code).hex()):
             raise Problem(401, "wrong-code", "the code is not right")
-        await self.gate.run(lambda: self.gate.client.delete(otp_key))
+        # Deleting is the claim: of two concurrent verifications of one code, one deletes it.
+        if not await self.gate.run(lambda: self.gate.client.delete(otp_key)):
+            raise Problem(401, "code-expired", "no valid code for this phone; ask for a new one")
         welcome = None
         async with self.db.transaction() as conn:
             brand_id = await self.guests.brand_id(conn)

@@ -253,7 +253,9 @@ class Loyalty:
         next_cursor = None
         if len(rows) > limit:
             last = rows[limit - 1]
-            next_cursor = f"{last['created_at'].isoformat()}_{last['id']}"
+            # Microseconds since the epoch: a cursor that needs no URL escaping.
+            micros = (last["created_at"] - _EPOCH) // timedelta(microseconds=1)
+            next_cursor = f"{micros}_{last['id']}"
         return contract.LedgerPage(entries=entries, next_cursor=next_cursor)
 
     # -- writing -------------------------------------------------------------------------
@@ -346,11 +348,14 @@ class Loyalty:
         return stored
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _parse_cursor(cursor: str | None) -> tuple[datetime | None, UUID | None]:
     if not cursor:
         return None, None
     try:
-        at, _, ident = cursor.rpartition("_")
-        return datetime.fromisoformat(at), UUID(ident)
+        micros, _, ident = cursor.partition("_")
+        return _EPOCH + timedelta(microseconds=int(micros)), UUID(ident)
     except ValueError:
         raise Problem(422, "invalid-cursor", "the cursor is not one this API handed out") from None

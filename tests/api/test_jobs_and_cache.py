@@ -1,0 +1,177 @@
+"""Worker jobs (payment window, lot expiry), the negative-balance rule and the menu cache."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from server.app import create_app
+from server.lifespan import lifespan
+from server.loyalty.jobs import expire_lots
+from server.seed.demo import PROGRAM
+from tests.api.helpers import (
+    advance,
+    assert_books_balance,
+    ledger_state,
+    menu_items,
+    pay,
+    place,
+    redis_state,
+    spendable,
+)
+from tests.conftest import Client, Demo, GuestHandle, give_points
+
+WELCOME = PROGRAM.welcome_bonus_points
+
+
+async def test_unpaid_orders_expire_and_release_their_points(
+    client: Client, guest: GuestHandle, demo: Demo, services: Any
+) -> None:
+    items = await menu_items(client, demo.locations["station"])
+    body = {
+        "location_id": str(demo.locations["station"]),
+        "lines": [{"item_id": items["AVO"]["id"], "quantity": 1}],
+        "points_to_spend": 80,
+    }
+    order = (await place(client, guest, body)).json()
+    assert await ledger_state(services, guest.id) == (WELCOME - 80, 80)
+    async with services.db.transaction() as conn:
+        await conn.execute(
+            "UPDATE orders SET payment_expires_at = now() - interval '1 second' WHERE id = $1",
+            uuid.UUID(order["id"]),
+        )
+    assert await services.orders.expire_unpaid(100) >= 1
+    shown = (await client.get(f"/v1/orders/{order['id']}", headers=guest.headers)).json()
+    assert shown["status"] == "cancelled"
+    assert await ledger_state(services, guest.id) == (WELCOME, 0)
+    assert await redis_state(services, guest.id) == (WELCOME, 0)
+    late = await pay(client, guest, order["id"])
+    assert late.status_code == 409 and late.json()["type"].endswith("/order-not-payable")
+    await assert_books_balance(services, demo.brand_id)
+
+
+async def test_expired_lots_are_taken_oldest_first(
+    client: Client, guest: GuestHandle, demo: Demo, services: Any
+) -> None:
+    loyalty = services.loyalty
+    async with services.db.transaction() as conn:
+        account_id = await conn.fetchval("SELECT id FROM accounts WHERE guest_id = $1", guest.id)
+        transfer_id = uuid.uuid4()
+        state = await loyalty.ledger.credit(
+            conn,
+            transfer_id=transfer_id,
+            brand_id=demo.brand_id,
+            account_id=account_id,
+            points=300,
+            code="earn",
+            source="issued",
+            expires_at=datetime.now(UTC) - timedelta(days=1),
+        )
+    await loyalty.mirror(guest.id, "credit", transfer_id, state, 300)
+    items = await menu_items(client, demo.locations["station"])
+    body = {
+        "location_id": str(demo.locations["station"]),
+        "lines": [{"item_id": items["GC50"]["id"], "quantity": 1}],
+        "points_to_spend": 120,
+    }
+    order = (await place(client, guest, body)).json()
+    assert (await pay(client, guest, order["id"])).status_code == 200
+    assert await spendable(client, guest) == WELCOME + 300 - 120
+    # The 120 spent came out of the oldest lot (the expired one): 180 of it is left to expire.
+    assert await expire_lots(loyalty, 10_000) >= 1
+    assert await ledger_state(services, guest.id) == (WELCOME, 0)
+    assert await redis_state(services, guest.id) == (WELCOME, 0)
+    await expire_lots(loyalty, 10_000)  # running again takes nothing more
+    assert await ledger_state(services, guest.id) == (WELCOME, 0)
+    ledger = (await client.get("/v1/me/ledger", headers=guest.headers)).json()["entries"]
+    assert ledger[0]["code"] == "expiry" and ledger[0]["points"] == -180
+    await assert_books_balance(services, demo.brand_id)
+
+
+async def test_a_clawback_can_go_negative_and_then_refuses_spending(
+    client: Client, guest: GuestHandle, demo: Demo, services: Any
+) -> None:
+    items = await menu_items(client, demo.locations["station"])
+    body = {
+        "location_id": str(demo.locations["station"]),
+        "lines": [{"item_id": items["SAL"]["id"], "quantity": 10}],
+    }
+    order = (await place(client, guest, body)).json()
+    await pay(client, guest, order["id"])
+    done = (
+        await advance(client, demo, order["id"], "accepted", "preparing", "ready", "completed")
+    ).json()
+    earned = done["points_earned"]
+    assert earned > 0
+    # Spend everything, including what that order earned, on another order.
+    total = WELCOME + earned
+    big = {
+        "location_id": str(demo.locations["station"]),
+        "lines": [{"item_id": items["GC50"]["id"], "quantity": 1}],
+        "points_to_spend": total,
+    }
+    spent = (await place(client, guest, big)).json()
+    await pay(client, guest, spent["id"])
+    assert await spendable(client, guest) == 0
+    refund = await client.post(
+        f"/v1/orders/{order['id']}/refunds",
+        json={"line_ids": [done["lines"][0]["id"]]},
+        headers={
+            "Authorization": f"Bearer {demo.staff['shift_lead']}",
+            "Idempotency-Key": str(uuid.uuid4()),
+        },
+    )
+    assert refund.status_code == 200 and refund.json()["status"] == "refunded"
+    assert await ledger_state(services, guest.id) == (-earned, 0)
+    assert await redis_state(services, guest.id) == (-earned, 0)
+    small = {
+        "location_id": str(demo.locations["station"]),
+        "lines": [{"item_id": items["CRO"]["id"], "quantity": 1}],
+        "points_to_spend": 1,
+    }
+    refused = await place(client, guest, small)
+    assert refused.status_code == 422 and refused.json()["type"].endswith("/insufficient-points")
+    # New points repay the debt first.
+    await give_points(client, demo, guest, earned + 5)
+    assert await spendable(client, guest) == 5
+    await assert_books_balance(services, demo.brand_id)
+
+
+async def test_selling_out_an_item_reaches_every_process(
+    client: Client, demo: Demo, settings: Any, guest: GuestHandle
+) -> None:
+    station = demo.locations["station"]
+    other = create_app(settings)
+    async with lifespan(other):
+        other_catalog = other.state.services.catalog
+        assert (await other_catalog.menu(station)).items  # cached in the other process now
+        cookie = (await menu_items(client, station))["COO"]
+        lead = {"Authorization": f"Bearer {demo.staff['shift_lead']}"}
+        path = f"/v1/locations/{station}/items/{cookie['id']}/availability"
+        try:
+            assert (
+                await client.post(path, json={"available": False}, headers=lead)
+            ).status_code == 204
+            for _ in range(40):
+                if not (await other_catalog.menu(station)).items[uuid.UUID(cookie["id"])].available:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the other process kept serving its stale menu")
+            assert (await menu_items(client, station))["COO"]["available"] is False
+            body = {
+                "location_id": str(station),
+                "lines": [{"item_id": cookie["id"], "quantity": 1}],
+            }
+            refused = await place(client, guest, body)
+            assert refused.status_code == 422 and refused.json()["type"].endswith(
+                "/item-unavailable"
+            )
+        finally:
+            assert (
+                await client.post(path, json={"available": True}, headers=lead)
+            ).status_code == 204
+    barista = {"Authorization": f"Bearer {demo.staff['barista']}"}
+    assert (await client.post(path, json={"available": False}, headers=barista)).status_code == 403
