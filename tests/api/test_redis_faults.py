@@ -136,7 +136,8 @@ async def test_reconcile_voids_the_orphan_of_a_crash(
         "REGULARS_REDIS_URL": settings.redis_url,
         "REGULARS_JWT_SECRET": settings.jwt_secret,
     }
-    result = subprocess.run(
+    result = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "server", "reconcile", "--grace-s", "0"],
         env=env,
         capture_output=True,
