@@ -4,6 +4,7 @@ status machine. No I/O: every function here is tested without fixtures.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -24,6 +25,7 @@ __all__ = [
     "discount_for",
     "price_lines",
     "quote",
+    "split_earning",
 ]
 
 # Staff move an order forward one step at a time (DESIGN §5).
@@ -179,10 +181,8 @@ def quote(
         line.points_spent = points
         line.paid_minor = line_payable - points * program.point_value_minor
     points_value = points_to_spend * program.point_value_minor
-    net_earning = sum(line.paid_minor for line in lines if line.earns_points)
-    to_earn = earn_points(program, net_earning, tier)
-    weights = [line.paid_minor if line.earns_points else 0 for line in lines]
-    for line, earned in zip(lines, allocate(to_earn, weights), strict=True):
+    shares = split_earning(program, tier, [(line.paid_minor, line.earns_points) for line in lines])
+    for line, earned in zip(lines, shares, strict=True):
         line.points_earned = earned
     return Quote(
         lines=lines,
@@ -191,6 +191,16 @@ def quote(
         points_spent=points_to_spend,
         points_value_minor=points_value,
         amount_due_minor=payable - points_value,
-        points_to_earn=to_earn,
+        points_to_earn=sum(shares),
         max_points=max_points,
     )
+
+
+def split_earning(program: Program, tier: Tier, lines: Sequence[tuple[int, bool]]) -> list[int]:
+    """Points each line earns, from (paid_minor, earns_points) per line.
+
+    The order earns on the net money paid by its earning lines; the total is split over those
+    lines by what each paid, so refunding a line reverses exactly its share.
+    """
+    weights = [paid if earns else 0 for paid, earns in lines]
+    return allocate(earn_points(program, sum(weights), tier), weights)

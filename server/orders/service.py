@@ -24,6 +24,7 @@ from server.infra import idempotency
 from server.infra.db import Database
 from server.infra.idempotency import Stored
 from server.infra.problems import Problem
+from server.loyalty.model import tier_for
 from server.loyalty.repository import AccountState
 from server.loyalty.service import Loyalty, add_months
 from server.orders import sql
@@ -36,6 +37,7 @@ from server.orders.model import (
     discount_for,
     price_lines,
     quote,
+    split_earning,
 )
 from server.settings import Settings
 from shared import contract
@@ -121,7 +123,8 @@ class Orders:
         promo = await self._promo(guest.brand_id, body.promo_code) if body.promo_code else None
         subtotal = sum(line.gross_minor for line in lines)
         discount = discount_for(promo, subtotal, now) if promo else 0
-        tier = program.tiers[0]  # the tier is applied when points are earned, at completion
+        # What is earned is recomputed with the guest's tier inside the transaction.
+        tier = program.tiers[0]
         priced = quote(program, tier, lines, discount, body.points_to_spend)
 
         transfer_id = uuid.uuid5(_SPEND_NAMESPACE, f"{scope}:{key}")
@@ -209,8 +212,18 @@ class Orders:
         payment_expires_at = (
             None if status == "placed" else now + timedelta(seconds=self.settings.payment_window_s)
         )
+        account = await conn.fetchrow(sql.GUEST_ACCOUNT_AND_EARNED, guest.subject_id)
+        assert account is not None, "every guest has an account"
+        account_id = account["id"]
+        program = await self.loyalty.programs.get(guest.brand_id)
+        tier, _ = tier_for(program, account["earned"])
+        shares = split_earning(
+            program, tier, [(ln.paid_minor, ln.earns_points) for ln in priced.lines]
+        )
+        for line, earned in zip(priced.lines, shares, strict=True):
+            line.points_earned = earned
+        priced.points_to_earn = sum(shares)
         if priced.points_spent:
-            account_id = await conn.fetchval(sql.GUEST_ACCOUNT_ID, guest.subject_id)
             state = await ledger.hold(
                 conn,
                 transfer_id=transfer_id,
@@ -274,7 +287,7 @@ class Orders:
                     "points_spent": ln.points_spent,
                     "paid_minor": ln.paid_minor,
                     "earns_points": ln.earns_points,
-                    "points_earned": ln.points_earned,
+                    "points_earned": 0,  # earned at completion, with the tier then
                 }
                 for n, (line_id, ln) in enumerate(zip(line_ids, priced.lines, strict=True))
             ],
@@ -483,11 +496,10 @@ class Orders:
             "SELECT id, paid_minor, earns_points FROM order_lines WHERE order_id = $1 ORDER BY line_no",
             order["id"],
         )
-        from server.loyalty.model import allocate, earn_points
-
-        net = sum(ln["paid_minor"] for ln in lines if ln["earns_points"])
-        points = earn_points(program, net, tier)
-        shares = allocate(points, [ln["paid_minor"] if ln["earns_points"] else 0 for ln in lines])
+        shares = split_earning(
+            program, tier, [(ln["paid_minor"], ln["earns_points"]) for ln in lines]
+        )
+        points = sum(shares)
         await conn.executemany(
             "UPDATE order_lines SET points_earned = $2 WHERE id = $1",
             [(ln["id"], share) for ln, share in zip(lines, shares, strict=True)],

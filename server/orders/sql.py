@@ -5,6 +5,14 @@ FROM promo_codes WHERE brand_id = $1
 
 GUEST_ACCOUNT_ID = "SELECT id FROM accounts WHERE guest_id = $1"
 
+# The account and the points earned in the tier window (precomputed in guest_profiles), so the
+# checkout can show what the guest's tier will earn without summing history.
+GUEST_ACCOUNT_AND_EARNED = """
+SELECT a.id, coalesce(p.points_earned_12m, 0) AS earned
+FROM accounts a LEFT JOIN guest_profiles p ON p.guest_id = a.guest_id
+WHERE a.guest_id = $1
+"""
+
 # A guarded counter: the slot takes one more order only while it has room.
 TAKE_SLOT = """
 INSERT INTO slot_counts (location_id, slot_start, orders) VALUES ($1, $2, 1)

@@ -252,3 +252,24 @@ async def test_another_guests_order_is_not_found(
     ):
         assert response.status_code == 404
         assert response.json()["type"].endswith("/order-not-found")
+
+
+async def test_points_to_earn_uses_the_guests_tier(
+    client: Client, notifier: RecordingNotifier, demo: Demo, services: Any
+) -> None:
+    async with services.db.connection() as conn:
+        phone = await conn.fetchval(
+            "SELECT g.phone_e164 FROM guests g JOIN guest_profiles p ON p.guest_id = g.id"
+            " WHERE p.points_earned_12m >= $1 ORDER BY g.phone_e164 LIMIT 1",
+            PROGRAM.tiers[-1].min_points,
+        )
+    regular = await sign_in(client, notifier, phone)
+    items = await menu_items(client, demo.locations["station"])
+    body = {
+        "location_id": str(demo.locations["station"]),
+        "lines": [{"item_id": items["SAL"]["id"], "quantity": 3}],
+    }
+    order = (await place(client, regular, body)).json()
+    assert order["points_to_earn"] == earn_points(
+        PROGRAM, 3 * items["SAL"]["price_minor"], PROGRAM.tiers[-1]
+    )
