@@ -460,7 +460,7 @@ async def _guests(
         hour = rng.choice([7, 8, 8, 9, 12, 13, 15])
         home = rng.choice(location_ids)
         favourites = rng.sample(cafe_items, 3)
-        credits = 0
+        credits = earned_in_window = 0
         history = []
         day = now - timedelta(days=HISTORY_DAYS)
         while day < now - timedelta(hours=2):
@@ -478,7 +478,7 @@ async def _guests(
                 for _ in range(rng.choice([1, 1, 2, 2, 3]))
             ]
             subtotal = sum(p.price for p in picks)
-            tier, _ = tier_for(PROGRAM, credits)
+            tier, _ = tier_for(PROGRAM, earned_in_window)
             points = earn_points(PROGRAM, subtotal, tier)
             shares = allocate(points, [p.price for p in picks])
             orders.append(
@@ -539,6 +539,8 @@ async def _guests(
                     )
                 )
                 credits += points
+                if at > now - timedelta(days=PROGRAM.tier_window_days):
+                    earned_in_window += points
             spend += subtotal
         welcome_at = joined
         transfers.append(
@@ -559,7 +561,7 @@ async def _guests(
         credits += PROGRAM.welcome_bonus_points
         accounts.append((account_id, brand, "guest", guest_id, credits, len(history) + 1))
         profiles.append(
-            _profile(guest_id, history, item_counts, items, spend, credits, now, berlin)
+            _profile(guest_id, history, item_counts, items, spend, earned_in_window, now, berlin)
         )
     await conn.copy_records_to_table(
         "guests",
