@@ -273,3 +273,71 @@ async def test_points_to_earn_uses_the_guests_tier(
     assert order["points_to_earn"] == earn_points(
         PROGRAM, 3 * items["SAL"]["price_minor"], PROGRAM.tiers[-1]
     )
+
+
+async def test_an_order_with_nothing_to_pay_skips_payment(
+    client: Client, guest: GuestHandle, demo: Demo, services: Any
+) -> None:
+    items = await menu_items(client, demo.locations["station"])
+    body = {
+        "location_id": str(demo.locations["station"]),
+        "lines": [{"item_id": items["CRO"]["id"], "quantity": 1}],
+        "promo_code": "FIVEOFF",
+    }
+    order = (await place(client, guest, body)).json()
+    assert order["amount_due_minor"] == 0 and order["status"] == "placed"
+    assert order["points_to_earn"] == 0  # a discount is not money paid
+    again = await pay(client, guest, order["id"])
+    assert again.status_code == 409 and again.json()["type"].endswith("/order-not-payable")
+
+
+async def test_payment_replay_and_status_rules(
+    client: Client, guest: GuestHandle, demo: Demo
+) -> None:
+    items = await menu_items(client, demo.locations["station"])
+    body = {
+        "location_id": str(demo.locations["station"]),
+        "lines": [{"item_id": items["TEA"]["id"], "quantity": 1}],
+    }
+    order = (await place(client, guest, body)).json()
+    headers = {**guest.headers, "Idempotency-Key": str(uuid.uuid4())}
+    payment = {"provider": "test", "token": "ok"}
+    first = await client.post(f"/v1/orders/{order['id']}/payments", json=payment, headers=headers)
+    replay = await client.post(f"/v1/orders/{order['id']}/payments", json=payment, headers=headers)
+    assert first.status_code == replay.status_code == 200 and first.content == replay.content
+    lead = {"Authorization": f"Bearer {demo.staff['shift_lead']}"}
+    skip = await client.post(
+        f"/v1/orders/{order['id']}/status", json={"status": "ready"}, headers=lead
+    )
+    assert skip.status_code == 409 and skip.json()["type"].endswith("/invalid-transition")
+    await advance(client, demo, order["id"], "accepted")
+    late_cancel = await client.post(f"/v1/orders/{order['id']}/cancel", headers=guest.headers)
+    assert late_cancel.status_code == 409
+    by_lead = await client.post(f"/v1/orders/{order['id']}/cancel", headers=lead)
+    assert by_lead.status_code == 200 and by_lead.json()["status"] == "cancelled"
+
+
+async def test_a_promo_with_a_total_limit_runs_out(
+    client: Client, notifier: RecordingNotifier, demo: Demo, services: Any
+) -> None:
+    async with services.db.transaction() as conn:
+        code = f"LIMIT{uuid.uuid4().hex[:6].upper()}"
+        await conn.execute(
+            "INSERT INTO promo_codes (brand_id, code, kind, value, valid_from, valid_until, per_guest_limit, total_limit)"
+            " VALUES ($1, $2, 'fixed', 50, now() - interval '1 day', now() + interval '1 day', 1, 2)",
+            demo.brand_id,
+            code,
+        )
+    services.orders._promos.clear()  # promo definitions are cached per process; this one is new
+    items = await menu_items(client, demo.locations["station"])
+    body = {
+        "location_id": str(demo.locations["station"]),
+        "lines": [{"item_id": items["CRO"]["id"], "quantity": 1}],
+        "promo_code": code,
+    }
+    guests = [await sign_in(client, notifier) for _ in range(4)]
+    responses = await asyncio.gather(*(place(client, g, body) for g in guests))
+    assert sorted(r.status_code for r in responses) == [201, 201, 422, 422]
+    assert all(
+        r.json()["type"].endswith("/promo-exhausted") for r in responses if r.status_code == 422
+    )
