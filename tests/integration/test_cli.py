@@ -35,10 +35,12 @@ class Dev:
         self.data_dir = data_dir
         self.port = free_port()
         self.proc: subprocess.Popen[str] | None = None
+        self.fresh = False
 
     def start(self) -> None:
+        fresh = ["--fresh"] if self.fresh else []
         self.proc = subprocess.Popen(
-            [*REGULARS, "dev", "--data-dir", str(self.data_dir), "--port", str(self.port)],
+            [*REGULARS, "dev", "--data-dir", str(self.data_dir), "--port", str(self.port), *fresh],
             env=clean_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -128,7 +130,23 @@ def test_sigkill_then_restart_reuses_the_data(dev: Dev) -> None:
     dev.start()
     banner = _read_until_banner(dev)
     assert "Regulars is running" in banner and "(demo brand loaded)" not in banner
+    # Commands beside it find it through REGULARS_DATA_DIR too.
+    staff = subprocess.run(
+        [*REGULARS, "token", "staff", "--email", "barista@demo.regulars.test"],
+        env=clean_env(REGULARS_DATA_DIR=str(dev.data_dir)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert staff.returncode == 0 and staff.stdout.count(".") == 2, staff.stderr
     dev.proc.send_signal(signal.SIGINT)
+    assert dev.proc.wait(60) == 0
+    (dev.data_dir / "marker").write_text("old data")
+    dev.fresh = True
+    dev.start()
+    assert "(demo brand loaded)" in _read_until_banner(dev)
+    assert not (dev.data_dir / "marker").exists()
+    dev.proc.send_signal(signal.SIGTERM)
     assert dev.proc.wait(60) == 0
 
 
