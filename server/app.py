@@ -72,8 +72,18 @@ def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar
     prometheus = PrometheusConfig(app_name="regulars", prefix="regulars", group_path=True)
     dependencies = {
         name: _service(name)
-        for name in ("catalog", "loyalty", "orders", "guests", "auth", "settings",
-                     "staff", "kiosk", "counter", "live_queues")
+        for name in (
+            "catalog",
+            "loyalty",
+            "orders",
+            "guests",
+            "auth",
+            "settings",
+            "staff",
+            "kiosk",
+            "counter",
+            "live_queues",
+        )
     }
     dependencies["principal"] = Provide(_principal, sync_to_thread=False)
     return Litestar(
@@ -86,6 +96,7 @@ def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar
             MeController,
             OrdersController,
             AdjustmentsController,
+            *STAFF_KIOSK_ROUTES,
         ],
         dependencies=dependencies,
         middleware=[

@@ -86,8 +86,19 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
     counter = Counter(db, loyalty, kiosk.locations)
     live_queues = LiveQueues(gate, settings.redis_retry_after_s)
     return Services(
-        settings, db, gate, tokens, catalog, loyalty, orders, guests, auth,
-        staff, kiosk, counter, live_queues,
+        settings,
+        db,
+        gate,
+        tokens,
+        catalog,
+        loyalty,
+        orders,
+        guests,
+        auth,
+        staff,
+        kiosk,
+        counter,
+        live_queues,
     )
 
 

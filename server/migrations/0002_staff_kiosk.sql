@@ -10,7 +10,7 @@ CREATE TABLE counter_accruals (
     brand_id            uuid NOT NULL REFERENCES brands (id),
     guest_id            uuid NOT NULL REFERENCES guests (id),
     -- NULL when the amount earned no points (no transfer is written for 0 points).
-    transfer_id         uuid REFERENCES transfers (id),
+    transfer_id         uuid REFERENCES transfers (id) DEFERRABLE INITIALLY DEFERRED,
     amount_paid_minor   integer NOT NULL CHECK (amount_paid_minor > 0),
     points              integer NOT NULL CHECK (points >= 0),
     staff_id            uuid REFERENCES staff_users (id),

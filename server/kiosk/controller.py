@@ -1,0 +1,175 @@
+"""The counter's routes: scan, enrol, accruals, redemptions and the location's live queue."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+from uuid import UUID
+
+from litestar import Controller, Response, WebSocket, get, post, websocket
+from litestar.exceptions import WebSocketDisconnect
+
+from server.auth.guards import requires_staff
+from server.auth.tokens import Principal
+from server.infra.http import IdempotencyKey, stored_response
+from server.infra.idempotency import require_key
+from server.infra.problems import Problem
+from server.kiosk.model import EnrolIn
+from server.kiosk.service import Counter, Kiosk, LiveQueues, queue_hello
+from server.staff.controller import DevicesController, StaffAuthController
+from shared import contract
+
+__all__ = [
+    "ROUTES",
+    "CounterController",
+    "KioskController",
+    "QueueController",
+]
+
+# WebSocket close codes: 4000 + the HTTP status the refusal would have had.
+WS_UNAUTHENTICATED = 4401
+WS_NOT_FOUND = 4404
+
+
+class KioskController(Controller):
+    path = "/v1/kiosk"
+    guards = [requires_staff]
+    tags = ["kiosk"]
+
+    @post("/scan", status_code=200)
+    async def scan(
+        self, kiosk: Kiosk, principal: Principal, data: contract.ScanIn
+    ) -> contract.GuestCard:
+        """The guest card for a QR code, a 12-digit card number or a phone, in one round trip."""
+        return await kiosk.scan(principal, data)
+
+    @post("/guests")
+    async def enrol(
+        self,
+        kiosk: Kiosk,
+        principal: Principal,
+        data: EnrolIn,
+        idempotency_key: str | None = IdempotencyKey,
+    ) -> Response[bytes]:
+        """Enrol a guest by phone at the counter (201; 200 if already a guest): their card."""
+        return stored_response(await kiosk.enrol(principal, data, require_key(idempotency_key)))
+
+
+class CounterController(Controller):
+    path = "/v1"
+    guards = [requires_staff]
+    tags = ["kiosk"]
+
+    @post("/guests/{guest_id:uuid}/accruals", status_code=201)
+    async def accrue(
+        self,
+        counter: Counter,
+        principal: Principal,
+        guest_id: UUID,
+        data: contract.AccrualIn,
+        idempotency_key: str | None = IdempotencyKey,
+    ) -> Response[bytes]:
+        """Points for money paid at the till; once per key and once per receipt."""
+        key = require_key(idempotency_key)
+        return stored_response(await counter.accrue(principal, guest_id, data, key))
+
+    @post("/guests/{guest_id:uuid}/redemptions", status_code=201)
+    async def reserve(
+        self,
+        counter: Counter,
+        principal: Principal,
+        guest_id: UUID,
+        data: contract.RedemptionIn,
+        idempotency_key: str | None = IdempotencyKey,
+    ) -> Response[bytes]:
+        """Hold points for a redemption; then post or void it."""
+        key = require_key(idempotency_key)
+        return stored_response(await counter.reserve(principal, guest_id, data, key))
+
+    @post("/redemptions/{transfer_id:uuid}/post", status_code=200)
+    async def post_redemption(
+        self, counter: Counter, principal: Principal, transfer_id: UUID
+    ) -> contract.Transfer:
+        """Make a held redemption final (exactly once; asking again answers the same)."""
+        return await counter.resolve(principal, transfer_id, post=True)
+
+    @post("/redemptions/{transfer_id:uuid}/void", status_code=200)
+    async def void_redemption(
+        self, counter: Counter, principal: Principal, transfer_id: UUID
+    ) -> contract.Transfer:
+        """Release a held redemption (exactly once; asking again answers the same)."""
+        return await counter.resolve(principal, transfer_id, post=False)
+
+
+class QueueController(Controller):
+    path = "/v1/locations"
+    tags = ["kiosk"]
+
+    @get("/{location_id:uuid}/queue", guards=[requires_staff])
+    async def queue(
+        self, kiosk: Kiosk, principal: Principal, location_id: UUID
+    ) -> list[contract.Order]:
+        """Open pre-orders of the location (placed … ready), soonest pickup first."""
+        return await kiosk.queue(principal, location_id)
+
+    @websocket("/{location_id:uuid}/queue/live")
+    async def live(
+        self,
+        socket: WebSocket[Any, Any, Any],
+        kiosk: Kiosk,
+        live_queues: LiveQueues,
+        location_id: UUID,
+    ) -> None:
+        """Order events of the location as they happen (token in ``?token=``).
+
+        The first message is ``{"event": "subscribed"}``; then each
+        ``{"event": "order.placed" | "order.status", "order": {…}}``.
+        """
+        principal = socket.scope.get("user")
+        if not isinstance(principal, Principal) or principal.kind != "staff":
+            await socket.close(code=WS_UNAUTHENTICATED, reason="staff token required")
+            return
+        try:
+            await kiosk.locations.of_staff(principal, location_id)
+        except Problem:
+            await socket.close(code=WS_NOT_FOUND, reason="location not found")
+            return
+        await socket.accept()
+        async with live_queues.listen(location_id) as events:
+            await socket.send_text(queue_hello(location_id))
+            await _pump(socket, events)
+
+
+async def _pump(socket: WebSocket[Any, Any, Any], events: asyncio.Queue[str]) -> None:
+    """Forward events until the client goes away (anything it sends is ignored)."""
+
+    async def drain_client() -> None:
+        while True:
+            await socket.receive_data(mode="text")
+
+    client = asyncio.create_task(drain_client())
+    try:
+        while not client.done():
+            getter = asyncio.create_task(events.get())
+            done, _ = await asyncio.wait({getter, client}, return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                getter.cancel()
+                break
+            await socket.send_text(getter.result())
+    except WebSocketDisconnect:
+        pass
+    finally:
+        client.cancel()
+        with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, Exception):
+            await client
+
+
+# Everything the staff and kiosk issue adds to the app, for create_app to register.
+ROUTES = [
+    StaffAuthController,
+    DevicesController,
+    KioskController,
+    CounterController,
+    QueueController,
+]

@@ -1,0 +1,262 @@
+"""Pure kiosk rules: what a scanned code is, how old a replayed scan may be, what a role may
+see of a guest, and how a guest profile moves forward by one visit. No I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal, Protocol
+from uuid import UUID
+
+import msgspec
+from msgspec import Meta
+
+from shared import contract
+
+__all__ = [
+    "OPEN_STATUSES",
+    "RECENT_VISITS_MAX",
+    "SCAN_REPLAY_MAX_AGE_S",
+    "SCAN_SKEW_S",
+    "TOP_ITEMS_MAX",
+    "WEEKDAYS",
+    "CodeKind",
+    "EnrolIn",
+    "Profile",
+    "Visit",
+    "VisitItem",
+    "classify_code",
+    "display_name",
+    "fold_visit",
+    "habits_of",
+    "histogram_from",
+    "scan_time_problem",
+    "sees_full_profile",
+    "usual_items",
+    "visits_in_30d",
+]
+
+# The pre-orders staff still have to make or hand over.
+OPEN_STATUSES = ("placed", "accepted", "preparing", "ready")
+# An offline kiosk replays a queued scan at most this late (then the QR is judged by the scan
+# time, so an older replay would make any screenshot of a code good for longer).
+SCAN_REPLAY_MAX_AGE_S = 24 * 3600
+# A kiosk clock may run a little ahead of the server's.
+SCAN_SKEW_S = 120
+RECENT_VISITS_MAX = 100
+TOP_ITEMS_MAX = 5
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+CodeKind = Literal["qr", "card", "phone"]
+
+
+class Row(Protocol):
+    """A database row read by column name (asyncpg's Record, a dict in unit tests)."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+_CARD = re.compile(r"^\d{12}$")
+_PHONE = re.compile(r"^\+?[\d\s().\-/]{6,24}$")
+_SEPARATORS = re.compile(r"[\s\-]")
+
+
+class EnrolIn(msgspec.Struct, kw_only=True, frozen=True):
+    """``POST /v1/kiosk/guests``: enrol the guest at the counter by phone."""
+
+    phone: Annotated[str, Meta(min_length=3, max_length=32)]
+    first_name: Annotated[str, Meta(max_length=80)] | None = None
+
+
+def classify_code(code: str) -> tuple[CodeKind, str] | None:
+    """What a scanned or typed code is: a rotating QR, a 12-digit card number or a phone.
+
+    Returns the kind and the code cleaned for lookup, or None when it is none of them. A
+    12-digit number is read as a card number (cards are printed with 12 digits).
+    """
+    text = code.strip()
+    if text[:4].upper() == "RG1:":
+        return "qr", text.upper()
+    digits = _SEPARATORS.sub("", text)
+    if _CARD.match(digits):
+        return "card", digits
+    if _PHONE.match(text) and sum(ch.isdigit() for ch in text) >= 6:
+        return "phone", text
+    return None
+
+
+def scan_time_problem(scanned_at: datetime | None, now: datetime) -> str | None:
+    """Why ``scanned_at`` cannot be used as the scan time (None when it can)."""
+    if scanned_at is None:
+        return None
+    if scanned_at.tzinfo is None:
+        return "scanned_at needs a timezone offset"
+    if scanned_at > now + timedelta(seconds=SCAN_SKEW_S):
+        return "scanned_at is in the future; check the kiosk's clock"
+    if scanned_at < now - timedelta(seconds=SCAN_REPLAY_MAX_AGE_S):
+        return f"scanned_at is older than {SCAN_REPLAY_MAX_AGE_S // 3600} hours"
+    return None
+
+
+def sees_full_profile(role: str) -> bool:
+    """Managers and admins see name, phone and email (and the view is audited)."""
+    return role in ("manager", "admin")
+
+
+def display_name(first_name: str, last_name: str, *, full: bool) -> str:
+    """The name staff see: "Anna S." for baristas and shift leads, the full name for managers."""
+    first, last = first_name.strip(), last_name.strip()
+    if full:
+        return f"{first} {last}".strip() or "Guest"
+    if not first:
+        return f"{last[:1]}." if last else "Guest"
+    return f"{first} {last[:1]}." if last else first
+
+
+def usual_items(top_items: Iterable[Mapping[str, Any]], limit: int = 3) -> list[contract.UsualItem]:
+    """The guest's most frequent items as stored in ``guest_profiles.top_items``."""
+    items = []
+    for entry in list(top_items)[:limit]:
+        items.append(
+            contract.UsualItem(
+                item_id=UUID(str(entry["item_id"])),
+                name=str(entry["name"]),
+                count=int(entry["count"]),
+                price_minor=int(entry.get("price_minor", 0)),
+            )
+        )
+    return items
+
+
+def visits_in_30d(recent: Sequence[datetime] | None, stored: int, now: datetime) -> int:
+    """Visits in the last 30 days: counted from recent visits when known, else as stored."""
+    if recent is None:
+        return stored
+    since = now - timedelta(days=30)
+    return sum(1 for at in recent if at > since)
+
+
+def habits_of(profile: Row | None, now: datetime) -> contract.Habits:
+    """The habits block of the guest card, from a ``guest_profiles`` row (None: no history)."""
+    if profile is None or profile["visits_total"] is None:
+        return contract.Habits()
+    weekday, hour = profile["usual_weekday"], profile["usual_hour"]
+    return contract.Habits(
+        usual_weekday=WEEKDAYS[weekday] if weekday is not None else None,
+        usual_time=f"{hour:02d}:00" if hour is not None else None,
+        visits_30d=visits_in_30d(profile["recent_visits"], profile["visits_30d"], now),
+        visits_total=profile["visits_total"],
+        avg_ticket_minor=profile["avg_ticket_minor"],
+        last_visit_at=profile["last_visit_at"],
+    )
+
+
+# -- folding a visit into the profile -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VisitItem:
+    item_id: UUID
+    name: str
+    quantity: int
+    price_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class Visit:
+    """One visit: a completed pre-order or a counter accrual."""
+
+    at: datetime
+    # ``at`` in the location's timezone: the usual weekday and hour are local.
+    local_at: datetime
+    amount_minor: int
+    points: int
+    items: tuple[VisitItem, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A ``guest_profiles`` row; the histograms and recent visits are always known here."""
+
+    visits_total: int = 0
+    spend_total_minor: int = 0
+    avg_ticket_minor: int = 0
+    usual_weekday: int | None = None
+    usual_hour: int | None = None
+    last_visit_at: datetime | None = None
+    top_items: tuple[Mapping[str, Any], ...] = ()
+    points_earned_12m: int = 0
+    weekday_counts: tuple[int, ...] = (0,) * 7
+    hour_counts: tuple[int, ...] = (0,) * 24
+    recent_visits: tuple[datetime, ...] = field(default_factory=tuple)
+
+    @property
+    def visits_30d(self) -> int:
+        return len(self.recent_visits)
+
+
+def histogram_from(local_times: Iterable[datetime]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Weekday and hour histograms of visit times (already in local time)."""
+    weekdays, hours = [0] * 7, [0] * 24
+    for at in local_times:
+        weekdays[at.weekday()] += 1
+        hours[at.hour] += 1
+    return tuple(weekdays), tuple(hours)
+
+
+def _mode(counts: Sequence[int], current: int | None) -> int | None:
+    if not any(counts):
+        return current
+    # Ties keep the current usual, so one odd visit does not flip it.
+    return max(range(len(counts)), key=lambda i: (counts[i], i == current))
+
+
+def _bump(counts: tuple[int, ...], index: int) -> tuple[int, ...]:
+    return (*counts[:index], counts[index] + 1, *counts[index + 1 :])
+
+
+def _top_items(
+    current: Iterable[Mapping[str, Any]], items: Iterable[VisitItem]
+) -> tuple[dict[str, Any], ...]:
+    merged: dict[str, dict[str, Any]] = {str(entry["item_id"]): dict(entry) for entry in current}
+    for item in items:
+        entry = merged.setdefault(
+            str(item.item_id),
+            {"item_id": str(item.item_id), "name": item.name, "count": 0, "price_minor": 0},
+        )
+        entry["count"] = int(entry["count"]) + item.quantity
+        entry["name"], entry["price_minor"] = item.name, item.price_minor
+    ranked = sorted(merged.values(), key=lambda e: -int(e["count"]))
+    return tuple(ranked[:TOP_ITEMS_MAX])
+
+
+def fold_visit(profile: Profile, visit: Visit, now: datetime) -> Profile:
+    """The profile after one more visit; only this visit is read, never the history.
+
+    ``points_earned_12m`` only grows here: a rolling window needs a periodic recount (the
+    ledger's own tier query is the exact figure).
+    """
+    visits = profile.visits_total + 1
+    spend = profile.spend_total_minor + visit.amount_minor
+    weekdays = _bump(profile.weekday_counts, visit.local_at.weekday())
+    hours = _bump(profile.hour_counts, visit.local_at.hour)
+    since = now - timedelta(days=30)
+    recent = tuple(at for at in (*profile.recent_visits, visit.at) if at > since)
+    last = visit.at if profile.last_visit_at is None else max(profile.last_visit_at, visit.at)
+    return replace(
+        profile,
+        visits_total=visits,
+        spend_total_minor=spend,
+        avg_ticket_minor=spend // visits,
+        usual_weekday=_mode(weekdays, profile.usual_weekday),
+        usual_hour=_mode(hours, profile.usual_hour),
+        last_visit_at=last,
+        top_items=_top_items(profile.top_items, visit.items),
+        points_earned_12m=profile.points_earned_12m + visit.points,
+        weekday_counts=weekdays,
+        hour_counts=hours,
+        recent_visits=tuple(sorted(recent))[-RECENT_VISITS_MAX:],
+    )

@@ -1,0 +1,115 @@
+"""SQL of the counter. The scan reads only precomputed rows: the guest with its account and
+profile in one query, and the guest's open pre-orders through a partial index."""
+
+from server.orders.sql import ORDER_COLUMNS
+
+_CARD_COLUMNS = """
+SELECT g.id, g.brand_id, g.qr_secret, g.first_name, g.last_name, g.phone_e164, g.email,
+       g.created_at,
+       a.credits_posted - a.debits_posted AS posted, a.debits_pending AS pending,
+       p.visits_total, p.visits_30d, p.avg_ticket_minor, p.usual_weekday, p.usual_hour,
+       p.last_visit_at, p.top_items, p.points_earned_12m, p.recent_visits
+FROM guests g
+LEFT JOIN accounts a ON a.guest_id = g.id
+LEFT JOIN guest_profiles p ON p.guest_id = g.id
+"""
+
+CARD_BY_PUBLIC_ID = _CARD_COLUMNS + "WHERE g.public_id = $1 AND g.erased_at IS NULL"
+CARD_BY_CARD_NUMBER = _CARD_COLUMNS + "WHERE g.card_number = $1 AND g.erased_at IS NULL"
+CARD_BY_PHONE = (
+    _CARD_COLUMNS + "WHERE g.brand_id = $1 AND g.phone_e164 = $2 AND g.erased_at IS NULL"
+)
+CARD_BY_ID = _CARD_COLUMNS + "WHERE g.id = $1 AND g.erased_at IS NULL"
+
+# $2 NULL: every location of the brand (managers); else only these locations.
+OPEN_ORDERS_OF_GUEST = f"""
+SELECT {ORDER_COLUMNS} FROM orders o
+WHERE o.guest_id = $1 AND o.status IN ('placed', 'accepted', 'preparing', 'ready')
+  AND ($2::uuid[] IS NULL OR o.location_id = ANY($2::uuid[]))
+ORDER BY o.pickup_at
+LIMIT $3
+"""
+
+QUEUE = f"""
+SELECT {ORDER_COLUMNS}, g.first_name, g.last_name FROM orders o JOIN guests g ON g.id = o.guest_id
+WHERE o.location_id = $1 AND o.status IN ('placed', 'accepted', 'preparing', 'ready')
+ORDER BY o.pickup_at, o.created_at
+LIMIT $2
+"""
+
+LOCATIONS = "SELECT id, brand_id, name, timezone FROM locations"
+
+GUEST_ACCOUNT = """
+SELECT g.brand_id, a.id AS account_id FROM guests g JOIN accounts a ON a.guest_id = g.id
+WHERE g.id = $1 AND g.erased_at IS NULL
+"""
+
+# One accrual per receipt and location: a second one returns nothing.
+CLAIM_RECEIPT = """
+INSERT INTO counter_accruals (location_id, receipt_ref, brand_id, guest_id, transfer_id,
+                              amount_paid_minor, points, staff_id, device_id, scanned_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (location_id, receipt_ref) DO NOTHING
+RETURNING 1
+"""
+
+REDEMPTION = """
+SELECT t.id, t.brand_id, t.location_id, t.amount, t.code, t.created_at, t.timeout_at, a.guest_id,
+       r.phase AS resolution, r.created_at AS resolved_at
+FROM transfers t
+JOIN accounts a ON a.id = t.debit_account_id
+LEFT JOIN transfers r ON r.pending_id = t.id
+WHERE t.id = $1 AND t.phase = 'pending'
+"""
+
+# -- guest profiles --------------------------------------------------------------------------
+
+PROFILE_FOR_UPDATE = """
+SELECT visits_total, spend_total_minor, avg_ticket_minor, usual_weekday, usual_hour,
+       last_visit_at, top_items, points_earned_12m, weekday_counts, hour_counts, recent_visits
+FROM guest_profiles WHERE guest_id = $1
+FOR UPDATE
+"""
+
+# Once per guest, when a profile is first folded forward: the visit times the histograms start
+# from. Bounded, and never on the scan path.
+COMPLETED_VISITS = """
+SELECT created_at FROM orders
+WHERE guest_id = $1 AND status = 'completed' AND id IS DISTINCT FROM $2
+ORDER BY created_at DESC
+LIMIT $3
+"""
+
+UPSERT_PROFILE = """
+INSERT INTO guest_profiles (guest_id, visits_total, visits_30d, spend_total_minor,
+                            avg_ticket_minor, usual_weekday, usual_hour, last_visit_at,
+                            top_items, points_earned_12m, weekday_counts, hour_counts,
+                            recent_visits, refreshed_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, now())
+ON CONFLICT (guest_id) DO UPDATE SET
+    visits_total = EXCLUDED.visits_total, visits_30d = EXCLUDED.visits_30d,
+    spend_total_minor = EXCLUDED.spend_total_minor,
+    avg_ticket_minor = EXCLUDED.avg_ticket_minor, usual_weekday = EXCLUDED.usual_weekday,
+    usual_hour = EXCLUDED.usual_hour, last_visit_at = EXCLUDED.last_visit_at,
+    top_items = EXCLUDED.top_items, points_earned_12m = EXCLUDED.points_earned_12m,
+    weekday_counts = EXCLUDED.weekday_counts, hour_counts = EXCLUDED.hour_counts,
+    recent_visits = EXCLUDED.recent_visits, refreshed_at = now()
+"""
+
+COMPLETED_ORDER = """
+SELECT o.guest_id, o.location_id, o.updated_at, o.points_earned, l.timezone,
+       coalesce(sum(ol.paid_minor), 0)::bigint AS paid_minor,
+       coalesce(jsonb_agg(jsonb_build_object('item_id', ol.item_id, 'name', ol.name,
+                                             'quantity', ol.quantity,
+                                             'price_minor', ol.unit_price_minor))
+                FILTER (WHERE ol.id IS NOT NULL), '[]'::jsonb) AS items
+FROM orders o
+JOIN locations l ON l.id = o.location_id
+LEFT JOIN order_lines ol ON ol.order_id = o.id
+WHERE o.id = $1 AND o.status = 'completed'
+GROUP BY o.id, l.timezone
+"""
+
+SPENDABLE = """
+SELECT credits_posted - debits_posted - debits_pending FROM accounts WHERE guest_id = $1
+"""

@@ -1,0 +1,43 @@
+"""Staff sign-in (password or PIN on a paired kiosk) and kiosk device registration."""
+
+from __future__ import annotations
+
+from litestar import Controller, post
+
+from server.auth.guards import requires_role
+from server.auth.tokens import Principal
+from server.staff.model import DeviceCreated, DeviceIn, DevicePaired, PairIn
+from server.staff.service import Staff
+from shared import contract
+
+__all__ = ["DevicesController", "StaffAuthController"]
+
+
+class StaffAuthController(Controller):
+    path = "/v1/auth"
+    tags = ["auth"]
+
+    @post("/staff", status_code=200)
+    async def sign_in(self, staff: Staff, data: contract.StaffLogin) -> contract.TokenPair:
+        """Email and password (plus a TOTP code for managers and admins); locks after failures."""
+        return await staff.sign_in(data)
+
+    @post("/pin", status_code=200)
+    async def pin(self, staff: Staff, data: contract.PinLogin) -> contract.TokenPair:
+        """PIN sign-in on a paired kiosk: the token is scoped to the device's location."""
+        return await staff.pin_sign_in(data)
+
+
+class DevicesController(Controller):
+    path = "/v1/kiosk/devices"
+    tags = ["kiosk"]
+
+    @post("/", guards=[requires_role("manager")], status_code=201)
+    async def create(self, staff: Staff, principal: Principal, data: DeviceIn) -> DeviceCreated:
+        """Register a kiosk tablet at a location; answers a pairing code shown only once."""
+        return await staff.create_device(principal, data)
+
+    @post("/pair", status_code=200)
+    async def pair(self, staff: Staff, data: PairIn) -> DevicePaired:
+        """The tablet trades its pairing code (single use, expiring) for a device secret."""
+        return await staff.pair(data)

@@ -1,0 +1,78 @@
+"""Staff and kiosk devices: the wire shapes of sign-in and pairing, and their pure rules."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+from typing import Annotated
+from uuid import UUID
+
+import msgspec
+from msgspec import Meta
+
+__all__ = [
+    "PAIRING_ALPHABET",
+    "PAIRING_CODE_LEN",
+    "PAIRING_TTL_S",
+    "SECOND_FACTOR_ROLES",
+    "DeviceCreated",
+    "DeviceIn",
+    "DevicePaired",
+    "PairIn",
+    "needs_totp",
+    "new_pairing_code",
+    "normalise_email",
+    "normalise_pairing_code",
+]
+
+# No 0/O, 1/I/L: a pairing code is read off one screen and typed on another.
+PAIRING_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
+PAIRING_CODE_LEN = 8
+PAIRING_TTL_S = 15 * 60
+SECOND_FACTOR_ROLES = frozenset({"manager", "admin"})
+
+
+class DeviceIn(msgspec.Struct, kw_only=True, frozen=True):
+    """``POST /v1/kiosk/devices``: register a kiosk tablet at a location (manager+)."""
+
+    location_id: UUID
+    name: Annotated[str, Meta(min_length=1, max_length=80)]
+
+
+class DeviceCreated(msgspec.Struct, kw_only=True, frozen=True):
+    device_id: UUID
+    # Shown once; only its hash is stored.
+    pairing_code: str
+    expires_at: datetime
+
+
+class PairIn(msgspec.Struct, kw_only=True, frozen=True):
+    """``POST /v1/kiosk/devices/pair``: the tablet trades the code for its device secret."""
+
+    pairing_code: Annotated[str, Meta(min_length=4, max_length=20)]
+
+
+class DevicePaired(msgspec.Struct, kw_only=True, frozen=True):
+    device_id: UUID
+    # Shown once; the tablet keeps it and sends it with every PIN sign-in.
+    device_secret: str
+    location_id: UUID
+    location_name: str
+
+
+def new_pairing_code() -> str:
+    return "".join(secrets.choice(PAIRING_ALPHABET) for _ in range(PAIRING_CODE_LEN))
+
+
+def normalise_pairing_code(raw: str) -> str:
+    """Upper case without spaces or dashes, so "abcd-efgh" is the code ABCDEFGH."""
+    return "".join(ch for ch in raw.upper() if ch not in " -")
+
+
+def normalise_email(raw: str) -> str:
+    return raw.strip().lower()
+
+
+def needs_totp(role: str, totp_secret: str | None) -> bool:
+    """Managers and admins sign in with a second factor (DESIGN §7)."""
+    return role in SECOND_FACTOR_ROLES or totp_secret is not None

@@ -1,0 +1,281 @@
+"""Staff sign-in (password + TOTP, lockout), kiosk device pairing and PIN sign-in.
+
+Tokens come from :meth:`Auth.issue`, so staff refresh tokens rotate like guests' do. A PIN
+token is scoped to the device's location and carries the device id, which audit entries keep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import pyotp
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from server.auth.service import Auth
+from server.auth.tokens import Principal
+from server.infra.db import Database
+from server.infra.problems import Problem
+from server.infra.redis import RedisGate, RedisUnavailable
+from server.settings import Settings
+from server.staff import sql
+from server.staff.model import (
+    PAIRING_TTL_S,
+    DeviceCreated,
+    DeviceIn,
+    DevicePaired,
+    PairIn,
+    needs_totp,
+    new_pairing_code,
+    normalise_email,
+    normalise_pairing_code,
+)
+from shared import contract
+
+__all__ = ["Staff", "audit"]
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+async def audit(
+    conn: asyncpg.Connection,
+    actor: Principal,
+    action: str,
+    guest_id: UUID | None,
+    detail: dict[str, Any],
+) -> None:
+    """One audit_log row: who (and on which device) did what to whom."""
+    await conn.execute(
+        sql.AUDIT,
+        actor.brand_id,
+        actor.kind,
+        actor.subject_id,
+        actor.device_id,
+        action,
+        guest_id,
+        detail,
+    )
+
+
+class Staff:
+    def __init__(self, settings: Settings, db: Database, gate: RedisGate, auth: Auth) -> None:
+        self.settings = settings
+        self.db = db
+        self.gate = gate
+        self.auth = auth
+        self._hasher = PasswordHasher()
+        # Verified against when the email is unknown, so timing does not reveal staff emails.
+        self._decoy = self._hasher.hash(secrets.token_urlsafe(16))
+
+    async def _verify(self, stored_hash: str | None, secret: str) -> bool:
+        # argon2 is deliberately slow: off the event loop.
+        def check() -> bool:
+            try:
+                return self._hasher.verify(stored_hash or self._decoy, secret) and bool(stored_hash)
+            except (VerificationError, InvalidHashError):
+                return False
+
+        return await asyncio.to_thread(check)
+
+    # -- password sign-in ------------------------------------------------------------------
+
+    async def sign_in(self, body: contract.StaffLogin) -> contract.TokenPair:
+        """Tokens for a right password (and TOTP for managers and admins).
+
+        Refuses 401 ``invalid-credentials`` / ``totp-required`` / ``wrong-totp``, and 423
+        ``account-locked`` for ``staff_lockout_s`` after ``staff_max_failed_logins`` failures.
+        """
+        email = normalise_email(body.email)
+        user = await self.db.fetchrow(sql.STAFF_BY_EMAIL, email)
+        now = datetime.now(UTC)
+        if user is not None and user["locked_until"] is not None and user["locked_until"] > now:
+            raise _locked(user["locked_until"], now)
+        if not await self._verify(user["password_hash"] if user else None, body.password):
+            if user is not None:
+                await self._fail(user["id"], now)
+            raise Problem(401, "invalid-credentials", "the email or the password is not right")
+        assert user is not None
+        if needs_totp(user["role"], user["totp_secret"]):
+            if not user["totp_secret"]:
+                raise Problem(
+                    403, "totp-not-enrolled", "this role needs a second factor; ask an admin"
+                )
+            if body.totp is None:
+                raise Problem(
+                    401, "totp-required", "enter the 6-digit code from your authenticator app"
+                )
+            if not pyotp.TOTP(user["totp_secret"]).verify(body.totp, valid_window=1):
+                await self._fail(user["id"], now)
+                raise Problem(401, "wrong-totp", "the authenticator code is not right")
+        principal = Principal(
+            kind="staff",
+            subject_id=user["id"],
+            brand_id=user["brand_id"],
+            role=user["role"],
+            location_ids=frozenset(user["location_ids"]),
+        )
+        async with self.db.transaction() as conn:
+            await conn.execute(sql.RECORD_SUCCESS, user["id"])
+            await audit(conn, principal, "staff.sign_in", None, {"method": "password"})
+            return await self.auth.issue(conn, principal)
+
+    async def _fail(self, staff_id: UUID, now: datetime) -> None:
+        """Count a failure (committed, whatever the request answers); 423 if it locks."""
+        locked_until = await self.db.fetchrow(
+            sql.RECORD_FAILURE,
+            staff_id,
+            self.settings.staff_max_failed_logins,
+            float(self.settings.staff_lockout_s),
+        )
+        until = locked_until["locked_until"] if locked_until else None
+        if until is not None and until > now:
+            raise _locked(until, now)
+
+    # -- kiosk devices ---------------------------------------------------------------------
+
+    async def create_device(self, manager: Principal, body: DeviceIn) -> DeviceCreated:
+        """Register a tablet at one of the manager's locations; the pairing code is shown once."""
+        code = new_pairing_code()
+        expires_at = datetime.now(UTC) + timedelta(seconds=PAIRING_TTL_S)
+        async with self.db.transaction() as conn:
+            name = await conn.fetchval(sql.LOCATION_OF_BRAND, body.location_id, manager.brand_id)
+            if name is None or not manager.covers(body.location_id):
+                raise Problem(404, "location-not-found", f"no location {body.location_id}")
+            device_id = await conn.fetchval(
+                sql.INSERT_DEVICE,
+                body.location_id,
+                body.name,
+                _digest(code),
+                expires_at,
+                manager.subject_id,
+            )
+            await audit(
+                conn,
+                manager,
+                "device.create",
+                None,
+                {"device_id": str(device_id), "location_id": str(body.location_id)},
+            )
+        return DeviceCreated(device_id=device_id, pairing_code=code, expires_at=expires_at)
+
+    async def pair(self, body: PairIn) -> DevicePaired:
+        """Trade a pairing code (single use, expiring) for the device's long-lived secret."""
+        secret = secrets.token_urlsafe(32)
+        async with self.db.transaction() as conn:
+            row = await conn.fetchrow(
+                sql.PAIR_DEVICE, _digest(normalise_pairing_code(body.pairing_code)), _digest(secret)
+            )
+            if row is None:
+                raise Problem(
+                    404,
+                    "pairing-code-invalid",
+                    "this pairing code is unknown, used or expired; ask a manager for a new one",
+                )
+            await conn.execute(
+                sql.AUDIT,
+                row["brand_id"],
+                "device",
+                None,
+                row["id"],
+                "device.pair",
+                None,
+                {"location_id": str(row["location_id"])},
+            )
+        return DevicePaired(
+            device_id=row["id"],
+            device_secret=secret,
+            location_id=row["location_id"],
+            location_name=row["location_name"],
+        )
+
+    # -- PIN sign-in on a paired device ----------------------------------------------------
+
+    async def pin_sign_in(self, body: contract.PinLogin) -> contract.TokenPair:
+        """Tokens scoped to the device's location, for a staff member of that location.
+
+        At most ``pin_attempts_per_window`` attempts per device and email per ``pin_window_s``
+        (429 ``too-many-pin-attempts``); a success clears the count.
+        """
+        email = normalise_email(body.email)
+        attempts_key = f"rg:pin:{body.device_id}:{email}"
+        await self._count_pin_attempt(attempts_key)
+        device = await self.db.fetchrow(sql.DEVICE, body.device_id)
+        if device is None or not hmac.compare_digest(
+            bytes(device["device_secret_hash"]), _digest(body.device_secret)
+        ):
+            raise Problem(401, "device-not-paired", "this device is not paired; pair it again")
+        user = await self.db.fetchrow(sql.STAFF_BY_EMAIL, email)
+        allowed = (
+            user is not None
+            and user["brand_id"] == device["brand_id"]
+            and (not user["location_ids"] or device["location_id"] in user["location_ids"])
+        )
+        pin_ok = await self._verify(user["pin_hash"] if user and allowed else None, body.pin)
+        if not pin_ok:
+            raise Problem(401, "wrong-pin", "the email or the PIN is not right")
+        assert user is not None
+        now = datetime.now(UTC)
+        if user["locked_until"] is not None and user["locked_until"] > now:
+            raise _locked(user["locked_until"], now)
+        principal = Principal(
+            kind="staff",
+            subject_id=user["id"],
+            brand_id=user["brand_id"],
+            role=user["role"],
+            location_ids=frozenset({device["location_id"]}),
+            device_id=device["id"],
+        )
+        async with self.db.transaction() as conn:
+            await audit(conn, principal, "staff.sign_in", None, {"method": "pin"})
+            pair = await self.auth.issue(conn, principal)
+        with contextlib.suppress(RedisUnavailable):  # else the window expires on its own
+            await self.gate.run(lambda: self.gate.client.delete(attempts_key))
+        return pair
+
+    async def _count_pin_attempt(self, key: str) -> None:
+        window_s = self.settings.pin_window_s
+
+        async def count() -> tuple[int, int]:
+            async with self.gate.client.pipeline(transaction=True) as pipe:
+                # SET NX EX then INCR: the window starts at the first attempt (Redis 6.2 has
+                # no EXPIRE NX).
+                pipe.set(key, 0, ex=window_s, nx=True)
+                pipe.incr(key)
+                pipe.ttl(key)
+                _, attempts, ttl = await pipe.execute()
+            return int(attempts), int(ttl)
+
+        try:
+            attempts, ttl = await self.gate.run(count)
+        except RedisUnavailable:
+            # No counter, no PIN: a PIN is short enough that unlimited guessing is not an option.
+            raise Problem(
+                503, "sign-in-unavailable", "PIN sign-in is briefly unavailable"
+            ) from None
+        if attempts > self.settings.pin_attempts_per_window:
+            raise Problem(
+                429,
+                "too-many-pin-attempts",
+                "too many PIN attempts on this device; wait a while",
+                retry_after_s=max(ttl, 1),
+            )
+
+
+def _locked(until: datetime, now: datetime) -> Problem:
+    wait_s = max(int((until - now).total_seconds()), 1)
+    return Problem(
+        423,
+        "account-locked",
+        f"too many failed sign-ins; try again in {wait_s} seconds",
+        retry_after_s=wait_s,
+    )
