@@ -4,9 +4,10 @@ status machine. No I/O: every function here is tested without fixtures.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 from uuid import UUID
 
@@ -23,6 +24,7 @@ __all__ = [
     "Promo",
     "Quote",
     "discount_for",
+    "draft_order",
     "price_lines",
     "quote",
     "split_earning",
@@ -194,6 +196,41 @@ def quote(
         points_to_earn=sum(shares),
         max_points=max_points,
     )
+
+
+def draft_order(
+    order_id: UUID,
+    guest_id: UUID,
+    index: MenuIndex,
+    priced: Quote,
+    pickup_at: datetime,
+    now: datetime,
+    payment_window: timedelta,
+) -> contract.Order:
+    """The order a checkout creates, as the guest will see it (line ids minted here).
+
+    Nothing to pay (a full discount) means no payment step: the order is placed at once.
+    """
+    placed = priced.amount_due_minor == 0
+    return contract.Order(
+        id=order_id, status="placed" if placed else "awaiting_payment",
+        location_id=index.location.id, guest_id=guest_id, currency=index.currency,
+        subtotal_minor=priced.subtotal_minor, discount_minor=priced.discount_minor,
+        points_spent=priced.points_spent, points_value_minor=priced.points_value_minor,
+        amount_due_minor=priced.amount_due_minor, points_to_earn=priced.points_to_earn,
+        lines=[
+            contract.OrderLine(
+                id=uuid.uuid4(), item_id=line.item_id, sku=line.sku, name=line.name,
+                quantity=line.quantity, unit_price_minor=line.unit_price_minor,
+                modifiers=line.modifier_names, gross_minor=line.gross_minor,
+                discount_minor=line.discount_minor, points_spent=line.points_spent,
+                paid_minor=line.paid_minor,
+            )
+            for line in priced.lines
+        ],
+        pickup_at=pickup_at, created_at=now,
+        payment_expires_at=None if placed else now + payment_window,
+    )  # fmt: skip
 
 
 def split_earning(program: Program, tier: Tier, lines: Sequence[tuple[int, bool]]) -> list[int]:

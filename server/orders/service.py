@@ -35,6 +35,7 @@ from server.orders.model import (
     Promo,
     Quote,
     discount_for,
+    draft_order,
     price_lines,
     quote,
     split_earning,
@@ -203,18 +204,46 @@ class Orders:
         slot: datetime,
         now: datetime,
     ) -> tuple[AccountState | None, contract.Order]:
-        order_id = uuid.uuid4()
-        state: AccountState | None = None
-        ledger = self.loyalty.ledger
-        status: contract.OrderStatus = (
-            "placed" if priced.amount_due_minor == 0 else "awaiting_payment"
-        )
-        payment_expires_at = (
-            None if status == "placed" else now + timedelta(seconds=self.settings.payment_window_s)
-        )
+        """The writes of one checkout, in the caller's transaction; refusals raise Problem."""
+        account_id = await self._apply_tier(conn, guest, priced)
+        window = timedelta(seconds=self.settings.payment_window_s)
+        order = draft_order(uuid.uuid4(), guest.subject_id, index, priced, pickup_at, now, window)
+        state = None
+        if priced.points_spent:
+            state = await self.loyalty.ledger.hold(
+                conn, transfer_id=transfer_id, brand_id=guest.brand_id, account_id=account_id,
+                points=priced.points_spent, code="spend", order_id=order.id,
+                location_id=index.location.id, timeout_at=now + window,
+            )  # fmt: skip
+            if state is None:
+                raise _insufficient(
+                    priced.points_spent, await conn.fetchval(sql.SPENDABLE, account_id)
+                )
+        if (
+            promo is not None
+            and await conn.fetchval(sql.USE_PROMO, promo.id, guest.subject_id) is None
+        ):
+            raise Problem(422, "promo-exhausted", f"promo code {promo.code} has been used up")
+        await self._insert(conn, guest.brand_id, order, priced, promo, transfer_id, slot)
+        if order.status == "placed" and state is not None:
+            hold = await self.loyalty.ledger.pending(conn, transfer_id)
+            assert hold is not None
+            state = await self.loyalty.ledger.resolve(conn, hold, post=True)
+        # Last, so the slot row is locked for the shortest time: every checkout for the same
+        # pickup slot queues on it.
+        location = index.location
+        if await conn.fetchval(sql.TAKE_SLOT, location.id, slot, location.orders_per_slot) is None:
+            raise Problem(
+                409, "slot-full", f"the pickup slot at {slot.isoformat()} is full; choose another"
+            )
+        if order.status == "placed":
+            await self._announce(conn, "order.placed", order)
+        return state, order
+
+    async def _apply_tier(self, conn: asyncpg.Connection, guest: Principal, priced: Quote) -> UUID:
+        """Recompute what the order will earn at the guest's tier; returns the account id."""
         account = await conn.fetchrow(sql.GUEST_ACCOUNT_AND_EARNED, guest.subject_id)
         assert account is not None, "every guest has an account"
-        account_id = account["id"]
         program = await self.loyalty.programs.get(guest.brand_id)
         tier, _ = tier_for(program, account["earned"])
         shares = split_earning(
@@ -223,127 +252,42 @@ class Orders:
         for line, earned in zip(priced.lines, shares, strict=True):
             line.points_earned = earned
         priced.points_to_earn = sum(shares)
-        if priced.points_spent:
-            state = await ledger.hold(
-                conn,
-                transfer_id=transfer_id,
-                brand_id=guest.brand_id,
-                account_id=account_id,
-                points=priced.points_spent,
-                code="spend",
-                order_id=order_id,
-                location_id=index.location.id,
-                timeout_at=now + timedelta(seconds=self.settings.payment_window_s),
-            )
-            if state is None:
-                spendable = await conn.fetchval(
-                    "SELECT credits_posted - debits_posted - debits_pending FROM accounts WHERE id = $1",
-                    account_id,
-                )
-                raise _insufficient(priced.points_spent, spendable)
-        if (
-            promo is not None
-            and await conn.fetchval(sql.USE_PROMO, promo.id, guest.subject_id) is None
-        ):
-            raise Problem(422, "promo-exhausted", f"promo code {promo.code} has been used up")
+        return account["id"]  # type: ignore[no-any-return]
+
+    async def _insert(
+        self,
+        conn: asyncpg.Connection,
+        brand_id: UUID,
+        order: contract.Order,
+        priced: Quote,
+        promo: Promo | None,
+        transfer_id: UUID,
+        slot: datetime,
+    ) -> None:
+        """The order and all its lines: two statements, however many lines."""
         await conn.execute(
-            sql.INSERT_ORDER,
-            order_id,
-            guest.brand_id,
-            index.location.id,
-            guest.subject_id,
-            status,
-            index.currency,
-            priced.subtotal_minor,
-            priced.discount_minor,
-            priced.points_spent,
-            priced.points_value_minor,
-            priced.amount_due_minor,
-            priced.points_to_earn,
-            promo.id if promo else None,
-            transfer_id if priced.points_spent else None,
-            pickup_at,
-            slot,
-            payment_expires_at,
-            now,
-        )
-        line_ids = [uuid.uuid4() for _ in priced.lines]
-        await conn.execute(
-            sql.INSERT_LINES,
-            order_id,
-            [
-                {
-                    "id": str(line_id),
-                    "line_no": n,
-                    "item_id": str(ln.item_id),
-                    "sku": ln.sku,
-                    "name": ln.name,
-                    "quantity": ln.quantity,
-                    "unit_price_minor": ln.unit_price_minor,
-                    "modifier_ids": [str(m) for m in ln.modifier_ids],
-                    "modifier_names": ln.modifier_names,
-                    "gross_minor": ln.gross_minor,
-                    "discount_minor": ln.discount_minor,
-                    "points_spent": ln.points_spent,
-                    "paid_minor": ln.paid_minor,
-                    "earns_points": ln.earns_points,
-                    "points_earned": 0,  # earned at completion, with the tier then
-                }
-                for n, (line_id, ln) in enumerate(zip(line_ids, priced.lines, strict=True))
-            ],
-        )
+            sql.INSERT_ORDER, order.id, brand_id, order.location_id, order.guest_id, order.status,
+            order.currency, order.subtotal_minor, order.discount_minor, order.points_spent,
+            order.points_value_minor, order.amount_due_minor, order.points_to_earn,
+            promo.id if promo else None, transfer_id if order.points_spent else None,
+            order.pickup_at, slot, order.payment_expires_at, order.created_at,
+        )  # fmt: skip
+        rows = [
+            {
+                "id": str(line.id), "line_no": n, "item_id": str(line.item_id), "sku": line.sku,
+                "name": line.name, "quantity": line.quantity,
+                "unit_price_minor": line.unit_price_minor,
+                "modifier_ids": [str(m) for m in source.modifier_ids],
+                "modifier_names": line.modifiers, "gross_minor": line.gross_minor,
+                "discount_minor": line.discount_minor, "points_spent": line.points_spent,
+                "paid_minor": line.paid_minor, "earns_points": source.earns_points,
+                "points_earned": 0,  # earned at completion, with the tier then
+            }
+            for n, (line, source) in enumerate(zip(order.lines, priced.lines, strict=True))
+        ]  # fmt: skip
+        await conn.execute(sql.INSERT_LINES, order.id, rows)
         if promo is not None:
-            await conn.execute(sql.INSERT_PROMO_REDEMPTION, promo.id, guest.subject_id, order_id)
-        if status == "placed" and state is not None:
-            hold = await ledger.pending(conn, transfer_id)
-            assert hold is not None
-            state = await ledger.resolve(conn, hold, post=True)
-        # Last, so the slot row is locked for the shortest time: every checkout for the same
-        # pickup slot queues on it.
-        if (
-            await conn.fetchval(
-                sql.TAKE_SLOT, index.location.id, slot, index.location.orders_per_slot
-            )
-            is None
-        ):
-            raise Problem(
-                409, "slot-full", f"the pickup slot at {slot.isoformat()} is full; choose another"
-            )
-        order = contract.Order(
-            id=order_id,
-            status=status,
-            location_id=index.location.id,
-            guest_id=guest.subject_id,
-            currency=index.currency,
-            subtotal_minor=priced.subtotal_minor,
-            discount_minor=priced.discount_minor,
-            points_spent=priced.points_spent,
-            points_value_minor=priced.points_value_minor,
-            amount_due_minor=priced.amount_due_minor,
-            points_to_earn=priced.points_to_earn,
-            lines=[
-                contract.OrderLine(
-                    id=line_id,
-                    item_id=ln.item_id,
-                    sku=ln.sku,
-                    name=ln.name,
-                    quantity=ln.quantity,
-                    unit_price_minor=ln.unit_price_minor,
-                    modifiers=ln.modifier_names,
-                    gross_minor=ln.gross_minor,
-                    discount_minor=ln.discount_minor,
-                    points_spent=ln.points_spent,
-                    paid_minor=ln.paid_minor,
-                )
-                for line_id, ln in zip(line_ids, priced.lines, strict=True)
-            ],
-            pickup_at=pickup_at,
-            created_at=now,
-            payment_expires_at=payment_expires_at,
-        )
-        if status == "placed":
-            await self._announce(conn, "order.placed", order)
-        return state, order
+            await conn.execute(sql.INSERT_PROMO_REDEMPTION, promo.id, order.guest_id, order.id)
 
     # -- reading -------------------------------------------------------------------------
 

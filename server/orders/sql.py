@@ -4,6 +4,7 @@ FROM promo_codes WHERE brand_id = $1
 """
 
 GUEST_ACCOUNT_ID = "SELECT id FROM accounts WHERE guest_id = $1"
+SPENDABLE = "SELECT credits_posted - debits_posted - debits_pending FROM accounts WHERE id = $1"
 
 # The account and the points earned in the tier window (precomputed in guest_profiles), so the
 # checkout can show what the guest's tier will earn without summing history.
