@@ -24,6 +24,7 @@ from server.infra import idempotency
 from server.infra.db import Database
 from server.infra.idempotency import Stored
 from server.infra.problems import Problem
+from server.kiosk.model import display_name
 from server.loyalty.model import tier_for
 from server.loyalty.repository import AccountState
 from server.loyalty.service import Loyalty, add_months
@@ -639,7 +640,8 @@ class Orders:
 
     async def _announce(self, conn: asyncpg.Connection, topic: str, order: contract.Order) -> None:
         name = await conn.fetchrow(sql.GUEST_NAME, order.guest_id)
-        display = f"{name['first_name']} {name['last_name'][:1]}.".strip() if name else None
+        # Queues are read by every barista: the masked name, never the full one.
+        display = display_name(name["first_name"], name["last_name"], full=False) if name else None
         payload = msgspec.to_builtins(msgspec.structs.replace(order, guest_display_name=display))
         await conn.execute(sql.INSERT_OUTBOX, topic, {"event": topic, "order": payload})
 
