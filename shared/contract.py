@@ -103,6 +103,8 @@ class TokenPair(_Wire, kw_only=True, frozen=True):
     guest_id: UUID | None = None
     staff_id: UUID | None = None
     role: str | None = None
+    # The locations a staff token acts for; empty means every location of the brand.
+    location_ids: list[UUID] = []
 
 
 class RefreshIn(_Wire, kw_only=True, frozen=True):

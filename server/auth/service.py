@@ -155,6 +155,7 @@ class Auth:
             guest_id=principal.subject_id if principal.kind == "guest" else None,
             staff_id=principal.subject_id if principal.kind == "staff" else None,
             role=principal.role if principal.kind == "staff" else None,
+            location_ids=sorted(principal.location_ids),
         )
 
     async def refresh(self, body: contract.RefreshIn) -> contract.TokenPair:
