@@ -9,6 +9,8 @@ The client never retries a state-changing call by itself; the outbox owns retrie
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -20,7 +22,7 @@ import msgspec
 from kiosk.settings import KioskSettings
 from shared import contract
 
-__all__ = ["ApiProblem", "DevicePairing", "KioskApi", "Offline"]
+__all__ = ["ApiProblem", "DevicePairing", "KioskApi", "Offline", "token_locations"]
 
 T = TypeVar("T")
 
@@ -217,6 +219,11 @@ class KioskApi:
         """The brand's locations (used to pick a location when not paired)."""
         return await self._call(list[contract.Location], "GET", "/v1/locations")
 
+    async def currency(self, location_id: UUID | str) -> str:
+        """The ISO currency of a location (from its menu), for showing money."""
+        menu = await self._call(contract.Menu, "GET", f"/v1/locations/{location_id}/menu")
+        return menu.currency
+
     async def scan(self, code: str, scanned_at: datetime | None = None) -> contract.GuestCard:
         """Look a guest up by QR code, card number or phone."""
         body = contract.ScanIn(code=code, scanned_at=scanned_at)
@@ -288,3 +295,18 @@ def problem_from(response: httpx.Response) -> ApiProblem:
     slug = type_.rstrip("/").rsplit("/", 1)[-1] if type_ else f"http-{response.status_code}"
     detail = str(body.get("detail") or body.get("title") or response.reason_phrase or "")
     return ApiProblem(response.status_code, slug, detail, body)
+
+
+def token_locations(access_token: str) -> list[str] | None:
+    """The location ids a staff access token names (its ``loc`` claim), or None if unknown.
+
+    Read without verifying the signature: the kiosk only uses it to pick a sensible default
+    location; the server checks every request itself.
+    """
+    try:
+        payload = access_token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return None
+    loc = claims.get("loc") if isinstance(claims, dict) else None
+    return [str(x) for x in loc] if isinstance(loc, list) else None

@@ -23,7 +23,7 @@ from kivy.graphics.texture import Texture
 from kivy.lang import Builder
 from kivy.properties import BooleanProperty, ColorProperty, NumericProperty, StringProperty
 from kivy.uix.boxlayout import BoxLayout
-from kivy.uix.screenmanager import FadeTransition, ScreenManager
+from kivy.uix.screenmanager import NoTransition, ScreenManager
 from kivy.uix.textinput import TextInput
 
 from kiosk import theme
@@ -94,6 +94,7 @@ class KioskApp(App):
     notice_colour = ColorProperty(theme.TONES["info"])
     notice_visible = BooleanProperty(False)
     signed_in = BooleanProperty(False)
+    online = BooleanProperty(False)
     queue_badge = NumericProperty(0)
     busy = BooleanProperty(False)
     # Mirrors of the config for .kv bindings (the config itself is an immutable dataclass).
@@ -161,7 +162,7 @@ class KioskApp(App):
         """The widget tree: every screen is built once and kept."""
         root = KioskRoot()
         sm: ScreenManager = root.ids.screens
-        sm.transition = FadeTransition(duration=0.12)
+        sm.transition = NoTransition()  # instant: a barista never waits on an animation
         for screen in (
             PairingScreen(name="pairing"),
             SignInScreen(name="signin"),
@@ -176,7 +177,7 @@ class KioskApp(App):
 
     @property
     def screens(self) -> ScreenManager:
-        return self.root.ids.screens  # type: ignore[no-any-return]
+        return self.root.ids.screens
 
     def screen(self, name: str) -> Any:
         return self.screens.get_screen(name)
@@ -261,6 +262,7 @@ class KioskApp(App):
         self.banner_text = status.banner.text
         self.banner_colour = theme.tone_colour(status.banner.tone)
         self.signed_in = self.session.signed_in
+        self.online = status.connection in ("online", "signed-out")
         where = status.location_name
         self.staff_label = f"{status.staff} · {where}" if status.staff else where
         self.screen("settings").show_status(status)
@@ -393,7 +395,7 @@ class KioskApp(App):
             if isinstance(result, Notice):
                 self.show_notice(result, timeout_s=8)
                 return
-            self.screen("guest").show_hold(result)
+            self.screen("guest").show_hold(result, self.session.current)
 
         self.run_bg(self.session.reserve_redemption(points), done)
 

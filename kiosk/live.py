@@ -37,7 +37,7 @@ class Backoff:
 
     def next_delay(self) -> float:
         """The next wait: uniform in [initial/2, min(max, initial * 2**attempt)]."""
-        ceiling = min(self.max_s, self.initial_s * (2**self.attempt))
+        ceiling = min(self.max_s, self.initial_s * float(2**self.attempt))
         self.attempt += 1
         floor = self.initial_s / 2
         return floor + (ceiling - floor) * self.rng()

@@ -21,7 +21,7 @@ from uuid import UUID
 
 import msgspec
 
-from kiosk.api import ApiProblem, KioskApi, Offline
+from kiosk.api import ApiProblem, KioskApi, Offline, token_locations
 from kiosk.config import KioskConfig
 from kiosk.ids import uuid7
 from kiosk.live import LiveEvent, LiveQueue
@@ -312,16 +312,23 @@ class KioskSession:
     async def _after_sign_in(self, email: str) -> Notice:
         self.staff_email = email
         self.config = self.config.with_changes(last_email=email)
-        if not self.config.location_id:
-            # Not paired: work at the brand's first location until Settings says otherwise.
+        allowed = token_locations(self.api.tokens.access_token) if self.api.tokens else None
+        location = self.config.location_id
+        if not location or (allowed is not None and location not in allowed):
+            # Not paired (or moved): work at the first location this staff member serves
+            # until Settings or pairing says otherwise.
             locations = await self.api.locations()
-            if not locations:
+            usable = [loc for loc in locations if allowed is None or str(loc.id) in allowed]
+            if not usable:
                 self.api.sign_out()
-                return Notice("error", "No location", "This brand has no locations yet.")
-            first = locations[0]
+                return Notice("error", "No location", "Your account has no café assigned.")
             self.config = self.config.with_changes(
-                location_id=str(first.id), location_name=first.name
+                location_id=str(usable[0].id), location_name=usable[0].name
             )
+        if not self.config.currency and self.config.location_id:
+            with contextlib.suppress(ApiProblem, Offline):
+                currency = await self.api.currency(self.config.location_id)
+                self.config = self.config.with_changes(currency=currency)
         self._save_config(self.config)
         self._set_connection("online")
         self._start_live()
@@ -479,6 +486,7 @@ class KioskSession:
         except ApiProblem as problem:
             return self._on_problem(problem)
         self._set_connection("online")
+        self._update_points(transfer)  # held points are no longer spendable
         self.hold = RedemptionHold(transfer, points)
         return self.hold
 

@@ -20,6 +20,7 @@ from kiosk.scanner.base import OnCode, Origin
 __all__ = ["FramePipeline", "decode_qr", "rgba_to_gray"]
 
 log = logging.getLogger("kiosk.scanner")
+# The enum, not a module-level BarcodeFormats: nanobind reports such an instance as leaked at exit.
 _QR_ONLY = zxingcpp.BarcodeFormat.QRCode
 
 
@@ -27,7 +28,11 @@ def decode_qr(gray: np.ndarray) -> list[str]:
     """Texts of the valid QR codes in a one-channel uint8 frame (empty list if none)."""
     if gray.ndim != 2 or gray.dtype != np.uint8:
         raise ValueError("decode_qr needs a 2-D uint8 (grayscale) array")
-    results = zxingcpp.read_barcodes(np.ascontiguousarray(gray), formats=_QR_ONLY)
+    # zxing-cpp converts the enum implicitly; its stub only names BarcodeFormats.
+    results = zxingcpp.read_barcodes(
+        np.ascontiguousarray(gray),
+        formats=_QR_ONLY,  # type: ignore[arg-type]
+    )
     return [r.text for r in results if r.valid and r.text]
 
 

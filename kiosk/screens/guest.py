@@ -117,7 +117,9 @@ class GuestScreen(Screen):
         self.form_error = ""
         app.reserve_redemption(points)
 
-    def show_hold(self, hold: RedemptionHold) -> None:
+    def show_hold(self, hold: RedemptionHold, current: CurrentGuest | None = None) -> None:
+        if current is not None and current.view is not None:
+            self.points_text = current.view.points_line
         self.hold_text = (
             f"{hold.points:,} points are on hold for {self.name_text}.\n"
             "Give the reward, then confirm. Cancel gives the points back."

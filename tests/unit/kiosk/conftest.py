@@ -136,10 +136,19 @@ class FakeApi:
         self._gate()
         return [
             contract.Location(
-                id=LOCATION_ID, name="Canal St", address="1 Canal St", timezone="UTC",
-                open_now=True, lead_time_min=5, slot_minutes=10,
+                id=LOCATION_ID,
+                name="Canal St",
+                address="1 Canal St",
+                timezone="UTC",
+                open_now=True,
+                lead_time_min=5,
+                slot_minutes=10,
             )
         ]
+
+    async def currency(self, location_id: UUID | str) -> str:
+        self._gate()
+        return "EUR"
 
     async def scan(self, code: str, scanned_at: datetime | None = None) -> contract.GuestCard:
         self.scan_calls.append((code, scanned_at))
@@ -161,8 +170,13 @@ class FakeApi:
             points = body.amount_paid_minor // 100
             self.balances[gid] = self.balances.get(gid, 0) + points
             self.effects[key] = contract.Transfer(
-                id=uuid4(), guest_id=UUID(gid), code="earn", points=points, state="posted",
-                created_at=NOW, points_available=self.balances[gid],
+                id=uuid4(),
+                guest_id=UUID(gid),
+                code="earn",
+                points=points,
+                state="posted",
+                created_at=NOW,
+                points_available=self.balances[gid],
             )
         if self.lose_reply:
             self.lose_reply = False
@@ -175,8 +189,13 @@ class FakeApi:
         self.redemption_calls.append(("reserve", str(idempotency_key)))
         self._gate()
         t = contract.Transfer(
-            id=uuid4(), guest_id=UUID(str(guest_id)), code="redeem", points=-body.points,
-            state="pending", created_at=NOW, points_available=400 - body.points,
+            id=uuid4(),
+            guest_id=UUID(str(guest_id)),
+            code="redeem",
+            points=-body.points,
+            state="pending",
+            created_at=NOW,
+            points_available=400 - body.points,
         )
         self.redemptions[t.id] = t
         return t
@@ -186,8 +205,13 @@ class FakeApi:
         self._gate()
         pending = self.redemptions[UUID(str(transfer_id))]
         return contract.Transfer(
-            id=uuid4(), guest_id=pending.guest_id, code="redeem", points=pending.points,
-            state="posted", created_at=NOW, points_available=pending.points_available,
+            id=uuid4(),
+            guest_id=pending.guest_id,
+            code="redeem",
+            points=pending.points,
+            state="posted",
+            created_at=NOW,
+            points_available=pending.points_available,
         )
 
     async def void_redemption(self, transfer_id: UUID | str, idempotency_key: UUID | str) -> Any:
@@ -195,8 +219,13 @@ class FakeApi:
         self._gate()
         pending = self.redemptions[UUID(str(transfer_id))]
         return contract.Transfer(
-            id=uuid4(), guest_id=pending.guest_id, code="redeem", points=-pending.points,
-            state="voided", created_at=NOW, points_available=400,
+            id=uuid4(),
+            guest_id=pending.guest_id,
+            code="redeem",
+            points=-pending.points,
+            state="voided",
+            created_at=NOW,
+            points_available=400,
         )
 
     async def queue(self, location_id: UUID | str) -> list[contract.Order]:
@@ -262,8 +291,11 @@ def session(
     fake_api: FakeApi, outbox: Outbox, tmp_path: Path, listener: RecordingListener
 ) -> KioskSession:
     config = KioskConfig(
-        data_dir=tmp_path, server_url="http://fake", location_id=str(LOCATION_ID),
-        location_name="Canal St", currency="EUR",
+        data_dir=tmp_path,
+        server_url="http://fake",
+        location_id=str(LOCATION_ID),
+        location_name="Canal St",
+        currency="EUR",
     )
     return KioskSession(
         fake_api,  # type: ignore[arg-type]

@@ -17,8 +17,13 @@ LOCATION = UUID("0190f0a0-0000-7000-8000-000000000001")
 
 def transfer_json(**kw: object) -> dict[str, object]:
     body: dict[str, object] = {
-        "id": str(uuid4()), "guest_id": str(GUEST), "code": "earn", "points": 4,
-        "state": "posted", "created_at": "2025-03-04T08:30:00Z", "points_available": 424,
+        "id": str(uuid4()),
+        "guest_id": str(GUEST),
+        "code": "earn",
+        "points": 4,
+        "state": "posted",
+        "created_at": "2025-03-04T08:30:00Z",
+        "points_available": 424,
     }
     body.update(kw)
     return body
@@ -42,7 +47,9 @@ async def test_problem_json_becomes_a_problem_with_its_slug() -> None:
     with pytest.raises(ApiProblem) as caught:
         await api.scan("RG1:X")
     assert (caught.value.status, caught.value.slug, caught.value.detail) == (
-        422, "qr-expired", "too old",
+        422,
+        "qr-expired",
+        "too old",
     )
 
 
@@ -104,7 +111,9 @@ async def test_an_expired_token_is_refreshed_once_and_the_call_repeated() -> Non
     api = api_with(httpx.MockTransport(handler))
     assert await api.queue(LOCATION) == []
     assert [c[0] for c in calls] == [
-        f"/v1/locations/{LOCATION}/queue", "/v1/auth/refresh", f"/v1/locations/{LOCATION}/queue",
+        f"/v1/locations/{LOCATION}/queue",
+        "/v1/auth/refresh",
+        f"/v1/locations/{LOCATION}/queue",
     ]
     assert calls[-1][1] == "Bearer new"
 

@@ -21,7 +21,9 @@ SCANNED_AT = datetime(2025, 3, 4, 8, 30, tzinfo=UTC)
 
 def accrual(amount_minor: int = 450, ref: str = "R-1") -> contract.AccrualIn:
     return contract.AccrualIn(
-        amount_paid_minor=amount_minor, location_id=LOCATION, receipt_ref=ref,
+        amount_paid_minor=amount_minor,
+        location_id=LOCATION,
+        receipt_ref=ref,
         scanned_at=SCANNED_AT,
     )
 

@@ -105,7 +105,7 @@ def test_guest_card_view_shows_what_the_scan_returned(card_factory: Any) -> None
 
 def test_queue_rows_offer_the_one_next_step(order_factory: Any) -> None:
     flow = ["placed", "accepted", "preparing", "ready"]
-    for status, expected in zip(flow, flow[1:] + ["completed"], strict=True):
+    for status, expected in zip(flow, [*flow[1:], "completed"], strict=True):
         row = order_row(order_factory(status))
         assert row.next_status == expected == next_status(status)
         assert row.action_label

@@ -18,9 +18,15 @@ from shared import qr
 SECRET = b"0123456789abcdefghij"
 
 
-def camera_frame(text: str, angle: float = 12.0, size: tuple[int, int] = (1280, 720)) -> Image.Image:
+def camera_frame(
+    text: str, angle: float = 12.0, size: tuple[int, int] = (1280, 720)
+) -> Image.Image:
     """A phone screen showing ``text`` as a QR, tilted, on a noisy 1280×720 background."""
-    code = qrcode.make(text, box_size=6, border=4).convert("L").rotate(angle, expand=True, fillcolor=255)
+    code = (
+        qrcode.make(text, box_size=6, border=4)
+        .convert("L")
+        .rotate(angle, expand=True, fillcolor=255)
+    )
     rng = np.random.default_rng(7)
     noise = rng.normal(120, 35, (size[1], size[0])).clip(0, 255).astype(np.uint8)
     frame = Image.fromarray(noise).filter(ImageFilter.GaussianBlur(1.2))

@@ -21,7 +21,9 @@ def fresh_code() -> str:
     return qr.generate(PUBLIC_ID, SECRET)
 
 
-async def test_scan_opens_the_guest_card(session: KioskSession, fake_api: Any, card_factory: Any) -> None:
+async def test_scan_opens_the_guest_card(
+    session: KioskSession, fake_api: Any, card_factory: Any
+) -> None:
     code = fresh_code()
     fake_api.cards[code] = card_factory()
     result = await session.scan("  " + code.lower() + "\n")  # wedge noise, lower case
@@ -49,7 +51,9 @@ async def test_bad_codes_become_messages_not_crashes(
 
 
 @pytest.mark.parametrize("raw", ["", "   ", "\x00\x1b", "x" * 201])
-async def test_garbage_input_is_refused_locally(session: KioskSession, fake_api: Any, raw: str) -> None:
+async def test_garbage_input_is_refused_locally(
+    session: KioskSession, fake_api: Any, raw: str
+) -> None:
     result = await session.scan(raw)
     assert isinstance(result, Notice) and result.tone == "error"
     assert fake_api.scan_calls == []
@@ -179,7 +183,9 @@ async def test_insufficient_points_is_a_message(
     assert isinstance(notice, Notice) and notice.title == "Not enough points"
 
 
-async def test_an_expired_session_signs_out(session: KioskSession, fake_api: Any, listener: Any) -> None:
+async def test_an_expired_session_signs_out(
+    session: KioskSession, fake_api: Any, listener: Any
+) -> None:
     fake_api.fail_next = [ApiProblem(401, "invalid-token", "token expired")]
     notice = await session.scan("12345678")
     assert isinstance(notice, Notice) and notice.title == "Signed out"
@@ -247,4 +253,3 @@ def test_status_change_reaches_the_listener(session: KioskSession, listener: Any
     session._set_connection("offline")
     assert listener.statuses[-1].connection == "offline"
     assert "Offline" in listener.statuses[-1].banner.text
-
