@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes.util
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -19,7 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 PYTHON = VENV / "bin" / "python"
-GUI_PACKAGES = ["libgl1", "libegl1", "libmtdev1"]
+GUI_PACKAGES = ["libgl1", "libegl1", "libmtdev1", "xvfb", "xauth"]
+XVFB = ["xvfb-run", "-a", "--server-args=-screen 0 1920x1200x24"]
 
 
 def run(*command: str | Path, check: bool = False) -> int:
@@ -39,6 +41,8 @@ def install() -> None:
 
 def gui_libraries() -> None:
     missing = [name for name in ("GL", "EGL") if ctypes.util.find_library(name) is None]
+    if shutil.which("xvfb-run") is None:
+        missing.append("xvfb-run")
     if not missing:
         return
     if os.geteuid() == 0:
@@ -51,7 +55,8 @@ def gui_libraries() -> None:
         )
     else:
         print(
-            f"GUI tests will be skipped: OpenGL libraries {missing} are missing; "
+            f"GUI tests need {missing}: without OpenGL they are skipped, without Xvfb they "
+            "render offscreen; "
             f"install them with: sudo apt-get install {' '.join(GUI_PACKAGES)}",
             flush=True,
         )
@@ -79,7 +84,9 @@ def main() -> int:
     for name, args in checks.items():
         if run(PYTHON, *args) != 0:
             failures.append(name)
-    code = run(PYTHON, "-m", "pytest", *sys.argv[1:])
+    # The kiosk's GUI tests run under Xvfb when it is there (else SDL renders offscreen).
+    display = XVFB if shutil.which("xvfb-run") and not os.environ.get("DISPLAY") else []
+    code = run(*display, PYTHON, "-m", "pytest", *sys.argv[1:])
     if code == 5:
         print("pytest collected no tests: that is a failure, not a pass", flush=True)
         code = 1
