@@ -95,21 +95,30 @@ class Place:
 class Locations:
     """Every location's brand, name and timezone, cached briefly (they rarely change)."""
 
+    # A location created a moment ago is found after at most this long, without letting
+    # lookups of unknown ids query the database every time.
+    MISS_REFRESH_S = 1.0
+
     def __init__(self, db: Database, ttl_s: float) -> None:
         self._db = db
         self._ttl_s = ttl_s
         self._places: dict[UUID, Place] = {}
-        self._until = 0.0
+        self._loaded_at = -float("inf")
 
-    async def get(self, location_id: UUID) -> Place | None:
-        if time.monotonic() > self._until or location_id not in self._places:
+    async def _all(self, missing: UUID | None = None) -> dict[UUID, Place]:
+        age_s = time.monotonic() - self._loaded_at
+        missed = missing is not None and missing not in self._places
+        if age_s > self._ttl_s or (missed and age_s > self.MISS_REFRESH_S):
             rows = await self._db.fetch(sql.LOCATIONS)
             self._places = {
                 r["id"]: Place(r["id"], r["brand_id"], r["name"], ZoneInfo(r["timezone"]))
                 for r in rows
             }
-            self._until = time.monotonic() + self._ttl_s
-        return self._places.get(location_id)
+            self._loaded_at = time.monotonic()
+        return self._places
+
+    async def get(self, location_id: UUID) -> Place | None:
+        return (await self._all(location_id)).get(location_id)
 
     async def of_staff(self, staff: Principal, location_id: UUID) -> Place:
         """The location if ``staff`` works there; 404 otherwise (no probing other brands)."""
@@ -124,9 +133,8 @@ class Locations:
             place = await self.get(location_id)
             if place is not None:
                 return place.tz
-        await self.get(uuid.UUID(int=0))  # refresh the cache when stale
         brand = sorted(
-            (p for p in self._places.values() if p.brand_id == staff.brand_id),
+            (p for p in (await self._all()).values() if p.brand_id == staff.brand_id),
             key=lambda p: p.name,
         )
         return brand[0].tz if brand else ZoneInfo("UTC")

@@ -1,0 +1,219 @@
+"""Staff sign-in: password, TOTP for managers, lockout; kiosk pairing and PIN sign-in."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pyotp
+
+from server.seed.demo import DEMO_PASSWORD, DEMO_PIN, DEMO_TOTP_SECRET
+from tests.api.staff_support import (
+    PASSWORD,
+    bearer,
+    make_staff,
+    other_brand,
+)
+from tests.conftest import Client, Demo
+
+
+def slug(response: Any) -> str:
+    return str(response.json()["type"]).rsplit("/", 1)[-1]
+
+
+async def test_barista_signs_in_and_refreshes(client: Client, services: Any) -> None:
+    response = await client.post(
+        "/v1/auth/staff",
+        json={"email": "Barista@demo.regulars.test", "password": DEMO_PASSWORD},
+    )
+    assert response.status_code == 200, response.text
+    pair = response.json()
+    assert pair["role"] == "barista" and pair["staff_id"]
+    principal = services.tokens.verify(pair["access_token"])
+    assert principal.kind == "staff" and principal.role == "barista"
+    assert len(principal.location_ids) == 2  # mitte and station
+    refreshed = await client.post("/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+    assert refreshed.status_code == 200, refreshed.text
+    assert refreshed.json()["role"] == "barista"
+
+
+async def test_wrong_password_is_refused(client: Client) -> None:
+    response = await client.post(
+        "/v1/auth/staff", json={"email": "nobody@demo.regulars.test", "password": "x"}
+    )
+    assert response.status_code == 401 and slug(response) == "invalid-credentials"
+
+
+async def test_manager_needs_totp(client: Client, services: Any) -> None:
+    brand = await other_brand(services)
+    secret = pyotp.random_base32()
+    manager = await make_staff(services, brand.brand_id, "manager", totp_secret=secret)
+    body = {"email": manager.email, "password": PASSWORD}
+    missing = await client.post("/v1/auth/staff", json=body)
+    assert missing.status_code == 401 and slug(missing) == "totp-required"
+    wrong_code = f"{(int(pyotp.TOTP(secret).now()) + 500_000) % 1_000_000:06d}"
+    wrong = await client.post("/v1/auth/staff", json={**body, "totp": wrong_code})
+    assert wrong.status_code == 401 and slug(wrong) == "wrong-totp"
+    right = await client.post("/v1/auth/staff", json={**body, "totp": pyotp.TOTP(secret).now()})
+    assert right.status_code == 200, right.text
+    assert right.json()["role"] == "manager"
+
+
+async def test_demo_manager_signs_in_with_totp(client: Client) -> None:
+    response = await client.post(
+        "/v1/auth/staff",
+        json={
+            "email": "manager@demo.regulars.test",
+            "password": DEMO_PASSWORD,
+            "totp": pyotp.TOTP(DEMO_TOTP_SECRET).now(),
+        },
+    )
+    assert response.status_code == 200, response.text
+
+
+async def test_lockout_after_failures_and_reset_on_success(client: Client, services: Any) -> None:
+    brand = await other_brand(services)
+    barista = await make_staff(services, brand.brand_id, "barista", [brand.location_id])
+    limit = services.settings.staff_max_failed_logins
+    wrong = {"email": barista.email, "password": "wrong password"}
+    right = {"email": barista.email, "password": PASSWORD}
+    # A success in between resets the count.
+    for _ in range(limit - 1):
+        assert (await client.post("/v1/auth/staff", json=wrong)).status_code == 401
+    assert (await client.post("/v1/auth/staff", json=right)).status_code == 200
+    for _ in range(limit - 1):
+        response = await client.post("/v1/auth/staff", json=wrong)
+        assert response.status_code == 401 and slug(response) == "invalid-credentials"
+    locking = await client.post("/v1/auth/staff", json=wrong)
+    assert locking.status_code == 423 and slug(locking) == "account-locked"
+    # Locked: even the right password is refused, and says when to come back.
+    locked = await client.post("/v1/auth/staff", json=right)
+    assert locked.status_code == 423 and slug(locked) == "account-locked"
+    assert int(locked.headers["retry-after"]) > 0
+    # The lock passes.
+    async with services.db.transaction() as conn:
+        await conn.execute(
+            "UPDATE staff_users SET locked_until = now() - interval '1 second' WHERE id = $1",
+            barista.id,
+        )
+    assert (await client.post("/v1/auth/staff", json=right)).status_code == 200
+    row = await services.db.fetchrow(
+        "SELECT failed_logins, locked_until FROM staff_users WHERE id = $1", barista.id
+    )
+    assert row["failed_logins"] == 0 and row["locked_until"] is None
+
+
+async def pair_device(client: Client, demo: Demo, location: str = "mitte") -> dict[str, Any]:
+    created = await client.post(
+        "/v1/kiosk/devices",
+        json={"location_id": str(demo.locations[location]), "name": "Till 1"},
+        headers=bearer(demo.staff["manager"]),
+    )
+    assert created.status_code == 201, created.text
+    code = created.json()["pairing_code"]
+    assert len(code) == 8
+    paired = await client.post("/v1/kiosk/devices/pair", json={"pairing_code": code.lower()})
+    assert paired.status_code == 200, paired.text
+    device = paired.json()
+    assert device["location_id"] == str(demo.locations[location])
+    assert device["location_name"] and device["device_secret"]
+    return {**device, "pairing_code": code}
+
+
+async def test_pairing_is_single_use_and_expires(client: Client, demo: Demo, services: Any) -> None:
+    device = await pair_device(client, demo)
+    again = await client.post(
+        "/v1/kiosk/devices/pair", json={"pairing_code": device["pairing_code"]}
+    )
+    assert again.status_code == 404 and slug(again) == "pairing-code-invalid"
+
+    created = await client.post(
+        "/v1/kiosk/devices",
+        json={"location_id": str(demo.locations["mitte"]), "name": "Till 2"},
+        headers=bearer(demo.staff["manager"]),
+    )
+    async with services.db.transaction() as conn:
+        await conn.execute(
+            "UPDATE kiosk_devices SET pairing_expires_at = now() - interval '1 second'"
+            " WHERE id = $1",
+            uuid.UUID(created.json()["device_id"]),
+        )
+    expired = await client.post(
+        "/v1/kiosk/devices/pair", json={"pairing_code": created.json()["pairing_code"]}
+    )
+    assert expired.status_code == 404 and slug(expired) == "pairing-code-invalid"
+
+
+async def test_only_managers_register_devices(client: Client, demo: Demo) -> None:
+    response = await client.post(
+        "/v1/kiosk/devices",
+        json={"location_id": str(demo.locations["mitte"]), "name": "Till"},
+        headers=bearer(demo.staff["barista"]),
+    )
+    assert response.status_code == 403
+
+
+async def test_pin_sign_in_is_scoped_to_the_device(
+    client: Client, demo: Demo, services: Any
+) -> None:
+    device = await pair_device(client, demo, "mitte")
+    response = await client.post(
+        "/v1/auth/pin",
+        json={
+            "device_id": device["device_id"],
+            "device_secret": device["device_secret"],
+            "email": "barista@demo.regulars.test",
+            "pin": DEMO_PIN,
+        },
+    )
+    assert response.status_code == 200, response.text
+    principal = services.tokens.verify(response.json()["access_token"])
+    assert principal.role == "barista"
+    assert principal.device_id == uuid.UUID(device["device_id"])
+    assert principal.location_ids == frozenset({demo.locations["mitte"]})
+    token = response.json()["access_token"]
+    # The barista also works at the station, but this device's token does not reach it.
+    station = await client.get(
+        f"/v1/locations/{demo.locations['station']}/queue", headers=bearer(token)
+    )
+    assert station.status_code == 404
+    mitte = await client.get(
+        f"/v1/locations/{demo.locations['mitte']}/queue", headers=bearer(token)
+    )
+    assert mitte.status_code == 200
+    audit = await services.db.fetchrow(
+        "SELECT device_id FROM audit_log WHERE actor_id = $1 AND action = 'staff.sign_in'"
+        " ORDER BY id DESC LIMIT 1",
+        principal.subject_id,
+    )
+    assert audit["device_id"] == principal.device_id
+
+
+async def test_pin_needs_a_paired_device(client: Client, demo: Demo) -> None:
+    device = await pair_device(client, demo)
+    response = await client.post(
+        "/v1/auth/pin",
+        json={
+            "device_id": device["device_id"],
+            "device_secret": "not-the-device-secret",
+            "email": "barista@demo.regulars.test",
+            "pin": DEMO_PIN,
+        },
+    )
+    assert response.status_code == 401 and slug(response) == "device-not-paired"
+
+
+async def test_pin_brute_force_is_locked_out(client: Client, demo: Demo, services: Any) -> None:
+    # A fresh device, so the per-device count starts at zero; wrong PINs touch no staff row.
+    device = await pair_device(client, demo, "mitte")
+    body = {
+        "device_id": device["device_id"],
+        "device_secret": device["device_secret"],
+        "email": "barista@demo.regulars.test",
+    }
+    for attempt in range(services.settings.pin_attempts_per_window):
+        response = await client.post("/v1/auth/pin", json={**body, "pin": f"9{attempt:03d}"})
+        assert response.status_code == 401 and slug(response) == "wrong-pin"
+    blocked = await client.post("/v1/auth/pin", json={**body, "pin": DEMO_PIN})
+    assert blocked.status_code == 429 and slug(blocked) == "too-many-pin-attempts"
+    assert int(blocked.headers["retry-after"]) > 0

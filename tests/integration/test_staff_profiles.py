@@ -1,0 +1,76 @@
+"""Guest profiles kept current as orders complete, against the real PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+from uuid import UUID
+
+from server.auth.notifier import RecordingNotifier
+from server.kiosk.service import record_completed_order
+from tests.api.helpers import advance, menu_items, pay, place
+from tests.conftest import Client, Demo, sign_in
+
+PROFILE = (
+    "SELECT visits_total, spend_total_minor, top_items, last_visit_at, weekday_counts,"
+    " usual_weekday, usual_hour FROM guest_profiles WHERE guest_id = $1"
+)
+
+
+async def test_a_completed_order_folds_into_the_profile(
+    client: Client, notifier: RecordingNotifier, demo: Demo, services: Any
+) -> None:
+    guest = await sign_in(client, notifier)
+    station = demo.locations["station"]
+    items = await menu_items(client, station)
+    body = {"location_id": str(station), "lines": [{"item_id": items["CRO"]["id"], "quantity": 2}]}
+    order = (await place(client, guest, body)).json()
+    assert (await pay(client, guest, order["id"])).status_code == 200
+    await advance(client, demo, order["id"], "accepted", "preparing", "ready", "completed")
+
+    async with services.db.transaction() as conn:
+        await record_completed_order(conn, UUID(order["id"]))
+    row = await services.db.fetchrow(PROFILE, guest.id)
+    assert row["visits_total"] == 1
+    assert row["spend_total_minor"] == order["amount_due_minor"]
+    assert row["top_items"][0]["name"] == items["CRO"]["name"]
+    assert row["top_items"][0]["count"] == 2
+    assert sum(row["weekday_counts"]) == 1 and row["usual_hour"] is not None
+
+    # A card scan now shows the visit, from the profile row alone.
+    card = await client.post(
+        "/v1/kiosk/scan",
+        json={"code": guest.phone},
+        headers={"Authorization": f"Bearer {demo.staff['barista']}"},
+    )
+    assert card.json()["habits"]["visits_total"] == 1
+    assert card.json()["usual"][0]["name"] == items["CRO"]["name"]
+
+
+async def test_a_seeded_profile_starts_its_histograms_from_history(
+    client: Client, demo: Demo, services: Any
+) -> None:
+    guest_id = await services.db.fetchrow(
+        "SELECT id FROM guests WHERE card_number = '000000000002'"
+    )
+    guest_id = guest_id["id"]
+    before = await services.db.fetchrow(PROFILE, guest_id)
+    completed = await services.db.fetchrow(
+        "SELECT count(*) AS n FROM orders WHERE guest_id = $1 AND status = 'completed'", guest_id
+    )
+    response = await client.post(
+        f"/v1/guests/{guest_id}/accruals",
+        json={
+            "amount_paid_minor": 300,
+            "location_id": str(demo.locations["mitte"]),
+            "receipt_ref": f"seeded-{guest_id}",
+        },
+        headers={
+            "Authorization": f"Bearer {demo.staff['barista']}",
+            "Idempotency-Key": str(uuid.uuid4()),
+        },
+    )
+    assert response.status_code == 201, response.text
+    after = await services.db.fetchrow(PROFILE, guest_id)
+    assert after["visits_total"] == before["visits_total"] + 1
+    assert sum(after["weekday_counts"]) == min(completed["n"], 500) + 1
