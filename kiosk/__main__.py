@@ -43,6 +43,10 @@ def _kivy_env(data_dir: Path, size: str, fullscreen: bool) -> None:
     os.environ.setdefault("KIVY_HOME", str(data_dir / "kivy"))
     os.environ.setdefault("KIVY_NO_FILELOG", "1")
     os.environ.setdefault("KCFG_KIVY_LOG_LEVEL", "warning")
+    # Kivy otherwise takes over the root logger at DEBUG (and httpx's wire logs with it).
+    os.environ.setdefault("KIVY_LOG_MODE", "PYTHON")
+    # SDL's clipboard: Kivy's default probes xclip/xsel and prints tracebacks without them.
+    os.environ.setdefault("KIVY_CLIPBOARD", "sdl2")
     os.environ.setdefault("KCFG_GRAPHICS_WIDTH", width)
     os.environ.setdefault("KCFG_GRAPHICS_HEIGHT", height)
     if fullscreen:
@@ -66,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     server = args.server or (DEMO_SERVER_URL if args.demo else None)
     config = KioskConfig.load(data_dir, server_url=server, camera=args.camera)
     config.save()
