@@ -20,7 +20,7 @@ from server.catalog.service import CATALOG_CHANNEL, Catalog
 from server.guests.service import Guests
 from server.infra.db import Database, create_pool
 from server.infra.redis import RedisGate, create_redis
-from server.kiosk.service import Counter, Kiosk, LiveQueues
+from server.kiosk.service import Counter, Kiosk, LiveQueues, record_completed_order
 from server.loyalty.hot import HotWallets
 from server.loyalty.repository import Ledger
 from server.loyalty.service import Loyalty, Programs
@@ -78,7 +78,7 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
     catalog = Catalog(db, gate, settings.menu_cache_ttl_s)
     programs = Programs(db, settings.menu_cache_ttl_s)
     loyalty = Loyalty(db, Ledger(), HotWallets(gate, settings.reconcile_grace_s), programs)
-    orders = Orders(settings, db, catalog, loyalty)
+    orders = Orders(settings, db, catalog, loyalty, on_completed=record_completed_order)
     guests = Guests(settings, db, loyalty)
     auth = Auth(settings, db, gate, tokens, guests, notifier or LogNotifier())
     staff = Staff(settings, db, gate, auth)

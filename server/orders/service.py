@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -95,8 +95,16 @@ def order_from_rows(
 
 class Orders:
     def __init__(
-        self, settings: Settings, db: Database, catalog: Catalog, loyalty: Loyalty
+        self,
+        settings: Settings,
+        db: Database,
+        catalog: Catalog,
+        loyalty: Loyalty,
+        on_completed: Callable[[asyncpg.Connection, UUID], Awaitable[None]],
     ) -> None:
+        """``on_completed`` runs in the transaction that completes an order (the guest profile
+        update, wired by the composition root so orders need not import the kiosk domain)."""
+        self.on_completed = on_completed
         self.settings = settings
         self.db = db
         self.catalog = catalog
@@ -415,6 +423,9 @@ class Orders:
                 credit = await self._earn(conn, order)
                 earned = credit[2] if credit else 0
             await conn.execute(sql.SET_STATUS, order_id, target, earned)
+            if target == "completed":
+                # The kiosk's guest card reads precomputed habits: fold this visit in now.
+                await self.on_completed(conn, order_id)
             lines = await conn.fetch(sql.LINES, order_id)
             updated = order_from_rows(
                 {**dict(order), "status": target, "points_earned": earned}, lines
