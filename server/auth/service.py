@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import secrets
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
@@ -23,11 +24,13 @@ from shared import contract
 __all__ = ["Auth"]
 
 INSERT_REFRESH = """
-INSERT INTO refresh_tokens (id, family_id, subject_kind, subject_id, token_hash, expires_at)
-VALUES ($1, $2, $3, $4, $5, $6)
+INSERT INTO refresh_tokens (id, family_id, subject_kind, subject_id, token_hash, expires_at,
+                            device_id, location_ids)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 """
 REFRESH_FOR_UPDATE = """
-SELECT id, family_id, subject_kind, subject_id, expires_at, used_at, revoked_at
+SELECT id, family_id, subject_kind, subject_id, expires_at, used_at, revoked_at, device_id,
+       location_ids
 FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE
 """
 USE_REFRESH = "UPDATE refresh_tokens SET used_at = now() WHERE id = $1"
@@ -147,6 +150,9 @@ class Auth:
             principal.subject_id,
             _hash(refresh),
             datetime.now(UTC) + timedelta(seconds=self.settings.refresh_ttl_s),
+            principal.device_id,
+            # Only a device-bound token narrows the staff member's own scope.
+            sorted(principal.location_ids) if principal.device_id else None,
         )
         return contract.TokenPair(
             access_token=self.tokens.issue(principal),
@@ -175,6 +181,12 @@ class Auth:
                 reused = False
                 await conn.execute(USE_REFRESH, row["id"])
                 principal = await self.principal_for(conn, row["subject_kind"], row["subject_id"])
+                if row["device_id"] is not None:
+                    principal = replace(
+                        principal,
+                        device_id=row["device_id"],
+                        location_ids=frozenset(row["location_ids"]),
+                    )
                 pair = await self.issue(conn, principal, row["family_id"])
         if reused:
             raise Problem(

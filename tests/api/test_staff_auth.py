@@ -187,6 +187,14 @@ async def test_pin_sign_in_is_scoped_to_the_device(
         principal.subject_id,
     )
     assert audit["device_id"] == principal.device_id
+    # Refreshing keeps the device and its location: the scope never widens.
+    refreshed = await client.post(
+        "/v1/auth/refresh", json={"refresh_token": response.json()["refresh_token"]}
+    )
+    assert refreshed.status_code == 200, refreshed.text
+    again = services.tokens.verify(refreshed.json()["access_token"])
+    assert again.device_id == principal.device_id
+    assert again.location_ids == frozenset({demo.locations["mitte"]})
 
 
 async def test_pin_needs_a_paired_device(client: Client, demo: Demo) -> None:
