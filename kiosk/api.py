@@ -54,13 +54,8 @@ class Offline(Exception):
     """The server could not be reached or answered that it is unavailable."""
 
 
-class DevicePairing(msgspec.Struct, kw_only=True, frozen=True):
-    """Answer to ``POST /v1/kiosk/devices/pair`` (not yet in shared/contract.py)."""
-
-    device_id: UUID
-    device_secret: str
-    location_id: UUID
-    location_name: str = ""
+# The pairing answer, from the shared contract.
+DevicePairing = contract.DevicePaired
 
 
 class KioskApi:

@@ -17,6 +17,10 @@ from msgspec import Meta, Struct
 __all__ = [
     "AccrualIn",
     "AdjustmentIn",
+    "DeviceCreated",
+    "DeviceIn",
+    "DevicePaired",
+    "EnrolIn",
     "ExpiringPoints",
     "GuestCard",
     "GuestSummary",
@@ -38,6 +42,7 @@ __all__ = [
     "OtpRequest",
     "OtpSent",
     "OtpVerify",
+    "PairIn",
     "PaymentIn",
     "PinLogin",
     "QrCode",
@@ -373,6 +378,44 @@ class Transfer(_Wire, kw_only=True, frozen=True):
     state: Literal["pending", "posted", "voided"]
     created_at: datetime
     points_available: int | None = None
+
+
+# -- kiosk devices and counter enrolment --------------------------------------------
+
+
+class DeviceIn(_Wire, kw_only=True, frozen=True):
+    """``POST /v1/kiosk/devices``: register a kiosk tablet at a location (manager+)."""
+
+    location_id: UUID
+    name: Annotated[str, Meta(min_length=1, max_length=80)]
+
+
+class DeviceCreated(_Wire, kw_only=True, frozen=True):
+    device_id: UUID
+    # Shown once; only its hash is stored.
+    pairing_code: str
+    expires_at: datetime
+
+
+class PairIn(_Wire, kw_only=True, frozen=True):
+    """``POST /v1/kiosk/devices/pair``: the tablet trades the code for its device secret."""
+
+    pairing_code: Annotated[str, Meta(min_length=4, max_length=20)]
+
+
+class DevicePaired(_Wire, kw_only=True, frozen=True):
+    device_id: UUID
+    # Shown once; the tablet keeps it and sends it with every PIN sign-in.
+    device_secret: str
+    location_id: UUID
+    location_name: str
+
+
+class EnrolIn(_Wire, kw_only=True, frozen=True):
+    """``POST /v1/kiosk/guests``: enrol the guest at the counter by phone."""
+
+    phone: Annotated[str, Meta(min_length=3, max_length=32)]
+    first_name: Annotated[str, Meta(max_length=80)] | None = None
 
 
 _encoder = msgspec.json.Encoder()

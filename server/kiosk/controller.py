@@ -15,10 +15,10 @@ from server.auth.tokens import Principal
 from server.infra.http import IdempotencyKey, stored_response
 from server.infra.idempotency import require_key
 from server.infra.problems import Problem
-from server.kiosk.model import EnrolIn
 from server.kiosk.service import Counter, Kiosk, LiveQueues, queue_hello
 from server.staff.controller import DevicesController, StaffAuthController
 from shared import contract
+from shared.contract import EnrolIn
 
 __all__ = [
     "ROUTES",

@@ -8,11 +8,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 from uuid import UUID
-
-import msgspec
-from msgspec import Meta
 
 from shared import contract
 
@@ -24,7 +21,6 @@ __all__ = [
     "TOP_ITEMS_MAX",
     "WEEKDAYS",
     "CodeKind",
-    "EnrolIn",
     "Profile",
     "Visit",
     "VisitItem",
@@ -62,13 +58,6 @@ class Row(Protocol):
 _CARD = re.compile(r"^\d{12}$")
 _PHONE = re.compile(r"^\+?[\d\s().\-/]{6,24}$")
 _SEPARATORS = re.compile(r"[\s\-]")
-
-
-class EnrolIn(msgspec.Struct, kw_only=True, frozen=True):
-    """``POST /v1/kiosk/guests``: enrol the guest at the counter by phone."""
-
-    phone: Annotated[str, Meta(min_length=3, max_length=32)]
-    first_name: Annotated[str, Meta(max_length=80)] | None = None
 
 
 def classify_code(code: str) -> tuple[CodeKind, str] | None:

@@ -35,7 +35,6 @@ from server.kiosk import sql
 from server.kiosk.model import (
     RECENT_VISITS_MAX,
     CodeKind,
-    EnrolIn,
     Profile,
     Visit,
     VisitItem,
@@ -394,7 +393,7 @@ class Kiosk:
             open_orders=_orders(orders, lines),
         )
 
-    async def enrol(self, staff: Principal, body: EnrolIn, key: str) -> Stored:
+    async def enrol(self, staff: Principal, body: contract.EnrolIn, key: str) -> Stored:
         """Enrol a guest by phone at the counter (welcome bonus included) and answer their
         card: 201 for a new guest, 200 when the phone was already a guest's."""
         phone = normalise_phone(body.phone)

@@ -6,9 +6,9 @@ from litestar import Controller, post
 
 from server.auth.guards import requires_role
 from server.auth.tokens import Principal
-from server.staff.model import DeviceCreated, DeviceIn, DevicePaired, PairIn
 from server.staff.service import Staff
 from shared import contract
+from shared.contract import DeviceCreated, DeviceIn, DevicePaired, PairIn
 
 __all__ = ["DevicesController", "StaffAuthController"]
 

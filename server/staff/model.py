@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
-from typing import Annotated
-from uuid import UUID
-
-import msgspec
-from msgspec import Meta
 
 __all__ = [
     "PAIRING_ALPHABET",
     "PAIRING_CODE_LEN",
     "PAIRING_TTL_S",
     "SECOND_FACTOR_ROLES",
-    "DeviceCreated",
-    "DeviceIn",
-    "DevicePaired",
-    "PairIn",
     "needs_totp",
     "new_pairing_code",
     "normalise_email",
@@ -30,34 +20,6 @@ PAIRING_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 PAIRING_CODE_LEN = 8
 PAIRING_TTL_S = 15 * 60
 SECOND_FACTOR_ROLES = frozenset({"manager", "admin"})
-
-
-class DeviceIn(msgspec.Struct, kw_only=True, frozen=True):
-    """``POST /v1/kiosk/devices``: register a kiosk tablet at a location (manager+)."""
-
-    location_id: UUID
-    name: Annotated[str, Meta(min_length=1, max_length=80)]
-
-
-class DeviceCreated(msgspec.Struct, kw_only=True, frozen=True):
-    device_id: UUID
-    # Shown once; only its hash is stored.
-    pairing_code: str
-    expires_at: datetime
-
-
-class PairIn(msgspec.Struct, kw_only=True, frozen=True):
-    """``POST /v1/kiosk/devices/pair``: the tablet trades the code for its device secret."""
-
-    pairing_code: Annotated[str, Meta(min_length=4, max_length=20)]
-
-
-class DevicePaired(msgspec.Struct, kw_only=True, frozen=True):
-    device_id: UUID
-    # Shown once; the tablet keeps it and sends it with every PIN sign-in.
-    device_secret: str
-    location_id: UUID
-    location_name: str
 
 
 def new_pairing_code() -> str:

@@ -29,16 +29,13 @@ from server.settings import Settings
 from server.staff import sql
 from server.staff.model import (
     PAIRING_TTL_S,
-    DeviceCreated,
-    DeviceIn,
-    DevicePaired,
-    PairIn,
     needs_totp,
     new_pairing_code,
     normalise_email,
     normalise_pairing_code,
 )
 from shared import contract
+from shared.contract import DeviceCreated, DeviceIn, DevicePaired, PairIn
 
 __all__ = ["Staff", "audit"]
 
