@@ -83,7 +83,7 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
     auth = Auth(settings, db, gate, tokens, guests, notifier or LogNotifier())
     staff = Staff(settings, db, gate, auth)
     kiosk = Kiosk(settings, db, gate, loyalty, guests)
-    counter = Counter(db, loyalty, kiosk.locations)
+    counter = Counter(settings, db, gate, loyalty, kiosk.locations)
     live_queues = LiveQueues(gate, settings.redis_retry_after_s)
     return Services(
         settings,

@@ -72,6 +72,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     pin_attempts_per_window: int = 5
     pin_window_s: int = 300
     scans_per_minute: int = 120
+    redemptions_per_minute: int = 30
+    pairing_ttl_s: int = 15 * 60
+    redemption_timeout_s: int = 600
+    open_orders_per_card: int = 20
+    # An offline kiosk replays scans with their scan time: how old, and how far ahead of the
+    # server's clock, that time may be.
+    scan_replay_max_age_s: int = 24 * 3600
+    scan_clock_skew_s: int = 120
 
     # Jobs.
     worker_interval_s: float = 15.0

@@ -16,8 +16,6 @@ from shared import contract
 __all__ = [
     "OPEN_STATUSES",
     "RECENT_VISITS_MAX",
-    "SCAN_REPLAY_MAX_AGE_S",
-    "SCAN_SKEW_S",
     "TOP_ITEMS_MAX",
     "WEEKDAYS",
     "CodeKind",
@@ -39,9 +37,6 @@ __all__ = [
 OPEN_STATUSES = ("placed", "accepted", "preparing", "ready")
 # An offline kiosk replays a queued scan at most this late (then the QR is judged by the scan
 # time, so an older replay would make any screenshot of a code good for longer).
-SCAN_REPLAY_MAX_AGE_S = 24 * 3600
-# A kiosk clock may run a little ahead of the server's.
-SCAN_SKEW_S = 120
 RECENT_VISITS_MAX = 100
 TOP_ITEMS_MAX = 5
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -77,16 +72,18 @@ def classify_code(code: str) -> tuple[CodeKind, str] | None:
     return None
 
 
-def scan_time_problem(scanned_at: datetime | None, now: datetime) -> str | None:
+def scan_time_problem(
+    scanned_at: datetime | None, now: datetime, max_age_s: int, skew_s: int
+) -> str | None:
     """Why ``scanned_at`` cannot be used as the scan time (None when it can)."""
     if scanned_at is None:
         return None
     if scanned_at.tzinfo is None:
         return "scanned_at needs a timezone offset"
-    if scanned_at > now + timedelta(seconds=SCAN_SKEW_S):
+    if scanned_at > now + timedelta(seconds=skew_s):
         return "scanned_at is in the future; check the kiosk's clock"
-    if scanned_at < now - timedelta(seconds=SCAN_REPLAY_MAX_AGE_S):
-        return f"scanned_at is older than {SCAN_REPLAY_MAX_AGE_S // 3600} hours"
+    if scanned_at < now - timedelta(seconds=max_age_s):
+        return f"scanned_at is older than {max_age_s // 3600} hours"
     return None
 
 

@@ -30,6 +30,7 @@ from server.infra import idempotency
 from server.infra.db import Database
 from server.infra.idempotency import Stored
 from server.infra.problems import Problem
+from server.infra.ratelimit import limit
 from server.infra.redis import RedisGate, RedisUnavailable
 from server.kiosk import sql
 from server.kiosk.model import (
@@ -59,7 +60,6 @@ from shared import contract, qr
 
 __all__ = [
     "QUEUE_CHANNEL_PATTERN",
-    "REDEMPTION_TIMEOUT_S",
     "Counter",
     "Kiosk",
     "LiveQueues",
@@ -74,8 +74,6 @@ _encode = msgspec.json.Encoder().encode
 # Redemption transfer ids derive from the Idempotency-Key, so a retry reserves the same hold.
 _REDEMPTION_NAMESPACE = uuid.UUID("b1d0c8f4-5a3e-4e0b-8f57-3c2a9e7d6a10")
 # A counter redemption not posted within this time is voided by the worker.
-REDEMPTION_TIMEOUT_S = 600
-OPEN_ORDERS_MAX = 20
 QUEUE_CHANNEL_PATTERN = "rg:queue:*"
 _QUEUE_PREFIX = "rg:queue:"
 
@@ -255,8 +253,20 @@ class Kiosk:
         429 ``too-many-scans`` over ``scans_per_minute``.
         """
         now = datetime.now(UTC)
-        await self._limit_scans(staff.subject_id)
-        problem = scan_time_problem(body.scanned_at, now)
+        await limit(
+            self.gate,
+            "scans",
+            staff.subject_id,
+            self.settings.scans_per_minute,
+            60,
+            "scans this minute",
+        )
+        problem = scan_time_problem(
+            body.scanned_at,
+            now,
+            self.settings.scan_replay_max_age_s,
+            self.settings.scan_clock_skew_s,
+        )
         if problem is not None:
             raise Problem(422, "invalid-scan-time", problem)
         async with self.db.connection() as conn:
@@ -264,29 +274,6 @@ class Kiosk:
             card = await self._card(conn, staff, row, now)
             await audit(conn, staff, _view_action(staff), row["id"], {"via": via})
         return card
-
-    async def _limit_scans(self, staff_id: UUID) -> None:
-        minute = int(time.time() // 60)
-        key = f"rg:scans:{staff_id}:{minute}"
-
-        async def count() -> int:
-            async with self.gate.client.pipeline(transaction=False) as pipe:
-                pipe.incr(key)
-                pipe.expire(key, 60)
-                scans, _ = await pipe.execute()
-            return int(scans)
-
-        try:
-            scans = await self.gate.run(count)
-        except RedisUnavailable:
-            return  # the counter keeps working without Redis; the limit waits for it
-        if scans > self.settings.scans_per_minute:
-            raise Problem(
-                429,
-                "too-many-scans",
-                "too many scans this minute; slow down",
-                retry_after_s=max(60 - int(time.time()) % 60, 1),
-            )
 
     async def _find(
         self, conn: asyncpg.Connection, staff: Principal, code: str, at: datetime
@@ -351,7 +338,9 @@ class Kiosk:
         except RedisUnavailable:
             pass
         locations = sorted(staff.location_ids) or None
-        orders = await conn.fetch(sql.OPEN_ORDERS_OF_GUEST, row["id"], locations, OPEN_ORDERS_MAX)
+        orders = await conn.fetch(
+            sql.OPEN_ORDERS_OF_GUEST, row["id"], locations, self.settings.open_orders_per_card
+        )
         lines = await conn.fetch(LINES_OF_ORDERS, [o["id"] for o in orders]) if orders else []
         usual = usual_items(row["top_items"] or [])
         profile = row if row["visits_total"] is not None else None
@@ -475,7 +464,16 @@ def _insufficient(wanted: int, spendable: int | None) -> Problem:
 class Counter:
     """Counter accruals and two-phase redemptions; Redis is mirrored after each commit."""
 
-    def __init__(self, db: Database, loyalty: Loyalty, locations: Locations) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        gate: RedisGate,
+        loyalty: Loyalty,
+        locations: Locations,
+    ) -> None:
+        self.settings = settings
+        self.gate = gate
         self.db = db
         self.loyalty = loyalty
         self.locations = locations
@@ -491,7 +489,12 @@ class Counter:
         scope = f"staff:{staff.subject_id}:accruals"
         digest = idempotency.request_hash(f"POST /v1/guests/{guest_id}/accruals", body)
         now = datetime.now(UTC)
-        problem = scan_time_problem(body.scanned_at, now)
+        problem = scan_time_problem(
+            body.scanned_at,
+            now,
+            self.settings.scan_replay_max_age_s,
+            self.settings.scan_clock_skew_s,
+        )
         if problem is not None:
             raise Problem(422, "invalid-scan-time", problem)
         place = await self.locations.of_staff(staff, body.location_id)
@@ -577,13 +580,21 @@ class Counter:
     async def reserve(
         self, staff: Principal, guest_id: UUID, body: contract.RedemptionIn, key: str
     ) -> Stored:
-        """Hold points for a redemption (pending, voided after ``REDEMPTION_TIMEOUT_S``).
+        """Hold points for a redemption (pending, voided after ``redemption_timeout_s``).
 
         Redis admits first (a fast refusal), PostgreSQL's guarded hold is the last word.
         Refuses 422 ``insufficient-points`` (also while the balance is negative).
         """
         scope = f"staff:{staff.subject_id}:redemptions"
         digest = idempotency.request_hash(f"POST /v1/guests/{guest_id}/redemptions", body)
+        await limit(
+            self.gate,
+            "redemptions",
+            staff.subject_id,
+            self.settings.redemptions_per_minute,
+            60,
+            "redemptions this minute",
+        )
         await self.locations.of_staff(staff, body.location_id)
         guest = await self.db.fetchrow(sql.GUEST_ACCOUNT, guest_id)
         if guest is None or guest["brand_id"] != staff.brand_id:
@@ -626,7 +637,7 @@ class Counter:
                     points=body.points,
                     code="redemption",
                     location_id=body.location_id,
-                    timeout_at=now + timedelta(seconds=REDEMPTION_TIMEOUT_S),
+                    timeout_at=now + timedelta(seconds=self.settings.redemption_timeout_s),
                 )
                 if state is None:
                     raise _insufficient(body.points, await conn.fetchval(sql.SPENDABLE, guest_id))

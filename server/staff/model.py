@@ -7,7 +7,6 @@ import secrets
 __all__ = [
     "PAIRING_ALPHABET",
     "PAIRING_CODE_LEN",
-    "PAIRING_TTL_S",
     "SECOND_FACTOR_ROLES",
     "needs_totp",
     "new_pairing_code",
@@ -18,7 +17,6 @@ __all__ = [
 # No 0/O, 1/I/L: a pairing code is read off one screen and typed on another.
 PAIRING_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 PAIRING_CODE_LEN = 8
-PAIRING_TTL_S = 15 * 60
 SECOND_FACTOR_ROLES = frozenset({"manager", "admin"})
 
 

@@ -28,7 +28,6 @@ from server.infra.redis import RedisGate, RedisUnavailable
 from server.settings import Settings
 from server.staff import sql
 from server.staff.model import (
-    PAIRING_TTL_S,
     needs_totp,
     new_pairing_code,
     normalise_email,
@@ -143,7 +142,7 @@ class Staff:
     async def create_device(self, manager: Principal, body: DeviceIn) -> DeviceCreated:
         """Register a tablet at one of the manager's locations; the pairing code is shown once."""
         code = new_pairing_code()
-        expires_at = datetime.now(UTC) + timedelta(seconds=PAIRING_TTL_S)
+        expires_at = datetime.now(UTC) + timedelta(seconds=self.settings.pairing_ttl_s)
         async with self.db.transaction() as conn:
             name = await conn.fetchval(sql.LOCATION_OF_BRAND, body.location_id, manager.brand_id)
             if name is None or not manager.covers(body.location_id):

@@ -239,3 +239,18 @@ async def test_a_timed_out_redemption_cannot_be_posted(
     assert late.status_code == 409 and slug(late) == "redemption-expired"
     assert await ledger_state(services, guest.id) == (WELCOME, 0)
     assert await redis_state(services, guest.id) == (WELCOME, 0)
+
+
+async def test_redemptions_are_rate_limited_per_staff(
+    client: Client, notifier: RecordingNotifier, demo: Demo, services: Any
+) -> None:
+    guest = await sign_in(client, notifier)
+    staff_id = uuid.uuid4()
+    token = staff_token(services, demo, "barista", {demo.locations["station"]}, staff_id)
+    limit = services.settings.redemptions_per_minute
+    minute = int(datetime.now(UTC).timestamp() // 60)
+    for m in (minute, minute + 1):
+        await services.gate.client.set(f"rg:limit:redemptions:{staff_id}:{m}", limit, ex=120)
+    refused = await reserve(client, token, guest, 10, demo.locations["station"], str(uuid.uuid4()))
+    assert refused.status_code == 429 and slug(refused) == "too-many-redemptions"
+    assert await ledger_state(services, guest.id) == (WELCOME, 0)

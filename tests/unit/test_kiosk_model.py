@@ -46,12 +46,12 @@ def test_classify_code(code: str, expected: object) -> None:
 
 
 def test_scan_time_bounds() -> None:
-    assert scan_time_problem(None, NOW) is None
-    assert scan_time_problem(NOW - timedelta(hours=23), NOW) is None
-    assert scan_time_problem(NOW + timedelta(seconds=30), NOW) is None
-    assert scan_time_problem(NOW - timedelta(hours=25), NOW) is not None
-    assert scan_time_problem(NOW + timedelta(hours=1), NOW) is not None
-    assert scan_time_problem(datetime(2026, 11, 23, 8, 0), NOW) is not None  # naive
+    assert scan_time_problem(None, NOW, 24 * 3600, 120) is None
+    assert scan_time_problem(NOW - timedelta(hours=23), NOW, 24 * 3600, 120) is None
+    assert scan_time_problem(NOW + timedelta(seconds=30), NOW, 24 * 3600, 120) is None
+    assert scan_time_problem(NOW - timedelta(hours=25), NOW, 24 * 3600, 120) is not None
+    assert scan_time_problem(NOW + timedelta(hours=1), NOW, 24 * 3600, 120) is not None
+    assert scan_time_problem(datetime(2026, 11, 23, 8, 0), NOW, 24 * 3600, 120) is not None  # naive
 
 
 def test_masking_by_role() -> None:
