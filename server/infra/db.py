@@ -75,6 +75,10 @@ class Database:
         async with self.connection() as conn:
             return await conn.fetchrow(sql, *args)
 
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        async with self.connection() as conn:
+            return await conn.fetchval(sql, *args)
+
     async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         async with self.connection() as conn:
             return await conn.fetch(sql, *args)

@@ -1,8 +1,12 @@
-"""Staff and kiosk devices: the wire shapes of sign-in and pairing, and their pure rules."""
+"""Staff and kiosk devices: the pure rules of sign-in and pairing (no I/O)."""
 
 from __future__ import annotations
 
+import hmac
 import secrets
+from datetime import datetime
+
+import pyotp
 
 __all__ = [
     "PAIRING_ALPHABET",
@@ -12,6 +16,7 @@ __all__ = [
     "new_pairing_code",
     "normalise_email",
     "normalise_pairing_code",
+    "totp_step",
 ]
 
 # No 0/O, 1/I/L: a pairing code is read off one screen and typed on another.
@@ -31,6 +36,16 @@ def normalise_pairing_code(raw: str) -> str:
 
 def normalise_email(raw: str) -> str:
     return raw.strip().lower()
+
+
+def totp_step(secret: str, code: str, now: datetime) -> int | None:
+    """The 30-second step ``code`` belongs to (one step of clock drift either way), or None."""
+    totp = pyotp.TOTP(secret)
+    current = totp.timecode(now)
+    for step in (current, current - 1, current + 1):
+        if hmac.compare_digest(totp.generate_otp(step), code):
+            return step
+    return None
 
 
 def needs_totp(role: str, totp_secret: str | None) -> bool:

@@ -16,7 +16,6 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
@@ -32,6 +31,7 @@ from server.staff.model import (
     new_pairing_code,
     normalise_email,
     normalise_pairing_code,
+    totp_step,
 )
 from shared import contract
 from shared.contract import DeviceCreated, DeviceIn, DevicePaired, PairIn
@@ -110,9 +110,14 @@ class Staff:
                 raise Problem(
                     401, "totp-required", "enter the 6-digit code from your authenticator app"
                 )
-            if not pyotp.TOTP(user["totp_secret"]).verify(body.totp, valid_window=1):
+            step = totp_step(user["totp_secret"], body.totp, now)
+            if step is None:
                 await self._fail(user["id"], now)
                 raise Problem(401, "wrong-totp", "the authenticator code is not right")
+            if await self.db.fetchval(sql.USE_TOTP_STEP, user["id"], step) is None:
+                raise Problem(
+                    401, "totp-reused", "this code was used already; wait for the next one"
+                )
         principal = Principal(
             kind="staff",
             subject_id=user["id"],

@@ -17,6 +17,13 @@ WHERE id = $1
 RETURNING locked_until
 """
 
+# Accept a TOTP step only if it is newer than the last one used (single use per code).
+USE_TOTP_STEP = """
+UPDATE staff_users SET totp_last_step = $2
+WHERE id = $1 AND (totp_last_step IS NULL OR totp_last_step < $2)
+RETURNING 1
+"""
+
 RECORD_SUCCESS = """
 UPDATE staff_users SET failed_logins = 0, locked_until = NULL
 WHERE id = $1 AND (failed_logins <> 0 OR locked_until IS NOT NULL)

@@ -59,16 +59,16 @@ async def test_manager_needs_totp(client: Client, services: Any) -> None:
     assert right.json()["role"] == "manager"
 
 
-async def test_demo_manager_signs_in_with_totp(client: Client) -> None:
-    response = await client.post(
-        "/v1/auth/staff",
-        json={
-            "email": "manager@demo.regulars.test",
-            "password": DEMO_PASSWORD,
-            "totp": pyotp.TOTP(DEMO_TOTP_SECRET).now(),
-        },
-    )
+async def test_demo_manager_signs_in_with_totp_once_per_code(client: Client) -> None:
+    login = {
+        "email": "manager@demo.regulars.test",
+        "password": DEMO_PASSWORD,
+        "totp": pyotp.TOTP(DEMO_TOTP_SECRET).now(),
+    }
+    response = await client.post("/v1/auth/staff", json=login)
     assert response.status_code == 200, response.text
+    replayed = await client.post("/v1/auth/staff", json=login)
+    assert replayed.status_code == 401 and slug(replayed) == "totp-reused"
 
 
 async def test_lockout_after_failures_and_reset_on_success(client: Client, services: Any) -> None:
