@@ -11,7 +11,7 @@ import msgspec
 
 from server.infra.redis import RedisUnavailable
 from server.lifespan import Services
-from server.loyalty.jobs import expire_lots, void_timed_out_holds
+from server.loyalty.jobs import expire_lots, recount_tier_points, void_timed_out_holds
 
 __all__ = ["QUEUE_CHANNEL", "relay_outbox", "run_forever", "run_once"]
 
@@ -55,6 +55,7 @@ async def run_once(services: Services) -> dict[str, int]:
         "expired_orders": lambda: services.orders.expire_unpaid(batch),
         "voided_holds": lambda: void_timed_out_holds(services.loyalty, batch),
         "expired_lots": lambda: expire_lots(services.loyalty, batch),
+        "recounted_tiers": lambda: recount_tier_points(services.loyalty, batch),
         "relayed_events": lambda: relay_outbox(services, batch),
     }
     for name, job in jobs.items():

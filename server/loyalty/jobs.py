@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from server.loyalty import sql
 from server.loyalty.service import Loyalty
 
-__all__ = ["expire_lots", "void_timed_out_holds"]
+__all__ = ["expire_lots", "recount_tier_points", "void_timed_out_holds"]
 
 
 async def expire_lots(loyalty: Loyalty, batch_size: int, now: datetime | None = None) -> int:
@@ -65,3 +65,12 @@ async def void_timed_out_holds(loyalty: Loyalty, batch_size: int) -> int:
             voided += 1
             await loyalty.mirror(hold.guest_id, "void", hold.id, state)
     return voided
+
+
+async def recount_tier_points(
+    loyalty: Loyalty, batch_size: int, older_than_s: float = 86_400
+) -> int:
+    """Recount the tier-window points of the profiles not refreshed for ``older_than_s``."""
+    async with loyalty.db.connection() as conn:
+        result = await conn.execute(sql.RECOUNT_TIER_POINTS, older_than_s, batch_size)
+    return int(result.split()[-1])

@@ -110,10 +110,39 @@ WHERE credit_account_id = $1 AND phase = 'single' AND expires_at IS NOT NULL
 ORDER BY expires_at
 """
 
+# Points earned in the tier window: earnings minus what refunds reversed.
 POINTS_EARNED_SINCE = """
-SELECT coalesce(sum(amount), 0)::bigint FROM transfers
-WHERE credit_account_id = $1 AND phase = 'single' AND code IN ('earn', 'accrual')
-  AND created_at >= $2
+SELECT coalesce(sum(CASE WHEN credit_account_id = $1 THEN amount ELSE -amount END), 0)::bigint
+FROM transfers
+WHERE phase = 'single' AND created_at >= $2
+  AND ((credit_account_id = $1 AND code IN ('earn', 'accrual'))
+       OR (debit_account_id = $1 AND code = 'refund_reversal'))
+"""
+
+# The tier total kept in guest_profiles only grows with new visits; this recounts the stalest
+# profiles so earnings that leave the window stop counting.
+RECOUNT_TIER_POINTS = """
+WITH stale AS (
+    SELECT p.guest_id, a.id AS account_id,
+           now() - make_interval(days => coalesce((lp.rules ->> 'tier_window_days')::int, 365)) AS since
+    FROM guest_profiles p
+    JOIN guests g ON g.id = p.guest_id
+    JOIN accounts a ON a.guest_id = p.guest_id
+    LEFT JOIN loyalty_programs lp ON lp.brand_id = g.brand_id
+    WHERE p.refreshed_at < now() - make_interval(secs => $1)
+    ORDER BY p.refreshed_at
+    LIMIT $2
+)
+UPDATE guest_profiles p
+SET refreshed_at = now(),
+    points_earned_12m = (
+        SELECT coalesce(sum(CASE WHEN t.credit_account_id = s.account_id THEN t.amount ELSE -t.amount END), 0)
+        FROM transfers t
+        WHERE t.phase = 'single' AND t.created_at >= s.since
+          AND ((t.credit_account_id = s.account_id AND t.code IN ('earn', 'accrual'))
+               OR (t.debit_account_id = s.account_id AND t.code = 'refund_reversal')))
+FROM stale s
+WHERE p.guest_id = s.guest_id
 """
 
 # Total consumed from lots: everything posted out of the account that is not a hold.

@@ -9,7 +9,7 @@ from typing import Any
 
 from server.app import create_app
 from server.lifespan import lifespan
-from server.loyalty.jobs import expire_lots
+from server.loyalty.jobs import expire_lots, recount_tier_points
 from server.seed.demo import PROGRAM
 from tests.api.helpers import (
     advance,
@@ -175,3 +175,26 @@ async def test_selling_out_an_item_reaches_every_process(
             ).status_code == 204
     barista = {"Authorization": f"Bearer {demo.staff['barista']}"}
     assert (await client.post(path, json={"available": False}, headers=barista)).status_code == 403
+
+
+async def test_tier_points_are_recounted_from_the_ledger(
+    client: Client, demo: Demo, services: Any
+) -> None:
+    async with services.db.transaction() as conn:
+        guest_id = await conn.fetchval(
+            "SELECT guest_id FROM guest_profiles WHERE points_earned_12m > 0 ORDER BY guest_id LIMIT 1"
+        )
+        await conn.execute(
+            "UPDATE guest_profiles SET points_earned_12m = 999999, refreshed_at = now() - interval '2 days'"
+            " WHERE guest_id = $1",
+            guest_id,
+        )
+    assert await recount_tier_points(services.loyalty, 100_000) >= 1
+    async with services.db.connection() as conn:
+        account_id = await conn.fetchval("SELECT id FROM accounts WHERE guest_id = $1", guest_id)
+        program = await services.loyalty.programs.get(demo.brand_id)
+        _, _, expected = await services.loyalty.tier(conn, program, account_id)
+        stored = await conn.fetchval(
+            "SELECT points_earned_12m FROM guest_profiles WHERE guest_id = $1", guest_id
+        )
+    assert stored == expected < 999999
