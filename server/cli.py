@@ -208,6 +208,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(f"port {args.port} on {args.host} is in use; pass --port")
     os.environ["REGULARS_DATABASE_URL"] = settings.database_url
     os.environ["REGULARS_REDIS_URL"] = settings.redis_url or ""
+    # Worker processes read settings from the environment: the data dir holds the dev JWT secret.
+    os.environ["REGULARS_DATA_DIR"] = str(Path(settings.data_dir).resolve())
     os.environ.setdefault("REGULARS_LOG_FORMAT", "json")
     workers = args.workers or os.cpu_count() or 1
     if args.server == "granian":
