@@ -341,24 +341,3 @@ async def test_a_promo_with_a_total_limit_runs_out(
     assert all(
         r.json()["type"].endswith("/promo-exhausted") for r in responses if r.status_code == 422
     )
-
-
-async def test_completing_an_order_updates_the_guest_card(
-    client: Client, guest: GuestHandle, demo: Demo, services: Any
-) -> None:
-    items = await menu_items(client, demo.locations["station"])
-    body = {
-        "location_id": str(demo.locations["station"]),
-        "lines": [{"item_id": items["FLW"]["id"], "quantity": 2}],
-    }
-    order = (await place(client, guest, body)).json()
-    await pay(client, guest, order["id"])
-    await advance(client, demo, order["id"], "accepted", "preparing", "ready", "completed")
-    async with services.db.connection() as conn:
-        profile = await conn.fetchrow(
-            "SELECT visits_total, visits_30d, spend_total_minor, top_items FROM guest_profiles WHERE guest_id = $1",
-            guest.id,
-        )
-    assert (profile["visits_total"], profile["visits_30d"]) == (1, 1)
-    assert profile["spend_total_minor"] == order["amount_due_minor"]
-    assert profile["top_items"][0]["name"] == "Flat White"
