@@ -69,7 +69,9 @@ async def _enrol_all(
     async def one(phone: str) -> Guest:
         async with gate:
             async with services.db.transaction() as conn:
-                guest_id, _, welcome = await services.guests.enrol(conn, brand_id, phone, "Load", "Test")
+                guest_id, _, welcome = await services.guests.enrol(
+                    conn, brand_id, phone, "Load", "Test"
+                )
                 row = await conn.fetchrow(
                     "SELECT public_id, qr_secret FROM guests WHERE id = $1", guest_id
                 )
@@ -77,7 +79,10 @@ async def _enrol_all(
                 await services.loyalty.mirror(guest_id, "credit", *welcome)
         token = issuer.issue(Principal(kind="guest", subject_id=guest_id, brand_id=brand_id))
         return Guest(
-            id=str(guest_id), token=token, phone=phone, public_id=row["public_id"],
+            id=str(guest_id),
+            token=token,
+            phone=phone,
+            public_id=row["public_id"],
             qr_secret_hex=bytes(row["qr_secret"]).hex(),
         )
 
@@ -109,7 +114,10 @@ async def grant_points(
                         r = await http.post(
                             f"/v1/guests/{guest_id}/adjustments",
                             json={"points": points, "reason": "load test set-up"},
-                            headers={"Authorization": f"Bearer {manager_token}", "Idempotency-Key": key},
+                            headers={
+                                "Authorization": f"Bearer {manager_token}",
+                                "Idempotency-Key": key,
+                            },
                         )
                     except httpx.TransportError:
                         await asyncio.sleep(0.2 * (attempt + 1))
@@ -163,15 +171,24 @@ async def prepare(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.setup_data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtests.setup_data",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--guests", type=int, default=200, help="how many guests (default 200)")
     parser.add_argument("--points", type=int, default=200_000, help="points granted to each")
     parser.add_argument("--out", default="loadtests/reports/setup.json", help="the setup file")
-    parser.add_argument("--base-url", default=os.environ.get("REGULARS_BASE_URL", "http://127.0.0.1:8000"))
+    parser.add_argument(
+        "--base-url", default=os.environ.get("REGULARS_BASE_URL", "http://127.0.0.1:8000")
+    )
     parser.add_argument("--data-dir", help="the `regulars dev` data directory (default .regulars)")
-    parser.add_argument("--phone-start", type=int, default=0,
-                        help="guests get phones +49157<start+n, 8 digits>; change to get new guests")
+    parser.add_argument(
+        "--phone-start",
+        type=int,
+        default=0,
+        help="guests get phones +49157<start+n, 8 digits>; change to get new guests",
+    )
     parser.add_argument("--token-ttl-s", type=int, default=4 * 3600, help="access token lifetime")
     parser.add_argument("--location", help="location id or name part (default: the 24/7 one)")
     parser.add_argument("--concurrency", type=int, default=8)
@@ -179,17 +196,24 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     data = asyncio.run(
         prepare(
-            base_url=args.base_url.rstrip("/"), guests=args.guests, points=args.points,
-            data_dir=args.data_dir, phone_start=args.phone_start, ttl_s=args.token_ttl_s,
-            location=args.location, concurrency=args.concurrency,
+            base_url=args.base_url.rstrip("/"),
+            guests=args.guests,
+            points=args.points,
+            data_dir=args.data_dir,
+            phone_start=args.phone_start,
+            ttl_s=args.token_ttl_s,
+            location=args.location,
+            concurrency=args.concurrency,
         )
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(data.to_json())
     out.chmod(0o600)  # bearer tokens
-    print(f"{len(data.guests)} guests with +{args.points} points each, tokens valid until "
-          f"{data.expires_at} -> {out} ({time.monotonic() - started:.1f}s)")
+    print(
+        f"{len(data.guests)} guests with +{args.points} points each, tokens valid until "
+        f"{data.expires_at} -> {out} ({time.monotonic() - started:.1f}s)"
+    )
     return 0
 
 

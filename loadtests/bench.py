@@ -1,0 +1,669 @@
+"""Checkout benchmark: ``python -m loadtests.bench [--quick]``.
+
+One run starts its own stack (``regulars dev`` on a temp data dir for PostgreSQL and Redis,
+plus the server(s) under test as ``regulars serve``), prepares guests, then measures in
+interleaved rounds (A B A B …; the order inside a round alternates too), so that the noise
+of a shared machine hits every figure alike, and reports median and min-max per figure:
+
+F1  PostgreSQL floor: the SQL of one checkout with points (idempotency claim, account lookup,
+    guarded account update, pending transfer, order, lines, slot upsert, idempotency finish)
+    by pgbench -M prepared at 8 and 16 clients, synchronous_commit on, same database.
+F4  framework ceiling: GET /healthz under wrk (closed loop).
+F5  checkout closed loop: wrk with unique Idempotency-Keys and rotating guest tokens at 8, 16
+    and 32 connections: max rps and p99.
+F6  checkout open loop at 30/50/75 % of that round's F5 (loadtests/openloop.py): p50/p95/p99;
+    /healthz at the same rates for R4.
+R1  = F5 / F1 (best of each), R4 = p99(checkout) / p99(healthz) at the same rate (50 %).
+
+Afterwards a correctness check: one order per idempotency key, no negative spendable balance,
+ledger sums to zero (LEDGER_CHECK), every Redis wallet equals the ledger
+(``regulars reconcile --grace-s 0`` says "0 wallet(s) repaired"). The last line is
+``R1=<median> (min <a>, max <b>)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+VENV_BIN = Path(sys.executable).parent
+PG_BIN = Path(__import__("pgserver").__file__).parent / "pginstall" / "bin"
+SPREAD_SLOTS = 13 * 24 * 12  # 5-minute slots over 13 days: no slot fills up
+
+WRK_LUA = r"""
+-- args: tokens_file location item1 item2 key_prefix nslots base_epoch
+local threads = {}
+local counter = 0
+function setup(thread)
+  thread:set("tid", #threads)
+  table.insert(threads, thread)
+end
+function init(args)
+  tokens = {}
+  for line in io.lines(args[1]) do tokens[#tokens + 1] = line end
+  loc, item1, item2, prefix = args[2], args[3], args[4], args[5]
+  nslots, base = tonumber(args[6]), tonumber(args[7])
+  math.randomseed(os.time() + tid * 7919)
+end
+function request()
+  counter = counter + 1
+  local tok = tokens[((counter * 2 + tid) % #tokens) + 1]
+  local pickup = os.date("!%Y-%m-%dT%H:%M:%SZ", base + 300 * math.random(0, nslots - 1))
+  local body = string.format(
+    '{"location_id":"%s","lines":[{"item_id":"%s","quantity":1},{"item_id":"%s","quantity":1}],' ..
+    '"points_to_spend":%d,"pickup_at":"%s"}', loc, item1, item2, math.random(20, 100), pickup)
+  return wrk.format("POST", "/v1/orders", {
+    ["Authorization"] = "Bearer " .. tok,
+    ["Idempotency-Key"] = prefix .. "-" .. tid .. "-" .. counter,
+    ["Content-Type"] = "application/json"}, body)
+end
+"""
+
+WRK_DONE = r"""
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"p50_ms":%.3f,"p99_ms":%.3f,"non2xx":%d,' ..
+    '"socket_errors":%d}\n', summary.requests, summary.duration, latency:percentile(50) / 1000,
+    latency:percentile(99) / 1000, e.status, e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+PGBENCH_SQL = r"""
+\set g random(1, :nguests)
+\set r random(1, 4000000000000000000)
+\set slot random(0, :nslots - 1)
+\set pts random(20, 100)
+BEGIN;
+INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ('bench-f1-orders', (:client_id::text || '-' || :r::text), '\x0102'::bytea) ON CONFLICT (scope, key) DO NOTHING RETURNING 1;
+SELECT a.id AS acct, a.guest_id AS gid FROM accounts a JOIN bench.f1_guests b ON a.guest_id = b.guest_id WHERE b.n = :g \gset
+UPDATE accounts SET debits_pending = debits_pending + :pts::bigint, version = version + 1 WHERE id = :acct::uuid AND credits_posted - debits_posted - debits_pending >= :pts::bigint RETURNING credits_posted - debits_posted AS posted, debits_pending AS pending, version;
+INSERT INTO transfers (id, brand_id, debit_account_id, credit_account_id, amount, phase, pending_id, code, order_id, location_id, expires_at, timeout_at, reason) VALUES (md5('t' || (:client_id::text || '-' || :r::text))::uuid, :brand::uuid, :acct::uuid, :redeemed::uuid, :pts, 'pending', NULL, 'spend', md5('o' || (:client_id::text || '-' || :r::text))::uuid, :loc::uuid, NULL, now() + interval '900 seconds', NULL);
+INSERT INTO orders (id, brand_id, location_id, guest_id, status, currency, subtotal_minor, discount_minor, points_spent, points_value_minor, amount_due_minor, points_to_earn, promo_code_id, spend_transfer_id, pickup_at, slot_start, payment_expires_at, created_at, updated_at) VALUES (md5('o' || (:client_id::text || '-' || :r::text))::uuid, :brand::uuid, :loc::uuid, :gid::uuid, 'awaiting_payment', 'EUR', 620, 0, :pts, :pts, 620 - :pts, 30, NULL, md5('t' || (:client_id::text || '-' || :r::text))::uuid, to_timestamp(:base::bigint + 300 * :slot::bigint + 120), to_timestamp(:base::bigint + 300 * :slot::bigint), now() + interval '900 seconds', now(), now());
+INSERT INTO order_lines (id, order_id, line_no, item_id, sku, name, quantity, unit_price_minor, modifier_ids, modifier_names, gross_minor, discount_minor, points_spent, paid_minor, earns_points, points_earned) SELECT l.id, md5('o' || (:client_id::text || '-' || :r::text))::uuid, l.line_no, l.item_id, l.sku, l.name, l.quantity, l.unit_price_minor, coalesce((SELECT array_agg(x::uuid) FROM jsonb_array_elements_text(l.modifier_ids) x), '{}'), coalesce((SELECT array_agg(x) FROM jsonb_array_elements_text(l.modifier_names) x), '{}'), l.gross_minor, l.discount_minor, l.points_spent, l.paid_minor, l.earns_points, l.points_earned FROM jsonb_to_recordset(jsonb_build_array(jsonb_build_object('id', md5('l0' || (:client_id::text || '-' || :r::text))::uuid, 'line_no', 0, 'item_id', :item1::uuid, 'sku', 'CAP', 'name', 'Cappuccino', 'quantity', 1, 'unit_price_minor', 380, 'modifier_ids', '[]'::jsonb, 'modifier_names', '[]'::jsonb, 'gross_minor', 380, 'discount_minor', 0, 'points_spent', 10, 'paid_minor', 370, 'earns_points', true, 'points_earned', 18), jsonb_build_object('id', md5('l1' || (:client_id::text || '-' || :r::text))::uuid, 'line_no', 1, 'item_id', :item2::uuid, 'sku', 'CRO', 'name', 'Croissant', 'quantity', 1, 'unit_price_minor', 240, 'modifier_ids', '[]'::jsonb, 'modifier_names', '[]'::jsonb, 'gross_minor', 240, 'discount_minor', 0, 'points_spent', 10, 'paid_minor', 230, 'earns_points', true, 'points_earned', 12))) AS l(id uuid, line_no int, item_id uuid, sku text, name text, quantity int, unit_price_minor int, modifier_ids jsonb, modifier_names jsonb, gross_minor int, discount_minor int, points_spent int, paid_minor int, earns_points boolean, points_earned int);
+INSERT INTO slot_counts (location_id, slot_start, orders) VALUES (:loc::uuid, to_timestamp(:base::bigint + 300 * :slot::bigint), 1) ON CONFLICT (location_id, slot_start) DO UPDATE SET orders = slot_counts.orders + 1 WHERE slot_counts.orders < 500 RETURNING orders;
+UPDATE idempotency_keys SET status_code = 201, response = convert_to(repeat('x', 900), 'UTF8') WHERE scope = 'bench-f1-orders' AND key = (:client_id::text || '-' || :r::text);
+END;
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    logfile: Path
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGINT)  # our own process group only
+            try:
+                self.popen.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(10)
+
+
+def start(name: str, cmd: list[str], logdir: Path, env: dict[str, str] | None = None) -> Proc:
+    logfile = logdir / f"{name}.log"
+    popen = subprocess.Popen(
+        cmd,
+        stdout=logfile.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
+    return Proc(name, popen, logfile)
+
+
+def wait_healthy(url: str, proc: Proc, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited: {proc.logfile.read_text()[-2000:]}")
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{proc.name} did not become healthy")
+
+
+@dataclass
+class Server:
+    """A server under test: ``granian:1`` (server:workers[:pool=N]) or ``dev``."""
+
+    spec: str
+    url: str = ""
+    proc: Proc | None = None
+    pids: list[int] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.spec
+
+
+def _median(values: list[float]) -> tuple[float, float, float]:
+    return statistics.median(values), min(values), max(values)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="regulars-bench-"))
+        self.logdir = Path(args.reports) / "bench"
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self.procs: list[Proc] = []
+        self.results: dict[str, list[float]] = {}
+        self.run_id = uuid.uuid4().hex[:8]
+        self.started_at = time.time()
+
+    def record(self, key: str, value: float) -> None:
+        self.results.setdefault(key, []).append(value)
+
+    # -- stack ---------------------------------------------------------------------------
+
+    def up(self) -> None:
+        self.dev_port = free_port()
+        self.dev_url = f"http://127.0.0.1:{self.dev_port}"
+        dev = start(
+            "dev",
+            [
+                sys.executable,
+                "-m",
+                "server",
+                "dev",
+                "--data-dir",
+                str(self.tmp),
+                "--port",
+                str(self.dev_port),
+            ],
+            self.logdir,
+        )
+        self.procs.append(dev)
+        wait_healthy(self.dev_url, dev, 180)
+        self.services = json.loads((self.tmp / "services.json").read_text())
+        self.servers = [Server(s) for s in self.args.servers.split(",")]
+        for server in self.servers:
+            if server.spec == "dev":
+                server.url = self.dev_url
+                server.pids = [dev.popen.pid]
+                continue
+            parts = server.spec.split(":")
+            kind, workers, rest = parts[0], parts[1] if len(parts) > 1 else "1", parts[2:]
+            # `serve` does not pass --data-dir on to its workers (see docs/PERFORMANCE.md), so
+            # they would sign tokens with another secret: name the data dir explicitly.
+            env = {"REGULARS_LOG_LEVEL": "warning", "REGULARS_DATA_DIR": str(self.tmp)}
+            for opt in rest:
+                name, _, value = opt.partition("=")
+                env[
+                    f"REGULARS_DB_{name.upper()}_MAX"
+                    if name == "pool"
+                    else f"REGULARS_{name.upper()}"
+                ] = value
+            port = free_port()
+            server.url = f"http://127.0.0.1:{port}"
+            server.proc = start(
+                f"serve-{kind}-{workers}-{port}",
+                [
+                    sys.executable,
+                    "-m",
+                    "server",
+                    "serve",
+                    "--data-dir",
+                    str(self.tmp),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--workers",
+                    workers,
+                    "--server",
+                    kind,
+                ],
+                self.logdir,
+                env,
+            )
+            self.procs.append(server.proc)
+            wait_healthy(server.url, server.proc)
+            server.pids = [server.proc.popen.pid]
+
+    def down(self) -> None:
+        for proc in reversed(self.procs):
+            with contextlib.suppress(ProcessLookupError):
+                proc.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def psql(self, sql: str) -> str:
+        out = subprocess.run(
+            [
+                str(PG_BIN / "psql"),
+                "-X",
+                "-q",
+                "-t",
+                "-A",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.services["pg_port"]),
+                "-U",
+                "postgres",
+                "-d",
+                "regulars",
+                "-c",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip()
+
+    def prepare(self) -> None:
+        from loadtests.setup_data import prepare
+
+        n = self.args.guests
+        data = asyncio.run(
+            prepare(
+                base_url=self.dev_url,
+                guests=n,
+                points=1_000_000,
+                data_dir=str(self.tmp),
+                concurrency=8,
+            )
+        )
+        self.setup = data
+        ids = dict(
+            row.split("|")
+            for row in self.psql(
+                "SELECT sku || '|' || id FROM menu_items WHERE sku IN ('CAP', 'CRO')"
+            ).splitlines()
+        )
+        self.items = [ids["CAP"], ids["CRO"]]
+        raw = json.loads(data.to_json())
+        raw["items"] = self.items
+        self.setup_file = self.tmp / "setup.json"
+        self.setup_file.write_text(json.dumps(raw))
+        self.tokens_file = self.tmp / "tokens.txt"
+        self.tokens_file.write_text("\n".join(g.token for g in data.guests) + "\n")
+        # F1's own guests: only PostgreSQL sees their spends, so their Redis wallets are
+        # dropped (an uncached wallet loads from PostgreSQL on next use; reconcile skips it).
+        f1 = asyncio.run(
+            prepare(
+                base_url=self.dev_url,
+                guests=n,
+                points=1_000_000,
+                data_dir=str(self.tmp),
+                phone_start=50_000_000,
+                concurrency=8,
+            )
+        )
+        self.f1_guests = [g.id for g in f1.guests]
+        values = ",".join(f"({i + 1}, '{g}')" for i, g in enumerate(self.f1_guests))
+        self.psql(
+            "CREATE SCHEMA IF NOT EXISTS bench; CREATE TABLE IF NOT EXISTS bench.f1_guests"
+            f" (n int PRIMARY KEY, guest_id uuid NOT NULL); INSERT INTO bench.f1_guests VALUES {values}"
+        )
+        import redis
+
+        r = redis.Redis.from_url(self.services["redis_url"])
+        for g in self.f1_guests:
+            r.delete(f"rg:{{g:{g}}}:wallet", f"rg:{{g:{g}}}:holds")
+        r.close()
+        self.brand = self.psql("SELECT id FROM brands LIMIT 1")
+        self.redeemed = self.psql(
+            f"SELECT id FROM accounts WHERE brand_id = '{self.brand}' AND kind = 'redeemed'"
+        )
+        self.base_epoch = (int(time.time()) // 300 + 3) * 300
+        (self.tmp / "checkout.sql").write_text(PGBENCH_SQL)
+        (self.tmp / "checkout.lua").write_text(WRK_LUA + WRK_DONE)
+        (self.tmp / "healthz.lua").write_text(WRK_DONE)
+
+    # -- measurements ---------------------------------------------------------------------
+
+    def pgbench(self, clients: int) -> float:
+        d = self.args.duration
+        cmd = [
+            str(PG_BIN / "pgbench"),
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            str(clients),
+            "-j",
+            "2",
+            "-T",
+            str(int(d)),
+            "-f",
+            str(self.tmp / "checkout.sql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.services["pg_port"]),
+            "-U",
+            "postgres",
+            "-D",
+            f"nguests={len(self.f1_guests)}",
+            "-D",
+            f"nslots={SPREAD_SLOTS}",
+            "-D",
+            f"brand={self.brand}",
+            "-D",
+            f"redeemed={self.redeemed}",
+            "-D",
+            f"loc={self.setup.location_id}",
+            "-D",
+            f"item1={self.items[0]}",
+            "-D",
+            f"item2={self.items[1]}",
+            "-D",
+            f"base={self.base_epoch}",
+            "regulars",
+        ]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=d + 60)
+        m = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out.stdout)
+        failed = re.search(r"number of failed transactions: (\d+)", out.stdout)
+        if not m or (failed and int(failed.group(1))):
+            raise RuntimeError(f"pgbench: {out.stdout[-1500:]} {out.stderr[-1500:]}")
+        return float(m.group(1))
+
+    def wrk(self, url: str, script: str, conns: int, *args: str) -> dict[str, Any]:
+        d = self.args.duration
+        cmd = [
+            "wrk",
+            "-t",
+            "2",
+            "-c",
+            str(conns),
+            "-d",
+            f"{int(d)}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(self.tmp / script),
+            url,
+            "--",
+            *args,
+        ]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=d + 60)
+        line = next((x for x in out.stdout.splitlines() if x.startswith("WRKJSON ")), None)
+        if line is None:
+            raise RuntimeError(f"wrk: {out.stdout[-1500:]} {out.stderr[-1500:]}")
+        res = json.loads(line[len("WRKJSON ") :])
+        res["rps"] = res["requests"] / (res["duration_us"] / 1e6)
+        return res
+
+    def openloop(self, url: str, kind: str, rate: float) -> dict[str, Any]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "loadtests.openloop",
+            "--url",
+            url,
+            "--kind",
+            kind,
+            "--rate",
+            f"{rate:.1f}",
+            "--duration",
+            str(self.args.duration),
+            "--setup",
+            str(self.setup_file),
+        ]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=self.args.duration + 90)
+        if out.returncode != 0:
+            raise RuntimeError(f"openloop: {out.stderr[-1500:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def round(self, n: int) -> None:
+        order = self.servers if n % 2 == 0 else list(reversed(self.servers))
+        parts = ["f1", "http"] if n % 2 == 0 else ["http", "f1"]
+        suite = self.args.suite
+        for part in parts:
+            if part == "f1" and suite == "checkout":
+                f1 = {c: self.pgbench(c) for c in (8, 16)}
+                for c, tps in f1.items():
+                    self.record(f"F1 pgbench tps c={c}", tps)
+                self.f1_best = max(f1.values())
+                log(
+                    f"  round {n} F1 pgbench tps: "
+                    + ", ".join(f"c={c} {v:.0f}" for c, v in f1.items())
+                )
+            if part == "http":
+                for server in order:
+                    self.http_round(n, server)
+
+    def http_round(self, n: int, server: Server) -> None:
+        s = server.label
+        hz = self.wrk(server.url + "/healthz", "healthz.lua", 32)
+        self.record(f"F4 healthz rps [{s}]", hz["rps"])
+        self.record(f"F4 healthz p99 ms [{s}]", hz["p99_ms"])
+        msg = f"  round {n} [{s}] F4 healthz {hz['rps']:.0f} rps p99 {hz['p99_ms']:.1f} ms"
+        if self.args.suite != "checkout":
+            log(msg)
+            return
+        best = 0.0
+        for conns in (8, 16, 32):
+            res = self.wrk(
+                server.url,
+                "checkout.lua",
+                conns,
+                str(self.tokens_file),
+                self.setup.location_id,
+                self.items[0],
+                self.items[1],
+                f"b{self.run_id}r{n}c{conns}{s}",
+                str(SPREAD_SLOTS),
+                str(self.base_epoch),
+            )
+            if res["non2xx"] or res["socket_errors"]:
+                self.record("checkout errors", res["non2xx"] + res["socket_errors"])
+            self.record(f"F5 checkout rps c={conns} [{s}]", res["rps"])
+            self.record(f"F5 checkout p99 ms c={conns} [{s}]", res["p99_ms"])
+            best = max(best, res["rps"])
+            msg += f" | F5 c={conns} {res['rps']:.0f} rps p99 {res['p99_ms']:.0f} ms" + (
+                f" ({res['non2xx']} non-2xx)" if res["non2xx"] else ""
+            )
+        log(msg)
+        self.record(f"F5 checkout max rps [{s}]", best)
+        if hasattr(self, "f1_best"):
+            self.record(f"R1 = F5/F1 [{s}]", best / self.f1_best)
+        for pct in (30, 50, 75):
+            rate = best * pct / 100
+            co = self.openloop(server.url, "checkout", rate)
+            hz = self.openloop(server.url, "healthz", rate)
+            for k in ("p50_ms", "p95_ms", "p99_ms"):
+                self.record(f"F6 checkout {k.replace('_ms', '')} ms @{pct}% [{s}]", co[k])
+            self.record(f"F6 healthz p99 ms @{pct}% [{s}]", hz["p99_ms"])
+            self.record(
+                f"R4 = p99 checkout/healthz @{pct}% [{s}]", co["p99_ms"] / max(hz["p99_ms"], 0.01)
+            )
+            self.record(f"F6 generator send-lag p99 ms @{pct}%", co["send_lag_p99_ms"])
+            self.record(f"F6 generator CPU % @{pct}%", co["generator_cpu_pct"])
+            errs = sum(co["errors"].values()) + sum(hz["errors"].values())
+            if errs:
+                self.record("checkout errors", errs)
+            log(
+                f"  round {n} [{s}] F6 @{pct}% {rate:.0f}/s: checkout p50 {co['p50_ms']:.0f} "
+                f"p95 {co['p95_ms']:.0f} p99 {co['p99_ms']:.0f} ms (achieved {co['achieved_rps']:.0f}/s, "
+                f"lag p99 {co['send_lag_p99_ms']:.1f} ms, gen CPU {co['generator_cpu_pct']:.0f}%); "
+                f"healthz p99 {hz['p99_ms']:.1f} ms; errors {errs}"
+            )
+
+    # -- correctness ----------------------------------------------------------------------
+
+    def check(self) -> list[str]:
+        time.sleep(1.0)  # let the last responses' Redis mirrors land
+        problems: list[str] = []
+        f1 = "(SELECT guest_id FROM bench.f1_guests)"
+        q = {
+            "orders": f"SELECT count(*) FROM orders WHERE guest_id NOT IN {f1} AND created_at >= to_timestamp({self.started_at})",
+            "keys": "SELECT count(*) FROM idempotency_keys WHERE scope LIKE 'guest:%:orders' AND status_code = 201"
+            f" AND created_at >= to_timestamp({self.started_at})",
+            "distinct_ids": "SELECT count(DISTINCT convert_from(response, 'UTF8')::jsonb->>'id') FROM idempotency_keys"
+            f" WHERE scope LIKE 'guest:%:orders' AND status_code = 201 AND created_at >= to_timestamp({self.started_at})",
+            "keys_without_order": "SELECT count(*) FROM idempotency_keys k LEFT JOIN orders o ON o.id ="
+            " (convert_from(k.response, 'UTF8')::jsonb->>'id')::uuid WHERE k.scope LIKE 'guest:%:orders'"
+            " AND k.status_code = 201 AND o.id IS NULL",
+            "unfinished_keys": "SELECT count(*) FROM idempotency_keys WHERE response IS NULL",
+            "negative_spendable": "SELECT count(*) FROM accounts WHERE kind = 'guest'"
+            " AND credits_posted - debits_posted - debits_pending < 0",
+        }
+        got = {k: int(self.psql(v)) for k, v in q.items()}
+        log(f"  correctness: {got}")
+        if not (got["orders"] == got["keys"] == got["distinct_ids"]):
+            problems.append(
+                f"orders {got['orders']} != keys {got['keys']} != distinct {got['distinct_ids']}"
+            )
+        for k in ("keys_without_order", "unfinished_keys", "negative_spendable"):
+            if got[k]:
+                problems.append(f"{k}: {got[k]}")
+        from server.loyalty.sql import LEDGER_CHECK
+
+        ledger = self.psql(
+            "SELECT string_agg(c.brand_sum || ',' || c.mismatched_balances || ',' || c.mismatched_holds, ';')"
+            " FROM brands b, LATERAL (" + LEDGER_CHECK.replace("$1", "b.id") + ") c"
+        )
+        log(f"  ledger check (brand_sum, mismatched balances, mismatched holds): {ledger}")
+        if any(part != "0,0,0" for part in ledger.split(";")):
+            problems.append(f"ledger check {ledger}")
+        rec = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "server",
+                "reconcile",
+                "--grace-s",
+                "0",
+                "--data-dir",
+                str(self.tmp),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        last = (rec.stdout.strip().splitlines() or ["?"])[-1]
+        log(f"  reconcile: {last}")
+        if last != "0 wallet(s) repaired":
+            problems.append(f"reconcile: {rec.stdout[-800:]} {rec.stderr[-800:]}")
+        errors = sum(self.results.get("checkout errors", []))
+        if errors:
+            problems.append(f"{errors:.0f} checkout requests failed (non-2xx or socket errors)")
+        return problems
+
+    def machine(self) -> str:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        pg = subprocess.run(
+            [str(PG_BIN / "postgres"), "--version"], capture_output=True, text=True
+        ).stdout.strip()
+        wrk = subprocess.run(
+            ["wrk", "--version"], capture_output=True, text=True
+        ).stdout.splitlines()[0]
+        sync = self.psql("SHOW synchronous_commit") + "/fsync=" + self.psql("SHOW fsync")
+        import granian
+        import litestar
+        import uvicorn
+
+        return (
+            f"nproc {os.cpu_count()}, RAM {mem:.0f} GiB, {platform.platform()}, Python "
+            f"{platform.python_version()}, {pg}, synchronous_commit={sync}, {wrk.split(' [')[0]}, "
+            f"litestar {litestar.__version__ if hasattr(litestar, '__version__') else '?'}, "
+            f"granian {granian.__version__}, uvicorn {uvicorn.__version__}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtests.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="3 rounds of 3-second runs (< 3 min)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    parser.add_argument("--guests", type=int, default=200)
+    parser.add_argument(
+        "--servers",
+        default="granian:1",
+        help="servers under test, interleaved: granian:1,uvicorn:1,granian:2:pool=20,dev",
+    )
+    parser.add_argument(
+        "--suite",
+        choices=["checkout", "healthz"],
+        default="checkout",
+        help="healthz: F4 only (e.g. uvicorn vs granian)",
+    )
+    parser.add_argument("--reports", default=str(HERE / "reports"))
+    parser.add_argument("--json", help="write every sample here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.duration, args.guests = 3, 3.0, min(args.guests, 100)
+    if shutil.which("wrk") is None:
+        sys.exit("bench: wrk is not installed (apt-get install -y wrk)")
+    bench = Bench(args)
+    t0 = time.monotonic()
+    try:
+        log(f"starting the stack in {bench.tmp} …")
+        bench.up()
+        log(f"machine: {bench.machine()}")
+        bench.prepare()
+        log(
+            f"prepared {args.guests} HTTP guests + {args.guests} pgbench guests in {time.monotonic() - t0:.0f}s; "
+            f"servers under test: {', '.join(s.label + ' ' + s.url for s in bench.servers)}"
+        )
+        for n in range(args.rounds):
+            bench.round(n)
+        problems = bench.check() if args.suite == "checkout" else []
+    finally:
+        bench.down()
+    log(
+        f"\nsummary over {args.rounds} interleaved rounds of {args.duration:.0f}s runs "
+        f"(median, min-max), {time.monotonic() - t0:.0f}s in all:"
+    )
+    for key, values in bench.results.items():
+        if key == "checkout errors":
+            continue
+        med, lo, hi = _median(values)
+        log(f"  {key:<48} {med:10.2f}   ({lo:.2f} - {hi:.2f})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(bench.results, indent=1))
+    if problems:
+        log("CORRECTNESS FAILED: " + "; ".join(problems))
+    r1 = [v for k, v in bench.results.items() if k.startswith("R1 ")]
+    if args.suite == "checkout" and r1:
+        med, lo, hi = _median(r1[0])
+        log(f"R1={med:.3f} (min {lo:.3f}, max {hi:.3f})")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
