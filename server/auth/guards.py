@@ -48,12 +48,16 @@ def _principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
     return user
 
 
-async def requires_guest(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def requires_guest(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
     if _principal(connection).kind != "guest":
         raise Problem(403, "guests-only", "this call is for signed-in guests")
 
 
-async def requires_staff(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def requires_staff(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
     if _principal(connection).kind != "staff":
         raise Problem(403, "staff-only", "this call is for staff")
 

@@ -17,7 +17,7 @@ import msgspec
 
 from server.infra.problems import Problem
 
-__all__ = ["Stored", "begin", "finish", "request_hash", "require_key"]
+__all__ = ["CLAIM", "Stored", "begin", "finish", "request_hash", "require_key", "stored"]
 
 CLAIM = """
 INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3)
@@ -64,6 +64,12 @@ async def begin(conn: asyncpg.Connection, scope: str, key: str, digest: bytes) -
     """Claim the key in this transaction; returns the stored response if it was used before."""
     if await conn.fetchval(CLAIM, scope, key, digest):
         return None
+    return await stored(conn, scope, key, digest)
+
+
+async def stored(conn: asyncpg.Connection, scope: str, key: str, digest: bytes) -> Stored:
+    """After a failed claim (CLAIM inlined in a caller's statement): the response to replay,
+    422 for a different request, 409 while the first is still running."""
     return _judge(await conn.fetchrow(STORED, scope, key), digest)
 
 

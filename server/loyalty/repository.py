@@ -104,27 +104,12 @@ class Ledger:
         location_id: UUID | None = None,
     ) -> AccountState | None:
         """Reserve ``points`` (a pending transfer to ``redeemed``); None if not spendable."""
-        row = await conn.fetchrow(sql.HOLD_POINTS, account_id, points)
-        if row is None:
-            return None
         redeemed = await self.system_account(conn, brand_id, "redeemed")
-        await conn.execute(
-            sql.INSERT_TRANSFER,
-            transfer_id,
-            brand_id,
-            account_id,
-            redeemed,
-            points,
-            "pending",
-            None,
-            code,
-            order_id,
-            location_id,
-            None,
-            timeout_at,
-            None,
-        )
-        return _state(row)
+        row = await conn.fetchrow(
+            sql.HOLD_POINTS, account_id, points, transfer_id, brand_id, redeemed, code,
+            order_id, location_id, timeout_at,
+        )  # fmt: skip
+        return None if row is None else _state(row)
 
     async def pending(self, conn: asyncpg.Connection, transfer_id: UUID) -> Hold | None:
         row = await conn.fetchrow(sql.PENDING_TRANSFER, transfer_id)

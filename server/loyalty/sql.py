@@ -38,12 +38,20 @@ WHERE a.guest_id = $1
 GROUP BY a.id
 """
 
-# The guard: a spend may never take the spendable balance below zero.
+# The guard: a spend may never take the spendable balance below zero. The pending transfer
+# is written by the same statement, only when the guard let the hold through (one round trip).
 HOLD_POINTS = """
-UPDATE accounts
-SET debits_pending = debits_pending + $2, version = version + 1
-WHERE id = $1 AND credits_posted - debits_posted - debits_pending >= $2
-RETURNING credits_posted - debits_posted AS posted, debits_pending AS pending, version
+WITH held AS (
+    UPDATE accounts
+    SET debits_pending = debits_pending + $2, version = version + 1
+    WHERE id = $1 AND credits_posted - debits_posted - debits_pending >= $2
+    RETURNING credits_posted - debits_posted AS posted, debits_pending AS pending, version
+), transfer AS (
+    INSERT INTO transfers (id, brand_id, debit_account_id, credit_account_id, amount, phase,
+                           code, order_id, location_id, timeout_at)
+    SELECT $3, $4, $1, $5, $2, 'pending', $6, $7, $8, $9 FROM held
+)
+SELECT posted, pending, version FROM held
 """
 
 SETTLE_HOLD = """

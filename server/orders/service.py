@@ -25,7 +25,7 @@ from server.infra.db import Database
 from server.infra.idempotency import Stored
 from server.infra.problems import Problem
 from server.kiosk.model import display_name
-from server.loyalty.model import tier_for
+from server.loyalty.model import Program, Tier, tier_for
 from server.loyalty.repository import AccountState
 from server.loyalty.service import Loyalty, add_months
 from server.orders import sql
@@ -149,14 +149,16 @@ class Orders:
         state: AccountState | None = None
         try:
             async with self.db.transaction() as conn:
-                replay = await idempotency.begin(conn, scope, key, digest)
-                if replay is not None:
-                    return replay
-                state, order = await self._create(
-                    conn, guest, index, priced, promo, transfer_id, pickup_at, slot, now
+                account = await conn.fetchrow(
+                    sql.CLAIM_AND_ACCOUNT, scope, key, digest, guest.subject_id
                 )
-                response = _encode(order)
-                await idempotency.finish(conn, scope, key, 201, response)
+                assert account is not None, "every guest has an account"
+                if not account["claimed"]:
+                    return await idempotency.stored(conn, scope, key, digest)
+                state, order, response = await self._create(
+                    conn, guest, account, index, priced, promo, transfer_id, (pickup_at, slot),
+                    now, (scope, key),
+                )  # fmt: skip
         finally:
             await self.loyalty.settle_admission(guest.subject_id, transfer_id, admission, state)
         if order.status == "placed" and state is not None and priced.points_spent:
@@ -205,28 +207,33 @@ class Orders:
         self,
         conn: asyncpg.Connection,
         guest: Principal,
+        account: asyncpg.Record,
         index: MenuIndex,
         priced: Quote,
         promo: Promo | None,
         transfer_id: UUID,
-        pickup_at: datetime,
-        slot: datetime,
+        pickup: tuple[datetime, datetime],
         now: datetime,
-    ) -> tuple[AccountState | None, contract.Order]:
-        """The writes of one checkout, in the caller's transaction; refusals raise Problem."""
-        account_id = await self._apply_tier(conn, guest, priced)
+        idempotency_key: tuple[str, str],
+    ) -> tuple[AccountState | None, contract.Order, bytes]:
+        """The writes of one checkout after the key is claimed, in the caller's transaction:
+        the hold, the order with its lines, the slot and the stored response, in three round
+        trips (four with a promo code). Refusals raise Problem and roll everything back."""
+        pickup_at, slot = pickup
+        program = await self.loyalty.programs.get(guest.brand_id)
+        _apply_tier(program, tier_for(program, account["earned"])[0], priced)
         window = timedelta(seconds=self.settings.payment_window_s)
         order = draft_order(uuid.uuid4(), guest.subject_id, index, priced, pickup_at, now, window)
         state = None
         if priced.points_spent:
             state = await self.loyalty.ledger.hold(
-                conn, transfer_id=transfer_id, brand_id=guest.brand_id, account_id=account_id,
+                conn, transfer_id=transfer_id, brand_id=guest.brand_id, account_id=account["id"],
                 points=priced.points_spent, code="spend", order_id=order.id,
                 location_id=index.location.id, timeout_at=now + window,
             )  # fmt: skip
             if state is None:
                 raise _insufficient(
-                    priced.points_spent, await conn.fetchval(sql.SPENDABLE, account_id)
+                    priced.points_spent, await conn.fetchval(sql.SPENDABLE, account["id"])
                 )
         if (
             promo is not None
@@ -238,30 +245,22 @@ class Orders:
             hold = await self.loyalty.ledger.pending(conn, transfer_id)
             assert hold is not None
             state = await self.loyalty.ledger.resolve(conn, hold, post=True)
+        if order.status == "placed":
+            await self._announce(conn, "order.placed", order)
+        response = _encode(order)
         # Last, so the slot row is locked for the shortest time: every checkout for the same
         # pickup slot queues on it.
         location = index.location
-        if await conn.fetchval(sql.TAKE_SLOT, location.id, slot, location.orders_per_slot) is None:
+        scope, key = idempotency_key
+        taken = await conn.fetchval(
+            sql.TAKE_SLOT_AND_FINISH, location.id, slot, location.orders_per_slot, 201, response,
+            scope, key,
+        )  # fmt: skip
+        if taken is None:
             raise Problem(
                 409, "slot-full", f"the pickup slot at {slot.isoformat()} is full; choose another"
             )
-        if order.status == "placed":
-            await self._announce(conn, "order.placed", order)
-        return state, order
-
-    async def _apply_tier(self, conn: asyncpg.Connection, guest: Principal, priced: Quote) -> UUID:
-        """Recompute what the order will earn at the guest's tier; returns the account id."""
-        account = await conn.fetchrow(sql.GUEST_ACCOUNT_AND_EARNED, guest.subject_id)
-        assert account is not None, "every guest has an account"
-        program = await self.loyalty.programs.get(guest.brand_id)
-        tier, _ = tier_for(program, account["earned"])
-        shares = split_earning(
-            program, tier, [(ln.paid_minor, ln.earns_points) for ln in priced.lines]
-        )
-        for line, earned in zip(priced.lines, shares, strict=True):
-            line.points_earned = earned
-        priced.points_to_earn = sum(shares)
-        return account["id"]  # type: ignore[no-any-return]
+        return state, order, response
 
     async def _insert(
         self,
@@ -273,14 +272,7 @@ class Orders:
         transfer_id: UUID,
         slot: datetime,
     ) -> None:
-        """The order and all its lines: two statements, however many lines."""
-        await conn.execute(
-            sql.INSERT_ORDER, order.id, brand_id, order.location_id, order.guest_id, order.status,
-            order.currency, order.subtotal_minor, order.discount_minor, order.points_spent,
-            order.points_value_minor, order.amount_due_minor, order.points_to_earn,
-            promo.id if promo else None, transfer_id if order.points_spent else None,
-            order.pickup_at, slot, order.payment_expires_at, order.created_at,
-        )  # fmt: skip
+        """The order and all its lines: one statement, however many lines."""
         rows = [
             {
                 "id": str(line.id), "line_no": n, "item_id": str(line.item_id), "sku": line.sku,
@@ -294,7 +286,14 @@ class Orders:
             }
             for n, (line, source) in enumerate(zip(order.lines, priced.lines, strict=True))
         ]  # fmt: skip
-        await conn.execute(sql.INSERT_LINES, order.id, rows)
+        await conn.execute(
+            sql.INSERT_ORDER_AND_LINES, order.id, brand_id, order.location_id, order.guest_id,
+            order.status, order.currency, order.subtotal_minor, order.discount_minor,
+            order.points_spent, order.points_value_minor, order.amount_due_minor,
+            order.points_to_earn, promo.id if promo else None,
+            transfer_id if order.points_spent else None, order.pickup_at, slot,
+            order.payment_expires_at, order.created_at, rows,
+        )  # fmt: skip
         if promo is not None:
             await conn.execute(sql.INSERT_PROMO_REDEMPTION, promo.id, order.guest_id, order.id)
 
@@ -655,6 +654,14 @@ class Orders:
         display = display_name(name["first_name"], name["last_name"], full=False) if name else None
         payload = msgspec.to_builtins(msgspec.structs.replace(order, guest_display_name=display))
         await conn.execute(sql.INSERT_OUTBOX, topic, {"event": topic, "order": payload})
+
+
+def _apply_tier(program: Program, tier: Tier, priced: Quote) -> None:
+    """Recompute what the order will earn at the guest's tier (the quote used the base tier)."""
+    shares = split_earning(program, tier, [(ln.paid_minor, ln.earns_points) for ln in priced.lines])
+    for line, earned in zip(priced.lines, shares, strict=True):
+        line.points_earned = earned
+    priced.points_to_earn = sum(shares)
 
 
 def _insufficient(wanted: int, spendable: int | None) -> Problem:
