@@ -9,6 +9,7 @@ points and a fresh Idempotency-Key; prints p50/p95/p99 and the server-side count
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import subprocess
 import sys
@@ -60,8 +61,9 @@ def main() -> int:
                 "/v1/orders", json=warm, headers={**headers, "Idempotency-Key": str(uuid.uuid4())}
             )
         latencies_ms = []
-        # The 24/7 counter takes 500 orders per 5-minute slot: spread the run over slots.
-        first_slot = (int(time.time()) // 300 + 12) * 300
+        # The 24/7 counter takes 500 orders per 5-minute slot: spread the run over slots, from
+        # a random start within the next ten days so repeated runs do not fill the same ones.
+        first_slot = (int(time.time()) // 300 + 12 + random.randrange(2900)) * 300
         for n in range(args.count):
             key = {"Idempotency-Key": str(uuid.uuid4())}
             pickup = datetime.fromtimestamp(first_slot + (n // 400) * 300, UTC).isoformat()
