@@ -73,6 +73,22 @@ def _requests(kind: str, host: str, setup_path: str | None, spread_slots: int) -
         raw = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
         while True:
             yield raw, 200
+    if kind == "scan":
+        # Kiosk scans of the demo's regulars by card number (000000000001…000000000300) as the
+        # demo barista; the server needs REGULARS_SCANS_PER_MINUTE raised for a benchmark.
+        barista = json.loads(Path(setup_path or "").read_text())["staff"]["barista"]
+        n = 0
+        while True:
+            n += 1
+            body = json.dumps({"code": f"{n % 300 + 1:012d}"}).encode()
+            yield (
+                (
+                    f"POST /v1/kiosk/scan HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {barista}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                ).encode()
+                + body,
+                200,
+            )
     setup = load_setup(setup_path)
     items = json.loads(Path(setup_path).read_text()).get("items") if setup_path else None
     item_ids = items or []
@@ -186,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--url", required=True)
-    parser.add_argument("--kind", choices=["checkout", "healthz"], default="checkout")
+    parser.add_argument("--kind", choices=["checkout", "healthz", "scan"], default="checkout")
     parser.add_argument("--rate", type=float, required=True, help="requests per second")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--setup", help="setup file (checkout); may carry 'items'")

@@ -9,6 +9,7 @@ from typing import Any, cast
 import asyncpg
 import msgspec
 
+from server.infra.problems import Problem
 from server.settings import Settings
 
 __all__ = ["Database", "connect_once", "create_pool"]
@@ -69,14 +70,27 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection inside one transaction: committed on exit, rolled back on error."""
-        async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn, conn.transaction():
-            yield cast(asyncpg.Connection, conn)
+        async with self.connection() as conn, conn.transaction():
+            yield conn
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection for reads that need no transaction."""
-        async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
+        """A pooled connection for reads that need no transaction.
+
+        Refuses 503 ``database-busy`` (with Retry-After) when no connection frees up within
+        ``db_acquire_timeout_s``: an overloaded pool is a reason to come back, not a 500.
+        """
+        try:
+            conn = await self.pool.acquire(timeout=self.acquire_timeout_s)
+        except TimeoutError:
+            raise Problem(
+                503, "database-busy", "too many requests at once; try again in a moment",
+                retry_after_s=1,
+            ) from None  # fmt: skip
+        try:
             yield cast(asyncpg.Connection, conn)
+        finally:
+            await self.pool.release(conn)
 
     async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
         async with self.connection() as conn:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
@@ -109,6 +110,26 @@ def _on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[by
     return problem_response(Problem(status, slug, str(exc.detail)), request.url.path)
 
 
+def _on_database_lost(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    # The transaction was rolled back with the connection: nothing was half-written.
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+    problem = Problem(
+        503,
+        "database-unavailable",
+        "the database is not answering; try again shortly",
+        retry_after_s=2,
+    )
+    return problem_response(problem, request.url.path)
+
+
+def _on_statement_timeout(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    log.warning("statement timeout on %s %s", request.method, request.url.path)
+    problem = Problem(
+        503, "database-busy", "the database is too busy right now; try again", retry_after_s=1
+    )
+    return problem_response(problem, request.url.path)
+
+
 def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     problem = Problem(500, "internal-error", "something went wrong on our side; it was logged")
@@ -119,5 +140,10 @@ exception_handlers: dict[type[Exception] | int, Any] = {
     Problem: _on_problem,
     ValidationException: _on_validation,
     HTTPException: _on_http,
+    asyncpg.PostgresConnectionError: _on_database_lost,
+    asyncpg.ConnectionDoesNotExistError: _on_database_lost,
+    asyncpg.CannotConnectNowError: _on_database_lost,
+    ConnectionRefusedError: _on_database_lost,
+    asyncpg.QueryCanceledError: _on_statement_timeout,
     Exception: _on_unexpected,
 }
