@@ -76,6 +76,8 @@ class SetupData:
     staff: dict[str, str] = field(default_factory=dict)
     points_per_guest: int = 0
     expires_at: str | None = None
+    # Two available items of the location's menu, for generators that build checkouts.
+    items: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -86,6 +88,7 @@ class SetupData:
                 "expires_at": self.expires_at,
                 "staff": self.staff,
                 "guests": [g.__dict__ for g in self.guests],
+                "items": self.items,
             },
             indent=1,
         )
@@ -107,6 +110,7 @@ def load_setup(path: str | os.PathLike[str] | None = None) -> SetupData:
         guests=guests,
         staff=raw.get("staff", {}),
         points_per_guest=raw.get("points_per_guest", 0),
+        items=raw.get("items", []),
         expires_at=expires,
     )
 

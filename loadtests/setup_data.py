@@ -159,7 +159,9 @@ async def prepare(
     await grant_points(base_url, staff["manager"], [g.id for g in enrolled], points, concurrency)
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
         locations = (await http.get("/v1/locations")).raise_for_status().json()
-    loc = choose_location(locations, location or os.environ.get("REGULARS_LOADTEST_LOCATION"))
+        loc = choose_location(locations, location or os.environ.get("REGULARS_LOADTEST_LOCATION"))
+        menu = (await http.get(f"/v1/locations/{loc['id']}/menu")).raise_for_status().json()
+    items = [i["id"] for c in menu["categories"] for i in c["items"] if i["available"]][:2]
     return SetupData(
         base_url=base_url,
         location_id=loc["id"],
@@ -167,6 +169,7 @@ async def prepare(
         staff=staff,
         points_per_guest=points,
         expires_at=(datetime.now(UTC) + timedelta(seconds=ttl_s)).isoformat(timespec="seconds"),
+        items=items,
     )
 
 
