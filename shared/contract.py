@@ -11,7 +11,6 @@ from datetime import date, datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-import msgspec
 from msgspec import Meta, Struct
 
 __all__ = [
@@ -58,8 +57,6 @@ __all__ = [
     "Transfer",
     "UsualItem",
     "Wallet",
-    "decode",
-    "encode",
 ]
 
 
@@ -416,11 +413,3 @@ class EnrolIn(_Wire, kw_only=True, frozen=True):
 
     phone: Annotated[str, Meta(min_length=3, max_length=32)]
     first_name: Annotated[str, Meta(max_length=80)] | None = None
-
-
-_encoder = msgspec.json.Encoder()
-encode = _encoder.encode
-
-
-def decode(data: bytes | str, type_: type[Struct]) -> Struct:
-    return msgspec.json.decode(data, type=type_)

@@ -14,7 +14,7 @@ __all__ = [
     "Tier",
     "allocate",
     "earn_points",
-    "max_points_for",
+    "points_cap",
     "remaining_lots",
     "tier_for",
 ]
@@ -73,10 +73,11 @@ def earn_points(program: Program, net_paid_minor: int, tier: Tier) -> int:
     return net_paid_minor * program.earn_per_100_minor * tier.multiplier_pct // 10_000
 
 
-def max_points_for(program: Program, payable_minor: int, spendable: int) -> int:
-    """The most points an order of ``payable_minor`` (after discounts) may take."""
-    cap_minor = payable_minor * program.max_points_share_pct // 100
-    return max(0, min(cap_minor // program.point_value_minor, spendable))
+def points_cap(program: Program, payable_minor: int) -> int:
+    """The most points an order of ``payable_minor`` (after discounts) may take: the brand's
+    ``max_points_share_pct`` of it, in whole points. The balance is checked where it lives
+    (Redis admits, PostgreSQL's guarded update decides)."""
+    return max(0, payable_minor * program.max_points_share_pct // 100 // program.point_value_minor)
 
 
 def allocate(total: int, weights: Sequence[int]) -> list[int]:

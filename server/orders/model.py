@@ -13,7 +13,7 @@ from uuid import UUID
 
 from server.catalog.model import MenuIndex
 from server.infra.problems import Problem
-from server.loyalty.model import Program, Tier, allocate, earn_points
+from server.loyalty.model import Program, Tier, allocate, earn_points, points_cap
 from shared import contract
 
 __all__ = [
@@ -167,7 +167,7 @@ def quote(
     ):
         line.discount_minor = share
     payable = subtotal - discount_minor
-    max_points = payable * program.max_points_share_pct // 100 // program.point_value_minor
+    max_points = points_cap(program, payable)
     if points_to_spend > max_points:
         raise Problem(
             422,

@@ -10,7 +10,7 @@ from server.loyalty.model import (
     Program,
     Tier,
     earn_points,
-    max_points_for,
+    points_cap,
     remaining_lots,
     tier_for,
 )
@@ -38,10 +38,10 @@ def test_earning_rounds_down_and_never_earns_on_nothing() -> None:
     assert earn_points(PROGRAM, -50, PROGRAM.tiers[2]) == 0
 
 
-def test_cap_is_the_smaller_of_share_and_balance() -> None:
-    assert max_points_for(PROGRAM, 1000, 10_000) == 300
-    assert max_points_for(PROGRAM, 1000, 120) == 120
-    assert max_points_for(PROGRAM, 1000, -5) == 0
+def test_cap_is_the_brands_share_in_whole_points() -> None:
+    assert points_cap(PROGRAM, 1000) == 300
+    assert points_cap(PROGRAM, 999) == 299
+    assert points_cap(PROGRAM, 0) == 0
 
 
 def test_lots_are_consumed_oldest_first() -> None:
