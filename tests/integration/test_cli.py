@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -268,3 +269,92 @@ def test_concurrent_migrations_apply_each_file_once(stack: Stack) -> None:
     applied = [name for result in results for name in result]
     assert sorted(applied) == sorted(r["name"] for r in rows)
     assert len(applied) == len(set(applied)) >= 1
+
+
+@pytest.mark.parametrize("server", ["granian", "uvicorn"])
+def test_serve_finishes_in_flight_requests_on_sigterm(stack: Stack, server: str) -> None:
+    env = clean_env(
+        REGULARS_DATABASE_URL=stack.running.database_url,
+        REGULARS_REDIS_URL=stack.running.redis_url,
+        REGULARS_JWT_SECRET="serve-test-secret-0123456789-0123456789",
+    )
+    port = free_port()
+    token = subprocess.run(
+        [*REGULARS, "token", "guest", "--phone", f"+49157{port:08d}", "--create"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
+    proc = subprocess.Popen(
+        [
+            *REGULARS,
+            "serve",
+            "--workers",
+            "1",
+            "--server",
+            server,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        headers = {"Authorization": f"Bearer {token}"}
+        guest_id = httpx.get(base + "/v1/me", headers=headers).json()["id"]
+        station = next(
+            loc for loc in httpx.get(base + "/v1/locations").json() if "24/7" in loc["name"]
+        )
+        item = httpx.get(f"{base}/v1/locations/{station['id']}/menu").json()["categories"][0][
+            "items"
+        ][0]
+        body = {
+            "location_id": station["id"],
+            "lines": [{"item_id": item["id"], "quantity": 1}],
+            "points_to_spend": 10,
+        }
+
+        async def in_flight() -> int:
+            # Hold the guest's account row so the checkout is mid-transaction when SIGTERM comes.
+            blocker = await connect_once(stack.running.database_url)
+            transaction = blocker.transaction()
+            await transaction.start()
+            await blocker.execute(
+                "SELECT 1 FROM accounts WHERE guest_id = $1 FOR UPDATE", uuid.UUID(guest_id)
+            )
+            async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+                request = asyncio.create_task(
+                    http.post(
+                        "/v1/orders",
+                        json=body,
+                        headers={**headers, "Idempotency-Key": str(uuid.uuid4())},
+                    )
+                )
+                await asyncio.sleep(1.0)
+                proc.send_signal(signal.SIGTERM)
+                await asyncio.sleep(1.0)
+                await transaction.rollback()
+                await blocker.close()
+                response = await request
+            return response.status_code
+
+        assert asyncio.run(in_flight()) == 201
+        # uvicorn re-raises the signal it drained on, so its exit status says "SIGTERM".
+        assert proc.wait(60) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
