@@ -79,3 +79,19 @@ async def assert_books_balance(services: Any, brand_id: uuid.UUID) -> None:
     async with services.db.connection() as conn:
         brand_sum, bad_balances, bad_holds = await services.loyalty.ledger.check(conn, brand_id)
     assert (brand_sum, bad_balances, bad_holds) == (0, 0, 0)
+
+
+def order_body(
+    demo: Demo,
+    items: dict[str, dict[str, Any]],
+    *lines: tuple[str, int],
+    points: int = 0,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A checkout body at the 24/7 station (open at any hour) for (sku, quantity) lines."""
+    return {
+        "location_id": str(demo.locations["station"]),
+        "lines": [{"item_id": items[sku]["id"], "quantity": quantity} for sku, quantity in lines],
+        "points_to_spend": points,
+        **extra,
+    }

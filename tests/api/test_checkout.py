@@ -14,6 +14,7 @@ from tests.api.helpers import (
     assert_books_balance,
     ledger_state,
     menu_items,
+    order_body,
     pay,
     place,
     redis_state,
@@ -84,11 +85,7 @@ async def test_replayed_checkout_returns_the_same_order(
     client: Client, guest: GuestHandle, demo: Demo, services: Any
 ) -> None:
     items = await menu_items(client, demo.locations["station"])
-    body = {
-        "location_id": str(demo.locations["station"]),
-        "lines": [{"item_id": items["CRO"]["id"], "quantity": 1}],
-        "points_to_spend": 50,
-    }
+    body = order_body(demo, items, ("CRO", 1), points=50)
     key = str(uuid.uuid4())
     first = await place(client, guest, body, key)
     again = await place(client, guest, body, key)
@@ -107,11 +104,7 @@ async def test_concurrent_duplicates_have_one_effect(
     client: Client, guest: GuestHandle, demo: Demo, services: Any
 ) -> None:
     items = await menu_items(client, demo.locations["station"])
-    body = {
-        "location_id": str(demo.locations["station"]),
-        "lines": [{"item_id": items["ESP"]["id"], "quantity": 1}],
-        "points_to_spend": 40,
-    }
+    body = order_body(demo, items, ("ESP", 1), points=40)
     key = str(uuid.uuid4())
     responses = await asyncio.gather(*(place(client, guest, body, key) for _ in range(8)))
     assert {r.status_code for r in responses} <= {201, 409}
@@ -130,11 +123,7 @@ async def test_fifty_concurrent_spends_from_one_wallet(
     await give_points(client, demo, guest, 1000 - PROGRAM.welcome_bonus_points)
     items = await menu_items(client, demo.locations["station"])
     # 100 points must stay within the 30% cap: four cinnamon buns (13.60) allow 408 points.
-    body = {
-        "location_id": str(demo.locations["station"]),
-        "lines": [{"item_id": items["CIN"]["id"], "quantity": 4}],
-        "points_to_spend": 100,
-    }
+    body = order_body(demo, items, ("CIN", 4), points=100)
     responses = await asyncio.gather(*(place(client, guest, body) for _ in range(50)))
     codes = [r.status_code for r in responses]
     assert codes.count(201) == 10, codes
@@ -149,11 +138,7 @@ async def test_cancel_before_acceptance_returns_the_points(
     client: Client, guest: GuestHandle, demo: Demo, services: Any
 ) -> None:
     items = await menu_items(client, demo.locations["station"])
-    body = {
-        "location_id": str(demo.locations["station"]),
-        "lines": [{"item_id": items["AVO"]["id"], "quantity": 1}],
-        "points_to_spend": 90,
-    }
+    body = order_body(demo, items, ("AVO", 1), points=90)
     awaiting = (await place(client, guest, body)).json()
     cancelled = await client.post(f"/v1/orders/{awaiting['id']}/cancel", headers=guest.headers)
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
@@ -176,10 +161,7 @@ async def test_declined_payment_leaves_the_order_payable(
     client: Client, guest: GuestHandle, demo: Demo
 ) -> None:
     items = await menu_items(client, demo.locations["station"])
-    body = {
-        "location_id": str(demo.locations["station"]),
-        "lines": [{"item_id": items["MUF"]["id"], "quantity": 1}],
-    }
+    body = order_body(demo, items, ("MUF", 1))
     order = (await place(client, guest, body)).json()
     declined = await pay(client, guest, order["id"], token="declined")
     assert declined.status_code == 402
@@ -239,10 +221,7 @@ async def test_another_guests_order_is_not_found(
     client: Client, notifier: RecordingNotifier, guest: GuestHandle, demo: Demo
 ) -> None:
     items = await menu_items(client, demo.locations["station"])
-    body = {
-        "location_id": str(demo.locations["station"]),
-        "lines": [{"item_id": items["COO"]["id"], "quantity": 1}],
-    }
+    body = order_body(demo, items, ("COO", 1))
     order = (await place(client, guest, body)).json()
     stranger = await sign_in(client, notifier)
     for response in (
@@ -265,10 +244,7 @@ async def test_points_to_earn_uses_the_guests_tier(
         )
     regular = await sign_in(client, notifier, phone)
     items = await menu_items(client, demo.locations["station"])
-    body = {
-        "location_id": str(demo.locations["station"]),
-        "lines": [{"item_id": items["SAL"]["id"], "quantity": 3}],
-    }
+    body = order_body(demo, items, ("SAL", 3))
     order = (await place(client, regular, body)).json()
     assert order["points_to_earn"] == earn_points(
         PROGRAM, 3 * items["SAL"]["price_minor"], PROGRAM.tiers[-1]
@@ -279,11 +255,7 @@ async def test_an_order_with_nothing_to_pay_skips_payment(
     client: Client, guest: GuestHandle, demo: Demo, services: Any
 ) -> None:
     items = await menu_items(client, demo.locations["station"])
-    body = {
-        "location_id": str(demo.locations["station"]),
-        "lines": [{"item_id": items["CRO"]["id"], "quantity": 1}],
-        "promo_code": "FIVEOFF",
-    }
+    body = order_body(demo, items, ("CRO", 1), promo_code="FIVEOFF")
     order = (await place(client, guest, body)).json()
     assert order["amount_due_minor"] == 0 and order["status"] == "placed"
     assert order["points_to_earn"] == 0  # a discount is not money paid
@@ -295,10 +267,7 @@ async def test_payment_replay_and_status_rules(
     client: Client, guest: GuestHandle, demo: Demo
 ) -> None:
     items = await menu_items(client, demo.locations["station"])
-    body = {
-        "location_id": str(demo.locations["station"]),
-        "lines": [{"item_id": items["TEA"]["id"], "quantity": 1}],
-    }
+    body = order_body(demo, items, ("TEA", 1))
     order = (await place(client, guest, body)).json()
     headers = {**guest.headers, "Idempotency-Key": str(uuid.uuid4())}
     payment = {"provider": "test", "token": "ok"}
@@ -330,11 +299,7 @@ async def test_a_promo_with_a_total_limit_runs_out(
         )
     services.orders._promos.clear()  # promo definitions are cached per process; this one is new
     items = await menu_items(client, demo.locations["station"])
-    body = {
-        "location_id": str(demo.locations["station"]),
-        "lines": [{"item_id": items["CRO"]["id"], "quantity": 1}],
-        "promo_code": code,
-    }
+    body = order_body(demo, items, ("CRO", 1), promo_code=code)
     guests = [await sign_in(client, notifier) for _ in range(4)]
     responses = await asyncio.gather(*(place(client, g, body) for g in guests))
     assert sorted(r.status_code for r in responses) == [201, 201, 422, 422]

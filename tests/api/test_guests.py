@@ -11,7 +11,7 @@ import pytest
 from server.auth.notifier import RecordingNotifier
 from server.seed.demo import PROGRAM
 from shared import qr
-from tests.api.helpers import menu_items, place, spendable
+from tests.api.helpers import menu_items, order_body, place, spendable
 from tests.conftest import Client, Demo, GuestHandle, new_phone, sign_in
 
 
@@ -97,11 +97,7 @@ async def test_profile_orders_and_paged_ledger(
     )
     items = await menu_items(client, demo.locations["station"])
     for _ in range(3):
-        body = {
-            "location_id": str(demo.locations["station"]),
-            "lines": [{"item_id": items["ESP"]["id"], "quantity": 1}],
-            "points_to_spend": 5,
-        }
+        body = order_body(demo, items, ("ESP", 1), points=5)
         assert (await place(client, guest, body)).status_code == 201
     orders = (await client.get("/v1/me/orders?limit=2", headers=guest.headers)).json()
     assert len(orders) == 2 and orders[0]["created_at"] >= orders[1]["created_at"]

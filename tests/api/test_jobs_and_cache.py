@@ -16,6 +16,7 @@ from tests.api.helpers import (
     assert_books_balance,
     ledger_state,
     menu_items,
+    order_body,
     pay,
     place,
     redis_state,
@@ -30,11 +31,7 @@ async def test_unpaid_orders_expire_and_release_their_points(
     client: Client, guest: GuestHandle, demo: Demo, services: Any
 ) -> None:
     items = await menu_items(client, demo.locations["station"])
-    body = {
-        "location_id": str(demo.locations["station"]),
-        "lines": [{"item_id": items["AVO"]["id"], "quantity": 1}],
-        "points_to_spend": 80,
-    }
+    body = order_body(demo, items, ("AVO", 1), points=80)
     order = (await place(client, guest, body)).json()
     assert await ledger_state(services, guest.id) == (WELCOME - 80, 80)
     async with services.db.transaction() as conn:
@@ -71,11 +68,7 @@ async def test_expired_lots_are_taken_oldest_first(
         )
     await loyalty.mirror(guest.id, "credit", transfer_id, state, 300)
     items = await menu_items(client, demo.locations["station"])
-    body = {
-        "location_id": str(demo.locations["station"]),
-        "lines": [{"item_id": items["GC50"]["id"], "quantity": 1}],
-        "points_to_spend": 120,
-    }
+    body = order_body(demo, items, ("GC50", 1), points=120)
     order = (await place(client, guest, body)).json()
     assert (await pay(client, guest, order["id"])).status_code == 200
     assert await spendable(client, guest) == WELCOME + 300 - 120
@@ -94,10 +87,7 @@ async def test_a_clawback_can_go_negative_and_then_refuses_spending(
     client: Client, guest: GuestHandle, demo: Demo, services: Any
 ) -> None:
     items = await menu_items(client, demo.locations["station"])
-    body = {
-        "location_id": str(demo.locations["station"]),
-        "lines": [{"item_id": items["SAL"]["id"], "quantity": 10}],
-    }
+    body = order_body(demo, items, ("SAL", 10))
     order = (await place(client, guest, body)).json()
     await pay(client, guest, order["id"])
     done = (
