@@ -286,6 +286,26 @@ class LiveServer:
 
         return asyncio.run(issue())
 
+    def pairing_code(self, location_slug: str = "station") -> str:
+        """Register a kiosk device as the demo manager and return its one-time pairing code."""
+        with httpx.Client(base_url=self.base_url, timeout=10) as http:
+            location = next(
+                loc
+                for loc in http.get("/v1/locations").json()
+                if self._slug_of(loc) == location_slug
+            )
+            created = http.post(
+                "/v1/kiosk/devices",
+                json={"location_id": location["id"], "name": "GUI test tablet"},
+                headers={"Authorization": f"Bearer {self.staff_token('manager')}"},
+            )
+            created.raise_for_status()
+            return str(created.json()["pairing_code"])
+
+    @staticmethod
+    def _slug_of(location: dict[str, Any]) -> str:
+        return "station" if "24/7" in location["name"] else location["name"].split()[-1].lower()
+
     def new_guest(self, points: int = 0) -> dict[str, Any]:
         """Sign up a guest through the API; returns id, token, phone, public_id and qr secret."""
         phone = new_phone()

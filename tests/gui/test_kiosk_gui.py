@@ -104,6 +104,24 @@ def test_sign_in_screens(kiosk: KioskDriver) -> None:
     kiosk.screenshot("05-scan-ready-1280x800")
 
 
+def test_pairing_then_pin_sign_in(kiosk: KioskDriver) -> None:
+    code = kiosk.server.pairing_code("station")
+    kiosk.app.go("pairing")
+    kiosk.frames(2)
+    kiosk.app.screen("pairing").ids.code.text = code
+    kiosk.tap(kiosk.button("pairing", "Pair tablet"))
+    kiosk.pump(lambda: kiosk.app.kiosk_config.paired, what="pairing")
+    kiosk.app.go("signin")
+    screen = kiosk.app.screen("signin")
+    screen.set_mode("pin")
+    kiosk.frames(2)
+    screen.ids.email.text = "barista@demo.regulars.test"
+    screen.ids.secret.text = "1234"
+    kiosk.tap(kiosk.button("signin", "Sign in"))
+    kiosk.pump(lambda: kiosk.app.screens.current == "scan", what="PIN sign-in")
+    assert kiosk.app.signed_in
+
+
 def test_qr_in_a_camera_frame_opens_the_right_guest(kiosk: KioskDriver) -> None:
     guest = new_guest(kiosk.server, points=120)
     new_guest(kiosk.server)  # another guest, who must not be the one shown
