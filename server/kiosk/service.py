@@ -623,13 +623,15 @@ class Counter:
     ) -> Stored:
         scope, key, digest = request
         now = datetime.now(UTC)
+        # Set only once the transaction has committed, so any failure up to and including the
+        # commit voids the Redis hold this request made.
         state: AccountState | None = None
         try:
             async with self.db.transaction() as conn:
                 replay = await idempotency.begin(conn, scope, key, digest)
                 if replay is not None:
                     return replay
-                state = await self.loyalty.ledger.hold(
+                held = await self.loyalty.ledger.hold(
                     conn,
                     transfer_id=transfer_id,
                     brand_id=staff.brand_id,
@@ -639,7 +641,7 @@ class Counter:
                     location_id=body.location_id,
                     timeout_at=now + timedelta(seconds=self.settings.redemption_timeout_s),
                 )
-                if state is None:
+                if held is None:
                     raise _insufficient(body.points, await conn.fetchval(sql.SPENDABLE, guest_id))
                 await audit(
                     conn,
@@ -659,10 +661,11 @@ class Counter:
                     points=-body.points,
                     state="pending",
                     created_at=now,
-                    points_available=state.spendable,
+                    points_available=held.spendable,
                 )
                 stored = Stored(201, _encode(transfer))
                 await idempotency.finish(conn, scope, key, 201, stored.body)
+            state = held
         finally:
             await self.loyalty.settle_admission(guest_id, transfer_id, admission, state)
         return stored

@@ -146,6 +146,8 @@ class Orders:
                 return replay
             raise _insufficient(priced.points_spent, admission.spendable)
 
+        # Set only once the transaction has committed: if the commit itself fails, the Redis
+        # hold this request made is voided like any other refusal.
         state: AccountState | None = None
         try:
             async with self.db.transaction() as conn:
@@ -155,10 +157,11 @@ class Orders:
                 assert account is not None, "every guest has an account"
                 if not account["claimed"]:
                     return await idempotency.stored(conn, scope, key, digest)
-                state, order, response = await self._create(
+                held, order, response = await self._create(
                     conn, guest, account, index, priced, promo, transfer_id, (pickup_at, slot),
                     now, (scope, key),
                 )  # fmt: skip
+            state = held
         finally:
             await self.loyalty.settle_admission(guest.subject_id, transfer_id, admission, state)
         if order.status == "placed" and state is not None and priced.points_spent:

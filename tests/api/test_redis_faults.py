@@ -150,3 +150,38 @@ async def test_reconcile_voids_the_orphan_of_a_crash(
     spent = await place(client, guest, spend_all)
     assert spent.status_code == 201, spent.text
     assert await ledger_state(services, guest.id) == (0, 400)
+
+
+async def test_a_failure_after_the_hold_leaves_no_redis_hold(
+    client: Client, guest: GuestHandle, demo: Demo, services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request fails inside the transaction after PostgreSQL took the hold: both stores
+    end as they started (PostgreSQL by rollback, Redis by the void of the admission)."""
+
+    async def broken_insert(*_: Any, **__: Any) -> None:
+        raise RuntimeError("injected failure after the hold")
+
+    monkeypatch.setattr(services.orders, "_insert", broken_insert)
+    failed = await place(client, guest, await order_body(client, demo, 60))
+    assert failed.status_code == 500
+    assert await ledger_state(services, guest.id) == (WELCOME, 0)
+    assert await redis_state(services, guest.id) == (WELCOME, 0)
+
+
+async def test_a_failure_after_a_redemption_hold_leaves_no_redis_hold(
+    client: Client, guest: GuestHandle, demo: Demo, services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import server.kiosk.service
+
+    async def broken_audit(*_: Any, **__: Any) -> None:
+        raise RuntimeError("injected failure after the hold")
+
+    monkeypatch.setattr(server.kiosk.service, "audit", broken_audit)
+    failed = await client.post(
+        f"/v1/guests/{guest.id}/redemptions",
+        json={"points": 40, "location_id": str(demo.locations["station"])},
+        headers={"Authorization": f"Bearer {demo.staff['barista']}", "Idempotency-Key": "redeem-1"},
+    )
+    assert failed.status_code == 500
+    assert await ledger_state(services, guest.id) == (WELCOME, 0)
+    assert await redis_state(services, guest.id) == (WELCOME, 0)
