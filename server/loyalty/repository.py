@@ -147,7 +147,9 @@ class Ledger:
                 )
         except asyncpg.UniqueViolationError:
             return None
-        row = await conn.fetchrow(sql.SETTLE_HOLD, hold.debit_account_id, hold.amount, post)
+        row = await conn.fetchrow(
+            sql.SETTLE_HOLD, hold.debit_account_id, hold.amount, post, hold.id
+        )
         assert row is not None
         return _state(row)
 

@@ -24,16 +24,14 @@ SELECT id, brand_id, credits_posted - debits_posted AS posted, debits_pending AS
 FROM accounts WHERE guest_id = $1
 """
 
-# One snapshot of a wallet for Redis: balances plus the holds that are still pending.
+# One snapshot of a wallet for Redis: balances plus the holds that are still open.
 WALLET_SNAPSHOT = """
 SELECT a.id, a.credits_posted - a.debits_posted AS posted, a.debits_pending AS pending,
        a.version,
-       coalesce(array_agg(t.id) FILTER (WHERE t.id IS NOT NULL), '{}') AS hold_ids,
-       coalesce(array_agg(t.amount) FILTER (WHERE t.id IS NOT NULL), '{}') AS hold_points
+       coalesce(array_agg(h.transfer_id) FILTER (WHERE h.transfer_id IS NOT NULL), '{}') AS hold_ids,
+       coalesce(array_agg(h.amount) FILTER (WHERE h.transfer_id IS NOT NULL), '{}') AS hold_points
 FROM accounts a
-LEFT JOIN transfers t
-       ON t.debit_account_id = a.id AND t.phase = 'pending'
-      AND NOT EXISTS (SELECT 1 FROM transfers r WHERE r.pending_id = t.id)
+LEFT JOIN open_holds h ON h.account_id = a.id
 WHERE a.guest_id = $1
 GROUP BY a.id
 """
@@ -50,11 +48,15 @@ WITH held AS (
     INSERT INTO transfers (id, brand_id, debit_account_id, credit_account_id, amount, phase,
                            code, order_id, location_id, timeout_at)
     SELECT $3, $4, $1, $5, $2, 'pending', $6, $7, $8, $9 FROM held
+), opened AS (
+    INSERT INTO open_holds (transfer_id, account_id, amount, timeout_at)
+    SELECT $3, $1, $2, $9 FROM held
 )
 SELECT posted, pending, version FROM held
 """
 
 SETTLE_HOLD = """
+WITH closed AS (DELETE FROM open_holds WHERE transfer_id = $4)
 UPDATE accounts
 SET debits_pending = debits_pending - $2,
     debits_posted = debits_posted + CASE WHEN $3 THEN $2 ELSE 0 END,
@@ -178,7 +180,8 @@ WITH moves AS (
 ), holds AS (
     SELECT a.id, a.debits_pending AS stored,
            coalesce(sum(t.amount) FILTER (WHERE t.id IS NOT NULL
-               AND NOT EXISTS (SELECT 1 FROM transfers r WHERE r.pending_id = t.id)), 0) AS open
+               AND NOT EXISTS (SELECT 1 FROM transfers r WHERE r.pending_id = t.id)), 0) AS open,
+           (SELECT coalesce(sum(h.amount), 0) FROM open_holds h WHERE h.account_id = a.id) AS listed
     FROM accounts a LEFT JOIN transfers t ON t.debit_account_id = a.id AND t.phase = 'pending'
     WHERE a.brand_id = $1 AND a.kind = 'guest'
     GROUP BY a.id
@@ -188,7 +191,7 @@ SELECT
        FROM derived)::bigint AS brand_sum,
     (SELECT count(*) FROM derived WHERE kind = 'guest' AND stored <> balance)::int
        AS mismatched_balances,
-    (SELECT count(*) FROM holds WHERE stored <> open)::int AS mismatched_holds
+    (SELECT count(*) FROM holds WHERE stored <> open OR listed <> open)::int AS mismatched_holds
 """
 
 GUEST_ACCOUNTS_PAGE = """
@@ -197,12 +200,10 @@ WHERE kind = 'guest' AND ($1::uuid IS NULL OR guest_id > $1)
 ORDER BY guest_id LIMIT $2
 """
 
-# Pending spends whose payment window has passed (the worker voids them).
+# Holds whose time is up (the worker voids them): read from the open ones only.
 TIMED_OUT_HOLDS = """
-SELECT t.id FROM transfers t
-WHERE t.phase = 'pending' AND t.timeout_at < now()
-  AND NOT EXISTS (SELECT 1 FROM transfers r WHERE r.pending_id = t.id)
-ORDER BY t.timeout_at LIMIT $1
+SELECT transfer_id AS id FROM open_holds WHERE timeout_at < now()
+ORDER BY timeout_at LIMIT $1
 """
 
 # Guests with lots past their expiry date: candidates for the expiry job.
