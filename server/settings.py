@@ -83,6 +83,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     # Jobs.
     worker_interval_s: float = 15.0
+    slow_jobs_interval_s: float = 3600.0
     reconcile_grace_s: float = 30.0
     job_batch_size: int = 500
 

@@ -47,17 +47,19 @@ async def relay_outbox(services: Services, batch_size: int) -> int:
     return len(rows)
 
 
-async def run_once(services: Services) -> dict[str, int]:
-    """One pass of every job; each job's failure is logged and does not stop the others."""
+async def run_once(services: Services, *, slow: bool = True) -> dict[str, int]:
+    """One pass of every job (``slow``: also the day-scale ones, lot expiry and tier recount);
+    each job's failure is logged and does not stop the others."""
     batch = services.settings.job_batch_size
     done: dict[str, int] = {}
     jobs: dict[str, Callable[[], Awaitable[int]]] = {
         "expired_orders": lambda: services.orders.expire_unpaid(batch),
         "voided_holds": lambda: void_timed_out_holds(services.loyalty, batch),
-        "expired_lots": lambda: expire_lots(services.loyalty, batch),
-        "recounted_tiers": lambda: recount_tier_points(services.loyalty, batch),
         "relayed_events": lambda: relay_outbox(services, batch),
     }
+    if slow:
+        jobs["expired_lots"] = lambda: expire_lots(services.loyalty, batch)
+        jobs["recounted_tiers"] = lambda: recount_tier_points(services.loyalty, batch)
     for name, job in jobs.items():
         try:
             done[name] = await job()
@@ -74,13 +76,18 @@ async def run_forever(
 ) -> None:
     """Relay the outbox often (live queues feel instant) and run the slower jobs every interval."""
     loop = asyncio.get_running_loop()
-    next_jobs = 0.0
+    next_jobs = next_slow = 0.0
     while not stop.is_set():
         if loop.time() >= next_jobs:
-            done = await run_once(services)
+            # Lots expire by the day and tiers move slowly: their scans run far less often
+            # than the payment window and hold timeouts need.
+            slow = loop.time() >= next_slow
+            done = await run_once(services, slow=slow)
             if any(done.values()):
                 log.info("worker pass: %s", done)
             next_jobs = loop.time() + services.settings.worker_interval_s
+            if slow:
+                next_slow = loop.time() + services.settings.slow_jobs_interval_s
         else:
             try:
                 await relay_outbox(services, services.settings.job_batch_size)
