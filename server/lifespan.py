@@ -20,7 +20,10 @@ from server.catalog.service import CATALOG_CHANNEL, Catalog
 from server.guests.service import Guests
 from server.infra.db import Database, create_pool
 from server.infra.redis import RedisGate, create_redis
-from server.kiosk.service import Counter, Kiosk, LiveQueues, record_completed_order
+from server.kiosk.counter import Counter
+from server.kiosk.live import LiveQueues
+from server.kiosk.profiles import record_completed_order
+from server.kiosk.service import Kiosk
 from server.loyalty.hot import HotWallets
 from server.loyalty.repository import Ledger
 from server.loyalty.service import Loyalty, Programs

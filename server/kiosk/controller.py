@@ -15,7 +15,9 @@ from server.auth.tokens import Principal
 from server.infra.http import IdempotencyKey, stored_response
 from server.infra.idempotency import require_key
 from server.infra.problems import Problem
-from server.kiosk.service import Counter, Kiosk, LiveQueues, queue_hello
+from server.kiosk.counter import Counter
+from server.kiosk.live import LiveQueues, queue_hello
+from server.kiosk.service import Kiosk
 from server.staff.controller import DevicesController, StaffAuthController
 from shared import contract
 from shared.contract import EnrolIn

@@ -31,7 +31,7 @@ from server.loyalty.model import Lot, Program, Tier, remaining_lots, tier_for
 from server.loyalty.repository import AccountState, Ledger
 from shared import contract
 
-__all__ = ["Admission", "Loyalty", "Programs", "add_months"]
+__all__ = ["Admission", "Loyalty", "Programs", "add_months", "insufficient_points"]
 
 log = logging.getLogger("regulars.loyalty")
 
@@ -346,6 +346,17 @@ class Loyalty:
             await idempotency.finish(conn, scope, key, 201, stored.body)
         await self.mirror(guest_id, "credit", transfer_id, state, body.points)
         return stored
+
+
+def insufficient_points(wanted: int, spendable: int | None) -> Problem:
+    """The refusal of a spend the balance does not cover (checkout and counter alike)."""
+    return Problem(
+        422,
+        "insufficient-points",
+        f"the guest has {spendable if spendable is not None else 'fewer'} spendable points, "
+        f"{wanted} were asked",
+        points_available=spendable,
+    )
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -27,7 +27,7 @@ from server.infra.problems import Problem
 from server.kiosk.model import display_name
 from server.loyalty.model import Program, Tier, tier_for
 from server.loyalty.repository import AccountState
-from server.loyalty.service import Loyalty, add_months
+from server.loyalty.service import Loyalty, add_months, insufficient_points
 from server.orders import sql
 from server.orders.model import (
     CANCELLABLE_BY_GUEST,
@@ -144,7 +144,7 @@ class Orders:
                 replay = await idempotency.lookup(conn, scope, key, digest)
             if replay is not None:
                 return replay
-            raise _insufficient(priced.points_spent, admission.spendable)
+            raise insufficient_points(priced.points_spent, admission.spendable)
 
         # Set only once the transaction has committed: if the commit itself fails, the Redis
         # hold this request made is voided like any other refusal.
@@ -235,7 +235,7 @@ class Orders:
                 location_id=index.location.id, timeout_at=now + window,
             )  # fmt: skip
             if state is None:
-                raise _insufficient(
+                raise insufficient_points(
                     priced.points_spent, await conn.fetchval(sql.SPENDABLE, account["id"])
                 )
         if (
@@ -665,16 +665,6 @@ def _apply_tier(program: Program, tier: Tier, priced: Quote) -> None:
     for line, earned in zip(priced.lines, shares, strict=True):
         line.points_earned = earned
     priced.points_to_earn = sum(shares)
-
-
-def _insufficient(wanted: int, spendable: int | None) -> Problem:
-    return Problem(
-        422,
-        "insufficient-points",
-        f"the guest has {spendable if spendable is not None else 'fewer'} spendable points, "
-        f"{wanted} were asked",
-        points_available=spendable,
-    )
 
 
 async def _audit(

@@ -1,0 +1,71 @@
+"""The locations a staff member may act for, cached per process."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from uuid import UUID
+from zoneinfo import ZoneInfo
+
+from server.auth.tokens import Principal
+from server.infra.db import Database
+from server.infra.problems import Problem
+from server.kiosk import sql
+
+__all__ = ["Locations", "Place"]
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    id: UUID
+    brand_id: UUID
+    name: str
+    tz: ZoneInfo
+
+
+class Locations:
+    """Every location's brand, name and timezone, cached briefly (they rarely change)."""
+
+    # A location created a moment ago is found after at most this long, without letting
+    # lookups of unknown ids query the database every time.
+    MISS_REFRESH_S = 1.0
+
+    def __init__(self, db: Database, ttl_s: float) -> None:
+        self._db = db
+        self._ttl_s = ttl_s
+        self._places: dict[UUID, Place] = {}
+        self._loaded_at = -float("inf")
+
+    async def _all(self, missing: UUID | None = None) -> dict[UUID, Place]:
+        age_s = time.monotonic() - self._loaded_at
+        missed = missing is not None and missing not in self._places
+        if age_s > self._ttl_s or (missed and age_s > self.MISS_REFRESH_S):
+            rows = await self._db.fetch(sql.LOCATIONS)
+            self._places = {
+                r["id"]: Place(r["id"], r["brand_id"], r["name"], ZoneInfo(r["timezone"]))
+                for r in rows
+            }
+            self._loaded_at = time.monotonic()
+        return self._places
+
+    async def get(self, location_id: UUID) -> Place | None:
+        return (await self._all(location_id)).get(location_id)
+
+    async def of_staff(self, staff: Principal, location_id: UUID) -> Place:
+        """The location if ``staff`` works there; 404 otherwise (no probing other brands)."""
+        place = await self.get(location_id)
+        if place is None or place.brand_id != staff.brand_id or not staff.covers(location_id):
+            raise Problem(404, "location-not-found", f"no location {location_id}")
+        return place
+
+    async def home_tz(self, staff: Principal) -> ZoneInfo:
+        """The timezone the counter is in: the staff's (first) location, else the brand's."""
+        for location_id in sorted(staff.location_ids):
+            place = await self.get(location_id)
+            if place is not None:
+                return place.tz
+        brand = sorted(
+            (p for p in (await self._all()).values() if p.brand_id == staff.brand_id),
+            key=lambda p: p.name,
+        )
+        return brand[0].tz if brand else ZoneInfo("UTC")

@@ -1,0 +1,107 @@
+"""Guest profiles folded forward one visit at a time, so the guest card never reads order
+history: accruals and completed orders update ``guest_profiles`` in their own transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+from zoneinfo import ZoneInfo
+
+import asyncpg
+
+from server.kiosk import sql
+from server.kiosk.model import (
+    RECENT_VISITS_MAX,
+    Profile,
+    Visit,
+    VisitItem,
+    fold_visit,
+    histogram_from,
+)
+
+__all__ = ["record_completed_order", "record_visit"]
+
+
+async def record_visit(
+    conn: asyncpg.Connection,
+    guest_id: UUID,
+    visit: Visit,
+    now: datetime,
+    tz: ZoneInfo,
+    exclude_order_id: UUID | None = None,
+) -> None:
+    """Fold one visit into the guest's ``guest_profiles`` row, in the caller's transaction.
+
+    The first time a row is folded forward, its histograms are started from the guest's
+    completed orders (bounded); after that only the new visit is read.
+    """
+    row = await conn.fetchrow(sql.PROFILE_FOR_UPDATE, guest_id)
+    if row is None or row["weekday_counts"] is None:
+        history = [
+            r["created_at"]
+            for r in await conn.fetch(
+                sql.COMPLETED_VISITS, guest_id, exclude_order_id, RECENT_VISITS_MAX * 5
+            )
+        ]
+        weekdays, hours = histogram_from(at.astimezone(tz) for at in history)
+        recent = tuple(sorted(at for at in history if at > now - timedelta(days=30)))
+    else:
+        weekdays, hours = tuple(row["weekday_counts"]), tuple(row["hour_counts"])
+        recent = tuple(row["recent_visits"] or ())
+    profile = Profile(recent_visits=recent, weekday_counts=weekdays, hour_counts=hours)
+    if row is not None:
+        profile = Profile(
+            visits_total=row["visits_total"],
+            spend_total_minor=row["spend_total_minor"],
+            avg_ticket_minor=row["avg_ticket_minor"],
+            usual_weekday=row["usual_weekday"],
+            usual_hour=row["usual_hour"],
+            last_visit_at=row["last_visit_at"],
+            top_items=tuple(row["top_items"]),
+            points_earned_12m=row["points_earned_12m"],
+            weekday_counts=weekdays,
+            hour_counts=hours,
+            recent_visits=recent,
+        )
+    folded = fold_visit(profile, visit, now)
+    await conn.execute(
+        sql.UPSERT_PROFILE,
+        guest_id,
+        folded.visits_total,
+        folded.visits_30d,
+        folded.spend_total_minor,
+        folded.avg_ticket_minor,
+        folded.usual_weekday,
+        folded.usual_hour,
+        folded.last_visit_at,
+        list(folded.top_items),
+        folded.points_earned_12m,
+        list(folded.weekday_counts),
+        list(folded.hour_counts),
+        list(folded.recent_visits),
+    )
+
+
+async def record_completed_order(conn: asyncpg.Connection, order_id: UUID) -> None:
+    """Fold a just-completed order into its guest's profile (call after the status is set,
+    in the same transaction). Does nothing when the order is not completed."""
+    row = await conn.fetchrow(sql.COMPLETED_ORDER, order_id)
+    if row is None:
+        return
+    now = datetime.now(UTC)
+    tz = ZoneInfo(row["timezone"])
+    items = tuple(
+        VisitItem(
+            UUID(str(i["item_id"])), str(i["name"]), int(i["quantity"]), int(i["price_minor"])
+        )
+        for i in row["items"]
+    )
+    visit = Visit(
+        at=now,
+        local_at=now.astimezone(tz),
+        amount_minor=int(row["paid_minor"]),
+        points=row["points_earned"],
+        items=items,
+    )
+    await record_visit(conn, row["guest_id"], visit, now, tz, exclude_order_id=order_id)
