@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 from litestar import Controller, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
 
 from server.auth.service import Auth
 from shared import contract
@@ -13,16 +15,22 @@ class AuthController(Controller):
     tags = ["auth"]
 
     @post("/otp", status_code=202)
-    async def send_code(self, auth: Auth, data: contract.OtpRequest) -> contract.OtpSent:
+    async def send_code(
+        self, auth: NamedDependency[Auth], data: JSONBody[contract.OtpRequest]
+    ) -> contract.OtpSent:
         """Send a one-time code to a phone (rate-limited)."""
         return await auth.send_code(data)
 
     @post("/otp/verify", status_code=200)
-    async def verify_code(self, auth: Auth, data: contract.OtpVerify) -> contract.TokenPair:
+    async def verify_code(
+        self, auth: NamedDependency[Auth], data: JSONBody[contract.OtpVerify]
+    ) -> contract.TokenPair:
         """Exchange the code for an access token and a refresh token; new guests are enrolled."""
         return await auth.verify_code(data)
 
     @post("/refresh", status_code=200)
-    async def refresh(self, auth: Auth, data: contract.RefreshIn) -> contract.TokenPair:
+    async def refresh(
+        self, auth: NamedDependency[Auth], data: JSONBody[contract.RefreshIn]
+    ) -> contract.TokenPair:
         """Rotate a refresh token; reusing an old one signs out its whole family."""
         return await auth.refresh(data)

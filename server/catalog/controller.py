@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from typing import Annotated
 from uuid import UUID
 
 import msgspec
 from litestar import Controller, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from server.auth.guards import requires_role
 from server.auth.tokens import Principal
@@ -25,21 +27,23 @@ class CatalogController(Controller):
     tags = ["catalog"]
 
     @get("/")
-    async def locations(self, catalog: Catalog) -> list[contract.Location]:
+    async def locations(self, catalog: NamedDependency[Catalog]) -> list[contract.Location]:
         """Every location, with whether it is open right now."""
         return await catalog.locations()
 
     @get("/{location_id:uuid}/menu")
-    async def menu(self, catalog: Catalog, location_id: UUID) -> contract.Menu:
+    async def menu(
+        self, catalog: NamedDependency[Catalog], location_id: FromPath[UUID]
+    ) -> contract.Menu:
         """The menu of a location with prices, modifiers and today's availability."""
         return (await catalog.menu(location_id)).menu
 
     @get("/{location_id:uuid}/slots")
     async def slots(
         self,
-        catalog: Catalog,
-        location_id: UUID,
-        day: date | None = Parameter(query="date", default=None),
+        catalog: NamedDependency[Catalog],
+        location_id: FromPath[UUID],
+        day: Annotated[date | None, QueryParameter(name="date")] = None,
     ) -> contract.Slots:
         """Pickup slots of a day (default today) with their free capacity."""
         return await catalog.slots(location_id, day or datetime.now(UTC).date())
@@ -51,11 +55,11 @@ class CatalogController(Controller):
     )
     async def set_availability(
         self,
-        catalog: Catalog,
-        principal: Principal,
-        location_id: UUID,
-        item_id: UUID,
-        data: AvailabilityIn,
+        catalog: NamedDependency[Catalog],
+        principal: NamedDependency[Principal],
+        location_id: FromPath[UUID],
+        item_id: FromPath[UUID],
+        data: JSONBody[AvailabilityIn],
     ) -> None:
         """Sell out (or bring back) an item at a location; every API process drops its menu."""
         if not principal.covers(location_id):

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import qrcode
 from litestar import Controller, Request, Response, get
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import QueryParameter
 
 from server.auth.guards import requires_guest
 from server.auth.tokens import Principal
@@ -24,23 +25,27 @@ class MeController(Controller):
     tags = ["guests"]
 
     @get("/")
-    async def me(self, guests: Guests, principal: Principal) -> contract.Me:
+    async def me(
+        self, guests: NamedDependency[Guests], principal: NamedDependency[Principal]
+    ) -> contract.Me:
         """The signed-in guest's profile and tier."""
         return await guests.me(principal.subject_id, principal.brand_id)
 
     @get("/wallet")
-    async def wallet(self, loyalty: Loyalty, principal: Principal) -> contract.Wallet:
+    async def wallet(
+        self, loyalty: NamedDependency[Loyalty], principal: NamedDependency[Principal]
+    ) -> contract.Wallet:
         """Spendable points, points on hold, tier progress and the lots that expire soonest."""
         return await loyalty.wallet(principal.subject_id, principal.brand_id)
 
     @get("/ledger")
     async def ledger(
         self,
-        loyalty: Loyalty,
-        principal: Principal,
-        settings: Settings,
-        cursor: str | None = None,
-        limit: int = Parameter(default=20, ge=1, le=100),
+        loyalty: NamedDependency[Loyalty],
+        principal: NamedDependency[Principal],
+        settings: NamedDependency[Settings],
+        cursor: Annotated[str | None, QueryParameter()] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
     ) -> contract.LedgerPage:
         """Every points movement, newest first, a page at a time."""
         return await loyalty.ledger_page(
@@ -50,17 +55,20 @@ class MeController(Controller):
     @get("/orders")
     async def orders(
         self,
-        orders: Orders,
-        principal: Principal,
-        before: datetime | None = None,
-        limit: int = Parameter(default=20, ge=1, le=100),
+        orders: NamedDependency[Orders],
+        principal: NamedDependency[Principal],
+        before: Annotated[datetime | None, QueryParameter()] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
     ) -> list[contract.Order]:
         """The guest's orders, newest first."""
         return await orders.list_for_guest(principal.subject_id, before, limit)
 
     @get("/qr", media_type="application/json")
     async def qr(
-        self, request: Request[Any, Any, Any], guests: Guests, principal: Principal
+        self,
+        request: Request[Any, Any, Any],
+        guests: NamedDependency[Guests],
+        principal: NamedDependency[Principal],
     ) -> Response[Any]:
         """The rotating QR code; ``Accept: image/png`` gives the image to show at the counter."""
         code = await guests.qr_code(principal.subject_id)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from litestar import Response
-from litestar.params import Parameter
+from litestar.params import HeaderParameter
 
 from server.infra.idempotency import Stored
 from server.infra.problems import PROBLEM_JSON
 
-__all__ = ["IdempotencyKey", "stored_response"]
+__all__ = ["IdempotencyKeyHeader", "stored_response"]
 
 # The header every state-changing POST takes (DESIGN §9); require_key() says when it is missing.
-IdempotencyKey = Parameter(header="Idempotency-Key", default=None, required=False)
+IdempotencyKeyHeader = Annotated[
+    str | None, HeaderParameter(name="Idempotency-Key", required=False)
+]
 
 
 def stored_response(stored: Stored) -> Response[bytes]:

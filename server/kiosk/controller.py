@@ -8,11 +8,13 @@ from typing import Any
 from uuid import UUID
 
 from litestar import Controller, Response, WebSocket, get, post, websocket
+from litestar.di import NamedDependency
 from litestar.exceptions import WebSocketDisconnect
+from litestar.params import FromPath, JSONBody
 
 from server.auth.guards import requires_staff
 from server.auth.tokens import Principal
-from server.infra.http import IdempotencyKey, stored_response
+from server.infra.http import IdempotencyKeyHeader, stored_response
 from server.infra.idempotency import require_key
 from server.infra.problems import Problem
 from server.kiosk.counter import Counter
@@ -41,7 +43,10 @@ class KioskController(Controller):
 
     @post("/scan", status_code=200)
     async def scan(
-        self, kiosk: Kiosk, principal: Principal, data: contract.ScanIn
+        self,
+        kiosk: NamedDependency[Kiosk],
+        principal: NamedDependency[Principal],
+        data: JSONBody[contract.ScanIn],
     ) -> contract.GuestCard:
         """The guest card for a QR code, a 12-digit card number or a phone, in one round trip."""
         return await kiosk.scan(principal, data)
@@ -49,10 +54,10 @@ class KioskController(Controller):
     @post("/guests")
     async def enrol(
         self,
-        kiosk: Kiosk,
-        principal: Principal,
-        data: EnrolIn,
-        idempotency_key: str | None = IdempotencyKey,
+        kiosk: NamedDependency[Kiosk],
+        principal: NamedDependency[Principal],
+        data: JSONBody[EnrolIn],
+        idempotency_key: IdempotencyKeyHeader = None,
     ) -> Response[bytes]:
         """Enrol a guest by phone at the counter (201; 200 if already a guest): their card."""
         return stored_response(await kiosk.enrol(principal, data, require_key(idempotency_key)))
@@ -66,11 +71,11 @@ class CounterController(Controller):
     @post("/guests/{guest_id:uuid}/accruals", status_code=201)
     async def accrue(
         self,
-        counter: Counter,
-        principal: Principal,
-        guest_id: UUID,
-        data: contract.AccrualIn,
-        idempotency_key: str | None = IdempotencyKey,
+        counter: NamedDependency[Counter],
+        principal: NamedDependency[Principal],
+        guest_id: FromPath[UUID],
+        data: JSONBody[contract.AccrualIn],
+        idempotency_key: IdempotencyKeyHeader = None,
     ) -> Response[bytes]:
         """Points for money paid at the till; once per key and once per receipt."""
         key = require_key(idempotency_key)
@@ -79,11 +84,11 @@ class CounterController(Controller):
     @post("/guests/{guest_id:uuid}/redemptions", status_code=201)
     async def reserve(
         self,
-        counter: Counter,
-        principal: Principal,
-        guest_id: UUID,
-        data: contract.RedemptionIn,
-        idempotency_key: str | None = IdempotencyKey,
+        counter: NamedDependency[Counter],
+        principal: NamedDependency[Principal],
+        guest_id: FromPath[UUID],
+        data: JSONBody[contract.RedemptionIn],
+        idempotency_key: IdempotencyKeyHeader = None,
     ) -> Response[bytes]:
         """Hold points for a redemption; then post or void it."""
         key = require_key(idempotency_key)
@@ -91,14 +96,20 @@ class CounterController(Controller):
 
     @post("/redemptions/{transfer_id:uuid}/post", status_code=200)
     async def post_redemption(
-        self, counter: Counter, principal: Principal, transfer_id: UUID
+        self,
+        counter: NamedDependency[Counter],
+        principal: NamedDependency[Principal],
+        transfer_id: FromPath[UUID],
     ) -> contract.Transfer:
         """Make a held redemption final (exactly once; asking again answers the same)."""
         return await counter.resolve(principal, transfer_id, post=True)
 
     @post("/redemptions/{transfer_id:uuid}/void", status_code=200)
     async def void_redemption(
-        self, counter: Counter, principal: Principal, transfer_id: UUID
+        self,
+        counter: NamedDependency[Counter],
+        principal: NamedDependency[Principal],
+        transfer_id: FromPath[UUID],
     ) -> contract.Transfer:
         """Release a held redemption (exactly once; asking again answers the same)."""
         return await counter.resolve(principal, transfer_id, post=False)
@@ -110,7 +121,10 @@ class QueueController(Controller):
 
     @get("/{location_id:uuid}/queue", guards=[requires_staff])
     async def queue(
-        self, kiosk: Kiosk, principal: Principal, location_id: UUID
+        self,
+        kiosk: NamedDependency[Kiosk],
+        principal: NamedDependency[Principal],
+        location_id: FromPath[UUID],
     ) -> list[contract.Order]:
         """Open pre-orders of the location (placed … ready), soonest pickup first."""
         return await kiosk.queue(principal, location_id)
@@ -119,9 +133,9 @@ class QueueController(Controller):
     async def live(
         self,
         socket: WebSocket[Any, Any, Any],
-        kiosk: Kiosk,
-        live_queues: LiveQueues,
-        location_id: UUID,
+        kiosk: NamedDependency[Kiosk],
+        live_queues: NamedDependency[LiveQueues],
+        location_id: FromPath[UUID],
     ) -> None:
         """Order events of the location as they happen (token in ``?token=``).
 

@@ -3,10 +3,12 @@ from __future__ import annotations
 from uuid import UUID
 
 from litestar import Controller, Response, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
 
 from server.auth.guards import requires_role
 from server.auth.tokens import Principal
-from server.infra.http import IdempotencyKey, stored_response
+from server.infra.http import IdempotencyKeyHeader, stored_response
 from server.infra.idempotency import require_key
 from server.loyalty.service import Loyalty
 from shared import contract
@@ -21,11 +23,11 @@ class AdjustmentsController(Controller):
     @post("/{guest_id:uuid}/adjustments", guards=[requires_role("manager")], status_code=201)
     async def adjust(
         self,
-        loyalty: Loyalty,
-        principal: Principal,
-        guest_id: UUID,
-        data: contract.AdjustmentIn,
-        idempotency_key: str | None = IdempotencyKey,
+        loyalty: NamedDependency[Loyalty],
+        principal: NamedDependency[Principal],
+        guest_id: FromPath[UUID],
+        data: JSONBody[contract.AdjustmentIn],
+        idempotency_key: IdempotencyKeyHeader = None,
     ) -> Response[bytes]:
         """A manager's correction of a guest's points, with a reason; audited."""
         return stored_response(

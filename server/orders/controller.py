@@ -3,10 +3,12 @@ from __future__ import annotations
 from uuid import UUID
 
 from litestar import Controller, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
 
 from server.auth.guards import requires_authenticated, requires_guest, requires_staff
 from server.auth.tokens import Principal
-from server.infra.http import IdempotencyKey, stored_response
+from server.infra.http import IdempotencyKeyHeader, stored_response
 from server.infra.idempotency import require_key
 from server.orders.service import Orders
 from shared import contract
@@ -21,27 +23,32 @@ class OrdersController(Controller):
     @post("/", guards=[requires_guest])
     async def place(
         self,
-        orders: Orders,
-        principal: Principal,
-        data: contract.OrderIn,
-        idempotency_key: str | None = IdempotencyKey,
+        orders: NamedDependency[Orders],
+        principal: NamedDependency[Principal],
+        data: JSONBody[contract.OrderIn],
+        idempotency_key: IdempotencyKeyHeader = None,
     ) -> Response[bytes]:
         """Price the order on the server, reserve the points and create it (201)."""
         return stored_response(await orders.place(principal, data, require_key(idempotency_key)))
 
     @get("/{order_id:uuid}", guards=[requires_authenticated])
-    async def show(self, orders: Orders, principal: Principal, order_id: UUID) -> contract.Order:
+    async def show(
+        self,
+        orders: NamedDependency[Orders],
+        principal: NamedDependency[Principal],
+        order_id: FromPath[UUID],
+    ) -> contract.Order:
         """One order: its owner and the staff of its location see it; anyone else gets 404."""
         return await orders.get(principal, order_id)
 
     @post("/{order_id:uuid}/payments", guards=[requires_guest])
     async def pay(
         self,
-        orders: Orders,
-        principal: Principal,
-        order_id: UUID,
-        data: contract.PaymentIn,
-        idempotency_key: str | None = IdempotencyKey,
+        orders: NamedDependency[Orders],
+        principal: NamedDependency[Principal],
+        order_id: FromPath[UUID],
+        data: JSONBody[contract.PaymentIn],
+        idempotency_key: IdempotencyKeyHeader = None,
     ) -> Response[bytes]:
         """Pay the money part; success places the order and posts the reserved points."""
         return stored_response(
@@ -50,24 +57,33 @@ class OrdersController(Controller):
 
     @post("/{order_id:uuid}/status", guards=[requires_staff], status_code=200)
     async def status(
-        self, orders: Orders, principal: Principal, order_id: UUID, data: contract.StatusChange
+        self,
+        orders: NamedDependency[Orders],
+        principal: NamedDependency[Principal],
+        order_id: FromPath[UUID],
+        data: JSONBody[contract.StatusChange],
     ) -> contract.Order:
         """Move the order one step (placed → accepted → preparing → ready → completed)."""
         return await orders.change_status(principal, order_id, data.status)
 
     @post("/{order_id:uuid}/cancel", guards=[requires_authenticated], status_code=200)
-    async def cancel(self, orders: Orders, principal: Principal, order_id: UUID) -> contract.Order:
+    async def cancel(
+        self,
+        orders: NamedDependency[Orders],
+        principal: NamedDependency[Principal],
+        order_id: FromPath[UUID],
+    ) -> contract.Order:
         """Cancel: the guest before acceptance, a shift lead before preparation."""
         return await orders.cancel(principal, order_id)
 
     @post("/{order_id:uuid}/refunds", guards=[requires_staff])
     async def refund(
         self,
-        orders: Orders,
-        principal: Principal,
-        order_id: UUID,
-        data: contract.RefundIn,
-        idempotency_key: str | None = IdempotencyKey,
+        orders: NamedDependency[Orders],
+        principal: NamedDependency[Principal],
+        order_id: FromPath[UUID],
+        data: JSONBody[contract.RefundIn],
+        idempotency_key: IdempotencyKeyHeader = None,
     ) -> Response[bytes]:
         """Refund lines of a completed order; points move back exactly once per line."""
         return stored_response(

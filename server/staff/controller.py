@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from litestar import Controller, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
 
 from server.auth.guards import requires_role
 from server.auth.tokens import Principal
@@ -18,12 +20,16 @@ class StaffAuthController(Controller):
     tags = ["auth"]
 
     @post("/staff", status_code=200)
-    async def sign_in(self, staff: Staff, data: contract.StaffLogin) -> contract.TokenPair:
+    async def sign_in(
+        self, staff: NamedDependency[Staff], data: JSONBody[contract.StaffLogin]
+    ) -> contract.TokenPair:
         """Email and password (plus a TOTP code for managers and admins); locks after failures."""
         return await staff.sign_in(data)
 
     @post("/pin", status_code=200)
-    async def pin(self, staff: Staff, data: contract.PinLogin) -> contract.TokenPair:
+    async def pin(
+        self, staff: NamedDependency[Staff], data: JSONBody[contract.PinLogin]
+    ) -> contract.TokenPair:
         """PIN sign-in on a paired kiosk: the token is scoped to the device's location."""
         return await staff.pin_sign_in(data)
 
@@ -33,11 +39,16 @@ class DevicesController(Controller):
     tags = ["kiosk"]
 
     @post("/", guards=[requires_role("manager")], status_code=201)
-    async def create(self, staff: Staff, principal: Principal, data: DeviceIn) -> DeviceCreated:
+    async def create(
+        self,
+        staff: NamedDependency[Staff],
+        principal: NamedDependency[Principal],
+        data: JSONBody[DeviceIn],
+    ) -> DeviceCreated:
         """Register a kiosk tablet at a location; answers a pairing code shown only once."""
         return await staff.create_device(principal, data)
 
     @post("/pair", status_code=200)
-    async def pair(self, staff: Staff, data: PairIn) -> DevicePaired:
+    async def pair(self, staff: NamedDependency[Staff], data: JSONBody[PairIn]) -> DevicePaired:
         """The tablet trades its pairing code (single use, expiring) for a device secret."""
         return await staff.pair(data)
