@@ -7,7 +7,6 @@ token is scoped to the device's location and carries the device id, which audit 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import secrets
@@ -23,7 +22,8 @@ from server.auth.service import Auth
 from server.auth.tokens import Principal
 from server.infra.db import Database
 from server.infra.problems import Problem
-from server.infra.redis import RedisGate, RedisUnavailable
+from server.infra.ratelimit import limit, reset_limit
+from server.infra.redis import RedisGate
 from server.settings import Settings
 from server.staff import sql
 from server.staff.model import (
@@ -208,8 +208,11 @@ class Staff:
         (429 ``too-many-pin-attempts``); a success clears the count.
         """
         email = normalise_email(body.email)
-        attempts_key = f"rg:pin:{body.device_id}:{email}"
-        await self._count_pin_attempt(attempts_key)
+        attempts = f"{body.device_id}:{email}"
+        await limit(
+            self.gate, "pin-attempts", attempts, self.settings.pin_attempts_per_window,
+            self.settings.pin_window_s, "PIN attempts on this device", when_down="refuse",
+        )  # fmt: skip
         device = await self.db.fetchrow(sql.DEVICE, body.device_id)
         if device is None or not hmac.compare_digest(
             bytes(device["device_secret_hash"]), _digest(body.device_secret)
@@ -239,37 +242,8 @@ class Staff:
         async with self.db.transaction() as conn:
             await audit(conn, principal, "staff.sign_in", None, {"method": "pin"})
             pair = await self.auth.issue(conn, principal)
-        with contextlib.suppress(RedisUnavailable):  # else the window expires on its own
-            await self.gate.run(lambda: self.gate.client.delete(attempts_key))
+        await reset_limit(self.gate, "pin-attempts", attempts)
         return pair
-
-    async def _count_pin_attempt(self, key: str) -> None:
-        window_s = self.settings.pin_window_s
-
-        async def count() -> tuple[int, int]:
-            async with self.gate.client.pipeline(transaction=True) as pipe:
-                # SET NX EX then INCR: the window starts at the first attempt (Redis 6.2 has
-                # no EXPIRE NX).
-                pipe.set(key, 0, ex=window_s, nx=True)
-                pipe.incr(key)
-                pipe.ttl(key)
-                _, attempts, ttl = await pipe.execute()
-            return int(attempts), int(ttl)
-
-        try:
-            attempts, ttl = await self.gate.run(count)
-        except RedisUnavailable:
-            # No counter, no PIN: a PIN is short enough that unlimited guessing is not an option.
-            raise Problem(
-                503, "sign-in-unavailable", "PIN sign-in is briefly unavailable"
-            ) from None
-        if attempts > self.settings.pin_attempts_per_window:
-            raise Problem(
-                429,
-                "too-many-pin-attempts",
-                "too many PIN attempts on this device; wait a while",
-                retry_after_s=max(ttl, 1),
-            )
 
 
 def _locked(until: datetime, now: datetime) -> Problem:

@@ -14,7 +14,7 @@ from tests.api.staff_support import (
     make_staff,
     other_brand,
 )
-from tests.conftest import Client, Demo
+from tests.conftest import Client, Demo, Stack
 
 
 def slug(response: Any) -> str:
@@ -225,3 +225,22 @@ async def test_pin_brute_force_is_locked_out(client: Client, demo: Demo, service
     blocked = await client.post("/v1/auth/pin", json={**body, "pin": DEMO_PIN})
     assert blocked.status_code == 429 and slug(blocked) == "too-many-pin-attempts"
     assert int(blocked.headers["retry-after"]) > 0
+
+
+async def test_pin_sign_in_refuses_while_attempts_cannot_be_counted(
+    client: Client, demo: Demo, stack: Stack
+) -> None:
+    device = await pair_device(client, demo, "mitte")
+    body = {
+        "device_id": device["device_id"],
+        "device_secret": device["device_secret"],
+        "email": "barista@demo.regulars.test",
+        "pin": DEMO_PIN,
+    }
+    stack.stop_redis()
+    try:
+        refused = await client.post("/v1/auth/pin", json=body)
+    finally:
+        stack.start_redis()
+    # Without a counter a 4-digit PIN could be guessed freely: refuse rather than allow.
+    assert refused.status_code == 503 and slug(refused) == "limit-unavailable"

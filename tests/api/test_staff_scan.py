@@ -185,10 +185,8 @@ async def test_scans_are_rate_limited_per_staff(
     guest = await sign_in(client, notifier)
     staff_id = uuid.uuid4()
     token = staff_token(services, demo, "barista", {demo.locations["mitte"]}, staff_id)
-    minute = int(time.time() // 60)
     limit = services.settings.scans_per_minute
-    for m in (minute, minute + 1):
-        await services.gate.client.set(f"rg:limit:scans:{staff_id}:{m}", limit, ex=120)
+    await services.gate.client.set(f"rg:limit:scans:{staff_id}", limit, ex=120)
     response = await scan(client, token, await qr_of(services, guest.id))
     assert response.status_code == 429 and slug(response) == "too-many-scans"
     assert int(response.headers["retry-after"]) > 0
