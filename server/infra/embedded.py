@@ -303,16 +303,7 @@ class EmbeddedServices:
 
     def _wait_for_postgres(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
-        isready = [
-            str(_pg_bin() / "pg_isready"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(self.pg_port),
-            "-U",
-            "postgres",
-            "-q",
-        ]
+        isready = [str(_pg_bin() / "pg_isready"), *self._client_args(), "-q"]
         while time.monotonic() < deadline:
             assert self._pg is not None
             if self._pg.poll() is not None:
@@ -323,20 +314,11 @@ class EmbeddedServices:
             time.sleep(0.1)
         raise EmbeddedError("PostgreSQL did not become ready in time; see postgres.log")
 
+    def _client_args(self) -> list[str]:
+        return ["-h", "127.0.0.1", "-p", str(self.pg_port), "-U", "postgres"]
+
     def _ensure_database(self) -> None:
-        psql = [
-            str(_pg_bin() / "psql"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(self.pg_port),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-tAq",
-            "-c",
-        ]
+        psql = [str(_pg_bin() / "psql"), *self._client_args(), "-d", "postgres", "-tAq", "-c"]
         exists = subprocess.run(
             [*psql, f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"],
             capture_output=True,

@@ -179,13 +179,11 @@ class Counter:
         if guest is None or guest["brand_id"] != staff.brand_id:
             raise Problem(404, "guest-not-found", f"no guest {guest_id}")
         transfer_id = uuid.uuid5(_REDEMPTION_NAMESPACE, f"{scope}:{key}")
-        admission = await self.loyalty.admit(guest_id, transfer_id, body.points)
-        if admission.status == "insufficient":
-            async with self.db.connection() as conn:
-                replay = await idempotency.lookup(conn, scope, key, digest)
-            if replay is not None:
-                return replay
-            raise insufficient_points(body.points, admission.spendable)
+        admission, replay = await self.loyalty.admit_or_replay(
+            guest_id, transfer_id, body.points, (scope, key, digest)
+        )
+        if replay is not None:
+            return replay
         return await self._hold(
             staff, guest, guest_id, body, (scope, key, digest), transfer_id, admission
         )

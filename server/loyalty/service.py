@@ -124,6 +124,26 @@ class Loyalty:
             return Admission(status, spendable)
         return Admission("skipped")
 
+    async def admit_or_replay(
+        self,
+        guest_id: UUID,
+        transfer_id: UUID,
+        points: int,
+        request: tuple[str, str, bytes],
+    ) -> tuple[Admission, Stored | None]:
+        """:meth:`admit`, and when Redis refuses: the stored response if this Idempotency-Key
+        already succeeded (a replay whose hold Redis no longer shows), else 422
+        ``insufficient-points`` — without opening a transaction."""
+        admission = await self.admit(guest_id, transfer_id, points)
+        if admission.status != "insufficient":
+            return admission, None
+        scope, key, digest = request
+        async with self.db.connection() as conn:
+            replay = await idempotency.lookup(conn, scope, key, digest)
+        if replay is None:
+            raise insufficient_points(points, admission.spendable)
+        return admission, replay
+
     async def settle_admission(
         self, guest_id: UUID, transfer_id: UUID, admission: Admission, state: AccountState | None
     ) -> None:

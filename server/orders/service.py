@@ -138,13 +138,11 @@ class Orders:
         priced = quote(program, tier, lines, discount, body.points_to_spend)
 
         transfer_id = uuid.uuid5(_SPEND_NAMESPACE, f"{scope}:{key}")
-        admission = await self.loyalty.admit(guest.subject_id, transfer_id, priced.points_spent)
-        if admission.status == "insufficient":
-            async with self.db.connection() as conn:
-                replay = await idempotency.lookup(conn, scope, key, digest)
-            if replay is not None:
-                return replay
-            raise insufficient_points(priced.points_spent, admission.spendable)
+        admission, replay = await self.loyalty.admit_or_replay(
+            guest.subject_id, transfer_id, priced.points_spent, (scope, key, digest)
+        )
+        if replay is not None:
+            return replay
 
         # Set only once the transaction has committed: if the commit itself fails, the Redis
         # hold this request made is voided like any other refusal.
