@@ -23,7 +23,7 @@ from server.kiosk import sql
 from server.kiosk.locations import Locations
 from server.kiosk.model import (
     Visit,
-    scan_time_problem,
+    require_scan_time,
 )
 from server.kiosk.profiles import record_visit
 from server.loyalty.model import earn_points
@@ -68,14 +68,12 @@ class Counter:
         scope = f"staff:{staff.subject_id}:accruals"
         digest = idempotency.request_hash(f"POST /v1/guests/{guest_id}/accruals", body)
         now = datetime.now(UTC)
-        problem = scan_time_problem(
+        require_scan_time(
             body.scanned_at,
             now,
             self.settings.scan_replay_max_age_s,
             self.settings.scan_clock_skew_s,
         )
-        if problem is not None:
-            raise Problem(422, "invalid-scan-time", problem)
         place = await self.locations.of_staff(staff, body.location_id)
         state: AccountState | None = None
         async with self.db.transaction() as conn:

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 from uuid import UUID
 
+from server.infra.problems import Problem
 from shared import contract
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "fold_visit",
     "habits_of",
     "histogram_from",
+    "require_scan_time",
     "scan_time_problem",
     "sees_full_profile",
     "usual_items",
@@ -85,6 +87,15 @@ def scan_time_problem(
     if scanned_at < now - timedelta(seconds=max_age_s):
         return f"scanned_at is older than {max_age_s // 3600} hours"
     return None
+
+
+def require_scan_time(
+    scanned_at: datetime | None, now: datetime, max_age_s: int, skew_s: int
+) -> None:
+    """422 ``invalid-scan-time`` when :func:`scan_time_problem` finds one."""
+    problem = scan_time_problem(scanned_at, now, max_age_s, skew_s)
+    if problem is not None:
+        raise Problem(422, "invalid-scan-time", problem)
 
 
 def sees_full_profile(role: str) -> bool:

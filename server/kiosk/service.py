@@ -30,7 +30,7 @@ from server.kiosk.model import (
     classify_code,
     display_name,
     habits_of,
-    scan_time_problem,
+    require_scan_time,
     sees_full_profile,
     usual_items,
 )
@@ -82,14 +82,12 @@ class Kiosk:
             60,
             "scans this minute",
         )
-        problem = scan_time_problem(
+        require_scan_time(
             body.scanned_at,
             now,
             self.settings.scan_replay_max_age_s,
             self.settings.scan_clock_skew_s,
         )
-        if problem is not None:
-            raise Problem(422, "invalid-scan-time", problem)
         async with self.db.connection() as conn:
             row, via = await self._find(conn, staff, body.code, body.scanned_at or now)
             card = await self._card(conn, staff, row, now)

@@ -133,9 +133,9 @@ class Orders:
         promo = await self._promo(guest.brand_id, body.promo_code) if body.promo_code else None
         subtotal = sum(line.gross_minor for line in lines)
         discount = discount_for(promo, subtotal, now) if promo else 0
-        # What is earned is recomputed with the guest's tier inside the transaction.
-        tier = program.tiers[0]
-        priced = quote(program, tier, lines, discount, body.points_to_spend)
+        # Priced at the base tier; what is earned is redone at the guest's tier once the
+        # transaction has read it (_apply_tier).
+        priced = quote(program, program.tiers[0], lines, discount, body.points_to_spend)
 
         transfer_id = uuid.uuid5(_SPEND_NAMESPACE, f"{scope}:{key}")
         admission, replay = await self.loyalty.admit_or_replay(
@@ -155,6 +155,7 @@ class Orders:
                 assert account is not None, "every guest has an account"
                 if not account["claimed"]:
                     return await idempotency.stored(conn, scope, key, digest)
+                _apply_tier(program, tier_for(program, account["earned"])[0], priced)
                 held, order, response = await self._create(
                     conn, guest, account, index, priced, promo, transfer_id, (pickup_at, slot),
                     now, (scope, key),
@@ -221,8 +222,6 @@ class Orders:
         the hold, the order with its lines, the slot and the stored response, in three round
         trips (four with a promo code). Refusals raise Problem and roll everything back."""
         pickup_at, slot = pickup
-        program = await self.loyalty.programs.get(guest.brand_id)
-        _apply_tier(program, tier_for(program, account["earned"])[0], priced)
         window = timedelta(seconds=self.settings.payment_window_s)
         order = draft_order(uuid.uuid4(), guest.subject_id, index, priced, pickup_at, now, window)
         state = None
