@@ -206,7 +206,7 @@ async def test_enrol_at_the_counter(client: Client, demo: Demo, services: Any) -
     assert card["wallet"]["points_available"] == PROGRAM.welcome_bonus_points
     guest_id = uuid.UUID(card["guest"]["id"])
     hot = await services.loyalty.hot.read(guest_id)
-    assert hot is None or hot[0].spendable == PROGRAM.welcome_bonus_points
+    assert hot is not None and hot[0].spendable == PROGRAM.welcome_bonus_points
     replay = await client.post("/v1/kiosk/guests", json=body, headers=bearer(token, key))
     assert replay.status_code == 201 and replay.content == created.content
     again = await client.post(

@@ -18,6 +18,9 @@ from typing import Any
 
 import pytest
 
+from server.seed.demo import DEMO_PASSWORD
+from tests.conftest import LiveServer
+
 ROOT = Path(__file__).resolve().parents[2]
 KIVY_HOME = ROOT / ".kivy" / "gui-tests"  # .kivy/ is gitignored
 SCREENSHOTS = ROOT / "docs" / "screenshots"
@@ -63,17 +66,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
-def kiosk_server(request: pytest.FixtureRequest) -> Iterator[Any]:
-    """The ``live_server`` fixture from tests/conftest.py, running when the test starts and
-    running again when it ends (a test may stop it). Skips, saying why, if it is not there yet.
-    """
-    try:
-        server = request.getfixturevalue("live_server")
-    except pytest.FixtureLookupError:
-        pytest.skip("needs the `live_server` fixture (tests/conftest.py), not provided yet")
-    yield server
-    if hasattr(server, "start") and not _healthy(server.base_url):
-        server.start()
+def kiosk_server(live_server: LiveServer) -> Iterator[LiveServer]:
+    """The session's live server, running again when the test ends (a test may stop it)."""
+    yield live_server
+    if not _healthy(live_server.base_url):
+        live_server.start()
 
 
 def _healthy(base_url: str) -> bool:
@@ -99,12 +96,6 @@ class KioskDriver:
         self.server = server
         self._idle = EventLoop.idle
         self.window = Window
-
-    def needs(self, *helpers: str) -> None:
-        """Skip (loudly) when ``live_server`` lacks a helper this test needs."""
-        missing = [h for h in helpers if not hasattr(self.server, h)]
-        if missing:
-            pytest.skip(f"live_server lacks {', '.join(missing)} (see the kiosk's fixture needs)")
 
     def pump(self, until: Callable[[], bool], timeout_s: float = 15.0, what: str = "") -> None:
         """Advance frames until ``until()`` is true; fails with what is on screen if not."""
@@ -153,8 +144,7 @@ class KioskDriver:
         raise AssertionError(f"no button {text!r} on {screen}")
 
     def sign_in(self) -> None:
-        email = getattr(self.server, "staff_email", "barista@demo.regulars.test")
-        password = getattr(self.server, "staff_password", "demo-password")
+        email, password = "barista@demo.regulars.test", DEMO_PASSWORD
         self.app.go("signin")
         screen = self.app.screen("signin")
         screen.set_mode("password")
@@ -192,13 +182,9 @@ def kiosk(kiosk_server: Any, tmp_path: Path) -> Iterator[KioskDriver]:
     from kiosk.config import KioskConfig
     from kiosk.settings import KioskSettings
 
-    location_id = getattr(kiosk_server, "location_id", None)
+    # No location yet: signing in picks the staff member's first location, as on a new tablet.
     config = KioskConfig(
-        data_dir=tmp_path / "kiosk",
-        server_url=kiosk_server.base_url,
-        camera="feed",
-        location_id=str(location_id) if location_id else None,
-        location_name=getattr(kiosk_server, "location_name", None),
+        data_dir=tmp_path / "kiosk", server_url=kiosk_server.base_url, camera="feed"
     )
     # Short intervals so tests see reconnects quickly; behaviour is the same as production.
     settings = KioskSettings(
