@@ -127,6 +127,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     services = await build_services(settings, app.state.get("notifier"))
     app.state.services = services
     app.state.tokens = services.tokens
+    await services.loyalty.preload_scripts()
     follower = asyncio.create_task(_follow_catalog_changes(services))
     try:
         yield

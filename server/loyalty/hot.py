@@ -7,6 +7,7 @@ with PostgreSQL, which is always the last word.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from importlib import resources
 from typing import Literal
 from uuid import UUID
@@ -73,12 +74,14 @@ class HotWallets:
         *,
         force: bool = False,
         grace_ms: int | None = None,
+        void_first: Sequence[UUID] = (),
     ) -> tuple[Status, int]:
         """Write a PostgreSQL snapshot unless Redis mirrors a newer version (or ``force``).
 
         Holds Redis reserved less than ``grace_ms`` ago (default: the configured grace) and
         PostgreSQL does not show are kept: checkouts in flight. With 0, Redis is made to match
-        PostgreSQL exactly.
+        PostgreSQL exactly. Holds in ``void_first`` are voided before anything else, even
+        when Redis is newer: a refused spend is undone and the wallet reloaded in one call.
         """
         holds: list[str | int] = []
         for hold_id, points in snapshot.holds:
@@ -92,6 +95,7 @@ class HotWallets:
             self.grace_ms if grace_ms is None else grace_ms,
             self.ttl_s,
             1 if force else 0,
+            " ".join(str(hold_id) for hold_id in void_first),
             *holds,
         )
 
@@ -115,6 +119,17 @@ class HotWallets:
             version=int(wallet["version"]),
         )
         return state, holds
+
+    async def preload(self) -> None:
+        """Load every script into Redis (at start-up, and when Redis comes back empty), so a
+        spend's calls are EVALSHA hits rather than a NOSCRIPT round trip and a reload."""
+        client = self.gate.client
+
+        async def load_all() -> None:
+            for script in self._scripts.values():
+                await client.script_load(script.script)
+
+        await self.gate.run(load_all)
 
     async def forget(self, guest_ids: set[UUID]) -> None:
         """Drop wallets so they reload from PostgreSQL on next use."""

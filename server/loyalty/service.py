@@ -8,9 +8,11 @@ Every other change is committed in PostgreSQL first and mirrored with :meth:`Loy
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -88,7 +90,7 @@ class Admission:
     PostgreSQL refuses. ``status`` 'skipped' means Redis was not available.
     """
 
-    status: Literal["ok", "exists", "insufficient", "skipped", "none"]
+    status: Literal["ok", "exists", "insufficient", "skipped", "none", "miss"]
     spendable: int | None = None
 
     @property
@@ -105,22 +107,22 @@ class Loyalty:
         # Guests whose wallets changed while Redis was down: dropped from Redis when it is back.
         self._dirty: set[UUID] = set()
         hot.gate.on_recover(self._forget_dirty)
+        hot.gate.on_recover(self.preload_scripts)
 
     # -- keeping Redis in step -----------------------------------------------------------
 
     async def admit(self, guest_id: UUID, transfer_id: UUID, points: int) -> Admission:
-        """Reserve in Redis; on a miss load the wallet from PostgreSQL and try once more."""
+        """Reserve in Redis (one call). On a miss PostgreSQL alone decides, and
+        :meth:`settle_admission` loads the wallet afterwards: a spend never costs more than two
+        Redis calls."""
         if points <= 0:
             return Admission("none")
         try:
             status, spendable = await self.hot.reserve(guest_id, transfer_id, points)
-            if status == "miss":
-                await self.reload(guest_id)
-                status, spendable = await self.hot.reserve(guest_id, transfer_id, points)
         except RedisUnavailable:
             self._dirty.add(guest_id)
             return Admission("skipped")
-        if status == "ok" or status == "exists" or status == "insufficient":
+        if status in ("ok", "exists", "insufficient", "miss"):
             return Admission(status, spendable)
         return Admission("skipped")
 
@@ -154,9 +156,8 @@ class Loyalty:
         """
         try:
             if admission.reserved and state is None:
-                await self.hot.void(guest_id, transfer_id)
-                await self.reload(guest_id)
-            elif (
+                await self.reload(guest_id, void_first=(transfer_id,))
+            elif admission.status == "miss" or (
                 admission.reserved and state is not None and admission.spendable != state.spendable
             ):
                 await self.reload(guest_id)
@@ -184,12 +185,18 @@ class Loyalty:
         except RedisUnavailable:
             self._dirty.add(guest_id)
 
-    async def reload(self, guest_id: UUID) -> None:
-        """Load the wallet from PostgreSQL into Redis (unless Redis mirrors a newer version)."""
+    async def reload(self, guest_id: UUID, void_first: Sequence[UUID] = ()) -> None:
+        """Load the wallet from PostgreSQL into Redis (unless Redis mirrors a newer version),
+        voiding the holds in ``void_first`` in the same call."""
         async with self.db.connection() as conn:
             snapshot = await self.ledger.snapshot(conn, guest_id)
         if snapshot is not None:
-            await self.hot.load(guest_id, snapshot)
+            await self.hot.load(guest_id, snapshot, void_first=void_first)
+
+    async def preload_scripts(self) -> None:
+        """Load the Lua scripts into Redis if it is there (start-up, and after an outage)."""
+        with contextlib.suppress(RedisUnavailable):
+            await self.hot.preload()
 
     async def _forget_dirty(self) -> None:
         dirty, self._dirty = self._dirty, set()

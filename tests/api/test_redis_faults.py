@@ -185,3 +185,26 @@ async def test_a_failure_after_a_redemption_hold_leaves_no_redis_hold(
     assert failed.status_code == 500
     assert await ledger_state(services, guest.id) == (WELCOME, 0)
     assert await redis_state(services, guest.id) == (WELCOME, 0)
+
+
+async def _script_calls(services: Any) -> int:
+    stats = await services.gate.client.info("commandstats")
+    return sum(
+        int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval")
+    )
+
+
+async def test_a_checkout_makes_at_most_two_redis_calls(
+    client: Client, guest: GuestHandle, demo: Demo, services: Any
+) -> None:
+    body = await order_body(client, demo, 20)
+    # Earlier tests restarted this Redis; the app reloads its scripts when it notices.
+    await services.loyalty.preload_scripts()
+    await services.loyalty.hot.forget({guest.id})  # a cold wallet: the most calls
+    before = await _script_calls(services)
+    assert (await place(client, guest, body)).status_code == 201
+    assert await _script_calls(services) - before <= 2
+    before = await _script_calls(services)
+    assert (await place(client, guest, body)).status_code == 201  # warm: the reserve only
+    assert await _script_calls(services) - before == 1
+    assert await redis_state(services, guest.id) == (WELCOME - 40, 40)

@@ -90,3 +90,17 @@ async def test_scripts_survive_a_script_flush(hot: HotWallets, client: Client) -
     guest = await loaded(hot)
     await client.app.state.services.gate.client.script_flush()
     assert (await hot.reserve(guest, uuid.uuid4(), 1))[0] == "ok"
+
+
+async def test_load_can_void_a_refused_hold_in_the_same_call(hot: HotWallets) -> None:
+    guest = await loaded(hot, posted=500)
+    refused, in_flight = uuid.uuid4(), uuid.uuid4()
+    await hot.reserve(guest, refused, 100)
+    await hot.reserve(guest, in_flight, 50)
+    # Redis already mirrors this version: nothing is rewritten, but the refused hold is voided.
+    same_version = Snapshot(uuid.uuid4(), AccountState(500, 0, 1), holds=[])
+    assert await hot.load(guest, same_version, void_first=[refused]) == ("exists", 450)
+    _, holds = await hot.read(guest) or (None, {})
+    assert holds[str(refused)].split("|")[1] == "V"
+    assert holds[str(in_flight)].split("|")[1] == "p"
+    assert await hot.post(guest, refused, 2) == ("voided", 450)

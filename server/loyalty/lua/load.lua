@@ -1,11 +1,24 @@
 -- load: write a wallet read from PostgreSQL, unless Redis already mirrors a newer version.
 -- Holds Redis has reserved in the last grace period but PostgreSQL does not show yet are
--- checkouts in flight: they are kept, so a reload never admits a spend twice.
+-- checkouts in flight: they are kept, so a reload never admits a spend twice. Holds named in
+-- ARGV[7] are voided first in any case (a spend PostgreSQL refused), so refusing and reloading
+-- is one call.
 -- KEYS[1] wallet hash   KEYS[2] holds hash
 -- ARGV[1] posted   ARGV[2] version   ARGV[3] now ms   ARGV[4] grace ms   ARGV[5] key ttl s
 -- ARGV[6] 1 to write even when the version is not newer (reconcile), else 0
--- ARGV[7..] pending holds from PostgreSQL as id, points, id, points, ...
+-- ARGV[7] space-separated transfer ids of holds to void first ('' for none)
+-- ARGV[8..] pending holds from PostgreSQL as id, points, id, points, ...
 -- returns {status, spendable}; status: 'ok' | 'exists' (Redis is as new or newer)
+for id in string.gmatch(ARGV[7], '%S+') do
+  local hold = redis.call('HGET', KEYS[2], id)
+  if hold then
+    local points, state, ms = string.match(hold, '^(%-?%d+)|(%a)|(%d+)$')
+    if state == 'p' then
+      redis.call('HINCRBY', KEYS[1], 'pending', -tonumber(points))
+      redis.call('HSET', KEYS[2], id, points .. '|V|' .. ms)
+    end
+  end
+end
 local current = redis.call('HGET', KEYS[1], 'version')
 if current and ARGV[6] ~= '1' and tonumber(current) >= tonumber(ARGV[2]) then
   local w = redis.call('HMGET', KEYS[1], 'posted', 'pending')
@@ -13,7 +26,7 @@ if current and ARGV[6] ~= '1' and tonumber(current) >= tonumber(ARGV[2]) then
 end
 local now, grace = tonumber(ARGV[3]), tonumber(ARGV[4])
 local keep, pending = {}, 0
-for i = 7, #ARGV, 2 do
+for i = 8, #ARGV, 2 do
   keep[ARGV[i]] = ARGV[i + 1] .. '|p|' .. ARGV[3]
   pending = pending + tonumber(ARGV[i + 1])
 end
