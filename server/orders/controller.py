@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from litestar import Controller, Response, get, post
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
@@ -24,12 +25,15 @@ class OrdersController(Controller):
     async def place(
         self,
         orders: NamedDependency[Orders],
-        principal: NamedDependency[Principal],
+        request: Request[Principal, str, State],
         data: JSONBody[contract.OrderIn],
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> Response[bytes]:
         """Price the order on the server, reserve the points and create it (201)."""
-        return stored_response(await orders.place(principal, data, require_key(idempotency_key)))
+        # The principal comes from request.user, not as a second dependency: Litestar resolves
+        # two or more dependencies in an anyio task group, ~7 % of a checkout's CPU (issue 5).
+        placed = await orders.place(request.user, data, require_key(idempotency_key))
+        return stored_response(placed)
 
     @get("/{order_id:uuid}", guards=[requires_authenticated])
     async def show(

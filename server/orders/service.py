@@ -6,6 +6,7 @@ on a disagreement), and everything else is one PostgreSQL transaction with no qu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -25,7 +26,7 @@ from server.infra.db import Database
 from server.infra.idempotency import Stored
 from server.infra.problems import Problem
 from server.kiosk.model import display_name
-from server.loyalty.model import Program, Tier, tier_for
+from server.loyalty.model import Program
 from server.loyalty.repository import AccountState
 from server.loyalty.service import Loyalty, add_months, insufficient_points
 from server.orders import sql
@@ -133,8 +134,8 @@ class Orders:
         promo = await self._promo(guest.brand_id, body.promo_code) if body.promo_code else None
         subtotal = sum(line.gross_minor for line in lines)
         discount = discount_for(promo, subtotal, now) if promo else 0
-        # Priced at the base tier; what is earned is redone at the guest's tier once the
-        # transaction has read it (_apply_tier).
+        # Priced at the base tier; what the order earns at the guest's tier is settled by
+        # place_order, which reads the tier (_create).
         priced = quote(program, program.tiers[0], lines, discount, body.points_to_spend)
 
         transfer_id = uuid.uuid5(_SPEND_NAMESPACE, f"{scope}:{key}")
@@ -144,23 +145,17 @@ class Orders:
         if replay is not None:
             return replay
 
-        # Set only once the transaction has committed: if the commit itself fails, the Redis
-        # hold this request made is voided like any other refusal.
+        # Set only once the writes have committed: if the commit itself fails, the Redis hold
+        # this request made is voided like any other refusal.
         state: AccountState | None = None
         try:
-            async with self.db.transaction() as conn:
-                account = await conn.fetchrow(
-                    sql.CLAIM_AND_ACCOUNT, scope, key, digest, guest.subject_id
-                )
-                assert account is not None, "every guest has an account"
-                if not account["claimed"]:
-                    return await idempotency.stored(conn, scope, key, digest)
-                _apply_tier(program, tier_for(program, account["earned"])[0], priced)
-                held, order, response = await self._create(
-                    conn, guest, account, index, priced, promo, transfer_id, (pickup_at, slot),
-                    now, (scope, key),
-                )  # fmt: skip
-            state = held
+            created = await self._create(
+                guest, index, program, priced, promo, transfer_id, (pickup_at, slot), now,
+                (scope, key, digest),
+            )  # fmt: skip
+            if isinstance(created, Stored):
+                return created
+            state, order, response = created
         finally:
             await self.loyalty.settle_admission(guest.subject_id, transfer_id, admission, state)
         if order.status == "placed" and state is not None and priced.points_spent:
@@ -207,73 +202,82 @@ class Orders:
 
     async def _create(
         self,
-        conn: asyncpg.Connection,
         guest: Principal,
-        account: asyncpg.Record,
         index: MenuIndex,
+        program: Program,
         priced: Quote,
         promo: Promo | None,
         transfer_id: UUID,
         pickup: tuple[datetime, datetime],
         now: datetime,
-        idempotency_key: tuple[str, str],
-    ) -> tuple[AccountState | None, contract.Order, bytes]:
-        """The writes of one checkout after the key is claimed, in the caller's transaction:
-        the hold, the order with its lines, the slot and the stored response, in three round
-        trips (four with a promo code). Refusals raise Problem and roll everything back."""
+        request: tuple[str, str, bytes],
+    ) -> Stored | tuple[AccountState | None, contract.Order, bytes]:
+        """The checkout's writes: the key, the hold, the order with its lines, the slot and the
+        stored response in one call of ``place_order`` (one round trip, no BEGIN/COMMIT). A
+        promo code, or an order paid in full, adds statements after it in one transaction.
+        Returns the stored response when the key was used before; refusals raise Problem and
+        leave nothing written."""
         pickup_at, slot = pickup
         window = timedelta(seconds=self.settings.payment_window_s)
-        order = draft_order(uuid.uuid4(), guest.subject_id, index, priced, pickup_at, now, window)
-        state = None
-        if priced.points_spent:
-            state = await self.loyalty.ledger.hold(
-                conn, transfer_id=transfer_id, brand_id=guest.brand_id, account_id=account["id"],
-                points=priced.points_spent, code="spend", order_id=order.id,
-                location_id=index.location.id, timeout_at=now + window,
-            )  # fmt: skip
-            if state is None:
-                raise insufficient_points(
-                    priced.points_spent, await conn.fetchval(sql.SPENDABLE, account["id"])
-                )
-        if (
-            promo is not None
-            and await conn.fetchval(sql.USE_PROMO, promo.id, guest.subject_id) is None
-        ):
-            raise Problem(422, "promo-exhausted", f"promo code {promo.code} has been used up")
-        await self._insert(conn, guest.brand_id, order, priced, promo, transfer_id, slot)
-        if order.status == "placed" and state is not None:
-            hold = await self.loyalty.ledger.pending(conn, transfer_id)
-            assert hold is not None
-            state = await self.loyalty.ledger.resolve(conn, hold, post=True)
-        if order.status == "placed":
-            await self._announce(conn, "order.placed", order)
-        response = _encode(order)
-        # Last, so the slot row is locked for the shortest time: every checkout for the same
-        # pickup slot queues on it.
-        location = index.location
-        scope, key = idempotency_key
-        taken = await conn.fetchval(
-            sql.TAKE_SLOT_AND_FINISH, location.id, slot, location.orders_per_slot, 201, response,
-            scope, key,
-        )  # fmt: skip
-        if taken is None:
-            raise Problem(
-                409, "slot-full", f"the pickup slot at {slot.isoformat()} is full; choose another"
+        drafted = draft_order(uuid.uuid4(), guest.subject_id, index, priced, pickup_at, now, window)
+        # What the order earns depends on the guest's tier, which place_order reads: the order
+        # and its response are rendered for every tier and the database stores the right one.
+        paid = [(line.paid_minor, line.earns_points) for line in priced.lines]
+        variants = [
+            msgspec.structs.replace(drafted, points_to_earn=sum(split_earning(program, t, paid)))
+            for t in program.tiers
+        ]
+        responses = [_encode(v) for v in variants]
+        adds_statements = promo is not None or drafted.status == "placed"
+        async with self.db.connection() as conn:
+            redeemed = (
+                await self.loyalty.ledger.system_account(conn, guest.brand_id, "redeemed")
+                if priced.points_spent
+                else None
             )
+            async with conn.transaction() if adds_statements else contextlib.nullcontext():
+                row = await self._place_order(
+                    conn, guest, drafted, priced, promo, transfer_id, redeemed, now + window,
+                    (slot, index.location.orders_per_slot), request,
+                    [t.min_points for t in program.tiers], variants, responses,
+                )  # fmt: skip
+                if not row["claimed"]:
+                    return await idempotency.stored(conn, *request)
+                order, response = variants[row["tier"] - 1], responses[row["tier"] - 1]
+                state = None if row["version"] is None else AccountState(
+                    posted=row["posted"], pending=row["pending"], version=row["version"]
+                )  # fmt: skip
+                if promo is not None:
+                    await self._use_promo(conn, promo, order)
+                if order.status == "placed" and state is not None:
+                    hold = await self.loyalty.ledger.pending(conn, transfer_id)
+                    assert hold is not None
+                    state = await self.loyalty.ledger.resolve(conn, hold, post=True)
+                if order.status == "placed":
+                    await self._announce(conn, "order.placed", order)
         return state, order, response
 
-    async def _insert(
+    async def _place_order(
         self,
         conn: asyncpg.Connection,
-        brand_id: UUID,
+        guest: Principal,
         order: contract.Order,
         priced: Quote,
         promo: Promo | None,
         transfer_id: UUID,
-        slot: datetime,
-    ) -> None:
-        """The order and all its lines: one statement, however many lines."""
-        rows = [
+        redeemed_account_id: UUID | None,
+        hold_timeout: datetime,
+        slot: tuple[datetime, int],
+        request: tuple[str, str, bytes],
+        tier_floors: list[int],
+        variants: list[contract.Order],
+        responses: list[bytes],
+    ) -> asyncpg.Record:
+        """Call place_order (migration 0007) and turn its refusals into problems. ``slot`` is
+        the pickup slot's start and how many orders it takes."""
+        scope, key, digest = request
+        slot_start, slot_capacity = slot
+        lines = [
             {
                 "id": str(line.id), "line_no": n, "item_id": str(line.item_id), "sku": line.sku,
                 "name": line.name, "quantity": line.quantity,
@@ -282,20 +286,39 @@ class Orders:
                 "modifier_names": line.modifiers, "gross_minor": line.gross_minor,
                 "discount_minor": line.discount_minor, "points_spent": line.points_spent,
                 "paid_minor": line.paid_minor, "earns_points": source.earns_points,
-                "points_earned": 0,  # earned at completion, with the tier then
             }
             for n, (line, source) in enumerate(zip(order.lines, priced.lines, strict=True))
         ]  # fmt: skip
-        await conn.execute(
-            sql.INSERT_ORDER_AND_LINES, order.id, brand_id, order.location_id, order.guest_id,
-            order.status, order.currency, order.subtotal_minor, order.discount_minor,
-            order.points_spent, order.points_value_minor, order.amount_due_minor,
-            order.points_to_earn, promo.id if promo else None,
-            transfer_id if order.points_spent else None, order.pickup_at, slot,
-            order.payment_expires_at, order.created_at, rows,
-        )  # fmt: skip
-        if promo is not None:
-            await conn.execute(sql.INSERT_PROMO_REDEMPTION, promo.id, order.guest_id, order.id)
+        try:
+            row = await conn.fetchrow(
+                sql.PLACE_ORDER, scope, key, digest, guest.subject_id, tier_floors,
+                [v.points_to_earn for v in variants], responses, order.points_spent, transfer_id,
+                redeemed_account_id, hold_timeout, order.id, guest.brand_id, order.location_id,
+                order.status, order.currency, order.subtotal_minor, order.discount_minor,
+                order.points_value_minor, order.amount_due_minor, promo.id if promo else None,
+                order.pickup_at, slot_start, order.payment_expires_at, order.created_at, lines,
+                slot_capacity,
+            )  # fmt: skip
+        except asyncpg.RaiseError as refused:
+            if refused.message == "insufficient-points":
+                spendable = int(refused.detail) if refused.detail else None
+                raise insufficient_points(order.points_spent, spendable) from None
+            if refused.message == "slot-full":
+                raise Problem(
+                    409,
+                    "slot-full",
+                    f"the pickup slot at {slot_start.isoformat()} is full; choose another",
+                ) from None
+            raise
+        assert row is not None
+        return row
+
+    async def _use_promo(
+        self, conn: asyncpg.Connection, promo: Promo, order: contract.Order
+    ) -> None:
+        if await conn.fetchval(sql.USE_PROMO, promo.id, order.guest_id) is None:
+            raise Problem(422, "promo-exhausted", f"promo code {promo.code} has been used up")
+        await conn.execute(sql.INSERT_PROMO_REDEMPTION, promo.id, order.guest_id, order.id)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -654,14 +677,6 @@ class Orders:
         display = display_name(name["first_name"], name["last_name"], full=False) if name else None
         payload = msgspec.to_builtins(msgspec.structs.replace(order, guest_display_name=display))
         await conn.execute(sql.INSERT_OUTBOX, topic, {"event": topic, "order": payload})
-
-
-def _apply_tier(program: Program, tier: Tier, priced: Quote) -> None:
-    """Recompute what the order will earn at the guest's tier (the quote used the base tier)."""
-    shares = split_earning(program, tier, [(ln.paid_minor, ln.earns_points) for ln in priced.lines])
-    for line, earned in zip(priced.lines, shares, strict=True):
-        line.points_earned = earned
-    priced.points_to_earn = sum(shares)
 
 
 async def _audit(

@@ -1,40 +1,19 @@
 """The orders domain's SQL (the checkout's statements are merged to save round trips)."""
 
-from server.infra import idempotency
-
 PROMOS = """
 SELECT id, code, kind, value, valid_from, valid_until, per_guest_limit, total_limit
 FROM promo_codes WHERE brand_id = $1
 """
 
 GUEST_ACCOUNT_ID = "SELECT id FROM accounts WHERE guest_id = $1"
-SPENDABLE = "SELECT credits_posted - debits_posted - debits_pending FROM accounts WHERE id = $1"
 
-# The checkout's first statement: claim the Idempotency-Key and read the guest's account with
-# the points earned in the tier window (precomputed in guest_profiles). One round trip.
-CLAIM_AND_ACCOUNT = f"""
-WITH claim AS ({idempotency.CLAIM})
-SELECT EXISTS (SELECT 1 FROM claim) AS claimed, a.id, coalesce(p.points_earned_12m, 0) AS earned
-FROM accounts a LEFT JOIN guest_profiles p ON p.guest_id = a.guest_id
-WHERE a.guest_id = $4
-"""
-
-# A guarded counter: the slot takes one more order only while it has room.
-TAKE_SLOT = """
-INSERT INTO slot_counts (location_id, slot_start, orders) VALUES ($1, $2, 1)
-ON CONFLICT (location_id, slot_start)
-DO UPDATE SET orders = slot_counts.orders + 1 WHERE slot_counts.orders < $3
-RETURNING orders
-"""
-
-# The checkout's last statement: take the slot and, only if it had room, store the response
-# under the Idempotency-Key (a full slot rolls everything back anyway). One round trip.
-TAKE_SLOT_AND_FINISH = f"""
-WITH slot AS ({TAKE_SLOT}), finished AS (
-    UPDATE idempotency_keys SET status_code = $4, response = $5
-    WHERE scope = $6 AND key = $7 AND EXISTS (SELECT 1 FROM slot)
-)
-SELECT orders FROM slot
+# The whole checkout in one round trip: a PL/pgSQL function (migration 0007) because its
+# statements depend on each other's results (the claim, the guarded hold, the slot's room) and
+# one call replaces six round trips, each of which cost the API more than the SQL itself.
+PLACE_ORDER = """
+SELECT claimed, tier, posted, pending, version
+FROM place_order($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                 $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)
 """
 
 RELEASE_SLOT = """
@@ -54,31 +33,6 @@ RETURNING uses
 
 INSERT_PROMO_REDEMPTION = """
 INSERT INTO promo_redemptions (promo_code_id, guest_id, order_id) VALUES ($1, $2, $3)
-"""
-
-# The order and all its lines in one statement: no query per line.
-INSERT_ORDER_AND_LINES = """
-WITH new_order AS (
-    INSERT INTO orders (id, brand_id, location_id, guest_id, status, currency, subtotal_minor,
-                        discount_minor, points_spent, points_value_minor, amount_due_minor,
-                        points_to_earn, promo_code_id, spend_transfer_id, pickup_at, slot_start,
-                        payment_expires_at, created_at, updated_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $18)
-    RETURNING id
-)
-INSERT INTO order_lines (id, order_id, line_no, item_id, sku, name, quantity, unit_price_minor,
-                         modifier_ids, modifier_names, gross_minor, discount_minor,
-                         points_spent, paid_minor, earns_points, points_earned)
-SELECT l.id, new_order.id, l.line_no, l.item_id, l.sku, l.name, l.quantity, l.unit_price_minor,
-       coalesce((SELECT array_agg(x::uuid) FROM jsonb_array_elements_text(l.modifier_ids) x), '{}'),
-       coalesce((SELECT array_agg(x) FROM jsonb_array_elements_text(l.modifier_names) x), '{}'),
-       l.gross_minor, l.discount_minor, l.points_spent, l.paid_minor, l.earns_points,
-       l.points_earned
-FROM new_order, jsonb_to_recordset($19::jsonb) AS l(
-    id uuid, line_no int, item_id uuid, sku text, name text, quantity int,
-    unit_price_minor int, modifier_ids jsonb, modifier_names jsonb, gross_minor int,
-    discount_minor int, points_spent int, paid_minor int, earns_points boolean,
-    points_earned int)
 """
 
 ORDER_COLUMNS = """

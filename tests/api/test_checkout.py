@@ -245,10 +245,16 @@ async def test_points_to_earn_uses_the_guests_tier(
     regular = await sign_in(client, notifier, phone)
     items = await menu_items(client, demo.locations["station"])
     body = order_body(demo, items, ("SAL", 3))
-    order = (await place(client, regular, body)).json()
+    placed = await place(client, regular, body, key="tier-order")
+    order = placed.json()
     assert order["points_to_earn"] == earn_points(
         PROGRAM, 3 * items["SAL"]["price_minor"], PROGRAM.tiers[-1]
     )
+    # The database stored the same figure, and a retry replays the top tier's response.
+    stored = await client.get(f"/v1/orders/{order['id']}", headers=regular.headers)
+    assert stored.json()["points_to_earn"] == order["points_to_earn"]
+    again = await place(client, regular, body, key="tier-order")
+    assert again.status_code == 201 and again.content == placed.content
 
 
 async def test_an_order_with_nothing_to_pay_skips_payment(

@@ -155,17 +155,20 @@ async def test_reconcile_voids_the_orphan_of_a_crash(
 async def test_a_failure_after_the_hold_leaves_no_redis_hold(
     client: Client, guest: GuestHandle, demo: Demo, services: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The request fails inside the transaction after PostgreSQL took the hold: both stores
-    end as they started (PostgreSQL by rollback, Redis by the void of the admission)."""
+    """The checkout's statement fails after PostgreSQL took the hold (here: once place_order
+    has written everything, the row it returns hits a division by zero): both stores end as
+    they started (PostgreSQL by rollback, Redis by the void of the admission)."""
+    import server.orders.sql
 
-    async def broken_insert(*_: Any, **__: Any) -> None:
-        raise RuntimeError("injected failure after the hold")
-
-    monkeypatch.setattr(services.orders, "_insert", broken_insert)
+    broken = server.orders.sql.PLACE_ORDER + " WHERE 1 / (version - version) = 1"
+    monkeypatch.setattr(server.orders.sql, "PLACE_ORDER", broken)
     failed = await place(client, guest, await order_body(client, demo, 60))
     assert failed.status_code == 500
     assert await ledger_state(services, guest.id) == (WELCOME, 0)
     assert await redis_state(services, guest.id) == (WELCOME, 0)
+    monkeypatch.undo()
+    assert (await place(client, guest, await order_body(client, demo, 60))).status_code == 201
+    assert await ledger_state(services, guest.id) == (WELCOME - 60, 60)
 
 
 async def test_a_failure_after_a_redemption_hold_leaves_no_redis_hold(
