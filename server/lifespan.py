@@ -77,7 +77,12 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
     pool = await create_pool(settings, settings.database_url)
     db = Database(pool, settings.db_acquire_timeout_s)
     gate = RedisGate(create_redis(settings, settings.redis_url), settings.redis_retry_after_s)
-    tokens = TokenIssuer(jwt_secret(settings), settings.jwt_issuer, settings.access_ttl_s)
+    tokens = TokenIssuer(
+        jwt_secret(settings),
+        settings.jwt_issuer,
+        settings.access_ttl_s,
+        settings.verified_tokens_cached,
+    )
     catalog = Catalog(db, gate, settings.menu_cache_ttl_s)
     programs = Programs(db, settings.menu_cache_ttl_s)
     loyalty = Loyalty(db, Ledger(), HotWallets(gate, settings.reconcile_grace_s), programs)

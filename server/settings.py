@@ -48,6 +48,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     jwt_secret: str | None = None
     jwt_issuer: str = "regulars"
     access_ttl_s: int = 900
+    # Access tokens whose verification is remembered until they expire (per process).
+    verified_tokens_cached: int = 10_000
     refresh_ttl_s: int = 30 * 24 * 3600
 
     # Guest sign-in.

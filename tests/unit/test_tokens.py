@@ -1,0 +1,55 @@
+"""Access tokens: verification, and the cache of verified tokens that must never widen it."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import jwt
+import pytest
+
+from server.auth.tokens import Principal, TokenError, TokenIssuer
+
+GUEST = Principal(kind="guest", subject_id=uuid.uuid4(), brand_id=uuid.uuid4())
+
+
+def test_a_verified_token_gives_its_principal_again() -> None:
+    issuer = TokenIssuer("s" * 40, "regulars", 900)
+    token = issuer.issue(GUEST)
+    assert issuer.verify(token) == GUEST
+    assert issuer.verify(token) == GUEST
+
+
+def test_a_remembered_token_still_expires() -> None:
+    issuer = TokenIssuer("s" * 40, "regulars", 2)
+    token = issuer.issue(GUEST)  # valid for 1 to 2 more seconds (exp is whole seconds)
+    assert issuer.verify(token) == GUEST
+    expires_at = jwt.decode(token, options={"verify_signature": False})["exp"]
+    time.sleep(max(0.0, expires_at - time.time()) + 0.05)
+    with pytest.raises(TokenError, match="expired"):
+        issuer.verify(token)
+
+
+def test_a_forged_or_foreign_token_is_refused_even_beside_a_remembered_one() -> None:
+    issuer = TokenIssuer("s" * 40, "regulars", 900)
+    token = issuer.issue(GUEST)
+    issuer.verify(token)
+    head, body, signature = token.split(".")
+    forged = f"{head}.{body}.{signature[:-4]}AAAA"
+    with pytest.raises(TokenError):
+        issuer.verify(forged)
+    foreign = TokenIssuer("t" * 40, "regulars", 900).issue(GUEST)
+    with pytest.raises(TokenError):
+        issuer.verify(foreign)
+
+
+def test_the_cache_of_verified_tokens_is_bounded() -> None:
+    issuer = TokenIssuer("s" * 40, "regulars", 900, verified_cache_size=2)
+    issued = [
+        issuer.issue(Principal(kind="guest", subject_id=uuid.uuid4(), brand_id=uuid.uuid4()))
+        for _ in range(5)
+    ]
+    for token in issued:
+        issuer.verify(token)
+    assert len(issuer._verified) == 2
+    assert all(issuer.verify(token).kind == "guest" for token in issued)
