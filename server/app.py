@@ -11,14 +11,14 @@ from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import PrometheusController
 
 from server.auth.controller import AuthController
 from server.auth.guards import BearerAuth
 from server.auth.notifier import Notifier
 from server.catalog.controller import CatalogController
 from server.guests.controller import MeController
-from server.infra.observability import RequestIdMiddleware
+from server.infra.observability import RequestTelemetry
 from server.infra.problems import exception_handlers
 from server.kiosk.controller import ROUTES as STAFF_KIOSK_ROUTES
 from server.lifespan import Services, lifespan
@@ -69,7 +69,6 @@ def _principal(request: Request[Any, Any, Any]) -> Any:
 
 def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar:
     """The Litestar app for ``settings``; the lifespan opens the pool and Redis."""
-    prometheus = PrometheusConfig(app_name="regulars", prefix="regulars", group_path=True)
     dependencies = {
         name: _service(name)
         for name in (
@@ -100,8 +99,7 @@ def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar
         ],
         dependencies=dependencies,
         middleware=[
-            RequestIdMiddleware,
-            prometheus.middleware,
+            RequestTelemetry,
             DefineMiddleware(BearerAuth, exclude=["/healthz", "/readyz", "/metrics", "/schema"]),
         ],
         exception_handlers=exception_handlers,
