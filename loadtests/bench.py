@@ -170,6 +170,32 @@ class Server:
         return self.spec
 
 
+def summarise_profile(path: Path, top: int = 25) -> str:
+    """The frames with the largest inclusive and self share of a py-spy ``raw`` profile
+    (collapsed stacks: ``frame;frame;… count``), idle event-loop samples left out."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = [re.sub(r" \(.*/(site-packages/)?", " (", f) for f in stack.split(";")]
+        if frames and ("select (selectors" in frames[-1] or "epoll" in frames[-1]):
+            continue  # the event loop waiting for work is not CPU
+        n = int(count)
+        total += n
+        for f in set(frames):
+            inclusive[f] = inclusive.get(f, 0) + n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+    lines = [f"  py-spy {path} — {total} busy samples; inclusive / self share:"]
+    for title, table in (("inclusive", inclusive), ("self", own)):
+        lines.append(f"  top {top} {title}:")
+        for f, c in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
+            lines.append(f"    {100 * c / max(total, 1):5.1f} %  {f}")
+    return "\n".join(lines)
+
+
 def _median(values: list[float]) -> tuple[float, float, float]:
     return statistics.median(values), min(values), max(values)
 
@@ -420,6 +446,27 @@ class Bench:
         res["rps"] = res["requests"] / (res["duration_us"] / 1e6)
         return res
 
+    def start_profile(self, server: Server, conns: int) -> tuple[subprocess.Popen[bytes], Path] | None:
+        """With ``--profile``: py-spy samples the server (all its worker processes) while
+        the closed-loop run at ``conns`` connections goes on; see :func:`summarise_profile`."""
+        if not self.args.profile:
+            return None
+        spy = shutil.which("py-spy") or str(VENV_BIN / "py-spy")
+        out = Path(self.args.profile) / f"{server.label.replace(':', '-')}-c{conns}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [spy, "record", "--pid", str(server.pids[0]), "--subprocesses", "--rate", "250"]
+        cmd += ["--duration", str(max(1, int(self.args.duration) - 1)), "--format", "raw"]
+        cmd += ["--nonblocking", "--output", str(out)]
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out
+
+    def finish_profile(self, spy: tuple[subprocess.Popen[bytes], Path]) -> None:
+        popen, out = spy
+        popen.wait(60)
+        if out.exists():
+            log(summarise_profile(out))
+        else:
+            log(f"  py-spy wrote no profile (exit {popen.returncode}); is ptrace allowed?")
+
     def openloop(self, url: str, kind: str, rate: float) -> dict[str, Any]:
         cmd = [
             sys.executable,
@@ -470,6 +517,7 @@ class Bench:
             return
         best = 0.0
         for conns in (8, 16, 32):
+            spy = self.start_profile(server, conns) if n == 0 and conns == 16 else None
             res = self.wrk(
                 server.url,
                 "checkout.lua",
@@ -482,6 +530,8 @@ class Bench:
                 str(SPREAD_SLOTS),
                 str(self.base_epoch),
             )
+            if spy is not None:
+                self.finish_profile(spy)
             if res["non2xx"] or res["socket_errors"]:
                 self.record("checkout errors", res["non2xx"] + res["socket_errors"])
             self.record(f"F5 checkout rps c={conns} [{s}]", res["rps"])
@@ -621,6 +671,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--reports", default=str(HERE / "reports"))
     parser.add_argument("--json", help="write every sample here")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="py-spy the servers during round 0's 16-connection checkout run; raw stacks go to DIR",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration, args.guests = 3, 3.0, min(args.guests, 100)
