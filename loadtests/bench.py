@@ -655,8 +655,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guests", type=int, default=200)
     parser.add_argument(
         "--servers",
-        default="granian:1",
-        help="servers under test, interleaved: granian:1,uvicorn:1,granian:2:pool=20,dev",
+        default="uvicorn:1",
+        help="servers under test, interleaved: uvicorn:1,granian:1,uvicorn:2:pool=20,dev",
     )
     parser.add_argument(
         "--suite",
