@@ -35,6 +35,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     db_pool_min: int = 2
     db_pool_max: int = 10
     db_acquire_timeout_s: float = 5.0
+    # Checkouts worked on at once per process; the rest wait their turn without doing any work.
+    # Unbounded, an overload made every in-flight checkout hold its pooled connection for a
+    # whole turn of a crowded event loop, and throughput collapsed (issue 5, docs/PERFORMANCE.md).
+    checkouts_in_flight: int = 24
     db_statement_timeout_ms: int = 5_000
     db_connect_timeout_s: float = 5.0
 
@@ -90,7 +94,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     job_batch_size: int = 500
 
     def __post_init__(self) -> None:
-        for name in ("db_pool_min", "db_pool_max", "redis_pool_max", "page_size_max"):
+        for name in (
+            "db_pool_min",
+            "db_pool_max",
+            "redis_pool_max",
+            "page_size_max",
+            "checkouts_in_flight",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{PREFIX}{name.upper()} must be at least 1")
         if self.db_pool_min > self.db_pool_max:

@@ -198,9 +198,10 @@ class Counter:
     ) -> Stored:
         scope, key, digest = request
         now = datetime.now(UTC)
-        # Set only once the transaction has committed, so any failure up to and including the
-        # commit voids the Redis hold this request made.
+        # Set only once the transaction has committed: a refusal voids the Redis hold this
+        # request made; a failure that leaves the commit in doubt reloads the wallet instead.
         state: AccountState | None = None
+        failure: BaseException | None = None
         try:
             async with self.db.transaction() as conn:
                 replay = await idempotency.begin(conn, scope, key, digest)
@@ -243,8 +244,11 @@ class Counter:
                 stored = Stored(201, _encode(transfer))
                 await idempotency.finish(conn, scope, key, 201, stored.body)
             state = held
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
-            await self.loyalty.settle_admission(guest_id, transfer_id, admission, state)
+            await self.loyalty.settle_admission(guest_id, transfer_id, admission, state, failure)
         return stored
 
     async def resolve(

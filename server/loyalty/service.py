@@ -8,6 +8,7 @@ Every other change is committed in PostgreSQL first and mirrored with :meth:`Loy
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -82,6 +83,16 @@ class Programs:
         self._cache.pop(brand_id, None)
 
 
+# Failures after which PostgreSQL may or may not have committed: its answer was lost.
+_ANSWER_LOST = (
+    TimeoutError,
+    OSError,
+    asyncio.CancelledError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Admission:
     """What Redis said about a spend before PostgreSQL was asked.
@@ -147,16 +158,30 @@ class Loyalty:
         return admission, replay
 
     async def settle_admission(
-        self, guest_id: UUID, transfer_id: UUID, admission: Admission, state: AccountState | None
+        self,
+        guest_id: UUID,
+        transfer_id: UUID,
+        admission: Admission,
+        state: AccountState | None,
+        failure: BaseException | None = None,
     ) -> None:
         """After the PostgreSQL transaction: keep, or undo, what :meth:`admit` reserved.
 
         ``state`` is the account after a committed hold (None when PostgreSQL refused or the
-        request was a replay). When Redis and PostgreSQL disagree, the wallet is reloaded.
+        request was a replay); ``failure`` what the request raised, if anything. When Redis and
+        PostgreSQL disagree, the wallet is reloaded.
+
+        A refusal or an error voids the Redis hold. A failure that lost PostgreSQL's answer (a
+        client-side timeout, a lost connection, a cancelled task) leaves it unknown whether
+        PostgreSQL committed: the wallet is reloaded from PostgreSQL without voiding, so a
+        committed hold is never dropped from Redis; one that did not commit stays only until
+        the reconcile grace period is over (seen in issue 5: under overload a checkout timed
+        out on the client while PostgreSQL went on to commit it).
         """
+        outcome_unknown = isinstance(failure, _ANSWER_LOST)
         try:
             if admission.reserved and state is None:
-                await self.reload(guest_id, void_first=(transfer_id,))
+                await self.reload(guest_id, void_first=() if outcome_unknown else (transfer_id,))
             elif admission.status == "miss" or (
                 admission.reserved and state is not None and admission.spendable != state.spendable
             ):

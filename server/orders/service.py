@@ -6,6 +6,7 @@ on a disagreement), and everything else is one PostgreSQL transaction with no qu
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -111,11 +112,30 @@ class Orders:
         self.catalog = catalog
         self.loyalty = loyalty
         self._promos: dict[UUID, tuple[float, dict[str, Promo]]] = {}
+        self._in_flight = asyncio.Semaphore(settings.checkouts_in_flight)
 
     # -- checkout ------------------------------------------------------------------------
 
     async def place(self, guest: Principal, body: contract.OrderIn, key: str) -> Stored:
-        """Price, reserve points and create the order, exactly once per Idempotency-Key."""
+        """Price, reserve points and create the order, exactly once per Idempotency-Key.
+
+        At most ``checkouts_in_flight`` run at once; one that waits longer than
+        ``db_acquire_timeout_s`` for its turn is refused 503 ``database-busy``.
+        """
+        try:
+            async with asyncio.timeout(self.settings.db_acquire_timeout_s):
+                await self._in_flight.acquire()
+        except TimeoutError:
+            raise Problem(
+                503, "database-busy", "too many checkouts at once; try again in a moment",
+                retry_after_s=1,
+            ) from None  # fmt: skip
+        try:
+            return await self._place(guest, body, key)
+        finally:
+            self._in_flight.release()
+
+    async def _place(self, guest: Principal, body: contract.OrderIn, key: str) -> Stored:
         scope = f"guest:{guest.subject_id}:orders"
         digest = idempotency.request_hash("POST /v1/orders", body)
         index = await self.catalog.menu(body.location_id)
@@ -145,9 +165,10 @@ class Orders:
         if replay is not None:
             return replay
 
-        # Set only once the writes have committed: if the commit itself fails, the Redis hold
-        # this request made is voided like any other refusal.
+        # Set only once the writes have committed: a refusal voids the Redis hold this request
+        # made; a failure that leaves the commit in doubt reloads the wallet instead.
         state: AccountState | None = None
+        failure: BaseException | None = None
         try:
             created = await self._create(
                 guest, index, program, priced, promo, transfer_id, (pickup_at, slot), now,
@@ -156,8 +177,13 @@ class Orders:
             if isinstance(created, Stored):
                 return created
             state, order, response = created
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
-            await self.loyalty.settle_admission(guest.subject_id, transfer_id, admission, state)
+            await self.loyalty.settle_admission(
+                guest.subject_id, transfer_id, admission, state, failure
+            )
         if order.status == "placed" and state is not None and priced.points_spent:
             await self.loyalty.mirror(guest.subject_id, "post", transfer_id, state)
         return Stored(201, response)

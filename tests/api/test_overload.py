@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,13 +22,15 @@ from tests.conftest import Client, sign_in
 
 @pytest.fixture
 async def tight(settings: Settings, notifier: RecordingNotifier) -> AsyncIterator[Client]:
-    """The app with one pooled connection, a short acquire timeout and statement timeout."""
+    """The app with one pooled connection, one checkout at a time, a short acquire timeout and
+    statement timeout."""
     small = msgspec.structs.replace(
         settings,
         db_pool_min=1,
         db_pool_max=1,
         db_acquire_timeout_s=0.3,
         db_statement_timeout_ms=500,
+        checkouts_in_flight=1,
     )
     app = create_app(small, notifier=notifier)
     async with lifespan(app):
@@ -82,3 +85,81 @@ async def test_a_stuck_checkout_times_out_as_503_and_leaves_nothing(
     assert (
         await services.db.fetchval("SELECT count(*) FROM orders WHERE guest_id = $1", guest.id) == 0
     )
+
+
+async def _station_body(client: Client, services: Any, points: int) -> dict[str, Any]:
+    station = await services.db.fetchval("SELECT id FROM locations WHERE slug = 'station'")
+    items = await menu_items(client, station)
+    return {
+        "location_id": str(station),
+        "lines": [{"item_id": items["AVO"]["id"], "quantity": 1}],
+        "points_to_spend": points,
+    }
+
+
+async def test_checkouts_beyond_the_in_flight_limit_wait_then_get_503(
+    tight: Client, notifier: RecordingNotifier
+) -> None:
+    """A checkout waits for its turn; one that waits longer than the acquire timeout is told
+    to come back (503 with Retry-After) and wrote nothing."""
+    services: Any = tight.app.state.services
+    guest = await sign_in(tight, notifier)
+    body = await _station_body(tight, services, 50)
+    turn = services.orders._in_flight
+    await turn.acquire()  # a checkout that never finishes holds the only turn
+    try:
+        refused = await place(tight, guest, body, key="waits-too-long")
+    finally:
+        turn.release()
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["type"].endswith("/database-busy")
+    assert refused.headers["retry-after"] == "1"
+    assert await ledger_state(services, guest.id) == (PROGRAM.welcome_bonus_points, 0)
+    placed = await place(tight, guest, body, key="waits-too-long")
+    assert placed.status_code == 201, placed.text
+
+
+async def test_a_checkout_that_commits_after_the_client_gave_up_keeps_its_redis_hold(
+    client: Client,
+    notifier: RecordingNotifier,
+    services: Any,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The request stops waiting (a client-side timeout) while PostgreSQL is still working on
+    the checkout, which then commits: the wallet must not lose the hold in Redis, because
+    PostgreSQL has it. (Voiding on every failure lost it: seen under overload in issue 5.)"""
+    guest = await sign_in(client, notifier)
+    body = await _station_body(client, services, 70)
+    await services.loyalty.reload(guest.id)  # Redis holds the wallet: the reserve is Redis's
+    assert await redis_state(services, guest.id) == (PROGRAM.welcome_bonus_points, 0)
+    real = services.orders._place_order
+    blocker = await connect_once(settings.database_url or "")
+    late = await connect_once(settings.database_url or "")
+    still_working: list[asyncio.Task[Any]] = []
+
+    async def gives_up_while_postgres_works(_conn: Any, *args: Any) -> Any:
+        # The statement runs on its own connection and goes on after the request gave up.
+        still_working.append(asyncio.create_task(real(late, *args)))
+        await asyncio.sleep(0.2)  # it now waits for the account row the blocker holds
+        raise TimeoutError("the answer did not arrive in time")
+
+    monkeypatch.setattr(services.orders, "_place_order", gives_up_while_postgres_works)
+    try:
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute("SELECT 1 FROM accounts WHERE guest_id = $1 FOR UPDATE", guest.id)
+        failed = await place(client, guest, body, key="in-doubt")
+        await transaction.rollback()
+        await still_working[0]  # PostgreSQL commits the checkout after all
+    finally:
+        await blocker.close()
+        await late.close()
+    assert failed.status_code >= 500
+    expected = (PROGRAM.welcome_bonus_points - 70, 70)
+    assert await ledger_state(services, guest.id) == expected
+    assert await redis_state(services, guest.id) == expected
+    monkeypatch.undo()
+    again = await place(client, guest, body, key="in-doubt")
+    assert again.status_code == 201, again.text
+    assert await redis_state(services, guest.id) == expected
