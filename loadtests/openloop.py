@@ -37,6 +37,7 @@ def _pct(sorted_ms: list[float], q: float) -> float:
 class _Conn:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.reused = False  # True once a response came back on it
 
     async def exchange(self, raw: bytes) -> int:
         self.writer.write(raw)
@@ -63,6 +64,7 @@ class _Conn:
                     break
         elif length:
             await self.reader.readexactly(length)
+        self.reused = True
         return status
 
 
@@ -150,7 +152,17 @@ async def run(
                     opened += 1
                     conn = _Conn(*await asyncio.open_connection(host, port))
                 lags.append((time.perf_counter() - scheduled) * 1000)
-                status = await conn.exchange(raw)
+                try:
+                    status = await conn.exchange(raw)
+                except (ConnectionError, asyncio.IncompleteReadError):
+                    if not conn.reused:
+                        raise
+                    # The server closed this idle keep-alive connection (uvicorn does after
+                    # 5 s); like any HTTP client, send again once on a new one.
+                    conn.writer.close()
+                    opened += 1
+                    conn = _Conn(*await asyncio.open_connection(host, port))
+                    status = await conn.exchange(raw)
                 latencies.append((time.perf_counter() - scheduled) * 1000)
                 if status != expect:
                     errors[str(status)] = errors.get(str(status), 0) + 1
