@@ -441,7 +441,9 @@ class Bench:
         res["rps"] = res["requests"] / (res["duration_us"] / 1e6)
         return res
 
-    def start_profile(self, server: Server, conns: int) -> tuple[subprocess.Popen[bytes], Path] | None:
+    def start_profile(
+        self, server: Server, conns: int
+    ) -> tuple[subprocess.Popen[bytes], Path] | None:
         """With ``--profile``: py-spy samples the server (all its worker processes) while
         the closed-loop run at ``conns`` connections goes on; see :func:`summarise_profile`."""
         if not self.args.profile:
