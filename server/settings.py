@@ -38,6 +38,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Checkouts worked on at once per process; the rest wait their turn without doing any work.
     # Unbounded, an overload made every in-flight checkout hold its pooled connection for a
     # whole turn of a crowded event loop, and throughput collapsed (issue 5, docs/PERFORMANCE.md).
+    # About 2-3 x db_pool_max: enough to keep every connection busy while others are in Redis.
     checkouts_in_flight: int = 24
     db_statement_timeout_ms: int = 5_000
     db_connect_timeout_s: float = 5.0
