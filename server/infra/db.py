@@ -9,7 +9,7 @@ from typing import Any, cast
 import asyncpg
 import msgspec
 
-from server.infra.problems import Problem
+from server.infra.problems import database_busy
 from server.settings import Settings
 
 __all__ = ["Database", "connect_once", "create_pool"]
@@ -83,10 +83,7 @@ class Database:
         try:
             conn = await self.pool.acquire(timeout=self.acquire_timeout_s)
         except TimeoutError:
-            raise Problem(
-                503, "database-busy", "too many requests at once; try again in a moment",
-                retry_after_s=1,
-            ) from None  # fmt: skip
+            raise database_busy("too many requests at once; try again in a moment") from None
         try:
             yield cast(asyncpg.Connection, conn)
         finally:

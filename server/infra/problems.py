@@ -14,7 +14,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-__all__ = ["PROBLEM_BASE", "Problem", "exception_handlers", "problem_response"]
+__all__ = ["PROBLEM_BASE", "Problem", "database_busy", "exception_handlers", "problem_response"]
 
 PROBLEM_BASE = "https://docs.regulars.dev/problems/"
 PROBLEM_JSON = "application/problem+json"
@@ -122,12 +122,14 @@ def _on_database_lost(request: Request[Any, Any, Any], exc: Exception) -> Respon
     return problem_response(problem, request.url.path)
 
 
+def database_busy(detail: str = "the database is too busy right now; try again") -> Problem:
+    """503 with Retry-After: overload is a reason to come back in a moment, not a 500."""
+    return Problem(503, "database-busy", detail, retry_after_s=1)
+
+
 def _on_statement_timeout(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.warning("statement timeout on %s %s", request.method, request.url.path)
-    problem = Problem(
-        503, "database-busy", "the database is too busy right now; try again", retry_after_s=1
-    )
-    return problem_response(problem, request.url.path)
+    return problem_response(database_busy(), request.url.path)
 
 
 def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:

@@ -25,7 +25,7 @@ from server.catalog.service import Catalog
 from server.infra import idempotency
 from server.infra.db import Database
 from server.infra.idempotency import Stored
-from server.infra.problems import Problem
+from server.infra.problems import Problem, database_busy
 from server.kiosk.model import display_name
 from server.loyalty.model import Program
 from server.loyalty.repository import AccountState
@@ -126,10 +126,7 @@ class Orders:
             async with asyncio.timeout(self.settings.db_acquire_timeout_s):
                 await self._in_flight.acquire()
         except TimeoutError:
-            raise Problem(
-                503, "database-busy", "too many checkouts at once; try again in a moment",
-                retry_after_s=1,
-            ) from None  # fmt: skip
+            raise database_busy("too many checkouts at once; try again in a moment") from None
         try:
             return await self._place(guest, body, key)
         finally:
