@@ -173,15 +173,17 @@ class Loyalty:
 
         A refusal or an error voids the Redis hold. A failure that lost PostgreSQL's answer (a
         client-side timeout, a lost connection, a cancelled task) leaves it unknown whether
-        PostgreSQL committed: the wallet is reloaded from PostgreSQL without voiding, so a
-        committed hold is never dropped from Redis; one that did not commit stays only until
-        the reconcile grace period is over (seen in issue 5: under overload a checkout timed
-        out on the client while PostgreSQL went on to commit it).
+        PostgreSQL committed, or may still commit: the wallet is dropped from Redis, and the
+        next spend lets PostgreSQL decide and loads it afresh. Voiding would lose a committed
+        hold (seen in issue 5: under overload a checkout timed out on the client while
+        PostgreSQL went on to commit it); keeping it would refuse spends for one that never
+        committed.
         """
-        outcome_unknown = isinstance(failure, _ANSWER_LOST)
         try:
-            if admission.reserved and state is None:
-                await self.reload(guest_id, void_first=() if outcome_unknown else (transfer_id,))
+            if admission.reserved and state is None and isinstance(failure, _ANSWER_LOST):
+                await self.hot.forget({guest_id})
+            elif admission.reserved and state is None:
+                await self.reload(guest_id, void_first=(transfer_id,))
             elif admission.status == "miss" or (
                 admission.reserved and state is not None and admission.spendable != state.spendable
             ):
