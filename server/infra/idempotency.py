@@ -68,8 +68,8 @@ async def begin(conn: asyncpg.Connection, scope: str, key: str, digest: bytes) -
 
 
 async def stored(conn: asyncpg.Connection, scope: str, key: str, digest: bytes) -> Stored:
-    """After a failed claim (CLAIM inlined in a caller's statement): the response to replay,
-    422 for a different request, 409 while the first is still running."""
+    """After a claim that failed inside a caller's statement (place_order): the response to
+    replay, 422 for a different request, 409 while the first is still running."""
     return _judge(await conn.fetchrow(STORED, scope, key), digest)
 
 
