@@ -188,6 +188,10 @@ class Loyalty:
                 admission.reserved and state is not None and admission.spendable != state.spendable
             ):
                 await self.reload(guest_id)
+            elif admission.status == "skipped":
+                # Redis failed at admission and PostgreSQL has decided since: what Redis holds
+                # for this guest may be wrong either way.
+                await self._distrust(guest_id)
         except RedisUnavailable:
             self._dirty.add(guest_id)
 
@@ -224,6 +228,15 @@ class Loyalty:
         """Load the Lua scripts into Redis if it is there (start-up, and after an outage)."""
         with contextlib.suppress(RedisUnavailable):
             await self.hot.preload()
+
+    async def _distrust(self, guest_id: UUID) -> None:
+        """Drop a wallet a failed Redis call may have left wrong: now if Redis answers again,
+        else when it recovers. Waiting for the recovery alone lost wallets under overload: a
+        call that timed out after another request had already seen Redis recover was marked
+        for a recovery that never came, and Redis went on without a hold PostgreSQL had."""
+        self._dirty.add(guest_id)
+        if not self.hot.gate.degraded:
+            await self._forget_dirty()
 
     async def _forget_dirty(self) -> None:
         dirty, self._dirty = self._dirty, set()

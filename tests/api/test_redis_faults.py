@@ -211,3 +211,28 @@ async def test_a_checkout_makes_at_most_two_redis_calls(
     assert (await place(client, guest, body)).status_code == 201  # warm: the reserve only
     assert await _script_calls(services) - before == 1
     assert await redis_state(services, guest.id) == (WELCOME - 40, 40)
+
+
+async def test_a_spend_redis_could_not_admit_drops_the_wallet_once_postgres_decided(
+    client: Client, guest: GuestHandle, demo: Demo, services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis fails this one call (a read timeout under overload) while it is otherwise up:
+    PostgreSQL places the order alone, and the wallet Redis still holds, which lacks that
+    hold, is dropped instead of staying wrong until some later outage."""
+    from server.infra.redis import RedisUnavailable
+
+    await services.loyalty.reload(guest.id)
+    assert await redis_state(services, guest.id) == (WELCOME, 0)
+
+    async def timed_out(*_: Any, **__: Any) -> Any:
+        raise RedisUnavailable("Timeout reading from redis")
+
+    monkeypatch.setattr(services.loyalty.hot, "reserve", timed_out)
+    placed = await place(client, guest, await order_body(client, demo, 70))
+    monkeypatch.undo()
+    assert placed.status_code == 201, placed.text
+    assert await ledger_state(services, guest.id) == (WELCOME - 70, 70)
+    assert await redis_state(services, guest.id) is None
+    again = await place(client, guest, await order_body(client, demo, 30))
+    assert again.status_code == 201, again.text
+    assert await redis_state(services, guest.id) == await ledger_state(services, guest.id)
