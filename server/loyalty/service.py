@@ -175,9 +175,8 @@ class Loyalty:
         client-side timeout, a lost connection, a cancelled task) leaves it unknown whether
         PostgreSQL committed, or may still commit: the wallet is dropped from Redis, and the
         next spend lets PostgreSQL decide and loads it afresh. Voiding would lose a committed
-        hold (seen in issue 5: under overload a checkout timed out on the client while
-        PostgreSQL went on to commit it); keeping it would refuse spends for one that never
-        committed.
+        hold (a checkout can time out on the client while PostgreSQL goes on to commit it);
+        keeping it would refuse spends for one that never committed.
         """
         try:
             if admission.reserved and state is None and isinstance(failure, _ANSWER_LOST):
