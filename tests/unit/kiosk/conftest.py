@@ -201,32 +201,19 @@ class FakeApi:
         return t
 
     async def post_redemption(self, transfer_id: UUID | str, idempotency_key: UUID | str) -> Any:
-        self.redemption_calls.append(("post", str(idempotency_key)))
-        self._gate()
-        pending = self.redemptions[UUID(str(transfer_id))]
-        return contract.Transfer(
-            id=uuid4(),
-            guest_id=pending.guest_id,
-            code="redeem",
-            points=pending.points,
-            state="posted",
-            created_at=NOW,
-            points_available=pending.points_available,
-        )
+        pending = self._resolving("post", transfer_id, idempotency_key)
+        return _resolved(pending, pending.points, "posted", pending.points_available)
 
     async def void_redemption(self, transfer_id: UUID | str, idempotency_key: UUID | str) -> Any:
-        self.redemption_calls.append(("void", str(idempotency_key)))
+        pending = self._resolving("void", transfer_id, idempotency_key)
+        return _resolved(pending, -pending.points, "voided", 400)
+
+    def _resolving(
+        self, op: str, transfer_id: UUID | str, idempotency_key: UUID | str
+    ) -> contract.Transfer:
+        self.redemption_calls.append((op, str(idempotency_key)))
         self._gate()
-        pending = self.redemptions[UUID(str(transfer_id))]
-        return contract.Transfer(
-            id=uuid4(),
-            guest_id=pending.guest_id,
-            code="redeem",
-            points=-pending.points,
-            state="voided",
-            created_at=NOW,
-            points_available=400,
-        )
+        return self.redemptions[UUID(str(transfer_id))]
 
     async def queue(self, location_id: UUID | str) -> list[contract.Order]:
         self._gate()
@@ -314,3 +301,16 @@ def card_factory() -> Callable[..., contract.GuestCard]:
 @pytest.fixture
 def order_factory() -> Callable[..., contract.Order]:
     return make_order
+
+
+def _resolved(pending: contract.Transfer, points: int, state: str, available: int) -> Any:
+    """The transfer a post or void of ``pending`` answers with."""
+    return contract.Transfer(
+        id=uuid4(),
+        guest_id=pending.guest_id,
+        code="redeem",
+        points=points,
+        state=state,
+        created_at=NOW,
+        points_available=available,
+    )
