@@ -20,6 +20,7 @@ from server.catalog.service import CATALOG_CHANNEL, Catalog
 from server.guests.service import Guests
 from server.infra.db import Database, create_pool
 from server.infra.redis import RedisGate, create_redis
+from server.infra.runtime import freeze_startup_objects
 from server.kiosk.counter import Counter
 from server.kiosk.live import LiveQueues
 from server.kiosk.profiles import record_completed_order
@@ -134,6 +135,8 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     app.state.tokens = services.tokens
     await services.loyalty.preload_scripts()
     follower = asyncio.create_task(_follow_catalog_changes(services))
+    if settings.gc_freeze:
+        freeze_startup_objects()
     try:
         yield
     finally:

@@ -30,6 +30,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     env: Literal["dev", "prod", "test"] = "dev"
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Server processes only (`serve` and `dev` turn it on): after start-up, freeze what
+    # start-up allocated so the cyclic GC never traverses it again. A full collection over
+    # the app's ~90k start-up objects paused the event loop ~55 ms, enough to put a
+    # checkout's p99 over its budget by itself (issue 5). Off in tests, whose one process
+    # builds hundreds of apps.
+    gc_freeze: bool = False
 
     # PostgreSQL pool: bounded, with timeouts on acquiring and on every statement.
     db_pool_min: int = 2
