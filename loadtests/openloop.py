@@ -128,13 +128,17 @@ async def run(
     setup_path: str | None,
     max_conns: int = 256,
     spread_slots: int = 3744,
+    timeline: bool = False,
 ) -> dict[str, Any]:
+    """One open-loop run; ``timeline`` adds per-second p99 and max latency (by scheduled
+    second), to tell a steady queue from stalls."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     source = _requests(kind, f"{host}:{port}", setup_path, spread_slots)
     idle: list[_Conn] = []
     opened = 0
     latencies: list[float] = []
+    by_second: dict[int, list[float]] = {}
     lags: list[float] = []
     errors: dict[str, int] = {}
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -163,7 +167,9 @@ async def run(
                     opened += 1
                     conn = _Conn(*await asyncio.open_connection(host, port))
                     status = await conn.exchange(raw)
-                latencies.append((time.perf_counter() - scheduled) * 1000)
+                latency = (time.perf_counter() - scheduled) * 1000
+                latencies.append(latency)
+                by_second.setdefault(int(scheduled - start), []).append(latency)
                 if status != expect:
                     errors[str(status)] = errors.get(str(status), 0) + 1
                 idle.append(conn)
@@ -190,7 +196,7 @@ async def run(
     latencies.sort()
     lags.sort()
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-    return {
+    result: dict[str, Any] = {
         "kind": kind,
         "rate": rate,
         "sent": total,
@@ -205,6 +211,12 @@ async def run(
         "generator_cpu_pct": 100 * cpu / wall if wall else 0.0,
         "connections": opened,
     }
+    if timeline:
+        result["timeline"] = [
+            {"second": sec, "n": len(ms), "p99_ms": _pct(sorted(ms), 0.99), "max_ms": max(ms)}
+            for sec, ms in sorted(by_second.items())
+        ]
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--setup", help="setup file (checkout); may carry 'items'")
     parser.add_argument("--max-conns", type=int, default=256)
+    parser.add_argument("--timeline", action="store_true", help="per-second p99 and max")
     args = parser.parse_args(argv)
     try:
         import uvloop
@@ -227,8 +240,18 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         pass
     result = asyncio.run(
-        run(args.url, args.kind, args.rate, args.duration, args.setup, args.max_conns)
+        run(
+            args.url,
+            args.kind,
+            args.rate,
+            args.duration,
+            args.setup,
+            args.max_conns,
+            timeline=args.timeline,
+        )
     )
+    for row in result.pop("timeline", []):
+        print(json.dumps(row))
     print(json.dumps(result))
     return 0
 
