@@ -15,6 +15,9 @@ F5  checkout closed loop: wrk with unique Idempotency-Keys and rotating guest to
 F6  checkout open loop at 30/50/75 % of that round's F5 (loadtests/openloop.py): p50/p95/p99;
     /healthz at the same rates for R4.
 R1  = F5 / F1 (best of each), R4 = p99(checkout) / p99(healthz) at the same rate (50 %).
+CPU ms of CPU per checkout by part of the stack (from /proc), for F1 at 8 clients and F5 at 16
+    connections: PostgreSQL (all its processes), the API server, Redis, the load generator,
+    and how busy the whole box was. On two shared cores R1 is about PostgreSQL's share of it.
 
 Afterwards a correctness check: one order per idempotency key, no negative spendable balance,
 ledger sums to zero (LEDGER_CHECK), every Redis wallet equals the ledger
@@ -31,6 +34,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -191,6 +195,94 @@ def summarise_profile(path: Path, top: int = 25) -> str:
     return "\n".join(lines)
 
 
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_table() -> dict[int, tuple[int, str, float, float]]:
+    """Every process: pid -> (parent pid, name, own CPU s, reaped children's CPU s)."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        ppid, utime, stime, cutime, cstime = (int(fields[i]) for i in (1, 11, 12, 13, 14))
+        table[int(entry.name)] = (ppid, name, (utime + stime) / _TICK, (cutime + cstime) / _TICK)
+    return table
+
+
+def _descendants(table: dict[int, tuple[int, str, float, float]], roots: list[int]) -> set[int]:
+    found, todo = set(roots), list(roots)
+    while todo:
+        parent = todo.pop()
+        for pid, (ppid, *_) in table.items():
+            if ppid == parent and pid not in found:
+                found.add(pid)
+                todo.append(pid)
+    return found & set(table)
+
+
+def _box_busy_s() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine so far, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values[:8]) - idle) / _TICK, sum(values[:8]) / _TICK
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds per part of the stack over one measurement (Linux /proc): the server
+    under test, PostgreSQL (backends that exited count through the postmaster), Redis, the
+    load generator (this process's reaped children) and the whole box."""
+
+    stack_root: int
+    server_root: int | None = None
+    start: dict[str, float] = field(default_factory=dict)
+
+    def _sample(self) -> dict[str, float]:
+        table = _proc_table()
+        parts = {"PostgreSQL": 0.0, "Redis": 0.0, "API": 0.0}
+        for pid in _descendants(table, [self.stack_root]):
+            _, name, own, reaped = table[pid]
+            if name == "postgres":
+                parts["PostgreSQL"] += own + reaped
+            elif name.startswith("redis-server"):
+                parts["Redis"] += own
+        if self.server_root is not None:
+            for pid in _descendants(table, [self.server_root]):
+                parts["API"] += table[pid][2]
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        parts["generator"] = usage.ru_utime + usage.ru_stime
+        parts["box busy"], parts["box"] = _box_busy_s()
+        return parts
+
+    def __enter__(self) -> CpuMeter:
+        self.start = self._sample()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._sample()
+        self.used = {k: end[k] - self.start[k] for k in end}
+
+    def per_op_ms(self, ops: int) -> dict[str, float]:
+        """Milliseconds of CPU per operation by part, and the box's busy share in %."""
+        out = {
+            k: 1000 * v / max(ops, 1) for k, v in self.used.items() if k not in ("box", "box busy")
+        }
+        out["box busy %"] = 100 * self.used["box busy"] / max(self.used["box"], 1e-9)
+        return out
+
+
+def _cpu_line(per_op: dict[str, float]) -> str:
+    return ", ".join(
+        f"{k} {v:.0f}" if k.endswith("%") else f"{k} {v:.3f}" for k, v in per_op.items() if v
+    )
+
+
 def _pickup_base() -> int:
     """The first pickup slot a checkout may ask for now: 10-15 minutes ahead."""
     return (int(time.time()) // 300 + 3) * 300
@@ -214,6 +306,10 @@ class Bench:
     def record(self, key: str, value: float) -> None:
         self.results.setdefault(key, []).append(value)
 
+    def record_cpu(self, key: str, per_op: dict[str, float]) -> None:
+        for part, value in per_op.items():
+            self.record(f"{key}: {part}", value)
+
     # -- stack ---------------------------------------------------------------------------
 
     def up(self) -> None:
@@ -234,6 +330,7 @@ class Bench:
             self.logdir,
         )
         self.procs.append(dev)
+        self.dev_pid = dev.popen.pid
         wait_healthy(self.dev_url, dev, 180)
         self.services = json.loads((self.tmp / "services.json").read_text())
         self.servers = [Server(s) for s in self.args.servers.split(",")]
@@ -413,14 +510,19 @@ class Bench:
             f"base={self.base_epoch}",
             "regulars",
         ]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=d + 60)
+        with CpuMeter(self.dev_pid) as cpu:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=d + 60)
         m = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out.stdout)
         failed = re.search(r"number of failed transactions: (\d+)", out.stdout)
-        if not m or (failed and int(failed.group(1))):
+        done = re.search(r"number of transactions actually processed: (\d+)", out.stdout)
+        if not m or not done or (failed and int(failed.group(1))):
             raise RuntimeError(f"pgbench: {out.stdout[-1500:]} {out.stderr[-1500:]}")
-        return float(m.group(1))
+        return float(m.group(1)), cpu.per_op_ms(int(done.group(1)))
 
-    def wrk(self, url: str, script: str, conns: int, *args: str) -> dict[str, Any]:
+    def wrk(
+        self, url: str, script: str, conns: int, *args: str, server: Server | None = None
+    ) -> dict[str, Any]:
+        """One closed-loop wrk run; with ``server``, also its CPU per request by part."""
         d = self.args.duration
         cmd = [
             "wrk",
@@ -438,12 +540,15 @@ class Bench:
             "--",
             *args,
         ]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=d + 60)
+        root = server.pids[0] if server is not None and server.pids else None
+        with CpuMeter(self.dev_pid, root) as cpu:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=d + 60)
         line = next((x for x in out.stdout.splitlines() if x.startswith("WRKJSON ")), None)
         if line is None:
             raise RuntimeError(f"wrk: {out.stdout[-1500:]} {out.stderr[-1500:]}")
         res = json.loads(line[len("WRKJSON ") :])
         res["rps"] = res["requests"] / (res["duration_us"] / 1e6)
+        res["cpu"] = cpu.per_op_ms(res["requests"])
         return res
 
     def start_profile(
@@ -497,12 +602,14 @@ class Bench:
         for part in parts:
             if part == "f1" and suite == "checkout":
                 f1 = {c: self.pgbench(c) for c in (8, 16)}
-                for c, tps in f1.items():
+                for c, (tps, _) in f1.items():
                     self.record(f"F1 pgbench tps c={c}", tps)
-                self.f1_best = max(f1.values())
+                self.f1_best = max(tps for tps, _ in f1.values())
+                self.record_cpu("F1 c=8 CPU ms per checkout", f1[8][1])
                 log(
                     f"  round {n} F1 pgbench tps: "
-                    + ", ".join(f"c={c} {v:.0f}" for c, v in f1.items())
+                    + ", ".join(f"c={c} {v:.0f}" for c, (v, _) in f1.items())
+                    + f" | CPU ms per checkout at c=8: {_cpu_line(f1[8][1])}"
                 )
             if part == "http":
                 for server in order:
@@ -533,11 +640,15 @@ class Bench:
                 # From now, not from the setup: in a long run the setup's first slots come
                 # within the 5-minute lead time and their orders are refused (422).
                 str(_pickup_base()),
+                server=server,
             )
             if spy is not None:
                 self.finish_profile(spy)
             if res["non2xx"] or res["socket_errors"]:
                 self.record("checkout errors", res["non2xx"] + res["socket_errors"])
+            if conns == 16:
+                self.record_cpu(f"F5 c=16 CPU ms per checkout [{s}]", res["cpu"])
+                cpu_line = _cpu_line(res["cpu"])
             self.record(f"F5 checkout rps c={conns} [{s}]", res["rps"])
             self.record(f"F5 checkout p99 ms c={conns} [{s}]", res["p99_ms"])
             best = max(best, res["rps"])
@@ -545,6 +656,7 @@ class Bench:
                 f" ({res['non2xx']} non-2xx)" if res["non2xx"] else ""
             )
         log(msg)
+        log(f"  round {n} [{s}] CPU ms per checkout at c=16: {cpu_line}")
         self.record(f"F5 checkout max rps [{s}]", best)
         if hasattr(self, "f1_best"):
             self.record(f"R1 = F5/F1 [{s}]", best / self.f1_best)
