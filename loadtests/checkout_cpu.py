@@ -4,8 +4,9 @@ Drives the ASGI app directly (the same app `regulars serve` runs) with ``--concu
 checkouts in flight against a running `regulars dev` (or any PostgreSQL and Redis the settings
 name) and prints the process's CPU time per checkout: what one worker pays for a checkout
 besides HTTP parsing and socket writes. Throughput on a 2-core box moves ±20–40 % from run to
-run; this figure moves a few per cent, so it is the one to compare a lever by (run it before
-and after, or ``--profile`` to see where the time goes).
+run; this figure moved ±5 % between back-to-back runs here, though it drifts with the box over
+minutes (0.41–0.55 ms in one evening), so compare a lever by interleaving runs of both sides
+(or ``--profile`` to see where the time goes). Levers smaller than ~5 % do not show.
 
     python -m loadtests.setup_data --guests 50 --points 1000000 --out /tmp/setup.json \
         --base-url http://127.0.0.1:8000
