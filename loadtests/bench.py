@@ -245,7 +245,7 @@ class CpuMeter:
 
     def _sample(self) -> dict[str, float]:
         table = _proc_table()
-        parts = {"PostgreSQL": 0.0, "Redis": 0.0, "API": 0.0}
+        parts = {"PostgreSQL": 0.0, "Redis": 0.0}
         for pid in _descendants(table, [self.stack_root]):
             _, name, own, reaped = table[pid]
             if name == "postgres":
@@ -253,8 +253,7 @@ class CpuMeter:
             elif name.startswith("redis-server"):
                 parts["Redis"] += own
         if self.server_root is not None:
-            for pid in _descendants(table, [self.server_root]):
-                parts["API"] += table[pid][2]
+            parts["API"] = sum(table[pid][2] for pid in _descendants(table, [self.server_root]))
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         parts["generator"] = usage.ru_utime + usage.ru_stime
         parts["box busy"], parts["box"] = _box_busy_s()
