@@ -271,6 +271,22 @@ def test_concurrent_migrations_apply_each_file_once(stack: Stack) -> None:
     assert len(applied) == len(set(applied)) >= 1
 
 
+def test_embedded_postgres_commits_durably_and_checkpoints_by_the_timer(stack: Stack) -> None:
+    """Every figure in docs/PERFORMANCE.md assumes these; a launcher change would void them."""
+
+    async def settings() -> list[str]:
+        conn = await connect_once(stack.running.database_url)
+        try:
+            return [
+                await conn.fetchval(f"SHOW {name}")
+                for name in ("synchronous_commit", "fsync", "max_wal_size")
+            ]
+        finally:
+            await conn.close()
+
+    assert asyncio.run(settings()) == ["on", "on", "4GB"]
+
+
 @pytest.mark.parametrize("server", ["granian", "uvicorn"])
 def test_serve_finishes_in_flight_requests_on_sigterm(stack: Stack, server: str) -> None:
     env = clean_env(
