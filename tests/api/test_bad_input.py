@@ -113,19 +113,31 @@ async def test_closed_location(client: Client, guest: GuestHandle, demo: Demo) -
 async def test_full_slot(
     client: Client, guest: GuestHandle, demo: Demo, items: Any, services: Any
 ) -> None:
-    pickup = (datetime.now(UTC) + timedelta(days=2)).replace(second=0, microsecond=0)
+    # Slots are shared by every test at the station: take one 12 days ahead, where no other
+    # test orders (the Locust smoke spreads its pickups over 48 h and once drew this slot
+    # when it was 2 days ahead), and free it again afterwards.
+    pickup = (datetime.now(UTC) + timedelta(days=12)).replace(second=0, microsecond=0)
     pickup = pickup.replace(minute=pickup.minute - pickup.minute % 5)
+    station = demo.locations["station"]
     async with services.db.transaction() as conn:
         await conn.execute(
             "INSERT INTO slot_counts (location_id, slot_start, orders) VALUES ($1, $2, 500)"
             " ON CONFLICT (location_id, slot_start) DO UPDATE SET orders = 500",
-            demo.locations["station"],
+            station,
             pickup,
         )
-    sent = body(demo, items["CRO"], pickup_at=pickup.isoformat(), points_to_spend=10)
-    await refused(await place(client, guest, sent), 409, "slot-full")
-    assert await ledger_state(services, guest.id) == (WELCOME, 0)
-    assert await orders_of(services, guest) == 0
+    try:
+        sent = body(demo, items["CRO"], pickup_at=pickup.isoformat(), points_to_spend=10)
+        await refused(await place(client, guest, sent), 409, "slot-full")
+        assert await ledger_state(services, guest.id) == (WELCOME, 0)
+        assert await orders_of(services, guest) == 0
+    finally:
+        async with services.db.transaction() as conn:
+            await conn.execute(
+                "DELETE FROM slot_counts WHERE location_id = $1 AND slot_start = $2",
+                station,
+                pickup,
+            )
 
 
 async def test_pickup_too_soon(client: Client, guest: GuestHandle, demo: Demo, items: Any) -> None:
