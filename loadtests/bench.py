@@ -15,7 +15,7 @@ F5  checkout closed loop: wrk with unique Idempotency-Keys and rotating guest to
 F6  checkout open loop at 30/50/75 % of that round's F5 (loadtests/openloop.py): p50/p95/p99;
     /healthz at the same rates for R4.
 R1  = F5 / F1 (best of each), R4 = p99(checkout) / p99(healthz) at the same rate (50 %).
-CPU ms of CPU per checkout by part of the stack (from /proc), for F1 at 8 clients and F5 at 16
+CPU ms of CPU per checkout, by part of the stack (from /proc), for F1 at 8 clients and F5 at 16
     connections: PostgreSQL (all its processes), the API server, Redis, the load generator,
     and how busy the whole box was. On two shared cores R1 is about PostgreSQL's share of it.
 
@@ -253,7 +253,12 @@ class CpuMeter:
             elif name.startswith("redis-server"):
                 parts["Redis"] += own
         if self.server_root is not None:
-            parts["API"] = sum(table[pid][2] for pid in _descendants(table, [self.server_root]))
+            parts["API"] = 0.0
+            for pid in _descendants(table, [self.server_root]):
+                _, name, own, _ = table[pid]
+                # `dev` runs PostgreSQL and Redis as its children: they are not the API.
+                if name != "postgres" and not name.startswith("redis-server"):
+                    parts["API"] += own
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         parts["generator"] = usage.ru_utime + usage.ru_stime
         parts["box busy"], parts["box"] = _box_busy_s()
