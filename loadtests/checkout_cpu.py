@@ -29,7 +29,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from loadtests.common import load_setup, pickup_at
+from loadtests.common import load_setup, pickup_at, run_on_uvloop
 
 Asgi = Any
 
@@ -186,14 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--profile", metavar="FILE", help="cProfile the rounds into FILE")
-    args = parser.parse_args(argv)
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:  # pragma: no cover - uvloop is a dependency of `regulars serve`
-        pass
-    return asyncio.run(run(args))
+    return run_on_uvloop(run(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

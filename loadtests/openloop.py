@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from loadtests.common import load_setup, new_key
+from loadtests.common import load_setup, new_key, run_on_uvloop
 
 __all__ = ["run"]
 
@@ -233,13 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-conns", type=int, default=256)
     parser.add_argument("--timeline", action="store_true", help="per-second p99 and max")
     args = parser.parse_args(argv)
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    result = asyncio.run(
+    result = run_on_uvloop(
         run(
             args.url,
             args.kind,
