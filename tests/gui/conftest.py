@@ -176,6 +176,7 @@ class KioskDriver:
 @pytest.fixture
 def kiosk(kiosk_server: Any, tmp_path: Path) -> Iterator[KioskDriver]:
     """A fresh kiosk app (own data dir and outbox) pointed at the live server."""
+    from kivy.app import App
     from kivy.core.window import Window
 
     from kiosk.app import KioskApp
@@ -198,9 +199,14 @@ def kiosk(kiosk_server: Any, tmp_path: Path) -> Iterator[KioskDriver]:
     try:
         yield driver
     finally:
-        # on_stop (not just shutdown): kv's `app` proxy caches the running app until on_stop.
-        app.dispatch("on_stop")
+        # As App.stop() does, in this order: root off the window, last frames, on_stop, and
+        # no running app. kv's `app` proxy caches the app it first resolves and forgets it
+        # only on that app's on_stop; a kv rule evaluated in a frame *after* on_stop cached
+        # this stopped app again, and a later test's buttons called it ("Event loop is
+        # closed", seen once in CI).
         Window.unbind(on_keyboard=app._on_keyboard_settings)
         if app.root is not None:
             Window.remove_widget(app.root)
         driver.frames(2)
+        app.dispatch("on_stop")
+        App._running_app = None
