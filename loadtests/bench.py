@@ -19,6 +19,11 @@ CPU ms of CPU per checkout, by part of the stack (from /proc), for F1 at 8 clien
     connections: PostgreSQL (all its processes), the API server, Redis, the load generator,
     and how busy the whole box was. On two shared cores R1 is about PostgreSQL's share of it.
 
+A server spec such as ``uvicorn:1:cpus=1`` runs the server with REGULARS_CPUS=1 and, while it
+is measured, keeps PostgreSQL and Redis on the other CPUs (as ``regulars dev`` does with
+REGULARS_CPUS). F1 always runs with PostgreSQL free to use every CPU: it is the floor.
+pgbench connects the way the servers do (the stack's Unix socket).
+
 Afterwards a correctness check: one order per idempotency key, no negative spendable balance,
 ledger sums to zero (LEDGER_CHECK), every Redis wallet equals the ledger
 (``regulars reconcile --grace-s 0`` says "0 wallet(s) repaired"). The last line is
@@ -44,11 +49,14 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from server.settings import parse_cpu_list
 
 HERE = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
@@ -167,6 +175,11 @@ class Server:
     @property
     def label(self) -> str:
         return self.spec
+
+    @property
+    def options(self) -> dict[str, str]:
+        """``uvicorn:1:pool=20:cpus=1`` → {"pool": "20", "cpus": "1"}."""
+        return dict(opt.partition("=")[::2] for opt in self.spec.split(":")[2:])
 
 
 def summarise_profile(path: Path, top: int = 25) -> str:
@@ -337,6 +350,8 @@ class Bench:
         self.dev_pid = dev.popen.pid
         wait_healthy(self.dev_url, dev, 180)
         self.services = json.loads((self.tmp / "services.json").read_text())
+        # pgbench and psql use the transport the servers use: the Unix socket when there is one.
+        self.pg_host = self.services.get("pg_socket_dir") or "127.0.0.1"
         self.servers = [Server(s) for s in self.args.servers.split(",")]
         for server in self.servers:
             if server.spec == "dev":
@@ -397,7 +412,7 @@ class Bench:
                 "-t",
                 "-A",
                 "-h",
-                "127.0.0.1",
+                self.pg_host,
                 "-p",
                 str(self.services["pg_port"]),
                 "-U",
@@ -491,7 +506,7 @@ class Bench:
             "-f",
             str(self.tmp / "checkout.sql"),
             "-h",
-            "127.0.0.1",
+            self.pg_host,
             "-p",
             str(self.services["pg_port"]),
             "-U",
@@ -620,6 +635,36 @@ class Bench:
                     self.http_round(n, server)
 
     def http_round(self, n: int, server: Server) -> None:
+        with self.stack_beside(server):
+            self._http_round(n, server)
+
+    @contextlib.contextmanager
+    def stack_beside(self, server: Server) -> Iterator[None]:
+        """For a server pinned with ``cpus=`` (REGULARS_CPUS), keep PostgreSQL and Redis on
+        the other CPUs while it is measured, as `regulars dev` does with REGULARS_CPUS; F1 and
+        unpinned servers run with the stack free to use every CPU."""
+        cpus = server.options.get("cpus")
+        if cpus is None:
+            yield
+            return
+        everything = os.sched_getaffinity(0)
+        rest = everything - parse_cpu_list(cpus)
+        self._pin_stack(rest)
+        try:
+            yield
+        finally:
+            self._pin_stack(everything)
+
+    def _pin_stack(self, cpus: set[int]) -> None:
+        table = _proc_table()
+        for pid in _descendants(table, [self.dev_pid]):
+            name = table[pid][1]
+            if name == "postgres" or name.startswith("redis-server"):
+                # New backends inherit the postmaster's CPUs.
+                with contextlib.suppress(ProcessLookupError):
+                    os.sched_setaffinity(pid, cpus)
+
+    def _http_round(self, n: int, server: Server) -> None:
         s = server.label
         hz = self.wrk(server.url + "/healthz", "healthz.lua", 32)
         self.record(f"F4 healthz rps [{s}]", hz["rps"])
@@ -781,7 +826,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--servers",
         default="uvicorn:1",
-        help="servers under test, interleaved: uvicorn:1,granian:1,uvicorn:2:pool=20,dev",
+        help="servers under test, interleaved: uvicorn:1,granian:1,uvicorn:2:pool=20,"
+        "uvicorn:1:cpus=1,dev",
     )
     parser.add_argument(
         "--suite",
