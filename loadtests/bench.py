@@ -489,6 +489,15 @@ class Bench:
         (self.tmp / "checkout.lua").write_text(WRK_LUA + WRK_DONE)
         (self.tmp / "healthz.lua").write_text(WRK_DONE)
 
+    def _wait_for_backends_to_exit(self, application: str, timeout_s: float = 5.0) -> None:
+        """A backend's CPU reaches its postmaster only once it has exited and been reaped;
+        sampled earlier, it would be missing from this measurement and counted in the next."""
+        deadline = time.monotonic() + timeout_s
+        query = f"SELECT count(*) FROM pg_stat_activity WHERE application_name = '{application}'"
+        while self.psql(query) != "0" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.1)  # gone from pg_stat_activity, then reaped by the postmaster
+
     def forget_f1_wallets(self) -> None:
         """Drop F1's guests from Redis. pgbench holds points behind Redis's back, so a wallet
         of theirs that the app cached meanwhile (the worker's expiry pass voids their holds
@@ -543,6 +552,7 @@ class Bench:
         ]
         with CpuMeter(self.dev_pid) as cpu:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=d + 60)
+            self._wait_for_backends_to_exit("pgbench")
         m = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out.stdout)
         failed = re.search(r"number of failed transactions: (\d+)", out.stdout)
         done = re.search(r"number of transactions actually processed: (\d+)", out.stdout)
