@@ -22,7 +22,6 @@ CPU ms of CPU per checkout, by part of the stack (from /proc), for F1 at 8 clien
 A server spec such as ``uvicorn:1:cpus=1`` runs the server with REGULARS_CPUS=1 and, while it
 is measured, keeps PostgreSQL and Redis on the other CPUs (as ``regulars dev`` does with
 REGULARS_CPUS). F1 always runs with PostgreSQL free to use every CPU: it is the floor.
-pgbench connects the way the servers do (the stack's Unix socket).
 
 Afterwards a correctness check: one order per idempotency key, no negative spendable balance,
 ledger sums to zero (LEDGER_CHECK), every Redis wallet equals the ledger
@@ -350,8 +349,6 @@ class Bench:
         self.dev_pid = dev.popen.pid
         wait_healthy(self.dev_url, dev, 180)
         self.services = json.loads((self.tmp / "services.json").read_text())
-        # pgbench and psql use the transport the servers use: the Unix socket when there is one.
-        self.pg_host = self.services.get("pg_socket_dir") or "127.0.0.1"
         self.servers = [Server(s) for s in self.args.servers.split(",")]
         for server in self.servers:
             if server.spec == "dev":
@@ -365,12 +362,6 @@ class Bench:
             env = {"REGULARS_LOG_LEVEL": "warning", "REGULARS_DATA_DIR": str(self.tmp)}
             for opt in rest:
                 name, _, value = opt.partition("=")
-                if name == "tcp":  # loopback TCP instead of the stack's Unix sockets
-                    env["REGULARS_DATABASE_URL"] = (
-                        f"postgresql://postgres@127.0.0.1:{self.services['pg_port']}/regulars"
-                    )
-                    env["REGULARS_REDIS_URL"] = f"redis://127.0.0.1:{self.services['redis_port']}/0"
-                    continue
                 env[
                     f"REGULARS_DB_{name.upper()}_MAX"
                     if name == "pool"
@@ -418,7 +409,7 @@ class Bench:
                 "-t",
                 "-A",
                 "-h",
-                self.pg_host,
+                "127.0.0.1",
                 "-p",
                 str(self.services["pg_port"]),
                 "-U",
@@ -527,7 +518,7 @@ class Bench:
             "-f",
             str(self.tmp / "checkout.sql"),
             "-h",
-            self.pg_host,
+            "127.0.0.1",
             "-p",
             str(self.services["pg_port"]),
             "-U",
@@ -850,7 +841,7 @@ def main(argv: list[str] | None = None) -> int:
         "--servers",
         default="uvicorn:1",
         help="servers under test, interleaved: uvicorn:1,granian:1,uvicorn:2:pool=20,"
-        "uvicorn:1:cpus=1,uvicorn:1:tcp (loopback TCP, not the Unix sockets),dev",
+        "uvicorn:1:cpus=1,dev",
     )
     parser.add_argument(
         "--suite",

@@ -37,9 +37,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # builds hundreds of apps.
     gc_freeze: bool = False
     # The CPUs server processes run on, as Linux writes them ("1", "0,2-3"); unset: any.
-    # `regulars dev` gives its PostgreSQL and Redis the others. Meant for a box where
-    # everything is co-located: a backend woken by the API's write then cannot take the API's
-    # core from under it. What it is worth is measured in docs/PERFORMANCE.md (issue 5).
+    # `regulars dev` gives its PostgreSQL and Redis the others. For a box where everything is
+    # co-located: a backend woken by the API's write can no longer take the API's core. On
+    # two cores it served more checkouts at saturation (×1.13 and ×1.34 in two paired bench
+    # runs) but gave a worse p99 at half that rate (28 vs 16 ms, 39 vs 17 ms), so it is off
+    # by default: a lever for throughput, not for latency (issue 5, docs/PERFORMANCE.md).
     cpus: str | None = None
 
     # PostgreSQL pool: bounded, with timeouts on acquiring and on every statement.

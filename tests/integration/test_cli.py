@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from server.infra.db import connect_once
-from server.infra.embedded import EmbeddedServices, free_port
+from server.infra.embedded import free_port
 from server.infra.migrate import apply_migrations
 from tests.conftest import Stack
 
@@ -307,41 +307,6 @@ def test_concurrent_migrations_apply_each_file_once(stack: Stack) -> None:
     applied = [name for result in results for name in result]
     assert sorted(applied) == sorted(r["name"] for r in rows)
     assert len(applied) == len(set(applied)) >= 1
-
-
-def test_embedded_services_are_reached_over_unix_sockets(stack: Stack) -> None:
-    """The app talks to the embedded PostgreSQL and Redis over Unix sockets (cheaper than
-    loopback TCP); TCP on 127.0.0.1 stays open for other tools."""
-    running = stack.running
-    assert running.pg_socket_dir and f"host={running.pg_socket_dir}" in running.database_url
-    assert running.redis_socket and running.redis_url.startswith(f"unix://{running.redis_socket}")
-
-    async def probe() -> list[Any]:
-        import redis.asyncio as aioredis
-
-        over_socket = await connect_once(running.database_url)
-        over_tcp = await connect_once(f"postgresql://postgres@127.0.0.1:{running.pg_port}/regulars")
-        cache = aioredis.from_url(running.redis_url)
-        try:
-            return [
-                await over_socket.fetchval("SELECT inet_client_addr() IS NULL"),
-                await over_tcp.fetchval("SELECT host(inet_client_addr())"),
-                await cache.ping(),
-            ]
-        finally:
-            await over_socket.close()
-            await over_tcp.close()
-            await cache.aclose()
-
-    assert asyncio.run(probe()) == [True, "127.0.0.1", True]
-
-
-def test_a_data_dir_too_deep_for_a_socket_falls_back_to_tcp(tmp_path: Path) -> None:
-    deep = tmp_path / ("d" * 120)
-    running = EmbeddedServices(deep, pg_port=5999, redis_port=6999).running()
-    assert running.database_url == "postgresql://postgres@127.0.0.1:5999/regulars"
-    assert running.redis_url == "redis://127.0.0.1:6999/0"
-    assert running.pg_socket_dir is None and running.redis_socket is None
 
 
 def test_embedded_postgres_commits_durably_and_checkpoints_by_the_timer(stack: Stack) -> None:
