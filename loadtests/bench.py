@@ -19,9 +19,10 @@ CPU ms of CPU per checkout, by part of the stack (from /proc), for F1 at 8 clien
     connections: PostgreSQL (all its processes), the API server, Redis, the load generator,
     and how busy the whole box was. On two shared cores R1 is about PostgreSQL's share of it.
 
-A server spec such as ``uvicorn:1:cpus=1`` runs the server with REGULARS_CPUS=1 and, while it
-is measured, keeps PostgreSQL and Redis on the other CPUs (as ``regulars dev`` does with
-REGULARS_CPUS). F1 always runs with PostgreSQL free to use every CPU: it is the floor.
+A server spec such as ``uvicorn:1:cpus=1`` keeps the server on CPU 1 and, while it is
+measured, PostgreSQL and Redis on the other CPUs (CPU placement as an experiment; the product
+has no such setting, see docs/PERFORMANCE.md). F1 always runs with PostgreSQL free to use
+every CPU: it is the floor.
 
 Afterwards a correctness check: one order per idempotency key, no negative spendable balance,
 ledger sums to zero (LEDGER_CHECK), every Redis wallet equals the ledger
@@ -48,14 +49,12 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-
-from server.settings import parse_cpu_list
 
 HERE = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
@@ -238,6 +237,10 @@ def _descendants(table: dict[int, tuple[int, str, float, float]], roots: list[in
     return found & set(table)
 
 
+def _is_stack_service(name: str) -> bool:
+    return name == "postgres" or name.startswith("redis-server")
+
+
 def _box_busy_s() -> tuple[float, float]:
     """(busy, all) CPU seconds of the whole machine so far, from /proc/stat."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
@@ -362,6 +365,8 @@ class Bench:
             env = {"REGULARS_LOG_LEVEL": "warning", "REGULARS_DATA_DIR": str(self.tmp)}
             for opt in rest:
                 name, _, value = opt.partition("=")
+                if name == "cpus":  # the bench pins (stack_beside), not a REGULARS_* setting
+                    continue
                 env[
                     f"REGULARS_DB_{name.upper()}_MAX"
                     if name == "pool"
@@ -653,27 +658,30 @@ class Bench:
 
     @contextlib.contextmanager
     def stack_beside(self, server: Server) -> Iterator[None]:
-        """For a server pinned with ``cpus=`` (REGULARS_CPUS), keep PostgreSQL and Redis on
-        the other CPUs while it is measured, as `regulars dev` does with REGULARS_CPUS; F1 and
-        unpinned servers run with the stack free to use every CPU."""
+        """For a server spec with ``cpus=``: the server's processes on those CPUs and the
+        stack's PostgreSQL and Redis on the others while it is measured; F1 and other servers
+        run with everything free to use every CPU."""
         cpus = server.options.get("cpus")
         if cpus is None:
             yield
             return
         everything = os.sched_getaffinity(0)
-        rest = everything - parse_cpu_list(cpus)
-        self._pin_stack(rest)
+        mine = {int(c) for c in cpus.split(",")}
+        self._pin(server.pids, lambda _name: True, mine)
+        self._pin([self.dev_pid], _is_stack_service, everything - mine)
         try:
             yield
         finally:
-            self._pin_stack(everything)
+            self._pin(server.pids, lambda _name: True, everything)
+            self._pin([self.dev_pid], _is_stack_service, everything)
 
-    def _pin_stack(self, cpus: set[int]) -> None:
+    @staticmethod
+    def _pin(roots: list[int], which: Callable[[str], bool], cpus: set[int]) -> None:
+        """Every process under ``roots`` whose name passes ``which`` onto ``cpus`` (new
+        PostgreSQL backends inherit the postmaster's)."""
         table = _proc_table()
-        for pid in _descendants(table, [self.dev_pid]):
-            name = table[pid][1]
-            if name == "postgres" or name.startswith("redis-server"):
-                # New backends inherit the postmaster's CPUs.
+        for pid in _descendants(table, roots):
+            if which(table[pid][1]):
                 with contextlib.suppress(ProcessLookupError):
                     os.sched_setaffinity(pid, cpus)
 

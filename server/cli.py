@@ -17,7 +17,6 @@ from urllib.parse import urlsplit
 import msgspec
 
 from server.infra.embedded import EmbeddedError, EmbeddedServices, discover, port_is_free
-from server.infra.runtime import pin_to_cpus
 from server.settings import Settings, SettingsError, load_settings
 
 __all__ = ["main"]
@@ -129,10 +128,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 f"{data_dir} is in use by process {other.owner_pid}; stop it before --fresh"
             )
         shutil.rmtree(data_dir)
-    # With REGULARS_CPUS, the API keeps those CPUs and PostgreSQL and Redis get the others.
-    services = EmbeddedServices(
-        data_dir, log=lambda msg: print(f"  {msg}", flush=True), cpus=pin_to_cpus(settings)
-    )
+    services = EmbeddedServices(data_dir, log=lambda msg: print(f"  {msg}", flush=True))
     need_pg, need_redis = not settings.database_url, not settings.redis_url
     # SIGTERM behaves like Ctrl-C, so the finally below always stops the children.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -227,7 +223,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["REGULARS_DATA_DIR"] = str(Path(settings.data_dir).resolve())
     os.environ.setdefault("REGULARS_LOG_FORMAT", "json")
     os.environ.setdefault("REGULARS_GC_FREEZE", "true")
-    pin_to_cpus(settings)  # the workers inherit it
     workers = args.workers or os.cpu_count() or 1
     if args.server == "granian":
         from granian import Granian

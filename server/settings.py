@@ -13,7 +13,7 @@ from typing import Literal
 
 import msgspec
 
-__all__ = ["Settings", "SettingsError", "load_settings", "parse_cpu_list"]
+__all__ = ["Settings", "SettingsError", "load_settings"]
 
 PREFIX = "REGULARS_"
 
@@ -36,13 +36,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # checkout's p99 over its budget by itself (issue 5). Off in tests, whose one process
     # builds hundreds of apps.
     gc_freeze: bool = False
-    # The CPUs server processes run on, as Linux writes them ("1", "0,2-3"); unset: any.
-    # `regulars dev` gives its PostgreSQL and Redis the others. For a box where everything is
-    # co-located: a backend woken by the API's write can no longer take the API's core. On
-    # two cores it served more checkouts at saturation (×1.13 and ×1.34 in two paired bench
-    # runs) but gave a worse p99 at half that rate (28 vs 16 ms, 39 vs 17 ms), so it is off
-    # by default: a lever for throughput, not for latency (issue 5, docs/PERFORMANCE.md).
-    cpus: str | None = None
 
     # PostgreSQL pool: bounded, with timeouts on acquiring and on every statement.
     db_pool_min: int = 2
@@ -119,32 +112,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 raise ValueError(f"{PREFIX}{name.upper()} must be at least 1")
         if self.db_pool_min > self.db_pool_max:
             raise ValueError(f"{PREFIX}DB_POOL_MIN must not exceed {PREFIX}DB_POOL_MAX")
-        if self.cpus is not None:
-            parse_cpu_list(self.cpus, f"{PREFIX}CPUS")
         if self.env == "prod" and not self.jwt_secret:
             raise ValueError(f"{PREFIX}JWT_SECRET is required when {PREFIX}ENV=prod")
 
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
-
-
-def parse_cpu_list(text: str, name: str = "cpu list") -> frozenset[int]:
-    """``"0,2-3"`` → {0, 2, 3}: CPUs this machine has; anything else is a ValueError."""
-    cpus: set[int] = set()
-    try:
-        for part in text.split(","):
-            first, dash, last = part.strip().partition("-")
-            cpus.update(range(int(first), int(last if dash else first) + 1))
-    except ValueError:
-        raise ValueError(f"{name}: {text!r} is not a CPU list such as 1 or 0,2-3") from None
-    available = os.sched_getaffinity(0)
-    if not cpus or not cpus <= available:
-        raise ValueError(
-            f"{name}: {text!r} names CPUs this process cannot use (it can use "
-            f"{','.join(map(str, sorted(available)))})"
-        )
-    return frozenset(cpus)
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

@@ -91,15 +91,6 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _child_setup(cpus: frozenset[int] | None) -> Callable[[], None]:
-    def setup() -> None:
-        _die_with_parent()
-        if cpus:
-            os.sched_setaffinity(0, cpus)
-
-    return setup
-
-
 def _redis_binary() -> str:
     found = shutil.which("redis-server")
     if found:
@@ -131,8 +122,6 @@ class EmbeddedServices:
     data_dir: Path
     log: Callable[[str], None] = lambda _msg: None
     pg_settings: dict[str, str] = field(default_factory=dict)
-    # The CPUs PostgreSQL and Redis may run on (None: any); see Settings.cpus.
-    cpus: frozenset[int] | None = None
     _pg: subprocess.Popen[bytes] | None = None
     _redis: subprocess.Popen[bytes] | None = None
     pg_port: int = 0
@@ -165,9 +154,6 @@ class EmbeddedServices:
         return running
 
     def running(self) -> RunningServices:
-        # Loopback TCP, not Unix sockets: over Unix sockets the checkout's p99 at 75 % of its
-        # closed-loop maximum was worse in 5 of 7 paired rounds (one tie), and throughput no
-        # better, although each round trip costs less CPU (issue 5, docs/PERFORMANCE.md).
         return RunningServices(
             database_url=f"postgresql://postgres@127.0.0.1:{self.pg_port}/{DATABASE}",
             redis_url=f"redis://127.0.0.1:{self.redis_port}/0",
@@ -250,7 +236,7 @@ class EmbeddedServices:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_child_setup(self.cpus),
+            preexec_fn=_die_with_parent,
             **run_as,
         )
         log.close()
@@ -379,7 +365,7 @@ class EmbeddedServices:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_child_setup(self.cpus),
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:

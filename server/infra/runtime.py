@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import gc
-import os
 
-from server.settings import Settings, parse_cpu_list
-
-__all__ = ["freeze_startup_objects", "pin_to_cpus"]
+__all__ = ["freeze_startup_objects"]
 
 
 def freeze_startup_objects() -> None:
@@ -20,14 +17,3 @@ def freeze_startup_objects() -> None:
     """
     gc.collect()
     gc.freeze()
-
-
-def pin_to_cpus(settings: Settings) -> frozenset[int] | None:
-    """Keep this process (and the workers it starts) on ``settings.cpus``; returns the CPUs
-    left for the rest of the box (None when unpinned or when none are left)."""
-    if settings.cpus is None:
-        return None
-    cpus = parse_cpu_list(settings.cpus, "REGULARS_CPUS")
-    rest = frozenset(os.sched_getaffinity(0) - cpus)
-    os.sched_setaffinity(0, cpus)
-    return rest or None

@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psutil
@@ -38,13 +37,12 @@ class Dev:
         self.port = free_port()
         self.proc: subprocess.Popen[str] | None = None
         self.fresh = False
-        self.env: dict[str, str] = {}
 
     def start(self) -> None:
         fresh = ["--fresh"] if self.fresh else []
         self.proc = subprocess.Popen(
             [*REGULARS, "dev", "--data-dir", str(self.data_dir), "--port", str(self.port), *fresh],
-            env=clean_env(**self.env),
+            env=clean_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -120,39 +118,6 @@ def test_dev_serves_and_stops_everything(dev: Dev, stop_signal: int) -> None:
     assert dev.proc.wait(60) == 0
     assert gone(children)
     assert not (dev.data_dir / "services.json").exists()
-
-
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning needs two CPUs")
-def test_dev_with_cpus_keeps_the_api_apart_from_postgres_and_redis(dev: Dev) -> None:
-    everything = os.sched_getaffinity(0)
-    api_cpu = max(everything)
-    dev.env = {"REGULARS_CPUS": str(api_cpu)}
-    dev.start()
-    assert dev.proc is not None
-    assert os.sched_getaffinity(dev.proc.pid) == {api_cpu}
-    services = [psutil.Process(pid) for pid in dev.children()]
-    names = {p.name() for p in services}
-    assert "postgres" in names and any(n.startswith("redis-server") for n in names)
-    for proc in services:
-        assert os.sched_getaffinity(proc.pid) == everything - {api_cpu}, proc.name()
-    # A backend forked for a new connection inherits the postmaster's CPUs.
-    base = f"http://127.0.0.1:{dev.port}"
-    assert httpx.get(base + "/readyz").json()["postgres"] == "ok"
-    dev.proc.send_signal(signal.SIGINT)
-    assert dev.proc.wait(60) == 0
-
-
-def test_dev_refuses_cpus_it_cannot_use(dev: Dev) -> None:
-    dev.env = {"REGULARS_CPUS": "4096"}
-    proc = subprocess.run(
-        [*REGULARS, "dev", "--data-dir", str(dev.data_dir), "--port", str(dev.port)],
-        env=clean_env(**dev.env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 2
-    assert "REGULARS_CPUS" in proc.stderr and "4096" in proc.stderr
 
 
 def test_sigkill_then_restart_reuses_the_data(dev: Dev) -> None:
@@ -282,16 +247,13 @@ def test_commands_without_a_running_dev_say_what_to_do(tmp_path: Path) -> None:
 
 
 def test_concurrent_migrations_apply_each_file_once(stack: Stack) -> None:
-    def on_database(name: str) -> str:
-        return urlunsplit(urlsplit(stack.running.database_url)._replace(path=f"/{name}"))
-
-    admin_url = on_database("postgres")
+    admin_url = stack.running.database_url.rsplit("/", 1)[0] + "/postgres"
     name = f"migrations_{os.getpid()}_{int(time.time())}"
 
     async def run() -> list[Any]:
         admin = await connect_once(admin_url)
         await admin.execute(f'CREATE DATABASE "{name}"')
-        url = on_database(name)
+        url = stack.running.database_url.rsplit("/", 1)[0] + f"/{name}"
         conns = [await connect_once(url) for _ in range(4)]
         try:
             results = await asyncio.gather(*(apply_migrations(c) for c in conns))

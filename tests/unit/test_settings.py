@@ -1,10 +1,8 @@
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from server.settings import SettingsError, load_settings, parse_cpu_list
+from server.settings import SettingsError, load_settings
 
 
 def test_defaults_and_environment() -> None:
@@ -21,20 +19,9 @@ def test_defaults_and_environment() -> None:
         ({"REGULARS_LOG_FORMAT": "xml"}, "REGULARS_LOG_FORMAT"),
         ({"REGULARS_DATABSE_URL": "postgresql://"}, "REGULARS_DATABSE_URL"),
         ({"REGULARS_ENV": "prod"}, "REGULARS_JWT_SECRET"),
-        ({"REGULARS_CPUS": "one"}, "REGULARS_CPUS"),
-        ({"REGULARS_CPUS": "4096"}, "REGULARS_CPUS"),
-        ({"REGULARS_CPUS": "1-"}, "REGULARS_CPUS"),
     ],
 )
 def test_a_bad_value_names_the_variable(environ: dict[str, str], named: str) -> None:
     with pytest.raises(SettingsError) as refused:
         load_settings(environ)
     assert named in str(refused.value)
-
-
-def test_cpu_lists_read_as_linux_writes_them() -> None:
-    cpus = sorted(os.sched_getaffinity(0))
-    first, last = cpus[0], cpus[-1]
-    assert parse_cpu_list(str(first)) == {first}
-    assert parse_cpu_list(f"{first}-{last},{first}") == set(range(first, last + 1)) & set(cpus)
-    assert load_settings({"REGULARS_CPUS": str(last)}).cpus == str(last)
