@@ -272,7 +272,7 @@ class CpuMeter:
             for pid in _descendants(table, [self.server_root]):
                 _, name, own, _ = table[pid]
                 # `dev` runs PostgreSQL and Redis as its children: they are not the API.
-                if name != "postgres" and not name.startswith("redis-server"):
+                if not _is_stack_service(name):
                     parts["API"] += own
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         parts["generator"] = usage.ru_utime + usage.ru_stime
@@ -359,12 +359,11 @@ class Bench:
                 server.pids = [dev.popen.pid]
                 continue
             parts = server.spec.split(":")
-            kind, workers, rest = parts[0], parts[1] if len(parts) > 1 else "1", parts[2:]
+            kind, workers = parts[0], parts[1] if len(parts) > 1 else "1"
             # `serve` does not pass --data-dir on to its workers (see docs/PERFORMANCE.md), so
             # they would sign tokens with another secret: name the data dir explicitly.
             env = {"REGULARS_LOG_LEVEL": "warning", "REGULARS_DATA_DIR": str(self.tmp)}
-            for opt in rest:
-                name, _, value = opt.partition("=")
+            for name, value in server.options.items():
                 if name == "cpus":  # the bench pins (stack_beside), not a REGULARS_* setting
                     continue
                 env[
@@ -500,9 +499,11 @@ class Bench:
         once a run outlasts the 15-minute payment window) is stale by design, not a fault."""
         import redis
 
+        from server.loyalty.hot import wallet_keys
+
         r = redis.Redis.from_url(self.services["redis_url"])
         for g in self.f1_guests:
-            r.delete(f"rg:{{g:{g}}}:wallet", f"rg:{{g:{g}}}:holds")
+            r.delete(*wallet_keys(uuid.UUID(g)))
         r.close()
 
     # -- measurements ---------------------------------------------------------------------

@@ -1,14 +1,16 @@
-"""The bench's CPU meter puts each process's CPU on the right part of the stack."""
+"""The bench's CPU meter puts each process's CPU on the right part of the stack, and its
+``cpus=`` option moves processes between CPUs and back."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 
 import pytest
 
-from loadtests.bench import CpuMeter, _proc_table
+from loadtests.bench import Bench, CpuMeter, Server, _proc_table
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -42,3 +44,38 @@ def test_without_a_server_there_is_no_api_part() -> None:
     with CpuMeter(stack_root=1) as meter:
         pass
     assert "API" not in meter.per_op_ms(ops=1)
+
+
+def test_server_options_come_from_the_spec() -> None:
+    assert Server("uvicorn:1:pool=20:cpus=1").options == {"pool": "20", "cpus": "1"}
+    assert Server("granian:2").options == {}
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning needs two CPUs")
+def test_pinning_moves_a_process_tree_and_only_the_named_processes() -> None:
+    everything = os.sched_getaffinity(0)
+    one = {min(everything)}
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys, time\n"
+         "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+         "time.sleep(60)"]
+    )  # fmt: skip
+    children: list[int] = []
+    try:
+        deadline = time.monotonic() + 10
+        while not children:
+            assert time.monotonic() < deadline, "the child did not start"
+            time.sleep(0.05)
+            children = [p for p, row in _proc_table().items() if row[0] == parent.pid]
+        (child,) = children
+        Bench._pin([parent.pid], lambda name: name == "postgres", one)
+        assert os.sched_getaffinity(parent.pid) == os.sched_getaffinity(child) == everything
+        Bench._pin([parent.pid], lambda _name: True, one)
+        assert os.sched_getaffinity(parent.pid) == os.sched_getaffinity(child) == one
+        Bench._pin([parent.pid], lambda _name: True, everything)
+        assert os.sched_getaffinity(child) == everything
+    finally:
+        for pid in children:
+            os.kill(pid, 9)
+        parent.kill()
+        parent.wait()
