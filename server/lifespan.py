@@ -111,20 +111,38 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
     )
 
 
+_FEED_POLL_S = 1.0
+
+
 async def _follow_catalog_changes(services: Services) -> None:
-    """Drop cached menus when another process says a location's menu changed."""
-    while True:
+    """Drop cached menus when another process says a location's menu changed.
+
+    The feed polls rather than blocking in ``listen()``: a cancellation that arrives while
+    redis-py connects can be swallowed by Python 3.11's ``asyncio.wait_for`` (fixed in 3.12),
+    and a feed blocked in ``listen()`` would then never stop. Polling, it notices within
+    ``_FEED_POLL_S`` that it was asked to stop.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    while not task.cancelling():
+        pubsub = services.gate.client.pubsub()
         try:
-            pubsub = services.gate.client.pubsub()
             await pubsub.subscribe(CATALOG_CHANNEL)
-            async for message in pubsub.listen():
-                if message.get("type") == "message":
+            while not task.cancelling():
+                message = await pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=_FEED_POLL_S
+                )
+                if message is not None and message.get("type") == "message":
                     services.catalog.forget(UUID(message["data"]))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # Redis away: the menu TTL bounds staleness meanwhile
             log.debug("catalog change feed interrupted: %s", exc)
             await asyncio.sleep(services.settings.redis_retry_after_s)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+    raise asyncio.CancelledError
 
 
 @contextlib.asynccontextmanager
