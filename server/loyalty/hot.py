@@ -12,9 +12,7 @@ from importlib import resources
 from typing import Literal
 from uuid import UUID
 
-from redis.commands.core import AsyncScript
-
-from server.infra.redis import RedisGate
+from server.infra.redis import RedisGate, script_sha
 from server.loyalty.repository import AccountState, Snapshot
 
 __all__ = ["HotWallets", "Status", "wallet_keys"]
@@ -39,14 +37,16 @@ class HotWallets:
         self.grace_ms = int(grace_s * 1000)
         self.ttl_s = ttl_s
         folder = resources.files("server.loyalty") / "lua"
-        self._scripts: dict[str, AsyncScript] = {
-            name: gate.client.register_script((folder / f"{name}.lua").read_text())
-            for name in SCRIPTS
-        }
+        sources = {name: (folder / f"{name}.lua").read_text() for name in SCRIPTS}
+        # name -> (SHA1, source): called by SHA over the gate's line, loaded again on NOSCRIPT.
+        self._scripts = {name: (script_sha(src), src) for name, src in sources.items()}
 
     async def _call(self, name: str, guest_id: UUID, *args: str | int) -> tuple[Status, int]:
-        script = self._scripts[name]
-        result = await self.gate.run(lambda: script(keys=wallet_keys(guest_id), args=list(args)))
+        sha, source = self._scripts[name]
+        line = self.gate.line
+        result = await self.gate.run(
+            lambda: line.evalsha(sha, source, wallet_keys(guest_id), list(args))
+        )
         status, spendable = result
         return status, int(spendable)
 
@@ -123,11 +123,11 @@ class HotWallets:
     async def preload(self) -> None:
         """Load every script into Redis (at start-up, and when Redis comes back empty), so a
         spend's calls are EVALSHA hits rather than a NOSCRIPT round trip and a reload."""
-        client = self.gate.client
+        line = self.gate.line
 
         async def load_all() -> None:
-            for script in self._scripts.values():
-                await client.script_load(script.script)
+            for _sha, source in self._scripts.values():
+                await line.call("SCRIPT", "LOAD", source)
 
         await self.gate.run(load_all)
 
