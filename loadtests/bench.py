@@ -21,8 +21,10 @@ CPU ms of CPU per checkout, by part of the stack (from /proc), for F1 at 8 clien
 
 A server spec such as ``uvicorn:1:cpus=1`` keeps the server on CPU 1 and, while it is
 measured, PostgreSQL and Redis on the other CPUs (CPU placement as an experiment; the product
-has no such setting, see docs/PERFORMANCE.md). F1 always runs with PostgreSQL free to use
-every CPU: it is the floor.
+has no such setting, see docs/PERFORMANCE.md); ``sched=batch`` runs PostgreSQL and Redis under
+SCHED_BATCH while it is measured (``sched=batch-all``: the server too), so that a woken
+backend does not preempt the running API. F1 always runs with PostgreSQL free to use every CPU
+under the default policy: it is the floor.
 
 Afterwards a correctness check: one order per idempotency key, no negative spendable balance,
 ledger sums to zero (LEDGER_CHECK), every Redis wallet equals the ledger
@@ -237,6 +239,14 @@ def _descendants(table: dict[int, tuple[int, str, float, float]], roots: list[in
     return found & set(table)
 
 
+def _affinity(cpus: set[int]) -> Callable[[int], None]:
+    return lambda pid: os.sched_setaffinity(pid, cpus)
+
+
+def _policy(policy: int) -> Callable[[int], None]:
+    return lambda pid: os.sched_setscheduler(pid, policy, os.sched_param(0))
+
+
 def _is_stack_service(name: str) -> bool:
     return name == "postgres" or name.startswith("redis-server")
 
@@ -364,7 +374,7 @@ class Bench:
             # they would sign tokens with another secret: name the data dir explicitly.
             env = {"REGULARS_LOG_LEVEL": "warning", "REGULARS_DATA_DIR": str(self.tmp)}
             for name, value in server.options.items():
-                if name == "cpus":  # the bench pins (stack_beside), not a REGULARS_* setting
+                if name in ("cpus", "sched"):  # the bench sets these (stack_beside)
                     continue
                 env[
                     f"REGULARS_DB_{name.upper()}_MAX"
@@ -660,31 +670,40 @@ class Bench:
     @contextlib.contextmanager
     def stack_beside(self, server: Server) -> Iterator[None]:
         """For a server spec with ``cpus=``: the server's processes on those CPUs and the
-        stack's PostgreSQL and Redis on the others while it is measured; F1 and other servers
-        run with everything free to use every CPU."""
+        stack's PostgreSQL and Redis on the others while it is measured. With ``sched=batch``:
+        PostgreSQL and Redis under SCHED_BATCH (a woken backend does not preempt the running
+        API), ``sched=batch-all`` the server too. F1 and other servers run with everything
+        free to use every CPU, under the default policy."""
         cpus = server.options.get("cpus")
-        if cpus is None:
-            yield
-            return
+        sched = server.options.get("sched")
         everything = os.sched_getaffinity(0)
-        mine = {int(c) for c in cpus.split(",")}
-        self._pin(server.pids, lambda _name: True, mine)
-        self._pin([self.dev_pid], _is_stack_service, everything - mine)
+        mine = {int(c) for c in cpus.split(",")} if cpus else everything
+        if cpus:
+            self._each(server.pids, lambda _name: True, _affinity(mine))
+            self._each([self.dev_pid], _is_stack_service, _affinity(everything - mine))
+        if sched:
+            self._each([self.dev_pid], _is_stack_service, _policy(os.SCHED_BATCH))
+            if sched == "batch-all":
+                self._each(server.pids, lambda _name: True, _policy(os.SCHED_BATCH))
         try:
             yield
         finally:
-            self._pin(server.pids, lambda _name: True, everything)
-            self._pin([self.dev_pid], _is_stack_service, everything)
+            if cpus:
+                self._each(server.pids, lambda _name: True, _affinity(everything))
+                self._each([self.dev_pid], _is_stack_service, _affinity(everything))
+            if sched:
+                self._each([self.dev_pid], _is_stack_service, _policy(os.SCHED_OTHER))
+                self._each(server.pids, lambda _name: True, _policy(os.SCHED_OTHER))
 
     @staticmethod
-    def _pin(roots: list[int], which: Callable[[str], bool], cpus: set[int]) -> None:
-        """Every process under ``roots`` whose name passes ``which`` onto ``cpus`` (new
-        PostgreSQL backends inherit the postmaster's)."""
+    def _each(roots: list[int], which: Callable[[str], bool], act: Callable[[int], None]) -> None:
+        """``act`` on every process under ``roots`` whose name passes ``which`` (new
+        PostgreSQL backends inherit the postmaster's affinity and policy)."""
         table = _proc_table()
         for pid in _descendants(table, roots):
             if which(table[pid][1]):
                 with contextlib.suppress(ProcessLookupError):
-                    os.sched_setaffinity(pid, cpus)
+                    act(pid)
 
     def _http_round(self, n: int, server: Server) -> None:
         s = server.label

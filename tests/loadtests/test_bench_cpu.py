@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from loadtests.bench import Bench, CpuMeter, Server, _proc_table
+from loadtests.bench import Bench, CpuMeter, Server, _affinity, _policy, _proc_table
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -52,7 +52,7 @@ def test_server_options_come_from_the_spec() -> None:
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning needs two CPUs")
-def test_pinning_moves_a_process_tree_and_only_the_named_processes() -> None:
+def test_pinning_and_policy_reach_a_process_tree_and_only_the_named_processes() -> None:
     everything = os.sched_getaffinity(0)
     one = {min(everything)}
     parent = subprocess.Popen(
@@ -68,12 +68,16 @@ def test_pinning_moves_a_process_tree_and_only_the_named_processes() -> None:
             time.sleep(0.05)
             children = [p for p, row in _proc_table().items() if row[0] == parent.pid]
         (child,) = children
-        Bench._pin([parent.pid], lambda name: name == "postgres", one)
+        Bench._each([parent.pid], lambda name: name == "postgres", _affinity(one))
         assert os.sched_getaffinity(parent.pid) == os.sched_getaffinity(child) == everything
-        Bench._pin([parent.pid], lambda _name: True, one)
+        Bench._each([parent.pid], lambda _name: True, _affinity(one))
         assert os.sched_getaffinity(parent.pid) == os.sched_getaffinity(child) == one
-        Bench._pin([parent.pid], lambda _name: True, everything)
+        Bench._each([parent.pid], lambda _name: True, _affinity(everything))
         assert os.sched_getaffinity(child) == everything
+        Bench._each([parent.pid], lambda _name: True, _policy(os.SCHED_BATCH))
+        assert os.sched_getscheduler(parent.pid) == os.sched_getscheduler(child) == os.SCHED_BATCH
+        Bench._each([parent.pid], lambda _name: True, _policy(os.SCHED_OTHER))
+        assert os.sched_getscheduler(child) == os.SCHED_OTHER
     finally:
         for pid in children:
             os.kill(pid, 9)
