@@ -23,7 +23,9 @@ A server spec such as ``uvicorn:1:cpus=1`` keeps the server on CPU 1 and, while 
 measured, PostgreSQL and Redis on the other CPUs (CPU placement as an experiment; the product
 has no such setting, see docs/PERFORMANCE.md); ``sched=batch`` runs PostgreSQL and Redis under
 SCHED_BATCH while it is measured (``sched=batch-all``: the server too), so that a woken
-backend does not preempt the running API. F1 always runs with PostgreSQL free to use every CPU
+backend does not preempt the running API. ``tree=/path/to/worktree`` runs the server from
+another checkout (say ``git worktree add /tmp/base HEAD~1``) to compare code side by side
+against the same stack. F1 always runs with PostgreSQL free to use every CPU
 under the default policy: it is the floor.
 
 Afterwards a correctness check: one order per idempotency key, no negative spendable balance,
@@ -137,7 +139,13 @@ class Proc:
                 self.popen.wait(10)
 
 
-def start(name: str, cmd: list[str], logdir: Path, env: dict[str, str] | None = None) -> Proc:
+def start(
+    name: str,
+    cmd: list[str],
+    logdir: Path,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+) -> Proc:
     logfile = logdir / f"{name}.log"
     popen = subprocess.Popen(
         cmd,
@@ -145,6 +153,7 @@ def start(name: str, cmd: list[str], logdir: Path, env: dict[str, str] | None = 
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
         start_new_session=True,
+        cwd=cwd,
     )
     return Proc(name, popen, logfile)
 
@@ -373,8 +382,11 @@ class Bench:
             # `serve` does not pass --data-dir on to its workers (see docs/PERFORMANCE.md), so
             # they would sign tokens with another secret: name the data dir explicitly.
             env = {"REGULARS_LOG_LEVEL": "warning", "REGULARS_DATA_DIR": str(self.tmp)}
+            tree = server.options.get("tree")
+            if tree:  # another checkout's code (a git worktree), against the same stack
+                env["PYTHONPATH"] = tree
             for name, value in server.options.items():
-                if name in ("cpus", "sched"):  # the bench sets these (stack_beside)
+                if name in ("cpus", "sched", "tree"):  # the bench's own, not REGULARS_*
                     continue
                 env[
                     f"REGULARS_DB_{name.upper()}_MAX"
@@ -403,6 +415,7 @@ class Bench:
                 ],
                 self.logdir,
                 env,
+                cwd=tree,
             )
             self.procs.append(server.proc)
             wait_healthy(server.url, server.proc)
@@ -607,7 +620,10 @@ class Bench:
         if not self.args.profile:
             return None
         spy = shutil.which("py-spy") or str(VENV_BIN / "py-spy")
-        out = Path(self.args.profile) / f"{server.label.replace(':', '-')}-c{conns}.txt"
+        out = (
+            Path(self.args.profile)
+            / f"{server.label.replace(':', '-').replace('/', '_')}-c{conns}.txt"
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
         cmd = [spy, "record", "--pid", str(server.pids[0]), "--subprocesses", "--rate", "250"]
         cmd += ["--duration", str(max(1, int(self.args.duration) - 1)), "--format", "raw"]
