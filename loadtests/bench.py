@@ -62,7 +62,7 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
-PG_BIN = Path(__import__("pgserver").__file__).parent / "pginstall" / "bin"
+PG_BIN = Path(str(__import__("pgserver").__file__)).parent / "pginstall" / "bin"
 SPREAD_SLOTS = 13 * 24 * 12  # 5-minute slots over 13 days: no slot fills up
 
 WRK_LUA = r"""
@@ -531,7 +531,7 @@ class Bench:
 
     # -- measurements ---------------------------------------------------------------------
 
-    def pgbench(self, clients: int) -> float:
+    def pgbench(self, clients: int) -> tuple[float, dict[str, float]]:
         d = self.args.duration
         cmd = [
             str(PG_BIN / "pgbench"),
@@ -607,7 +607,7 @@ class Bench:
         line = next((x for x in out.stdout.splitlines() if x.startswith("WRKJSON ")), None)
         if line is None:
             raise RuntimeError(f"wrk: {out.stdout[-1500:]} {out.stderr[-1500:]}")
-        res = json.loads(line[len("WRKJSON ") :])
+        res: dict[str, Any] = json.loads(line[len("WRKJSON ") :])
         res["rps"] = res["requests"] / (res["duration_us"] / 1e6)
         res["cpu"] = cpu.per_op_ms(res["requests"])
         return res
@@ -657,7 +657,8 @@ class Bench:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=self.args.duration + 90)
         if out.returncode != 0:
             raise RuntimeError(f"openloop: {out.stderr[-1500:]}")
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+        return result
 
     def round(self, n: int) -> None:
         order = self.servers if n % 2 == 0 else list(reversed(self.servers))
