@@ -19,8 +19,13 @@ from typing import Any, TypeVar, cast
 import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    NoScriptError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from server.settings import Settings
@@ -47,6 +52,17 @@ def create_redis(settings: Settings, url: str) -> aioredis.Redis:
     return aioredis.Redis(connection_pool=pool)
 
 
+# Error replies classified as redis-py's parser does: NOSCRIPT (the line then loads the
+# script), and "Redis cannot serve us now" as redis-py's ConnectionError kinds, which
+# RedisGate takes as Redis down. Any other error reply is a ResponseError: a bug, it raises.
+_ERRORS: dict[str, type[ResponseError] | type[RedisConnectionError]] = {
+    "NOSCRIPT": NoScriptError,
+    "LOADING": BusyLoadingError,
+    "NOAUTH": AuthenticationError,
+    "WRONGPASS": AuthenticationError,
+}
+
+
 class _Replies(asyncio.Protocol):
     """Matches replies to calls in the order they were sent (Redis answers in order)."""
 
@@ -67,9 +83,7 @@ class _Replies(asyncio.Protocol):
                 continue
             if isinstance(reply, hiredis.ReplyError):
                 text = str(reply)
-                call.set_exception(
-                    NoScriptError(text) if text.startswith("NOSCRIPT") else ResponseError(text)
-                )
+                call.set_exception(_ERRORS.get(text.split(" ", 1)[0], ResponseError)(text))
             else:
                 call.set_result(reply)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 from server.infra.redis import _Replies
@@ -40,12 +41,21 @@ async def test_replies_split_across_reads_reach_their_calls_in_order() -> None:
 
 async def test_errors_fail_only_their_call() -> None:
     replies = _Replies()
-    noscript, wrong, fine = calls(replies, 3)
-    replies.data_received(b"-NOSCRIPT No matching script\r\n-ERR wrong type\r\n:1\r\n")
+    noscript, wrong, loading, noauth, fine = calls(replies, 5)
+    replies.data_received(
+        b"-NOSCRIPT No matching script\r\n-ERR wrong type\r\n"
+        b"-LOADING Redis is loading the dataset in memory\r\n"
+        b"-NOAUTH Authentication required.\r\n:1\r\n"
+    )
     with pytest.raises(NoScriptError):
         noscript.result()
     with pytest.raises(ResponseError, match="wrong type"):
         wrong.result()
+    # Redis that cannot serve now is "down" to RedisGate (a redis-py ConnectionError).
+    with pytest.raises(RedisConnectionError, match="loading"):
+        loading.result()
+    with pytest.raises(RedisConnectionError, match="Authentication"):
+        noauth.result()
     assert fine.result() == 1
 
 
