@@ -262,8 +262,8 @@ async def run(
                 dispatch(request)
         if sent < total:
             # At least a millisecond: uvloop's timers have millisecond resolution, and a
-            # shorter sleep spins the loop until the next request is due (that spinning was
-            # most of this generator's CPU). Requests that fall due meanwhile go out together
+            # shorter sleep spins the loop until the next request is due (a third of this
+            # generator's CPU went there). Requests that fall due meanwhile go out together,
             # and their latency still counts from when each was due.
             await asyncio.sleep(max(0.001, start + sent / rate - time.perf_counter()))
     if in_flight == 0 and not all_done.done():
