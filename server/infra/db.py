@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any, cast
 
 import asyncpg
@@ -12,10 +14,17 @@ import msgspec
 from server.infra.problems import database_busy
 from server.settings import Settings
 
-__all__ = ["Database", "connect_once", "create_pool"]
+__all__ = ["Database", "NestedAcquire", "connect_once", "create_pool"]
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
+
+# The task that holds a pooled connection in this context (see Database.connection).
+_holder: ContextVar[asyncio.Task[Any] | None] = ContextVar("regulars_db_holder", default=None)
+
+
+class NestedAcquire(RuntimeError):
+    """A task asked the pool for a second connection while it holds one (a bug)."""
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -79,14 +88,28 @@ class Database:
 
         Refuses 503 ``database-busy`` (with Retry-After) when no connection frees up within
         ``db_acquire_timeout_s``: an overloaded pool is a reason to come back, not a 500.
+
+        Raises NestedAcquire when the calling task already holds a connection: with as many
+        requests in flight as the pool has connections, every one of them would wait for a
+        second connection that none gives back, and the whole process would stand still
+        until the acquire timeout (a kiosk scan on a cold cache did, 5 s). Pass the held
+        ``conn`` down instead.
         """
+        task = asyncio.current_task()
+        if task is not None and _holder.get() is task:
+            raise NestedAcquire(
+                "this task already holds a pooled connection; pass it down instead of "
+                "acquiring a second one (that can deadlock the pool)"
+            )
         try:
             conn = await self.pool.acquire(timeout=self.acquire_timeout_s)
         except TimeoutError:
             raise database_busy("too many requests at once; try again in a moment") from None
+        held = _holder.set(task)
         try:
             yield cast(asyncpg.Connection, conn)
         finally:
+            _holder.reset(held)
             await self.pool.release(conn)
 
     async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:

@@ -88,9 +88,11 @@ class Kiosk:
             self.settings.scan_replay_max_age_s,
             self.settings.scan_clock_skew_s,
         )
+        # Before the connection: the locations cache reads the database with its own.
+        local_now = now.astimezone(await self.locations.home_tz(staff))
         async with self.db.connection() as conn:
             row, via = await self._find(conn, staff, body.code, body.scanned_at or now)
-            card = await self._card(conn, staff, row, now)
+            card = await self._card(conn, staff, row, local_now)
             await audit(conn, staff, _view_action(staff), row["id"], {"via": via})
         return card
 
@@ -144,8 +146,9 @@ class Kiosk:
         return await conn.fetchrow(sql.CARD_BY_PHONE, staff.brand_id, phone), "phone"
 
     async def _card(
-        self, conn: asyncpg.Connection, staff: Principal, row: asyncpg.Record, now: datetime
+        self, conn: asyncpg.Connection, staff: Principal, row: asyncpg.Record, local_now: datetime
     ) -> contract.GuestCard:
+        """The card of the guest in ``row``; ``local_now`` is now in the counter's timezone."""
         program = await self.loyalty.programs.get(staff.brand_id, conn)
         current, following = tier_for(program, row["points_earned_12m"] or 0)
         to_next = following.min_points - (row["points_earned_12m"] or 0) if following else None
@@ -163,12 +166,12 @@ class Kiosk:
         lines = await conn.fetch(LINES_OF_ORDERS, [o["id"] for o in orders]) if orders else []
         usual = usual_items(row["top_items"] or [])
         profile = row if row["visits_total"] is not None else None
-        habits = habits_of(profile, now)
+        habits = habits_of(profile, local_now)
         full = sees_full_profile(staff.role)
         facts = OfferFacts(
             spendable=posted - pending,
             point_value_minor=program.point_value_minor,
-            local_now=now.astimezone(await self.locations.home_tz(staff)),
+            local_now=local_now,
             usual=usual,
             next_tier=following.name if following else None,
             points_to_next_tier=to_next,
@@ -208,6 +211,7 @@ class Kiosk:
         scope = f"staff:{staff.subject_id}:enrolments"
         digest = idempotency.request_hash("POST /v1/kiosk/guests", body)
         now = datetime.now(UTC)
+        local_now = now.astimezone(await self.locations.home_tz(staff))
         async with self.db.transaction() as conn:
             replay = await idempotency.begin(conn, scope, key, digest)
             if replay is not None:
@@ -218,7 +222,7 @@ class Kiosk:
             row = await conn.fetchrow(sql.CARD_BY_ID, guest_id)
             _same_brand(row, staff)
             assert row is not None
-            card = await self._card(conn, staff, row, now)
+            card = await self._card(conn, staff, row, local_now)
             action = "guest.enrol" if created else _view_action(staff)
             await audit(conn, staff, action, guest_id, {"via": "enrol", "created": created})
             stored = Stored(201 if created else 200, _encode(card))

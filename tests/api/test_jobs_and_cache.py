@@ -182,7 +182,7 @@ async def test_tier_points_are_recounted_from_the_ledger(
     assert await recount_tier_points(services.loyalty, 100_000) >= 1
     async with services.db.connection() as conn:
         account_id = await conn.fetchval("SELECT id FROM accounts WHERE guest_id = $1", guest_id)
-        program = await services.loyalty.programs.get(demo.brand_id)
+        program = await services.loyalty.programs.get(demo.brand_id, conn)
         _, _, expected = await services.loyalty.tier(conn, program, account_id)
         stored = await conn.fetchval(
             "SELECT points_earned_12m FROM guest_profiles WHERE guest_id = $1", guest_id
