@@ -193,8 +193,8 @@ async def _serve_dev(settings: Settings, host: str, port: int) -> None:
     from server.lifespan import build_services
     from server.worker import run_forever
 
-    # A long-running server process, as in `serve` (Settings.gc_freeze says why).
-    app = create_app(msgspec.structs.replace(settings, gc_freeze=True))
+    # A long-running server process, as in `serve` (Settings.gc_freeze and db_warm_up say why).
+    app = create_app(msgspec.structs.replace(settings, gc_freeze=True, db_warm_up=True))
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False)
     )
@@ -223,6 +223,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["REGULARS_DATA_DIR"] = str(Path(settings.data_dir).resolve())
     os.environ.setdefault("REGULARS_LOG_FORMAT", "json")
     os.environ.setdefault("REGULARS_GC_FREEZE", "true")
+    os.environ.setdefault("REGULARS_DB_WARM_UP", "true")
     workers = args.workers or os.cpu_count() or 1
     if args.server == "granian":
         from granian import Granian

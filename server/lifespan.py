@@ -21,6 +21,7 @@ from server.guests.service import Guests
 from server.infra.db import Database, create_pool
 from server.infra.redis import RedisGate, RedisLine, create_redis
 from server.infra.runtime import freeze_startup_objects
+from server.kiosk import sql as kiosk_sql
 from server.kiosk.counter import Counter
 from server.kiosk.live import LiveQueues
 from server.kiosk.profiles import record_completed_order
@@ -28,13 +29,25 @@ from server.kiosk.service import Kiosk
 from server.loyalty.hot import HotWallets
 from server.loyalty.repository import Ledger
 from server.loyalty.service import Loyalty, Programs
+from server.orders import sql as orders_sql
 from server.orders.service import Orders
 from server.settings import Settings
+from server.staff import sql as staff_sql
 from server.staff.service import Staff
 
-__all__ = ["Services", "build_services", "jwt_secret", "lifespan"]
+__all__ = ["HOT_STATEMENTS", "Services", "build_services", "jwt_secret", "lifespan"]
 
 log = logging.getLogger("regulars.lifespan")
+
+# The statements of the morning rush, prepared on every pooled connection at start-up when
+# Settings.db_warm_up is on: the checkout and the kiosk scan.
+HOT_STATEMENTS = (
+    orders_sql.PLACE_ORDER,
+    kiosk_sql.CARD_BY_PUBLIC_ID,
+    kiosk_sql.OPEN_ORDERS_OF_GUEST,
+    orders_sql.LINES_OF_ORDERS,
+    staff_sql.AUDIT,
+)
 
 
 @dataclass
@@ -156,6 +169,8 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     app.state.tokens = services.tokens
     await services.loyalty.preload_scripts()
     follower = asyncio.create_task(_follow_catalog_changes(services))
+    if settings.db_warm_up:
+        await services.db.warm_up(HOT_STATEMENTS)
     if settings.gc_freeze:
         freeze_startup_objects()
     try:

@@ -36,6 +36,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # checkout's p99 over its budget by itself (issue 5). Off in tests, whose one process
     # builds hundreds of apps.
     gc_freeze: bool = False
+    # Server processes only, like gc_freeze: at start-up, open every pooled connection and
+    # prepare the rush-hour statements on each (lifespan.HOT_STATEMENTS). A restarted
+    # process otherwise paid for each connection's first use under load (a new backend's
+    # cold catalog caches, asyncpg's type introspection): kiosk scans at 300/s had p99
+    # 170-250 ms in their first second, 11-20 ms with this (issue 5). Off in tests.
+    db_warm_up: bool = False
 
     # PostgreSQL pool: bounded, with timeouts on acquiring and on every statement.
     db_pool_min: int = 2

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any, cast
@@ -111,6 +111,19 @@ class Database:
         finally:
             _holder.reset(held)
             await self.pool.release(conn)
+
+    async def warm_up(self, statements: Sequence[str]) -> None:
+        """Open every connection the pool may hold and prepare ``statements`` on each, so that
+        no request pays for a connection's first use. A statement that does not prepare
+        (say, a schema behind the code) raises here, at start-up."""
+
+        async def prepare_on_one() -> None:
+            async with self.connection() as conn:
+                for statement in statements:
+                    await conn.prepare(statement)
+
+        # Each in its own task, holding its connection until all are open: max_size distinct.
+        await asyncio.gather(*(prepare_on_one() for _ in range(self.pool.get_max_size())))
 
     async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
         async with self.connection() as conn:

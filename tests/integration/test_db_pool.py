@@ -1,13 +1,18 @@
-"""Database.connection refuses a second pooled connection to a task that holds one."""
+"""Database.connection refuses a second pooled connection to a task that holds one; warm_up
+opens the whole pool at start-up."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 
+import asyncpg
+import msgspec
 import pytest
 
+from server.app import create_app
 from server.infra.db import Database, NestedAcquire, create_pool
+from server.lifespan import lifespan
 from server.settings import Settings
 
 
@@ -50,3 +55,23 @@ async def test_a_failed_body_releases_the_hold(db: Database) -> None:
         async with db.connection():
             1 / 0  # noqa: B018
     assert await db.fetchval("SELECT 1") == 1
+
+
+async def test_warm_up_opens_every_connection_and_prepares_the_statements(db: Database) -> None:
+    assert db.pool.get_size() < db.pool.get_max_size()
+    await db.warm_up(["SELECT $1::int", "SELECT now()"])
+    assert db.pool.get_size() == db.pool.get_max_size()
+    # The statements are prepared for real: one the database cannot prepare fails start-up.
+    with pytest.raises(asyncpg.UndefinedTableError):
+        await db.warm_up(["SELECT 1 FROM no_such_table"])
+    assert await db.fetchval("SELECT 5") == 5
+
+
+async def test_a_server_process_starts_with_its_pool_warm(settings: Settings) -> None:
+    """HOT_STATEMENTS (the checkout's and the kiosk scan's) prepare against the real schema:
+    one that did not would stop start-up here."""
+    warm = msgspec.structs.replace(settings, db_warm_up=True)
+    app = create_app(warm)
+    async with lifespan(app):
+        pool = app.state.services.db.pool
+        assert pool.get_size() == pool.get_max_size() == warm.db_pool_max

@@ -44,3 +44,8 @@ def test_objects_alive_at_startup_are_frozen_and_later_cycles_still_collected(
 def test_freezing_is_off_unless_a_server_asks_for_it() -> None:
     assert load_settings(environ={}).gc_freeze is False
     assert load_settings(environ={"REGULARS_GC_FREEZE": "true"}).gc_freeze is True
+
+
+def test_the_pool_warm_up_is_off_unless_a_server_asks_for_it() -> None:
+    assert load_settings(environ={}).db_warm_up is False
+    assert load_settings(environ={"REGULARS_DB_WARM_UP": "true"}).db_warm_up is True
