@@ -168,9 +168,13 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     app.state.services = services
     app.state.tokens = services.tokens
     await services.loyalty.preload_scripts()
-    follower = asyncio.create_task(_follow_catalog_changes(services))
     if settings.db_warm_up:
-        await services.db.warm_up(HOT_STATEMENTS)
+        try:
+            await services.db.warm_up(HOT_STATEMENTS)
+        except BaseException:  # a schema behind the code: stop start-up, close what it opened
+            await services.close()
+            raise
+    follower = asyncio.create_task(_follow_catalog_changes(services))
     if settings.gc_freeze:
         freeze_startup_objects()
     try:

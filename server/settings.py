@@ -40,7 +40,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # prepare the rush-hour statements on each (lifespan.HOT_STATEMENTS). A restarted
     # process otherwise paid for each connection's first use under load (a new backend's
     # cold catalog caches, asyncpg's type introspection): kiosk scans at 300/s had p99
-    # 170-250 ms in their first second, 11-20 ms with this (issue 5). Off in tests.
+    # 163-250 ms in their first second, 12-24 ms with this (issue 5). Off in tests.
     db_warm_up: bool = False
 
     # PostgreSQL pool: bounded, with timeouts on acquiring and on every statement.

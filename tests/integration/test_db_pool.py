@@ -10,6 +10,7 @@ import asyncpg
 import msgspec
 import pytest
 
+import server.lifespan
 from server.app import create_app
 from server.infra.db import Database, NestedAcquire, create_pool
 from server.lifespan import lifespan
@@ -75,3 +76,14 @@ async def test_a_server_process_starts_with_its_pool_warm(settings: Settings) ->
     async with lifespan(app):
         pool = app.state.services.db.pool
         assert pool.get_size() == pool.get_max_size() == warm.db_pool_max
+
+
+async def test_a_statement_that_does_not_prepare_stops_start_up_and_closes_the_pool(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server.lifespan, "HOT_STATEMENTS", ("SELECT 1 FROM no_such_table",))
+    app = create_app(msgspec.structs.replace(settings, db_warm_up=True))
+    with pytest.raises(asyncpg.UndefinedTableError):
+        async with lifespan(app):
+            pass
+    assert app.state.services.db.pool.is_closing()
