@@ -23,7 +23,9 @@ A server spec such as ``uvicorn:1:cpus=1`` keeps the server on CPU 1 and, while 
 measured, PostgreSQL and Redis on the other CPUs (CPU placement as an experiment; the product
 has no such setting, see docs/PERFORMANCE.md); ``sched=batch`` runs PostgreSQL and Redis under
 SCHED_BATCH while it is measured (``sched=batch-all``: the server too), so that a woken
-backend does not preempt the running API. ``tree=/path/to/worktree`` runs the server from
+backend does not preempt the running API. ``stack=free`` with ``cpus=`` pins only the server
+and leaves PostgreSQL and Redis free on every CPU; ``nice=N`` runs the server's processes at
+that nice value while measured. ``tree=/path/to/worktree`` runs the server from
 another checkout (say ``git worktree add /tmp/base HEAD~1``) to compare code side by side
 against the same stack. F1 always runs with PostgreSQL free to use every CPU
 under the default policy: it is the floor.
@@ -252,6 +254,10 @@ def _affinity(cpus: set[int]) -> Callable[[int], None]:
     return lambda pid: os.sched_setaffinity(pid, cpus)
 
 
+def _nice(value: int) -> Callable[[int], None]:
+    return lambda pid: os.setpriority(os.PRIO_PROCESS, pid, value)
+
+
 def _policy(policy: int) -> Callable[[int], None]:
     return lambda pid: os.sched_setscheduler(pid, policy, os.sched_param(0))
 
@@ -386,7 +392,7 @@ class Bench:
             if tree:  # another checkout's code (a git worktree), against the same stack
                 env["PYTHONPATH"] = tree
             for name, value in server.options.items():
-                if name in ("cpus", "sched", "tree"):  # the bench's own, not REGULARS_*
+                if name in ("cpus", "sched", "tree", "stack", "nice"):  # the bench's own, not REGULARS_*
                     continue
                 env[
                     f"REGULARS_DB_{name.upper()}_MAX"
@@ -693,11 +699,16 @@ class Bench:
         free to use every CPU, under the default policy."""
         cpus = server.options.get("cpus")
         sched = server.options.get("sched")
+        nice = server.options.get("nice")
+        stack_moves = server.options.get("stack") != "free"
         everything = os.sched_getaffinity(0)
         mine = {int(c) for c in cpus.split(",")} if cpus else everything
         if cpus:
             self._each(server.pids, lambda _name: True, _affinity(mine))
-            self._each([self.dev_pid], _is_stack_service, _affinity(everything - mine))
+            if stack_moves:
+                self._each([self.dev_pid], _is_stack_service, _affinity(everything - mine))
+        if nice:
+            self._each(server.pids, lambda _name: True, _nice(int(nice)))
         if sched:
             self._each([self.dev_pid], _is_stack_service, _policy(os.SCHED_BATCH))
             if sched == "batch-all":
@@ -708,6 +719,8 @@ class Bench:
             if cpus:
                 self._each(server.pids, lambda _name: True, _affinity(everything))
                 self._each([self.dev_pid], _is_stack_service, _affinity(everything))
+            if nice:
+                self._each(server.pids, lambda _name: True, _nice(0))
             if sched:
                 self._each([self.dev_pid], _is_stack_service, _policy(os.SCHED_OTHER))
                 self._each(server.pids, lambda _name: True, _policy(os.SCHED_OTHER))
