@@ -19,6 +19,8 @@ from typing import Any, TypeVar, cast
 import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import (
     AuthenticationError,
     BusyLoadingError,
@@ -41,12 +43,20 @@ class RedisUnavailable(Exception):
 
 
 def create_redis(settings: Settings, url: str) -> aioredis.Redis:
+    """The pooled client for everything but the hot path's scripts (see RedisLine).
+
+    A call that finds its pooled connection closed (Redis restarted, or a proxy dropped it)
+    connects again once: without that, the first call on each stale connection failed and
+    marked Redis down, which refused sign-ins for ``redis_retry_after_s``. Timeouts are not
+    retried: a Redis that does not answer would make the caller wait twice.
+    """
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=settings.redis_pool_max,
         timeout=settings.redis_socket_timeout_s,
         socket_timeout=settings.redis_socket_timeout_s,
         socket_connect_timeout=settings.redis_connect_timeout_s,
+        retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
         decode_responses=True,
     )
     return aioredis.Redis(connection_pool=pool)

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from server.seed.demo import PROGRAM
 from tests.api.helpers import assert_books_balance, ledger_state, menu_items, place, redis_state
-from tests.conftest import Client, Demo, GuestHandle, Stack, give_points
+from tests.conftest import Client, Demo, GuestHandle, Stack, give_points, new_phone
 
 WELCOME = PROGRAM.welcome_bonus_points
 
@@ -76,6 +76,20 @@ async def test_checkout_survives_redis_down_and_recovers(
     assert (await place(client, guest, body)).status_code == 201
     assert await redis_state(services, guest.id) == (WELCOME - 90, 90)
     await assert_books_balance(services, demo.brand_id)
+
+
+async def test_the_first_sign_in_after_a_redis_restart_is_served(
+    client: Client, services: Any, stack: Stack
+) -> None:
+    """A restart closes every pooled connection; the next call on one reconnects instead of
+    failing, and Redis is not marked down (which would refuse sign-ins for a while)."""
+    assert (await client.post("/v1/auth/otp", json={"phone": new_phone()})).status_code == 202
+    stack.stop_redis()
+    stack.start_redis()
+    response = await client.post("/v1/auth/otp", json={"phone": new_phone()})
+    assert response.status_code == 202, response.text
+    assert not services.gate.degraded
+    assert (await client.get("/readyz")).json()["redis"] == "ok"
 
 
 async def test_stale_wallet_after_an_outage_is_dropped(
