@@ -6,7 +6,6 @@ process drops its copy; a short TTL bounds staleness if a message is missed (Red
 from __future__ import annotations
 
 import contextlib
-import time
 from datetime import UTC, date, datetime, timedelta
 from uuid import UUID
 
@@ -21,6 +20,7 @@ from server.catalog.model import (
     is_open,
     slots_on,
 )
+from server.infra.cache import SingleFlightCache
 from server.infra.db import Database
 from server.infra.problems import Problem
 from server.infra.redis import RedisGate, RedisUnavailable
@@ -39,8 +39,7 @@ class Catalog:
     def __init__(self, db: Database, gate: RedisGate, ttl_s: float) -> None:
         self.db = db
         self.gate = gate
-        self.ttl_s = ttl_s
-        self._menus: dict[UUID, tuple[float, MenuIndex]] = {}
+        self._menus = SingleFlightCache(self._load_menu, ttl_s, "menu")
 
     async def locations(self) -> list[contract.Location]:
         now = datetime.now(UTC)
@@ -60,13 +59,8 @@ class Catalog:
         ]
 
     async def menu(self, location_id: UUID) -> MenuIndex:
-        """The priced menu of a location, from the cache when fresh."""
-        cached = self._menus.get(location_id)
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
-        index = await self._load_menu(location_id)
-        self._menus[location_id] = (time.monotonic() + self.ttl_s, index)
-        return index
+        """The priced menu of a location, from the cache (see SingleFlightCache)."""
+        return await self._menus.get(location_id)
 
     async def _load_menu(self, location_id: UUID) -> MenuIndex:
         async with self.db.connection() as conn:
@@ -125,10 +119,7 @@ class Catalog:
         return MenuIndex(location=location, currency=row["currency"], items=items, menu=menu)
 
     def forget(self, location_id: UUID | None = None) -> None:
-        if location_id is None:
-            self._menus.clear()
-        else:
-            self._menus.pop(location_id, None)
+        self._menus.forget(location_id)
 
     async def set_availability(self, location_id: UUID, item_id: UUID, available: bool) -> None:
         """Mark an item (un)available at a location and tell every process to drop the menu."""

@@ -14,7 +14,7 @@ import msgspec
 from server.infra.problems import database_busy
 from server.settings import Settings
 
-__all__ = ["Database", "NestedAcquire", "connect_once", "create_pool"]
+__all__ = ["Database", "NestedAcquire", "connect_once", "create_pool", "holds_connection"]
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
@@ -25,6 +25,12 @@ _holder: ContextVar[asyncio.Task[Any] | None] = ContextVar("regulars_db_holder",
 
 class NestedAcquire(RuntimeError):
     """A task asked the pool for a second connection while it holds one (a bug)."""
+
+
+def holds_connection() -> bool:
+    """Whether the calling task holds a pooled connection (see Database.connection)."""
+    task = asyncio.current_task()
+    return task is not None and _holder.get() is task
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -95,8 +101,7 @@ class Database:
         until the acquire timeout (a kiosk scan on a cold cache did, 5 s). Pass the held
         ``conn`` down instead.
         """
-        task = asyncio.current_task()
-        if task is not None and _holder.get() is task:
+        if holds_connection():
             raise NestedAcquire(
                 "this task already holds a pooled connection; pass it down instead of "
                 "acquiring a second one (that can deadlock the pool)"
@@ -105,7 +110,7 @@ class Database:
             conn = await self.pool.acquire(timeout=self.acquire_timeout_s)
         except TimeoutError:
             raise database_busy("too many requests at once; try again in a moment") from None
-        held = _holder.set(task)
+        held = _holder.set(asyncio.current_task())
         try:
             yield cast(asyncpg.Connection, conn)
         finally:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
 from server.auth.tokens import Principal
+from server.infra.cache import SingleFlightCache
 from server.infra.db import Database
 from server.infra.problems import Problem
 from server.kiosk import sql
 
 __all__ = ["Locations", "Place"]
+
+_EVERY = "every location"  # the one key: all locations are loaded at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,21 +34,22 @@ class Locations:
 
     def __init__(self, db: Database, ttl_s: float) -> None:
         self._db = db
-        self._ttl_s = ttl_s
-        self._places: dict[UUID, Place] = {}
-        self._loaded_at = -float("inf")
+        self._cache = SingleFlightCache(self._load, ttl_s, "locations")
 
     async def _all(self, missing: UUID | None = None) -> dict[UUID, Place]:
-        age_s = time.monotonic() - self._loaded_at
-        missed = missing is not None and missing not in self._places
-        if age_s > self._ttl_s or (missed and age_s > self.MISS_REFRESH_S):
-            rows = await self._db.fetch(sql.LOCATIONS)
-            self._places = {
-                r["id"]: Place(r["id"], r["brand_id"], r["name"], ZoneInfo(r["timezone"]))
-                for r in rows
-            }
-            self._loaded_at = time.monotonic()
-        return self._places
+        places = await self._cache.get(_EVERY)
+        # Forget only a loaded map: while its reload runs, other misses wait for it.
+        if missing is not None and missing not in places:
+            if self.MISS_REFRESH_S < self._cache.age_s(_EVERY) < float("inf"):
+                self._cache.forget(_EVERY)
+            places = await self._cache.get(_EVERY)
+        return places
+
+    async def _load(self, _: str) -> dict[UUID, Place]:
+        rows = await self._db.fetch(sql.LOCATIONS)
+        return {
+            r["id"]: Place(r["id"], r["brand_id"], r["name"], ZoneInfo(r["timezone"])) for r in rows
+        }
 
     async def get(self, location_id: UUID) -> Place | None:
         return (await self._all(location_id)).get(location_id)

@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 import asyncpg
@@ -24,6 +23,7 @@ import msgspec
 
 from server.auth.tokens import Principal
 from server.infra import idempotency
+from server.infra.cache import SingleFlightCache
 from server.infra.db import Database
 from server.infra.idempotency import Stored
 from server.infra.problems import Problem
@@ -63,24 +63,29 @@ class Programs:
 
     def __init__(self, db: Database, ttl_s: float) -> None:
         self._db = db
-        self._ttl_s = ttl_s
-        self._cache: dict[UUID, tuple[float, Program]] = {}
+        self._cache = SingleFlightCache(self._load, ttl_s, "program")
 
     async def get(self, brand_id: UUID, conn: asyncpg.Connection | None = None) -> Program:
-        cached = self._cache.get(brand_id)
-        if cached and cached[0] > time.monotonic():
-            return cached[1]
+        """The brand's program. A caller that holds a connection passes it as ``conn``: a
+        program that is not fresh is then read on it (see SingleFlightCache.get)."""
         if conn is None:
-            async with self._db.connection() as own:
-                rules = await own.fetchval(PROGRAM, brand_id)
-        else:
-            rules = await conn.fetchval(PROGRAM, brand_id)
-        program = msgspec.convert(rules or {}, Program)
-        self._cache[brand_id] = (time.monotonic() + self._ttl_s, program)
+            return await self._cache.get(brand_id)
+        program = self._cache.fresh(brand_id)
+        if program is None:
+            program = _program(await conn.fetchval(PROGRAM, brand_id))
+            self._cache.put(brand_id, program)
         return program
 
     def forget(self, brand_id: UUID) -> None:
-        self._cache.pop(brand_id, None)
+        self._cache.forget(brand_id)
+
+    async def _load(self, brand_id: UUID) -> Program:
+        async with self._db.connection() as conn:
+            return _program(await conn.fetchval(PROGRAM, brand_id))
+
+
+def _program(rules: Any) -> Program:
+    return msgspec.convert(rules or {}, Program)
 
 
 # Failures after which PostgreSQL may or may not have committed: its answer was lost.

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -23,6 +22,7 @@ from server.auth.tokens import Principal
 from server.catalog.model import MenuIndex, earliest_pickup, is_open, slot_start
 from server.catalog.service import Catalog
 from server.infra import idempotency
+from server.infra.cache import SingleFlightCache
 from server.infra.db import Database
 from server.infra.idempotency import Stored
 from server.infra.problems import Problem, database_busy
@@ -111,7 +111,7 @@ class Orders:
         self.db = db
         self.catalog = catalog
         self.loyalty = loyalty
-        self._promos: dict[UUID, tuple[float, dict[str, Promo]]] = {}
+        self._promos = SingleFlightCache(self._load_promos, settings.menu_cache_ttl_s, "promo")
         self._in_flight = asyncio.Semaphore(settings.checkouts_in_flight)
 
     # -- checkout ------------------------------------------------------------------------
@@ -210,18 +210,14 @@ class Orders:
         return pickup, slot_start(location, pickup)
 
     async def _promo(self, brand_id: UUID, code: str) -> Promo:
-        cached = self._promos.get(brand_id)
-        if cached is None or cached[0] < time.monotonic():
-            rows = await self.db.fetch(sql.PROMOS, brand_id)
-            promos = {r["code"].upper(): Promo(**dict(r)) for r in rows}
-            cached = self._promos[brand_id] = (
-                time.monotonic() + self.settings.menu_cache_ttl_s,
-                promos,
-            )
-        promo = cached[1].get(code.strip().upper())
+        promo = (await self._promos.get(brand_id)).get(code.strip().upper())
         if promo is None:
             raise Problem(422, "unknown-promo-code", f"there is no promo code {code!r}")
         return promo
+
+    async def _load_promos(self, brand_id: UUID) -> dict[str, Promo]:
+        rows = await self.db.fetch(sql.PROMOS, brand_id)
+        return {r["code"].upper(): Promo(**dict(r)) for r in rows}
 
     async def _create(
         self,

@@ -1,5 +1,5 @@
-"""Database.connection refuses a second pooled connection to a task that holds one; warm_up
-opens the whole pool at start-up."""
+"""Database.connection (and a cache load) refuses a second pooled connection to a task that
+holds one; warm_up opens the whole pool at start-up."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 
 import server.lifespan
 from server.app import create_app
+from server.infra.cache import SingleFlightCache
 from server.infra.db import Database, NestedAcquire, create_pool
 from server.lifespan import lifespan
 from server.settings import Settings
@@ -39,6 +40,17 @@ async def test_a_task_that_holds_a_connection_cannot_take_a_second(db: Database)
     async with db.transaction() as conn:
         assert await conn.fetchval("SELECT 3") == 3
     assert await db.fetchval("SELECT 4") == 4
+
+
+async def test_a_task_that_holds_a_connection_cannot_wait_for_a_cache_load(db: Database) -> None:
+    cache = SingleFlightCache(lambda _: db.fetchval("SELECT 7"), ttl_s=60, name="test")
+    async with db.connection():
+        # The load would run in another task, on a second connection: refused as well.
+        with pytest.raises(NestedAcquire, match="pass the connection"):
+            await cache.get("key")
+    assert await cache.get("key") == 7
+    async with db.connection():
+        assert await cache.get("key") == 7  # fresh: nothing to wait for
 
 
 async def test_other_tasks_take_their_own_while_one_is_held(db: Database) -> None:
