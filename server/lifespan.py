@@ -167,13 +167,13 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     services = await build_services(settings, app.state.get("notifier"))
     app.state.services = services
     app.state.tokens = services.tokens
-    await services.loyalty.preload_scripts()
-    if settings.db_warm_up:
-        try:
+    try:
+        await services.loyalty.preload_scripts()  # Redis away is fine; a script error is not
+        if settings.db_warm_up:
             await services.db.warm_up(HOT_STATEMENTS)
-        except BaseException:  # a schema behind the code: stop start-up, close what it opened
-            await services.close()
-            raise
+    except BaseException:  # say, a schema behind the code: stop start-up, close what it opened
+        await services.close()
+        raise
     follower = asyncio.create_task(_follow_catalog_changes(services))
     if settings.gc_freeze:
         freeze_startup_objects()

@@ -9,12 +9,14 @@ from collections.abc import AsyncIterator
 import asyncpg
 import msgspec
 import pytest
+from redis.exceptions import ResponseError
 
 import server.lifespan
 from server.app import create_app
 from server.infra.cache import SingleFlightCache
 from server.infra.db import Database, NestedAcquire, create_pool
 from server.lifespan import lifespan
+from server.loyalty.hot import HotWallets
 from server.settings import Settings
 
 
@@ -96,6 +98,22 @@ async def test_a_statement_that_does_not_prepare_stops_start_up_and_closes_the_p
     monkeypatch.setattr(server.lifespan, "HOT_STATEMENTS", ("SELECT 1 FROM no_such_table",))
     app = create_app(msgspec.structs.replace(settings, db_warm_up=True))
     with pytest.raises(asyncpg.UndefinedTableError):
+        async with lifespan(app):
+            pass
+    assert app.state.services.db.pool.is_closing()
+
+
+async def test_a_script_redis_refuses_stops_start_up_and_closes_the_pool(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broken Lua file is a bug to stop on (Redis away is not: the app runs without it)."""
+
+    async def load_a_broken_script(self: HotWallets) -> None:
+        await self.gate.run(lambda: self.gate.line.call("SCRIPT", "LOAD", "this is not lua"))
+
+    monkeypatch.setattr(HotWallets, "preload", load_a_broken_script)
+    app = create_app(settings)
+    with pytest.raises(ResponseError, match="compil"):
         async with lifespan(app):
             pass
     assert app.state.services.db.pool.is_closing()
