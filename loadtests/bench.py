@@ -66,6 +66,8 @@ HERE = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
 PG_BIN = Path(str(__import__("pgserver").__file__)).parent / "pginstall" / "bin"
 SPREAD_SLOTS = 13 * 24 * 12  # 5-minute slots over 13 days: no slot fills up
+# Server spec options the bench applies itself; any other becomes a REGULARS_* setting.
+BENCH_OPTIONS = ("cpus", "sched", "tree", "stack", "nice")
 
 WRK_LUA = r"""
 -- args: tokens_file location item1 item2 key_prefix nslots base_epoch
@@ -392,7 +394,7 @@ class Bench:
             if tree:  # another checkout's code (a git worktree), against the same stack
                 env["PYTHONPATH"] = tree
             for name, value in server.options.items():
-                if name in ("cpus", "sched", "tree", "stack", "nice"):  # the bench's own, not REGULARS_*
+                if name in BENCH_OPTIONS:
                     continue
                 env[
                     f"REGULARS_DB_{name.upper()}_MAX"
