@@ -1,4 +1,5 @@
-"""Worker jobs (payment window, lot expiry), the negative-balance rule and the menu cache."""
+"""Worker jobs (payment window, lot expiry), the negative-balance rule, the menu and locations
+caches."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import pytest
 
 from server.app import create_app
 from server.lifespan import lifespan
@@ -22,6 +25,7 @@ from tests.api.helpers import (
     redis_state,
     spendable,
 )
+from tests.api.staff_support import other_brand
 from tests.conftest import Client, Demo, GuestHandle, give_points
 
 WELCOME = PROGRAM.welcome_bonus_points
@@ -188,3 +192,18 @@ async def test_tier_points_are_recounted_from_the_ledger(
             "SELECT points_earned_12m FROM guest_profiles WHERE guest_id = $1", guest_id
         )
     assert stored == expected < 999999
+
+
+async def test_a_location_created_after_the_cache_filled_is_found_once_the_miss_window_passed(
+    services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    locations = services.kiosk.locations
+    assert await locations.get(uuid.uuid4()) is None  # fills the cache; an unknown id is None
+    # Within the miss window a miss does not reload: lookups of unknown ids stay cheap.
+    monkeypatch.setattr(locations, "MISS_REFRESH_S", 3600.0)
+    early = await other_brand(services)
+    assert await locations.get(early.location_id) is None
+    # Past it, the first miss reloads the map and finds the new location.
+    monkeypatch.setattr(locations, "MISS_REFRESH_S", 0.0)
+    found = await locations.get(early.location_id)
+    assert found is not None and found.name == "Other Main"
