@@ -113,6 +113,13 @@ class Database:
         held = _holder.set(asyncio.current_task())
         try:
             yield cast(asyncpg.Connection, conn)
+        except asyncpg.InternalClientError:
+            # The connection's protocol is out of step (asyncpg reports a session PostgreSQL
+            # ended, whose FATAL it read before the socket closed, as "cannot switch to
+            # state N"). Nothing checks it on the way back (_no_reset), so close it here:
+            # the pool opens a new one instead of handing this one out again.
+            conn.terminate()
+            raise
         finally:
             _holder.reset(held)
             await self.pool.release(conn)

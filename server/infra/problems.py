@@ -145,6 +145,9 @@ exception_handlers: dict[type[Exception] | int, Any] = {
     asyncpg.PostgresConnectionError: _on_database_lost,
     asyncpg.ConnectionDoesNotExistError: _on_database_lost,
     asyncpg.CannotConnectNowError: _on_database_lost,
+    # A session PostgreSQL ended (a restart, a failover, pg_terminate_backend) can surface as
+    # "cannot switch to state N; another operation (2) is in progress" (asyncpg issue #1069).
+    asyncpg.InternalClientError: _on_database_lost,
     ConnectionRefusedError: _on_database_lost,
     asyncpg.QueryCanceledError: _on_statement_timeout,
     Exception: _on_unexpected,

@@ -94,7 +94,19 @@ _ANSWER_LOST = (
     OSError,
     asyncio.CancelledError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # how asyncpg may report a session PostgreSQL ended
     asyncpg.PostgresConnectionError,
+)
+
+# Failures of a reload that say PostgreSQL could not be read just now (gone, busy, too slow),
+# not that the code is wrong: the wallet is then dropped from Redis instead (_reload_or_drop).
+_UNREADABLE = (
+    TimeoutError,
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.PostgresError,
+    Problem,  # database-busy: no connection came free in time
 )
 
 
@@ -187,11 +199,11 @@ class Loyalty:
             if admission.reserved and state is None and isinstance(failure, _ANSWER_LOST):
                 await self.hot.forget({guest_id})
             elif admission.reserved and state is None:
-                await self.reload(guest_id, void_first=(transfer_id,))
+                await self._reload_or_drop(guest_id, void_first=(transfer_id,))
             elif admission.status == "miss" or (
                 admission.reserved and state is not None and admission.spendable != state.spendable
             ):
-                await self.reload(guest_id)
+                await self._reload_or_drop(guest_id)
             elif admission.status == "skipped":
                 # Redis failed at admission and PostgreSQL has decided since: what Redis holds
                 # for this guest may be wrong either way.
@@ -216,7 +228,7 @@ class Loyalty:
             else:
                 status, _ = await self.hot.credit(guest_id, transfer_id, points, state.version)
             if status == "miss" or status in ("voided", "posted"):
-                await self.reload(guest_id)
+                await self._reload_or_drop(guest_id)
         except RedisUnavailable:
             self._dirty.add(guest_id)
 
@@ -227,6 +239,17 @@ class Loyalty:
             snapshot = await self.ledger.snapshot(conn, guest_id)
         if snapshot is not None:
             await self.hot.load(guest_id, snapshot, void_first=void_first)
+
+    async def _reload_or_drop(self, guest_id: UUID, void_first: Sequence[UUID] = ()) -> None:
+        """:meth:`reload`, or, when PostgreSQL cannot be read just now, drop the wallet from
+        Redis: the next spend loads it. Otherwise a refused checkout whose connection
+        PostgreSQL ended left its hold in Redis until reconcile, and a committed one
+        answered 503 because the mirror after the commit could not read the ledger."""
+        try:
+            await self.reload(guest_id, void_first)
+        except _UNREADABLE as exc:
+            log.warning("wallet %s not reloaded (%r); dropped from Redis instead", guest_id, exc)
+            await self._distrust(guest_id)
 
     async def preload_scripts(self) -> None:
         """Load the Lua scripts into Redis if it is there (start-up, and after an outage)."""

@@ -1,5 +1,6 @@
 """Database.connection (and a cache load) refuses a second pooled connection to a task that
-holds one; warm_up opens the whole pool at start-up."""
+holds one, and closes a connection whose protocol is out of step; warm_up opens the whole pool
+at start-up."""
 
 from __future__ import annotations
 
@@ -70,6 +71,35 @@ async def test_a_failed_body_releases_the_hold(db: Database) -> None:
         async with db.connection():
             1 / 0  # noqa: B018
     assert await db.fetchval("SELECT 1") == 1
+
+
+async def test_a_connection_out_of_step_is_closed_not_handed_out_again(db: Database) -> None:
+    """asyncpg reports a session PostgreSQL ended, when it read the FATAL before the socket
+    closed, as InternalClientError; the pool skips its reset check (_no_reset), so the
+    connection is closed on the way back. Other errors leave the connection in the pool."""
+
+    async def backend_alive(pid: int) -> bool:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE pid = $1"
+        return bool(await db.fetchval(query, pid))
+
+    with pytest.raises(ZeroDivisionError):
+        async with db.connection() as conn:
+            kept = conn.get_server_pid()
+            1 / 0  # noqa: B018
+    assert await backend_alive(kept)
+    with pytest.raises(asyncpg.InternalClientError):
+        async with db.connection() as conn:
+            broken = conn.get_server_pid()
+            raise asyncpg.InternalClientError(
+                "cannot switch to state 12; another operation (2) is in progress"
+            )
+    for _ in range(100):  # the backend exits once it sees the socket closed
+        if not await backend_alive(broken):
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("the connection went back to the pool open")
+    assert await db.fetchval("SELECT 1") == 1  # the pool opens another
 
 
 async def test_warm_up_opens_every_connection_and_prepares_the_statements(db: Database) -> None:
