@@ -1,6 +1,7 @@
 """SQL of the counter. The scan reads only precomputed rows: the guest with its account and
 profile in one query, and the guest's open pre-orders through a partial index."""
 
+from server.loyalty.sql import SPENDABLE as SPENDABLE  # the ledger's, for the counter too
 from server.orders.sql import ORDER_COLUMNS
 
 _CARD_COLUMNS = """
@@ -108,8 +109,4 @@ JOIN locations l ON l.id = o.location_id
 LEFT JOIN order_lines ol ON ol.order_id = o.id
 WHERE o.id = $1 AND o.status = 'completed'
 GROUP BY o.id, l.timezone
-"""
-
-SPENDABLE = """
-SELECT credits_posted - debits_posted - debits_pending FROM accounts WHERE guest_id = $1
 """

@@ -115,10 +115,11 @@ class Admission:
     """What Redis said about a spend before PostgreSQL was asked.
 
     ``reserved`` means this request put the hold in Redis, so this request must void it if
-    PostgreSQL refuses. ``status`` 'skipped' means Redis was not available.
+    PostgreSQL refuses. ``status`` 'skipped' means Redis was not available; 'overruled' that
+    Redis refused points the ledger has (see :meth:`Loyalty.admit_or_replay`).
     """
 
-    status: Literal["ok", "exists", "insufficient", "skipped", "none", "miss"]
+    status: Literal["ok", "exists", "insufficient", "skipped", "none", "miss", "overruled"]
     spendable: int | None = None
 
     @property
@@ -163,16 +164,27 @@ class Loyalty:
     ) -> tuple[Admission, Stored | None]:
         """:meth:`admit`, and when Redis refuses: the stored response if this Idempotency-Key
         already succeeded (a replay whose hold Redis no longer shows), else 422
-        ``insufficient-points`` — without opening a transaction."""
+        ``insufficient-points`` once the ledger agrees — without opening a transaction.
+
+        When the ledger has the points after all, Redis holds more than PostgreSQL does: the
+        orphan of a process that died between the Redis reserve and the commit, which only
+        ``regulars reconcile`` would void. Refusing on it locked the guest out of those
+        points until then. Instead PostgreSQL decides, and the wallet is dropped from Redis
+        afterwards, to be loaded afresh on next use: a reload would keep an orphan younger
+        than the grace period (it might still be a checkout in flight).
+        """
         admission = await self.admit(guest_id, transfer_id, points)
         if admission.status != "insufficient":
             return admission, None
         scope, key, digest = request
         async with self.db.connection() as conn:
             replay = await idempotency.lookup(conn, scope, key, digest)
-        if replay is None:
-            raise insufficient_points(points, admission.spendable)
-        return admission, replay
+            if replay is not None:
+                return admission, replay
+            spendable = await conn.fetchval(sql.SPENDABLE, guest_id)
+        if spendable is not None and spendable >= points:
+            return Admission("overruled"), None
+        raise insufficient_points(points, admission.spendable if spendable is None else spendable)
 
     async def settle_admission(
         self,
@@ -204,9 +216,9 @@ class Loyalty:
                 admission.reserved and state is not None and admission.spendable != state.spendable
             ):
                 await self._reload_or_drop(guest_id)
-            elif admission.status == "skipped":
-                # Redis failed at admission and PostgreSQL has decided since: what Redis holds
-                # for this guest may be wrong either way.
+            elif admission.status in ("skipped", "overruled"):
+                # Redis failed at admission, or was found wrong, and PostgreSQL has decided
+                # since: what Redis holds for this guest may be wrong either way.
                 await self._distrust(guest_id)
         except RedisUnavailable:
             self._dirty.add(guest_id)

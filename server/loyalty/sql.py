@@ -19,6 +19,10 @@ ON CONFLICT (guest_id) DO UPDATE SET guest_id = EXCLUDED.guest_id
 RETURNING id
 """
 
+SPENDABLE = """
+SELECT credits_posted - debits_posted - debits_pending FROM accounts WHERE guest_id = $1
+"""
+
 GUEST_ACCOUNT = """
 SELECT id, brand_id, credits_posted - debits_posted AS posted, debits_pending AS pending, version
 FROM accounts WHERE guest_id = $1

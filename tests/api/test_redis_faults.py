@@ -112,19 +112,13 @@ async def test_stale_wallet_after_an_outage_is_dropped(
     assert await redis_state(services, guest.id) == (WELCOME - 90, 90)
 
 
-async def test_reconcile_voids_the_orphan_of_a_crash(
-    client: Client,
-    guest: GuestHandle,
-    demo: Demo,
-    services: Any,
-    settings: Any,
-    monkeypatch: pytest.MonkeyPatch,
+async def _crash_after_the_reserve(
+    client: Client, guest: GuestHandle, demo: Demo, services: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await give_points(client, demo, guest, 400 - WELCOME)  # 400 points
-    body = await order_body(client, demo, 100, "SAL", 4)
+    """The guest has 400 points; a checkout of 100 "dies" after the Redis reserve: PostgreSQL
+    never commits, and nothing after the crash point runs (no void, no reload)."""
+    await give_points(client, demo, guest, 400 - WELCOME)
 
-    # The process "dies" after the Redis reserve: PostgreSQL never commits, and nothing
-    # after the crash point runs (no void, no reload).
     async def crash(*_: Any, **__: Any) -> Any:
         raise RuntimeError("injected crash before commit")
 
@@ -133,17 +127,26 @@ async def test_reconcile_voids_the_orphan_of_a_crash(
 
     monkeypatch.setattr(services.orders, "_create", crash)
     monkeypatch.setattr(services.loyalty, "settle_admission", nothing_after_crash)
-    crashed = await place(client, guest, body)
+    crashed = await place(client, guest, await order_body(client, demo, 100, "SAL", 4))
     assert crashed.status_code == 500 and crashed.json()["type"].endswith("/internal-error")
     monkeypatch.undo()
     assert await ledger_state(services, guest.id) == (400, 0)
     assert await redis_state(services, guest.id) == (300, 100)
 
-    spend_all = await order_body(client, demo, 400, "GC50", 1)
-    spend_all["lines"][0]["quantity"] = 1
-    refused = await place(client, guest, spend_all)
-    assert refused.status_code == 422 and refused.json()["type"].endswith("/insufficient-points")
 
+async def _spend_all(client: Client, demo: Demo, guest: GuestHandle) -> Any:
+    return await place(client, guest, await order_body(client, demo, 400, "GC50", 1))
+
+
+async def test_reconcile_voids_the_orphan_of_a_crash(
+    client: Client,
+    guest: GuestHandle,
+    demo: Demo,
+    services: Any,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await _crash_after_the_reserve(client, guest, demo, services, monkeypatch)
     env = {
         **os.environ,
         "REGULARS_DATABASE_URL": settings.database_url,
@@ -161,9 +164,33 @@ async def test_reconcile_voids_the_orphan_of_a_crash(
     assert result.returncode == 0, result.stderr
     assert f"{guest.id}: voided orphan hold" in result.stdout
     assert await redis_state(services, guest.id) == (400, 0)
-    spent = await place(client, guest, spend_all)
+    spent = await _spend_all(client, demo, guest)
     assert spent.status_code == 201, spent.text
     assert await ledger_state(services, guest.id) == (0, 400)
+
+
+async def test_an_orphan_hold_does_not_lock_the_guest_out_of_their_points(
+    client: Client, guest: GuestHandle, demo: Demo, services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis refuses the 400 points (it still holds the crashed 100), but the ledger has them:
+    PostgreSQL decides, without waiting for `regulars reconcile`, and the wallet Redis had
+    wrong is dropped. A spend the ledger cannot cover is still refused, with the ledger's
+    figure."""
+    await _crash_after_the_reserve(client, guest, demo, services, monkeypatch)
+    spent = await _spend_all(client, demo, guest)
+    assert spent.status_code == 201, spent.text
+    assert await ledger_state(services, guest.id) == (0, 400)
+    assert await redis_state(services, guest.id) is None  # to be loaded afresh on next use
+    wallet = await client.get("/v1/me/wallet", headers=guest.headers)
+    assert wallet.json()["points_available"] == 0
+
+    refused = await place(client, guest, await order_body(client, demo, 10))
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["points_available"] == 0
+    assert await redis_state(services, guest.id) == (0, 400)
+    # Once Redis has the wallet right, its refusal is confirmed by the ledger as well.
+    again = await place(client, guest, await order_body(client, demo, 10))
+    assert again.status_code == 422 and again.json()["points_available"] == 0
 
 
 async def test_a_failure_after_the_hold_leaves_no_redis_hold(
