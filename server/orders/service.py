@@ -436,13 +436,18 @@ class Orders:
     ) -> AccountState | None:
         if order["spend_transfer_id"] is None:
             return None
+        expired = Problem(
+            409, "order-expired", "the payment window has passed; place the order again"
+        )
         hold = await self.loyalty.ledger.pending(conn, order["spend_transfer_id"])
         if hold is None or hold.resolution is not None:
-            # The payment window passed and the worker voided the hold in the meantime.
-            raise Problem(
-                409, "order-expired", "the payment window has passed; place the order again"
-            )
-        return await self.loyalty.ledger.resolve(conn, hold, post=True)
+            raise expired  # the worker voided the hold when the window passed
+        state = await self.loyalty.ledger.resolve(conn, hold, post=True)
+        if state is None:
+            # The worker's void committed after the read above: the order must not be placed
+            # with points it no longer holds (the payment row rolls back with this refusal).
+            raise expired
+        return state
 
     # -- status --------------------------------------------------------------------------
 

@@ -1,0 +1,73 @@
+"""A request and a worker job, or two requests, resolving the same points at the same moment:
+each interleaving is forced at the point where it used to go wrong, with the real job code and
+the real database."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from server.loyalty.jobs import void_timed_out_holds
+from tests.api.helpers import (
+    assert_books_balance,
+    ledger_state,
+    menu_items,
+    order_body,
+    pay,
+    place,
+    redis_state,
+)
+from tests.conftest import Client, Demo, GuestHandle, give_points
+
+
+async def test_a_payment_that_loses_the_race_with_the_hold_timeout_is_refused(
+    client: Client, guest: GuestHandle, demo: Demo, services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The payment reads the order's hold while it is still open; the worker's hold-timeout
+    job voids it before the payment posts it. The payment used to place the order anyway,
+    with the points back in the guest's wallet: a free discount. Now it is refused like any
+    payment after the window, and nothing of it is kept."""
+    await give_points(client, demo, guest, 500)
+    start = await ledger_state(services, guest.id)
+    items = await menu_items(client, demo.locations["station"])
+    order = (await place(client, guest, order_body(demo, items, ("SAL", 2), points=100))).json()
+    assert await ledger_state(services, guest.id) == (start[0] - 100, 100)
+    async with services.db.connection() as conn:  # the payment window has just passed
+        hold_id = await conn.fetchval(
+            "SELECT spend_transfer_id FROM orders WHERE id = $1", order["id"]
+        )
+        for table, column in (("transfers", "id"), ("open_holds", "transfer_id")):
+            await conn.execute(
+                f"UPDATE {table} SET timeout_at = now() - interval '1 second' WHERE {column} = $1",
+                hold_id,
+            )
+    ledger = services.loyalty.ledger
+    read_hold = ledger.pending
+    voided: list[int] = []
+
+    async def read_then_the_job_voids(conn: Any, transfer_id: Any) -> Any:
+        hold = await read_hold(conn, transfer_id)
+        if not voided:  # the payment's read (the job reads the hold through here too)
+            voided.append(-1)
+            # The worker's pass runs now, in its own task and transaction, and commits.
+            voided[0] = await asyncio.create_task(void_timed_out_holds(services.loyalty, 500))
+        return hold
+
+    monkeypatch.setattr(ledger, "pending", read_then_the_job_voids)
+    paid = await pay(client, guest, order["id"])
+    monkeypatch.undo()
+    assert voided and voided[0] >= 1
+    assert paid.status_code == 409, paid.text
+    assert paid.json()["type"].endswith("/order-expired")
+    shown = (await client.get(f"/v1/orders/{order['id']}", headers=guest.headers)).json()
+    assert shown["status"] == "awaiting_payment"  # not placed; the expiry job cancels it
+    async with services.db.connection() as conn:
+        payments = await conn.fetchval(
+            "SELECT count(*) FROM payments WHERE order_id = $1", order["id"]
+        )
+    assert payments == 0  # the payment row rolled back with the refusal
+    assert await ledger_state(services, guest.id) == start
+    assert await redis_state(services, guest.id) in (None, start)
+    await assert_books_balance(services, demo.brand_id)
