@@ -71,3 +71,40 @@ async def test_a_payment_that_loses_the_race_with_the_hold_timeout_is_refused(
     assert await ledger_state(services, guest.id) == start
     assert await redis_state(services, guest.id) in (None, start)
     await assert_books_balance(services, demo.brand_id)
+
+
+def _reload_before_every_mirror(services: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A concurrent request reloads the wallet between each commit and its Redis mirror (a
+    checkout's settle does, whenever Redis and PostgreSQL disagree)."""
+    loyalty = services.loyalty
+    mirror, reload = loyalty.mirror, loyalty.reload
+
+    async def reload_first(guest_id: Any, *args: Any, **kwargs: Any) -> None:
+        await reload(guest_id)
+        await mirror(guest_id, *args, **kwargs)
+
+    monkeypatch.setattr(loyalty, "mirror", reload_first)
+
+
+async def test_a_credit_mirrored_after_a_reload_is_counted_once(
+    client: Client, guest: GuestHandle, demo: Demo, services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await services.loyalty.reload(guest.id)
+    _reload_before_every_mirror(services, monkeypatch)
+    await give_points(client, demo, guest, 75)  # a manager's adjustment: a credit
+    expected = await ledger_state(services, guest.id)
+    assert await redis_state(services, guest.id) == expected  # was 75 more than the ledger
+
+
+async def test_a_post_mirrored_after_a_reload_is_counted_once(
+    client: Client, guest: GuestHandle, demo: Demo, services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await give_points(client, demo, guest, 500)
+    await services.loyalty.reload(guest.id)
+    items = await menu_items(client, demo.locations["station"])
+    order = (await place(client, guest, order_body(demo, items, ("SAL", 2), points=100))).json()
+    _reload_before_every_mirror(services, monkeypatch)
+    assert (await pay(client, guest, order["id"])).status_code == 200
+    expected = await ledger_state(services, guest.id)
+    assert expected[1] == 0
+    assert await redis_state(services, guest.id) == expected  # was 100 short

@@ -8,6 +8,8 @@
 -- ARGV[6] 1 to write even when the version is not newer (reconcile), else 0
 -- ARGV[7] space-separated transfer ids of holds to void first ('' for none)
 -- ARGV[8..] pending holds from PostgreSQL as id, points, id, points, ...
+-- The wallet's 'loaded' field keeps the version written here: every transfer up to it is
+-- counted, so a mirror of one of them that arrives late (credit, post) does not count it again.
 -- returns {status, spendable}; status: 'ok' | 'exists' (Redis is as new or newer)
 for id in string.gmatch(ARGV[7], '%S+') do
   local hold = redis.call('HGET', KEYS[2], id)
@@ -42,7 +44,8 @@ for i = 1, #old, 2 do
 end
 redis.call('DEL', KEYS[2])
 for id, value in pairs(keep) do redis.call('HSET', KEYS[2], id, value) end
-redis.call('HSET', KEYS[1], 'posted', ARGV[1], 'pending', pending, 'version', ARGV[2])
+redis.call('HSET', KEYS[1], 'posted', ARGV[1], 'pending', pending, 'version', ARGV[2],
+  'loaded', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 if next(keep) then redis.call('EXPIRE', KEYS[2], ARGV[5]) end
 return {'ok', tonumber(ARGV[1]) - pending}
