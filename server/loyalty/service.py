@@ -212,8 +212,16 @@ class Loyalty:
                 await self.hot.forget({guest_id})
             elif admission.reserved and state is None:
                 await self._reload_or_drop(guest_id, void_first=(transfer_id,))
-            elif admission.status == "miss" or (
-                admission.reserved and state is not None and admission.spendable != state.spendable
+            elif (
+                admission.status == "miss"
+                # Redis had this transfer already, yet this request committed its hold: a retry
+                # (same Idempotency-Key) of a spend PostgreSQL refused, whose void Redis keeps.
+                or (admission.status == "exists" and state is not None)
+                or (
+                    admission.reserved
+                    and state is not None
+                    and admission.spendable != state.spendable
+                )
             ):
                 await self._reload_or_drop(guest_id)
             elif admission.status in ("skipped", "overruled"):

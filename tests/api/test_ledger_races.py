@@ -108,3 +108,26 @@ async def test_a_post_mirrored_after_a_reload_is_counted_once(
     expected = await ledger_state(services, guest.id)
     assert expected[1] == 0
     assert await redis_state(services, guest.id) == expected  # was 100 short
+
+
+async def test_a_retry_of_a_refused_spend_with_the_same_key_is_held_in_redis_too(
+    client: Client, guest: GuestHandle, demo: Demo, services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refusal stores no response, so the client may retry with the same Idempotency-Key;
+    Redis still has the first attempt's voided hold under the same transfer id and answers
+    'exists' without reserving. The hold PostgreSQL then commits must reach Redis anyway."""
+    import server.orders.sql
+
+    await give_points(client, demo, guest, 500)
+    await services.loyalty.reload(guest.id)
+    items = await menu_items(client, demo.locations["station"])
+    body = order_body(demo, items, ("SAL", 2), points=100)
+    broken = server.orders.sql.PLACE_ORDER + " WHERE 1 / (version - version) = 1"
+    monkeypatch.setattr(server.orders.sql, "PLACE_ORDER", broken)
+    assert (await place(client, guest, body, key="same-key")).status_code == 500
+    monkeypatch.undo()
+    retried = await place(client, guest, body, key="same-key")
+    assert retried.status_code == 201, retried.text
+    expected = await ledger_state(services, guest.id)
+    assert expected[1] == 100
+    assert await redis_state(services, guest.id) == expected  # Redis had no hold: 100 over
