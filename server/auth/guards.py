@@ -1,5 +1,8 @@
 """Who may call what: the authentication middleware and the guards controllers declare.
 
+A token that does not verify leaves the request anonymous and is refused (401, with the
+reason) only where a user is needed; public routes serve it like any anonymous request.
+
 Guards are async although they do no I/O: Litestar runs sync guards in a thread pool, which
 cost a thread hop on every authenticated request (seen in py-spy under load).
 """
@@ -38,12 +41,17 @@ class BearerAuth(AbstractAuthenticationMiddleware):
         try:
             return AuthenticationResult(user=issuer.verify(token), auth=token)
         except TokenError as exc:
-            raise Problem(401, "invalid-token", str(exc)) from None
+            # Refused by the routes that need a user (_principal), not here: a client that
+            # sends its expired access token along must still reach /v1/auth/refresh.
+            return AuthenticationResult(user=None, auth=exc)
 
 
 def _principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
     user = connection.scope.get("user")
     if not isinstance(user, Principal):
+        error = connection.scope.get("auth")
+        if isinstance(error, TokenError):
+            raise Problem(401, "invalid-token", str(error))
         raise Problem(401, "unauthenticated", "sign in first: send an Authorization: Bearer token")
     return user
 

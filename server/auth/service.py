@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets
@@ -100,15 +101,16 @@ class Auth:
         phone = normalise_phone(body.phone)
         otp_key = f"rg:otp:{phone}"
 
-        async def check() -> tuple[str | None, int]:
+        async def check() -> tuple[str | None, int, int]:
             async with self.gate.client.pipeline(transaction=True) as pipe:
                 pipe.hget(otp_key, "code")
                 pipe.hincrby(otp_key, "attempts", 1)
-                stored, attempts = await pipe.execute()
-            return stored, int(attempts)
+                pipe.pttl(otp_key)
+                stored, attempts, ttl_ms = await pipe.execute()
+            return stored, int(attempts), int(ttl_ms)
 
         try:
-            stored, attempts = await self.gate.run(check)
+            stored, attempts, ttl_ms = await self.gate.run(check)
         except RedisUnavailable:
             raise Problem(
                 503, "sign-in-unavailable", "sign-in is briefly unavailable; try again in a minute"
@@ -125,17 +127,36 @@ class Auth:
         if not await self.gate.run(lambda: self.gate.client.delete(otp_key)):
             raise Problem(401, "code-expired", "no valid code for this phone; ask for a new one")
         welcome = None
-        async with self.db.transaction() as conn:
-            brand_id = await self.guests.brand_id(conn)
-            guest_id, _, welcome = await self.guests.enrol(
-                conn, brand_id, phone, body.first_name or ""
-            )
-            pair = await self.issue(
-                conn, Principal(kind="guest", subject_id=guest_id, brand_id=brand_id)
-            )
+        try:
+            async with self.db.transaction() as conn:
+                brand_id = await self.guests.brand_id(conn)
+                guest_id, _, welcome = await self.guests.enrol(
+                    conn, brand_id, phone, body.first_name or ""
+                )
+                pair = await self.issue(
+                    conn, Principal(kind="guest", subject_id=guest_id, brand_id=brand_id)
+                )
+        except Exception:
+            # Nothing was written: give the code back, so that the guest can send it again
+            # (with a usable name, or once the database answers) rather than ask for another.
+            await self._give_back_code(otp_key, stored, attempts, ttl_ms)
+            raise
         if welcome is not None:
             await self.guests.loyalty.mirror(guest_id, "credit", welcome[0], welcome[1], welcome[2])
         return pair
+
+    async def _give_back_code(self, otp_key: str, stored: str, attempts: int, ttl_ms: int) -> None:
+        if ttl_ms <= 0:
+            return
+
+        async def restore() -> None:
+            async with self.gate.client.pipeline(transaction=True) as pipe:
+                pipe.hset(otp_key, mapping={"code": stored, "attempts": attempts})
+                pipe.pexpire(otp_key, ttl_ms)
+                await pipe.execute()
+
+        with contextlib.suppress(RedisUnavailable):
+            await self.gate.run(restore)
 
     async def issue(
         self, conn: asyncpg.Connection, principal: Principal, family_id: UUID | None = None

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 from shared import contract
 
 __all__ = [
+    "BOOKING_HORIZON",
     "LocationInfo",
     "MenuIndex",
     "PricedItem",
@@ -20,6 +21,7 @@ __all__ = [
 ]
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+BOOKING_HORIZON = timedelta(days=14)  # how far ahead a pickup may be booked
 
 
 @dataclass(frozen=True, slots=True)

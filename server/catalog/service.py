@@ -13,6 +13,7 @@ import asyncpg
 
 from server.catalog import sql
 from server.catalog.model import (
+    BOOKING_HORIZON,
     LocationInfo,
     MenuIndex,
     PricedItem,
@@ -136,6 +137,14 @@ class Catalog:
             await self.gate.run(lambda: self.gate.client.publish(CATALOG_CHANNEL, str(location_id)))
 
     async def slots(self, location_id: UUID, day: date) -> contract.Slots:
+        today = datetime.now(UTC).date()
+        # A day either side of UTC's today covers every timezone's today.
+        if not today - timedelta(days=1) <= day <= today + BOOKING_HORIZON + timedelta(days=1):
+            raise Problem(
+                422,
+                "date-out-of-range",
+                f"pickup slots are shown from today up to {BOOKING_HORIZON.days} days ahead",
+            )
         location = (await self.menu(location_id)).location
         local_noon = datetime(day.year, day.month, day.day, 12, tzinfo=location.tz)
         starts = slots_on(location, local_noon)

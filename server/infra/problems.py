@@ -122,6 +122,26 @@ def _on_database_lost(request: Request[Any, Any, Any], exc: Exception) -> Respon
     return problem_response(problem, request.url.path)
 
 
+def _on_unstorable_text(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    # PostgreSQL text and jsonb cannot hold U+0000; the statement failed, nothing was written.
+    problem = Problem(
+        422,
+        "invalid-text",
+        "a text field contains a NUL character (\\u0000), which cannot be stored",
+    )
+    return problem_response(problem, request.url.path)
+
+
+def _on_undecodable_body(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    # Litestar's JSON decoding lets these through: a body that is not UTF-8, or nested deeper
+    # than msgspec recurses. Any other recursion is ours, and a 500.
+    if isinstance(exc, RecursionError) and "deserializing" not in str(exc):
+        return _on_unexpected(request, exc)
+    reason = "it is not valid UTF-8" if isinstance(exc, UnicodeError) else "it is nested too deep"
+    problem = Problem(400, "malformed-json", f"the request body cannot be read: {reason}")
+    return problem_response(problem, request.url.path)
+
+
 def database_busy(detail: str = "the database is too busy right now; try again") -> Problem:
     """503 with Retry-After: overload is a reason to come back in a moment, not a 500."""
     return Problem(503, "database-busy", detail, retry_after_s=1)
@@ -150,5 +170,9 @@ exception_handlers: dict[type[Exception] | int, Any] = {
     asyncpg.InternalClientError: _on_database_lost,
     ConnectionRefusedError: _on_database_lost,
     asyncpg.QueryCanceledError: _on_statement_timeout,
+    asyncpg.CharacterNotInRepertoireError: _on_unstorable_text,
+    asyncpg.UntranslatableCharacterError: _on_unstorable_text,
+    UnicodeDecodeError: _on_undecodable_body,
+    RecursionError: _on_undecodable_body,
     Exception: _on_unexpected,
 }

@@ -482,5 +482,5 @@ def _parse_cursor(cursor: str | None) -> tuple[datetime | None, UUID | None]:
     try:
         micros, _, ident = cursor.partition("_")
         return _EPOCH + timedelta(microseconds=int(micros)), UUID(ident)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise Problem(422, "invalid-cursor", "the cursor is not one this API handed out") from None

@@ -19,7 +19,7 @@ import asyncpg
 import msgspec
 
 from server.auth.tokens import Principal
-from server.catalog.model import MenuIndex, earliest_pickup, is_open, slot_start
+from server.catalog.model import BOOKING_HORIZON, MenuIndex, earliest_pickup, is_open, slot_start
 from server.catalog.service import Catalog
 from server.infra import idempotency
 from server.infra.cache import SingleFlightCache
@@ -194,15 +194,22 @@ class Orders:
         else:
             if asked.tzinfo is None:
                 raise Problem(422, "invalid-pickup-time", "pickup_at needs a timezone offset")
-            pickup = asked.astimezone(UTC)
+            try:
+                pickup = asked.astimezone(UTC)
+            except OverflowError:  # 0001-01-01T00:00+14:00: before the first representable UTC
+                raise Problem(422, "invalid-pickup-time", "pickup_at is out of range") from None
             if pickup < now + timedelta(minutes=location.lead_time_min):
                 raise Problem(
                     422,
                     "pickup-too-soon",
                     f"the earliest pickup is {location.lead_time_min} minutes from now",
                 )
-            if pickup > now + timedelta(days=14):
-                raise Problem(422, "pickup-too-far", "orders can be placed at most 14 days ahead")
+            if pickup > now + BOOKING_HORIZON:
+                raise Problem(
+                    422,
+                    "pickup-too-far",
+                    f"orders can be placed at most {BOOKING_HORIZON.days} days ahead",
+                )
         if not is_open(location, pickup):
             raise Problem(
                 422, "location-closed", f"{location.name} is closed at {pickup.isoformat()}"
@@ -349,6 +356,14 @@ class Orders:
     async def list_for_guest(
         self, guest_id: UUID, before: datetime | None, limit: int
     ) -> list[contract.Order]:
+        """The guest's orders created before ``before`` (a time with its offset), newest first."""
+        if before is not None:
+            if before.tzinfo is None:
+                raise Problem(422, "invalid-before", "before needs a timezone offset")
+            try:
+                before = before.astimezone(UTC)
+            except OverflowError:
+                raise Problem(422, "invalid-before", "before is out of range") from None
         async with self.db.connection() as conn:
             orders = await conn.fetch(sql.GUEST_ORDERS, guest_id, before, limit)
             lines = await conn.fetch(sql.LINES_OF_ORDERS, [o["id"] for o in orders])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -9,9 +10,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from server.auth.notifier import RecordingNotifier
+from server.auth.tokens import Principal
 from server.seed.demo import PROGRAM
 from tests.api.helpers import ledger_state, menu_items, place
-from tests.conftest import Client, Demo, GuestHandle
+from tests.conftest import Client, Demo, GuestHandle, new_phone, sign_in, tokens
 
 WELCOME = PROGRAM.welcome_bonus_points
 
@@ -221,3 +224,87 @@ async def test_bad_phone(client: Client) -> None:
 
 async def test_unknown_location(client: Client) -> None:
     await refused(await client.get(f"/v1/locations/{uuid.uuid4()}/menu"), 404, "location-not-found")
+
+
+async def test_a_nul_character_is_refused_and_the_sign_in_code_still_works(
+    client: Client, notifier: RecordingNotifier
+) -> None:
+    """PostgreSQL cannot store U+0000. The refusal writes nothing, and the one-time code the
+    refused request had claimed is given back, so the guest can send it again."""
+    phone = new_phone()
+    assert (await client.post("/v1/auth/otp", json={"phone": phone})).status_code == 202
+    code = notifier.codes[phone]
+    verify = {"phone": phone, "code": code, "first_name": "A\u0000B"}
+    problem = await refused(
+        await client.post("/v1/auth/otp/verify", json=verify), 422, "invalid-text"
+    )
+    assert "NUL" in problem["detail"]
+    verify["first_name"] = "Ada"
+    signed_in = await client.post("/v1/auth/otp/verify", json=verify)
+    assert signed_in.status_code == 200, signed_in.text
+    staff = {"email": "barista@demo.regulars.test\u0000", "password": "x"}
+    await refused(await client.post("/v1/auth/staff", json=staff), 422, "invalid-text")
+
+
+async def test_dates_at_the_edge_of_the_calendar_are_refused(
+    client: Client, guest: GuestHandle, demo: Demo, items: Any, services: Any
+) -> None:
+    for edge in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"):
+        await refused(
+            await place(client, guest, body(demo, items["CRO"], pickup_at=edge)),
+            422,
+            "invalid-pickup-time",  # no UTC time is that far: out of range, not too far ahead
+        )
+        await refused(
+            await client.get("/v1/me/orders", params={"before": edge}, headers=guest.headers),
+            422,
+            "invalid-before",
+        )
+    assert await orders_of(services, guest) == 0
+    await refused(
+        await client.get("/v1/me/orders?before=2026-01-01T00:00:00", headers=guest.headers),
+        422,
+        "invalid-before",
+    )
+    station = demo.locations["station"]
+    for day in ("0001-01-01", "9999-12-31", str(datetime.now(UTC).date() + timedelta(days=60))):
+        await refused(
+            await client.get(f"/v1/locations/{station}/slots?date={day}"), 422, "date-out-of-range"
+        )
+    today = await client.get(f"/v1/locations/{station}/slots")
+    assert today.status_code == 200 and today.json()["slots"]
+
+
+async def test_a_cursor_with_a_huge_number_is_refused(client: Client, guest: GuestHandle) -> None:
+    cursor = f"99999999999999999999_{uuid.uuid4()}"
+    await refused(
+        await client.get("/v1/me/ledger", params={"cursor": cursor}, headers=guest.headers),
+        422,
+        "invalid-cursor",
+    )
+
+
+async def test_a_body_that_is_not_utf8_or_nested_too_deep_is_malformed(client: Client) -> None:
+    headers = {"Content-Type": "application/json"}
+    not_utf8 = await client.post("/v1/auth/otp", content=b'{"phone":"\xff"}', headers=headers)
+    problem = await refused(not_utf8, 400, "malformed-json")
+    assert "UTF-8" in problem["detail"]
+    deep = '{"phone":"+4915100000001","x":' + "[" * 1000 + "]" * 1000 + "}"
+    await refused(
+        await client.post("/v1/auth/otp", content=deep, headers=headers), 400, "malformed-json"
+    )
+
+
+async def test_public_routes_serve_a_request_whose_access_token_has_expired(
+    client: Client, notifier: RecordingNotifier
+) -> None:
+    """Clients often send their access token on every call; once it has expired, refreshing
+    it must still work. Routes that need a user say why the token was refused."""
+    guest = await sign_in(client, notifier)
+    principal = Principal(kind="guest", subject_id=guest.id, brand_id=uuid.uuid4())
+    expired = {"Authorization": f"Bearer {tokens().issue(principal, now_s=time.time() - 3600)}"}
+    assert (await client.get("/v1/locations", headers=expired)).status_code == 200
+    sent = await client.post("/v1/auth/otp", json={"phone": new_phone()}, headers=expired)
+    assert sent.status_code == 202
+    problem = await refused(await client.get("/v1/me", headers=expired), 401, "invalid-token")
+    assert "expired" in problem["detail"]
