@@ -210,11 +210,19 @@ SELECT transfer_id AS id FROM open_holds WHERE timeout_at < now()
 ORDER BY timeout_at LIMIT $1
 """
 
-# Guests with lots past their expiry date: candidates for the expiry job.
+# Guests with points due to expire: lots past their expiry date gave more than everything
+# consumed since (spent, held, expired before), and there is something spendable to take
+# (the job's own formula, model.remaining_lots). A guest whose expired lots were all spent
+# is not one: such regulars used to fill every batch, and the points really due never
+# expired.
 EXPIRY_CANDIDATES = """
-SELECT DISTINCT a.guest_id FROM transfers t JOIN accounts a ON a.id = t.credit_account_id
-WHERE a.kind = 'guest' AND t.phase = 'single' AND t.expires_at <= $1
+SELECT a.guest_id
+FROM (SELECT credit_account_id AS account_id, sum(amount) AS expired FROM transfers
+      WHERE phase = 'single' AND expires_at <= $1 GROUP BY credit_account_id) lots
+JOIN accounts a ON a.id = lots.account_id
+WHERE a.kind = 'guest'
   AND a.credits_posted - a.debits_posted - a.debits_pending > 0
+  AND lots.expired > a.debits_posted + a.debits_pending
 LIMIT $2
 """
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from server.app import create_app
+from server.auth.notifier import RecordingNotifier
 from server.lifespan import lifespan
 from server.loyalty.jobs import expire_lots, recount_tier_points
 from server.seed.demo import PROGRAM
@@ -26,7 +27,7 @@ from tests.api.helpers import (
     spendable,
 )
 from tests.api.staff_support import other_brand
-from tests.conftest import Client, Demo, GuestHandle, give_points
+from tests.conftest import Client, Demo, GuestHandle, give_points, sign_in
 
 WELCOME = PROGRAM.welcome_bonus_points
 
@@ -84,6 +85,48 @@ async def test_expired_lots_are_taken_oldest_first(
     assert await ledger_state(services, guest.id) == (WELCOME, 0)
     ledger = (await client.get("/v1/me/ledger", headers=guest.headers)).json()["entries"]
     assert ledger[0]["code"] == "expiry" and ledger[0]["points"] == -180
+    await assert_books_balance(services, demo.brand_id)
+
+
+async def _expired_lot(services: Any, demo: Demo, guest_id: uuid.UUID, points: int) -> None:
+    loyalty = services.loyalty
+    async with services.db.transaction() as conn:
+        account_id = await conn.fetchval("SELECT id FROM accounts WHERE guest_id = $1", guest_id)
+        transfer_id = uuid.uuid4()
+        state = await loyalty.ledger.credit(
+            conn,
+            transfer_id=transfer_id,
+            brand_id=demo.brand_id,
+            account_id=account_id,
+            points=points,
+            code="earn",
+            source="issued",
+            expires_at=datetime.now(UTC) - timedelta(days=400),
+        )
+    await loyalty.mirror(guest_id, "credit", transfer_id, state, points)
+
+
+async def test_regulars_with_nothing_due_do_not_starve_the_expiry_job(
+    client: Client, notifier: RecordingNotifier, demo: Demo, services: Any
+) -> None:
+    """Regulars whose expired lots were all spent, and who have earned since, have an expired
+    lot and spendable points, yet nothing due. They used to fill each pass's batch, every
+    pass touched nobody, and the points really due never expired. Passes until one touches
+    nobody must leave nobody with points due."""
+    batch = 3
+    regulars = [await sign_in(client, notifier) for _ in range(batch + 1)]
+    for regular in regulars:
+        await _expired_lot(services, demo, regular.id, 300)
+        await give_points(client, demo, regular, -(WELCOME + 300))  # spent it all
+        await give_points(client, demo, regular, 50)  # and earned since
+    lapsed = await sign_in(client, notifier)
+    await _expired_lot(services, demo, lapsed.id, 300)
+    for _ in range(1_000):
+        if await expire_lots(services.loyalty, batch) == 0:
+            break
+    assert await ledger_state(services, lapsed.id) == (WELCOME, 0)  # the 300 expired
+    for regular in regulars:
+        assert await ledger_state(services, regular.id) == (50, 0)  # nothing of theirs
     await assert_books_balance(services, demo.brand_id)
 
 
