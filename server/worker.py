@@ -12,6 +12,7 @@ import msgspec
 from server.infra.redis import RedisUnavailable
 from server.lifespan import Services
 from server.loyalty.jobs import expire_lots, recount_tier_points, void_timed_out_holds
+from server.loyalty.reconcile import RollingReconcile
 
 __all__ = ["QUEUE_CHANNEL", "relay_outbox", "run_forever", "run_once"]
 
@@ -47,9 +48,12 @@ async def relay_outbox(services: Services, batch_size: int) -> int:
     return len(rows)
 
 
-async def run_once(services: Services, *, slow: bool = True) -> dict[str, int]:
-    """One pass of every job (``slow``: also the day-scale ones, lot expiry and tier recount);
-    each job's failure is logged and does not stop the others."""
+async def run_once(
+    services: Services, *, slow: bool = True, reconciler: RollingReconcile | None = None
+) -> dict[str, int]:
+    """One pass of every job (``slow``: also the day-scale ones, lot expiry and tier recount;
+    ``reconciler``: also a page of wallets compared with the ledger); each job's failure is
+    logged and does not stop the others."""
     batch = services.settings.job_batch_size
     done: dict[str, int] = {}
     jobs: dict[str, Callable[[], Awaitable[int]]] = {
@@ -57,6 +61,8 @@ async def run_once(services: Services, *, slow: bool = True) -> dict[str, int]:
         "voided_holds": lambda: void_timed_out_holds(services.loyalty, batch),
         "relayed_events": lambda: relay_outbox(services, batch),
     }
+    if reconciler is not None:
+        jobs["reconciled_wallets"] = reconciler.step
     if slow:
         jobs["expired_lots"] = lambda: expire_lots(services.loyalty, batch)
         jobs["recounted_tiers"] = lambda: recount_tier_points(services.loyalty, batch)
@@ -77,12 +83,16 @@ async def run_forever(
     """Relay the outbox often (live queues feel instant) and run the slower jobs every interval."""
     loop = asyncio.get_running_loop()
     next_jobs = next_slow = 0.0
+    settings = services.settings
+    reconciler = RollingReconcile(
+        services.loyalty, settings.reconcile_grace_s, settings.job_batch_size
+    )
     while not stop.is_set():
         if loop.time() >= next_jobs:
             # Lots expire by the day and tiers move slowly: their scans run far less often
             # than the payment window and hold timeouts need.
             slow = loop.time() >= next_slow
-            done = await run_once(services, slow=slow)
+            done = await run_once(services, slow=slow, reconciler=reconciler)
             if any(done.values()):
                 log.info("worker pass: %s", done)
             next_jobs = loop.time() + services.settings.worker_interval_s

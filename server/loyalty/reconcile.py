@@ -1,4 +1,4 @@
-"""`regulars reconcile`: make every Redis wallet agree with the PostgreSQL ledger.
+"""`regulars reconcile`, and the worker a page per pass: make Redis wallets agree with the ledger.
 
 A wallet is repaired when its posted balance or its holds differ from PostgreSQL. Holds Redis
 has but PostgreSQL does not are orphans (a process died between the Redis reserve and the
@@ -7,6 +7,7 @@ commit); they are voided once older than the grace period, so checkouts in fligh
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from uuid import UUID
@@ -14,7 +15,9 @@ from uuid import UUID
 from server.loyalty import sql
 from server.loyalty.service import Loyalty
 
-__all__ = ["Repair", "reconcile"]
+__all__ = ["Repair", "RollingReconcile", "reconcile", "reconcile_page"]
+
+log = logging.getLogger("regulars.reconcile")
 
 
 @dataclass
@@ -27,18 +30,53 @@ async def reconcile(loyalty: Loyalty, grace_s: float, batch_size: int = 500) -> 
     """Compare and repair every loaded wallet; returns what was fixed."""
     repairs: list[Repair] = []
     after: UUID | None = None
+    while True:
+        page, after = await reconcile_page(loyalty, grace_s, after, batch_size)
+        repairs += page
+        if after is None:
+            return repairs
+
+
+async def reconcile_page(
+    loyalty: Loyalty, grace_s: float, after: UUID | None, batch_size: int
+) -> tuple[list[Repair], UUID | None]:
+    """Compare and repair the wallets of up to ``batch_size`` guests after ``after`` (by id);
+    returns what was fixed and where the next page starts (None: this was the last)."""
     now_ms = int(time.time() * 1000)
     grace_ms = int(grace_s * 1000)
-    while True:
-        async with loyalty.db.connection() as conn:
-            rows = await conn.fetch(sql.GUEST_ACCOUNTS_PAGE, after, batch_size)
-        if not rows:
-            return repairs
-        after = rows[-1]["guest_id"]
-        for row in rows:
-            repair = await _check_one(loyalty, row["guest_id"], now_ms, grace_ms)
-            if repair is not None:
-                repairs.append(repair)
+    async with loyalty.db.connection() as conn:
+        rows = await conn.fetch(sql.GUEST_ACCOUNTS_PAGE, after, batch_size)
+    repairs: list[Repair] = []
+    for row in rows:
+        repair = await _check_one(loyalty, row["guest_id"], now_ms, grace_ms)
+        if repair is not None:
+            repairs.append(repair)
+    return repairs, rows[-1]["guest_id"] if len(rows) == batch_size else None
+
+
+class RollingReconcile:
+    """The worker's reconcile: one page of wallets per pass, from where the last pass stopped,
+    wrapping around, so that every wallet is compared now and then at a bounded cost per
+    pass. Without it, the orphan hold of a process that died between the Redis reserve and
+    the commit stayed in Redis (and in the balance the guest and the counter see) until
+    someone ran `regulars reconcile`."""
+
+    def __init__(self, loyalty: Loyalty, grace_s: float, batch_size: int) -> None:
+        self._loyalty = loyalty
+        self._grace_s = grace_s
+        self._batch_size = batch_size
+        self._after: UUID | None = None
+
+    async def step(self) -> int:
+        """Reconcile the next page; returns how many wallets were repaired (each is logged)."""
+        repairs, self._after = await reconcile_page(
+            self._loyalty, self._grace_s, self._after, self._batch_size
+        )
+        for repair in repairs:
+            log.warning(
+                "wallet %s repaired from the ledger: %s", repair.guest_id, "; ".join(repair.what)
+            )
+        return len(repairs)
 
 
 async def _check_one(loyalty: Loyalty, guest_id: UUID, now_ms: int, grace_ms: int) -> Repair | None:

@@ -169,6 +169,36 @@ async def test_reconcile_voids_the_orphan_of_a_crash(
     assert await ledger_state(services, guest.id) == (0, 400)
 
 
+async def test_the_worker_voids_the_orphan_of_a_crash_a_page_at_a_time(
+    client: Client,
+    guest: GuestHandle,
+    demo: Demo,
+    services: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Nothing scheduled `regulars reconcile`: the orphan stayed in Redis, and in the balance
+    the guest and the counter see. The worker now compares a page of wallets per pass."""
+    from server.loyalty.reconcile import RollingReconcile
+    from server.worker import run_once
+
+    await _crash_after_the_reserve(client, guest, demo, services, monkeypatch)
+    young = RollingReconcile(services.loyalty, grace_s=60, batch_size=50)
+    aged = RollingReconcile(services.loyalty, grace_s=0, batch_size=50)
+    passes = []
+    for _ in range(10_000):  # pages of 50 until this guest's wallet is compared
+        passes.append(await run_once(services, slow=False, reconciler=young))
+        if await redis_state(services, guest.id) != (300, 100):
+            break
+        passes.append(await run_once(services, slow=False, reconciler=aged))
+        if await redis_state(services, guest.id) != (300, 100):
+            break
+    assert all("reconciled_wallets" in done for done in passes)
+    # Only the pass that allows no grace voids it: a younger hold may be a checkout in flight.
+    assert await redis_state(services, guest.id) == (400, 0)
+    assert f"wallet {guest.id} repaired from the ledger: voided orphan hold" in caplog.text
+
+
 async def test_an_orphan_hold_does_not_lock_the_guest_out_of_their_points(
     client: Client, guest: GuestHandle, demo: Demo, services: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
