@@ -74,10 +74,16 @@ class Auth:
                 # SET NX EX then INCR: a fixed one-hour window (EXPIRE NX needs Redis 7).
                 pipe.set(sends_key, 0, ex=3600, nx=True)
                 pipe.incr(sends_key)
+                _, sends = await pipe.execute()
+            if int(sends) > self.settings.otp_sends_per_hour:
+                # Refused sends write no code: each new code resets the attempts, so a refused
+                # send that wrote one gave an attacker five more guesses, without limit.
+                return int(sends)
+            async with self.gate.client.pipeline(transaction=True) as pipe:
                 pipe.delete(otp_key)
                 pipe.hset(otp_key, mapping={"code": _hash(phone + code).hex(), "attempts": 0})
                 pipe.expire(otp_key, self.settings.otp_ttl_s)
-                _, sends, *_ = await pipe.execute()
+                await pipe.execute()
             return int(sends)
 
         try:

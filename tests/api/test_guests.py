@@ -6,9 +6,13 @@ import asyncio
 import uuid
 from typing import Any
 
+import httpx
+import msgspec
 import pytest
 
+from server.app import create_app
 from server.auth.notifier import RecordingNotifier
+from server.lifespan import lifespan
 from server.seed.demo import PROGRAM
 from shared import qr
 from tests.api.helpers import menu_items, order_body, place, spendable
@@ -43,6 +47,32 @@ async def test_codes_are_single_use_and_attempts_are_limited(
     assert (await client.post("/v1/auth/otp/verify", json=good)).status_code == 200
     reused = await client.post("/v1/auth/otp/verify", json=good)
     assert reused.status_code == 401 and reused.json()["type"].endswith("/code-expired")
+
+
+async def test_a_refused_send_writes_no_code_so_guesses_stay_limited(
+    settings: Any, notifier: RecordingNotifier
+) -> None:
+    """At most otp_sends_per_hour codes, each with otp_max_attempts guesses: a send refused
+    with 429 used to write a fresh code all the same, with its attempts back at 0, which
+    gave unlimited guesses at a guest's sign-in."""
+    strict = msgspec.structs.replace(settings, otp_sends_per_hour=2)
+    app = create_app(strict, notifier=notifier)
+    async with lifespan(app):
+        transport = httpx.ASGITransport(app=app)
+        async with Client(transport=transport, base_url="http://testserver") as client:
+            phone = new_phone()
+            for _ in range(2):
+                assert (await client.post("/v1/auth/otp", json={"phone": phone})).status_code == 202
+            code = notifier.codes[phone]
+            wrong = {"phone": phone, "code": "000000" if code != "000000" else "111111"}
+            for _ in range(strict.otp_max_attempts):
+                assert (await client.post("/v1/auth/otp/verify", json=wrong)).status_code == 401
+            refused = await client.post("/v1/auth/otp", json={"phone": phone})
+            assert refused.status_code == 429, refused.text
+            # No code is waiting: guessing is over until the hour has passed.
+            guess = await client.post("/v1/auth/otp/verify", json=wrong)
+            assert guess.status_code in (401, 429), guess.text
+            assert not guess.json()["type"].endswith("/wrong-code"), guess.text
 
 
 async def test_refresh_rotates_and_reuse_revokes_the_family(
