@@ -89,6 +89,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     staff_max_failed_logins: int = 5
     staff_lockout_s: int = 900
     pin_attempts_per_window: int = 5
+    pin_attempts_per_day: int = 20  # per email, on all devices together
     pin_window_s: int = 300
     scans_per_minute: int = 120
     redemptions_per_minute: int = 30

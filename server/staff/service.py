@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import secrets
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import asyncpg
@@ -94,11 +94,10 @@ class Staff:
         email = normalise_email(body.email)
         user = await self.db.fetchrow(sql.STAFF_BY_EMAIL, email)
         now = datetime.now(UTC)
-        if user is not None and user["locked_until"] is not None and user["locked_until"] > now:
-            raise _locked(user["locked_until"], now)
+        locks_at = await self._claim_attempt(user["id"], now) if user is not None else None
         if not await self._verify(user["password_hash"] if user else None, body.password):
-            if user is not None:
-                await self._fail(user["id"], now)
+            if locks_at is not None:  # this attempt was the last one allowed
+                raise _locked(locks_at, now)
             raise Problem(401, "invalid-credentials", "the email or the password is not right")
         assert user is not None
         if needs_totp(user["role"], user["totp_secret"]):
@@ -111,8 +110,9 @@ class Staff:
                     401, "totp-required", "enter the 6-digit code from your authenticator app"
                 )
             step = totp_step(user["totp_secret"], body.totp, now)
-            if step is None:
-                await self._fail(user["id"], now)
+            if step is None:  # counted as a failed attempt by the claim already
+                if locks_at is not None:
+                    raise _locked(locks_at, now)
                 raise Problem(401, "wrong-totp", "the authenticator code is not right")
             if await self.db.fetchval(sql.USE_TOTP_STEP, user["id"], step) is None:
                 raise Problem(
@@ -130,17 +130,20 @@ class Staff:
             await audit(conn, principal, "staff.sign_in", None, {"method": "password"})
             return await self.auth.issue(conn, principal)
 
-    async def _fail(self, staff_id: UUID, now: datetime) -> None:
-        """Count a failure (committed, whatever the request answers); 423 if it locks."""
-        locked_until = await self.db.fetchrow(
-            sql.RECORD_FAILURE,
+    async def _claim_attempt(self, staff_id: UUID, now: datetime) -> datetime | None:
+        """Count an attempt before it is checked (a success clears the count): raises 423 when
+        the account is locked; returns when the lock starts if this attempt reached the
+        limit (its failure answers 423), else None."""
+        claimed = await self.db.fetchrow(
+            sql.CLAIM_ATTEMPT,
             staff_id,
             self.settings.staff_max_failed_logins,
             float(self.settings.staff_lockout_s),
         )
-        until = locked_until["locked_until"] if locked_until else None
-        if until is not None and until > now:
-            raise _locked(until, now)
+        if claimed is None:
+            until = await self.db.fetchval(sql.LOCKED_UNTIL, staff_id)
+            raise _locked(until or now, now)
+        return cast(datetime | None, claimed["locked_until"])
 
     # -- kiosk devices ---------------------------------------------------------------------
 
@@ -204,26 +207,42 @@ class Staff:
     async def pin_sign_in(self, body: contract.PinLogin) -> contract.TokenPair:
         """Tokens scoped to the device's location, for a staff member of that location.
 
-        At most ``pin_attempts_per_window`` attempts per device and email per ``pin_window_s``
-        (429 ``too-many-pin-attempts``); a success clears the count.
+        The device is checked first, so that a wrong device secret cannot use up a staff
+        member's attempts. Then at most ``pin_attempts_per_window`` attempts per device and
+        email per ``pin_window_s``, and ``pin_attempts_per_day`` per email on all devices
+        together (429 ``too-many-pin-attempts``; a success clears both counts): a PIN has
+        only 10,000 values. Wrong PINs do not lock the account itself, or anyone holding a
+        paired tablet could lock a colleague out of the password sign-in. Managers and admins
+        are refused (403 ``second-factor-required``): their roles need a second factor.
         """
         email = normalise_email(body.email)
-        attempts = f"{body.device_id}:{email}"
-        await limit(
-            self.gate, "pin-attempts", attempts, self.settings.pin_attempts_per_window,
-            self.settings.pin_window_s, "PIN attempts on this device", when_down="refuse",
-        )  # fmt: skip
         device = await self.db.fetchrow(sql.DEVICE, body.device_id)
         if device is None or not hmac.compare_digest(
             bytes(device["device_secret_hash"]), _digest(body.device_secret)
         ):
             raise Problem(401, "device-not-paired", "this device is not paired; pair it again")
+        attempts = f"{body.device_id}:{email}"
+        await limit(
+            self.gate, "pin-attempts", attempts, self.settings.pin_attempts_per_window,
+            self.settings.pin_window_s, "PIN attempts on this device", when_down="refuse",
+        )  # fmt: skip
+        await limit(
+            self.gate, "pin-attempts-daily", email, self.settings.pin_attempts_per_day,
+            86_400, "PIN attempts today", when_down="refuse",
+        )  # fmt: skip
         user = await self.db.fetchrow(sql.STAFF_BY_EMAIL, email)
         allowed = (
             user is not None
             and user["brand_id"] == device["brand_id"]
             and (not user["location_ids"] or device["location_id"] in user["location_ids"])
         )
+        if user is not None and allowed and needs_totp(user["role"], user["totp_secret"]):
+            # Refused before the PIN is checked: no PIN of these roles can be guessed here.
+            raise Problem(
+                403,
+                "second-factor-required",
+                "this role signs in with the password and the authenticator code, not a PIN",
+            )
         pin_ok = await self._verify(user["pin_hash"] if user and allowed else None, body.pin)
         if not pin_ok:
             raise Problem(401, "wrong-pin", "the email or the PIN is not right")
@@ -243,6 +262,7 @@ class Staff:
             await audit(conn, principal, "staff.sign_in", None, {"method": "pin"})
             pair = await self.auth.issue(conn, principal)
         await reset_limit(self.gate, "pin-attempts", attempts)
+        await reset_limit(self.gate, "pin-attempts-daily", email)
         return pair
 
 

@@ -6,16 +6,20 @@ SELECT id, brand_id, email, role, location_ids, password_hash, pin_hash, totp_se
 FROM staff_users WHERE email = $1
 """
 
-# One failure more; the one that reaches the limit locks the account and starts counting
-# afresh (so the next window after the lock has the full number of attempts).
-RECORD_FAILURE = """
+# Count a sign-in attempt before its password is checked, unless the account is locked: the
+# attempt that reaches the limit locks it (and is itself still checked), so concurrent
+# attempts cannot all pass a lock check made before any of them failed. The count starts
+# afresh with the lock (the window after it has the full number of attempts). No row: locked.
+CLAIM_ATTEMPT = """
 UPDATE staff_users
 SET failed_logins = CASE WHEN failed_logins + 1 >= $2 THEN 0 ELSE failed_logins + 1 END,
     locked_until = CASE WHEN failed_logins + 1 >= $2
-                        THEN now() + make_interval(secs => $3) ELSE locked_until END
-WHERE id = $1
+                        THEN now() + make_interval(secs => $3) ELSE NULL END
+WHERE id = $1 AND (locked_until IS NULL OR locked_until <= now())
 RETURNING locked_until
 """
+
+LOCKED_UNTIL = "SELECT locked_until FROM staff_users WHERE id = $1"
 
 # Accept a TOTP step only if it is newer than the last one used (single use per code).
 USE_TOTP_STEP = """

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections import Counter
 from typing import Any
 
+import httpx
+import msgspec
 import pyotp
+import pytest
 
+from server.app import create_app
+from server.lifespan import lifespan
 from server.seed.demo import DEMO_PASSWORD, DEMO_PIN, DEMO_TOTP_SECRET
 from tests.api.staff_support import (
     PASSWORD,
+    PIN,
     bearer,
     make_staff,
     other_brand,
@@ -219,12 +227,100 @@ async def test_pin_brute_force_is_locked_out(client: Client, demo: Demo, service
         "device_secret": device["device_secret"],
         "email": "barista@demo.regulars.test",
     }
+    # A wrong device secret is refused before it counts against the staff member.
+    for _ in range(services.settings.pin_attempts_per_window):
+        stranger = {**body, "device_secret": "not-the-device-secret", "pin": "9999"}
+        response = await client.post("/v1/auth/pin", json=stranger)
+        assert response.status_code == 401 and slug(response) == "device-not-paired"
     for attempt in range(services.settings.pin_attempts_per_window):
         response = await client.post("/v1/auth/pin", json={**body, "pin": f"9{attempt:03d}"})
         assert response.status_code == 401 and slug(response) == "wrong-pin"
     blocked = await client.post("/v1/auth/pin", json={**body, "pin": DEMO_PIN})
     assert blocked.status_code == 429 and slug(blocked) == "too-many-pin-attempts"
     assert int(blocked.headers["retry-after"]) > 0
+    # The account itself is not locked: the password sign-in still works.
+    signed_in = await client.post(
+        "/v1/auth/staff", json={"email": body["email"], "password": DEMO_PASSWORD}
+    )
+    assert signed_in.status_code == 200
+
+
+async def test_pin_attempts_are_limited_per_day_on_all_devices_together(
+    settings: Any, notifier: Any, demo: Demo
+) -> None:
+    """A PIN has 10,000 values: the per-device limit alone let a tablet-holder (or several)
+    try them all within days."""
+    strict = msgspec.structs.replace(settings, pin_attempts_per_day=3)
+    app = create_app(strict, notifier=notifier)
+    async with lifespan(app):
+        transport = httpx.ASGITransport(app=app)
+        async with Client(transport=transport, base_url="http://testserver") as client:
+            services = app.state.services
+            mitte = demo.locations["mitte"]
+            barista = await make_staff(services, demo.brand_id, "barista", [mitte])
+            devices = [await pair_device(client, demo, "mitte") for _ in range(2)]
+
+            async def attempt(device: dict[str, Any], pin: str) -> Any:
+                body = {
+                    "device_id": device["device_id"],
+                    "device_secret": device["device_secret"],
+                    "email": barista.email,
+                    "pin": pin,
+                }
+                return await client.post("/v1/auth/pin", json=body)
+
+            for device in (devices[0], devices[0], devices[1]):
+                assert (await attempt(device, "1111")).status_code == 401
+            refused = await attempt(devices[1], PIN)
+            assert refused.status_code == 429, refused.text
+            assert slug(refused) == "too-many-pin-attempts-daily"
+
+
+async def test_managers_cannot_sign_in_with_a_pin(client: Client, demo: Demo) -> None:
+    """A PIN is no second factor, and managers and admins need one (the demo PIN is theirs
+    too): refused before the PIN is even checked."""
+    device = await pair_device(client, demo, "mitte")
+    for email, pin in (
+        ("manager@demo.regulars.test", DEMO_PIN),
+        ("admin@demo.regulars.test", "0000"),
+    ):
+        response = await client.post(
+            "/v1/auth/pin",
+            json={
+                "device_id": device["device_id"],
+                "device_secret": device["device_secret"],
+                "email": email,
+                "pin": pin,
+            },
+        )
+        assert response.status_code == 403 and slug(response) == "second-factor-required"
+
+
+async def test_concurrent_wrong_passwords_get_no_more_checks_than_the_limit(
+    client: Client, services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock used to be read before the (slow) password check and the failure counted
+    after it: a burst of guesses all had their password checked before any of them failed
+    (a helper got the right password accepted inside a burst that locked the account)."""
+    brand = await other_brand(services)
+    barista = await make_staff(services, brand.brand_id, "barista", [brand.location_id])
+    limit = services.settings.staff_max_failed_logins
+    checked = []
+    verify = services.staff._verify
+
+    async def counted(stored_hash: Any, secret: str) -> bool:
+        checked.append(secret)
+        return bool(await verify(stored_hash, secret))
+
+    monkeypatch.setattr(services.staff, "_verify", counted)
+    wrong = {"email": barista.email, "password": "wrong password"}
+    answers = await asyncio.gather(
+        *(client.post("/v1/auth/staff", json=wrong) for _ in range(6 * limit))
+    )
+    assert len(checked) == limit  # the attempts the limit allows, no more
+    statuses = Counter(response.status_code for response in answers)
+    assert statuses[401] == limit - 1, statuses  # checked and wrong
+    assert statuses[423] == 5 * limit + 1, statuses  # the locking one, then refused unchecked
 
 
 async def test_pin_sign_in_refuses_while_attempts_cannot_be_counted(
