@@ -12,7 +12,6 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from server.auth.guards import requires_role
 from server.auth.tokens import Principal
 from server.catalog.service import Catalog
-from server.infra.problems import Problem
 from shared import contract
 
 __all__ = ["CatalogController"]
@@ -62,6 +61,4 @@ class CatalogController(Controller):
         data: JSONBody[AvailabilityIn],
     ) -> None:
         """Sell out (or bring back) an item at a location; every API process drops its menu."""
-        if not principal.covers(location_id):
-            raise Problem(404, "location-not-found", f"no location {location_id}")
-        await catalog.set_availability(location_id, item_id, data.available)
+        await catalog.set_availability(principal, location_id, item_id, data.available)

@@ -11,6 +11,7 @@ from uuid import UUID
 
 import asyncpg
 
+from server.auth.tokens import Principal
 from server.catalog import sql
 from server.catalog.model import (
     BOOKING_HORIZON,
@@ -25,6 +26,7 @@ from server.infra.cache import SingleFlightCache
 from server.infra.db import Database
 from server.infra.problems import Problem
 from server.infra.redis import RedisGate, RedisUnavailable
+from server.staff.service import audit
 from shared import contract
 
 __all__ = ["CATALOG_CHANNEL", "Catalog"]
@@ -122,15 +124,22 @@ class Catalog:
     def forget(self, location_id: UUID | None = None) -> None:
         self._menus.forget(location_id)
 
-    async def set_availability(self, location_id: UUID, item_id: UUID, available: bool) -> None:
-        """Mark an item (un)available at a location and tell every process to drop the menu."""
+    async def set_availability(
+        self, staff: Principal, location_id: UUID, item_id: UUID, available: bool
+    ) -> None:
+        """Mark an item (un)available at one of the staff member's locations (404 for any
+        other, another brand's included), audited, and tell every process to drop the menu."""
         index = await self.menu(location_id)
+        if index.location.brand_id != staff.brand_id or not staff.covers(location_id):
+            raise Problem(404, "location-not-found", f"no location {location_id}")
         if item_id not in index.items:
             raise Problem(404, "item-not-found", f"no item {item_id} on this menu")
         async with self.db.transaction() as conn:
             await conn.execute(
                 sql.SET_AVAILABLE if available else sql.SET_UNAVAILABLE, location_id, item_id
             )
+            detail = {"location_id": str(location_id), "item_id": str(item_id)}
+            await audit(conn, staff, "item.availability", None, {**detail, "available": available})
         self.forget(location_id)
         # Without Redis, other processes fall back on the TTL.
         with contextlib.suppress(RedisUnavailable):

@@ -12,6 +12,7 @@ import pytest
 
 from server.app import create_app
 from server.auth.notifier import RecordingNotifier
+from server.auth.tokens import Principal
 from server.lifespan import lifespan
 from server.loyalty.jobs import expire_lots, recount_tier_points
 from server.seed.demo import PROGRAM
@@ -177,7 +178,7 @@ async def test_a_clawback_can_go_negative_and_then_refuses_spending(
 
 
 async def test_selling_out_an_item_reaches_every_process(
-    client: Client, demo: Demo, settings: Any, guest: GuestHandle
+    client: Client, demo: Demo, settings: Any, guest: GuestHandle, services: Any
 ) -> None:
     station = demo.locations["station"]
     other = create_app(settings)
@@ -212,6 +213,23 @@ async def test_selling_out_an_item_reaches_every_process(
             ).status_code == 204
     barista = {"Authorization": f"Bearer {demo.staff['barista']}"}
     assert (await client.post(path, json={"available": False}, headers=barista)).status_code == 403
+    # Another brand's admin covers every location of their own brand, not this one.
+    brand = await other_brand(services)
+    stranger = str(
+        services.tokens.issue(
+            Principal(kind="staff", subject_id=uuid.uuid4(), brand_id=brand.brand_id, role="admin")
+        )
+    )
+    refused = await client.post(
+        path, json={"available": False}, headers={"Authorization": f"Bearer {stranger}"}
+    )
+    assert refused.status_code == 404 and refused.json()["type"].endswith("/location-not-found")
+    assert (await menu_items(client, station))["COO"]["available"] is True
+    audited = await services.db.fetchval(
+        "SELECT count(*) FROM audit_log WHERE action = 'item.availability' AND detail->>'item_id' = $1",
+        cookie["id"],
+    )
+    assert audited >= 2  # sold out and brought back, by the shift lead
 
 
 async def test_tier_points_are_recounted_from_the_ledger(

@@ -17,6 +17,7 @@ async def test_another_process_drops_a_changed_menu(
     settings: Settings, services: Any, demo: Demo
 ) -> None:
     station = demo.locations["station"]
+    shift_lead = services.tokens.verify(demo.staff["shift_lead"])
     before_other = await _listening(services)
     other = create_app(settings)
     async with lifespan(other):
@@ -24,7 +25,7 @@ async def test_another_process_drops_a_changed_menu(
         before = await theirs.menu(station)
         item_id = next(i for i, item in before.items.items() if item.available)
         await _until_listening(services, before_other + 1)
-        await services.catalog.set_availability(station, item_id, False)
+        await services.catalog.set_availability(shift_lead, station, item_id, False)
         try:
             for _ in range(100):
                 if not (await theirs.menu(station)).items[item_id].available:
@@ -33,7 +34,7 @@ async def test_another_process_drops_a_changed_menu(
             else:
                 raise AssertionError("the other process kept serving the stale menu")
         finally:
-            await services.catalog.set_availability(station, item_id, True)
+            await services.catalog.set_availability(shift_lead, station, item_id, True)
 
 
 async def test_an_app_stopped_while_its_feed_connects_shuts_down(settings: Settings) -> None:
