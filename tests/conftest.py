@@ -146,7 +146,10 @@ async def demo(client: Client) -> Demo:
         staff = {}
         ids = {}
         for row in await conn.fetch(
-            "SELECT id, role FROM staff_users WHERE brand_id = $1", brand_id
+            # The seeded demo staff, not staff that tests added to the demo brand.
+            "SELECT id, role FROM staff_users WHERE brand_id = $1"
+            " AND email LIKE '%@demo.regulars.test'",
+            brand_id,
         ):
             principal = await services.auth.principal_for(conn, "staff", row["id"])
             staff[row["role"]] = services.tokens.issue(principal)
