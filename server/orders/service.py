@@ -539,7 +539,8 @@ class Orders:
         return transfer_id, state, points
 
     async def cancel(self, principal: Principal, order_id: UUID) -> contract.Order:
-        """Cancel before preparation: the hold is voided, or posted points are given back."""
+        """Cancel before preparation: the hold is voided, or posted points are given back; a
+        paid order's money is refunded (a refund row per line), and a promo use is released."""
         async with self.db.transaction() as conn:
             order = await self._visible(conn, principal, order_id, lock=True)
             allowed = CANCELLABLE_BY_GUEST if principal.kind == "guest" else CANCELLABLE_BY_STAFF
@@ -552,6 +553,9 @@ class Orders:
                     f"an order that is {order['status']} can no longer be cancelled",
                 )
             mirror = await self._release_points(conn, order)
+            if order["status"] != "awaiting_payment":  # paid (or nothing was due): pay it back
+                await conn.execute(sql.REFUND_PAID_LINES, order_id)
+            await conn.execute(sql.RELEASE_PROMO, order_id)
             await conn.execute(sql.SET_STATUS, order_id, "cancelled", 0)
             await conn.execute(sql.RELEASE_SLOT, order["location_id"], order["slot_start"])
             updated = order_from_rows(
@@ -703,6 +707,7 @@ class Orders:
                 if order is None or order["status"] != "awaiting_payment":
                     continue
                 mirror = await self._release_points(conn, order)
+                await conn.execute(sql.RELEASE_PROMO, order["id"])
                 await conn.execute(sql.SET_STATUS, order["id"], "cancelled", 0)
                 await conn.execute(sql.RELEASE_SLOT, order["location_id"], order["slot_start"])
                 expired += 1

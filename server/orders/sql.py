@@ -92,6 +92,27 @@ RETURNING id
 
 MARK_LINE_REFUNDED = "UPDATE order_lines SET refunded_at = now() WHERE id = $1"
 
+# A cancelled order that was paid gives its money back: one refund per line, as for a refund
+# of a completed order (nothing was earned before completion, so nothing is reversed).
+REFUND_PAID_LINES = """
+WITH refunded AS (
+    INSERT INTO refunds (order_line_id, amount_minor, points_restored, points_reversed)
+    SELECT id, paid_minor, points_spent, 0 FROM order_lines
+    WHERE order_id = $1 AND refunded_at IS NULL
+    ON CONFLICT (order_line_id) DO NOTHING
+    RETURNING order_line_id
+)
+UPDATE order_lines SET refunded_at = now() WHERE id IN (SELECT order_line_id FROM refunded)
+"""
+
+# A cancelled or expired order gives its promo code use back.
+RELEASE_PROMO = """
+WITH released AS (
+    DELETE FROM promo_redemptions WHERE order_id = $1 RETURNING promo_code_id
+)
+UPDATE promo_codes SET uses = uses - 1 WHERE id IN (SELECT promo_code_id FROM released)
+"""
+
 ALL_LINES_REFUNDED = """
 SELECT bool_and(refunded_at IS NOT NULL) FROM order_lines WHERE order_id = $1
 """

@@ -157,6 +157,38 @@ async def test_cancel_before_acceptance_returns_the_points(
     await assert_books_balance(services, demo.brand_id)
 
 
+async def test_cancelling_a_paid_order_refunds_the_money_and_the_promo_use(
+    client: Client, guest: GuestHandle, demo: Demo, services: Any
+) -> None:
+    """The points came back on cancel, but the money stayed with the café and the promo code
+    stayed used (a helper found WELCOME10 answering promo-exhausted after the cancel)."""
+    items = await menu_items(client, demo.locations["station"])
+    body = order_body(demo, items, ("SAL", 1), ("LAT", 2), points=50, promo_code="WELCOME10")
+    placed = await place(client, guest, body)
+    assert placed.status_code == 201, placed.text
+    order = placed.json()
+    assert (await pay(client, guest, order["id"])).status_code == 200
+    cancelled = await client.post(f"/v1/orders/{order['id']}/cancel", headers=guest.headers)
+    assert cancelled.status_code == 200, cancelled.text
+    async with services.db.connection() as conn:
+        paid = await conn.fetchval(
+            "SELECT sum(amount_minor) FROM payments WHERE order_id = $1 AND status = 'succeeded'",
+            uuid.UUID(order["id"]),
+        )
+        refunded = await conn.fetchrow(
+            "SELECT sum(r.amount_minor) AS money, sum(r.points_restored) AS points"
+            " FROM refunds r JOIN order_lines l ON l.id = r.order_line_id WHERE l.order_id = $1",
+            uuid.UUID(order["id"]),
+        )
+    assert paid == order["amount_due_minor"] > 0
+    assert refunded["money"] == paid and refunded["points"] == 50
+    assert await ledger_state(services, guest.id) == (PROGRAM.welcome_bonus_points, 0)
+    again = await place(client, guest, body)  # WELCOME10 is once per guest: usable again
+    assert again.status_code == 201, again.text
+    assert again.json()["discount_minor"] == order["discount_minor"] > 0
+    await assert_books_balance(services, demo.brand_id)
+
+
 async def test_declined_payment_leaves_the_order_payable(
     client: Client, guest: GuestHandle, demo: Demo
 ) -> None:
