@@ -55,24 +55,32 @@ async def test_unpaid_orders_expire_and_release_their_points(
     await assert_books_balance(services, demo.brand_id)
 
 
-async def test_expired_lots_are_taken_oldest_first(
-    client: Client, guest: GuestHandle, demo: Demo, services: Any
+async def _expired_lot(
+    services: Any, demo: Demo, guest_id: uuid.UUID, points: int, days_ago: int = 400
 ) -> None:
+    """A lot of ``points`` the guest earned, which expired ``days_ago`` days ago."""
     loyalty = services.loyalty
     async with services.db.transaction() as conn:
-        account_id = await conn.fetchval("SELECT id FROM accounts WHERE guest_id = $1", guest.id)
+        account_id = await conn.fetchval("SELECT id FROM accounts WHERE guest_id = $1", guest_id)
         transfer_id = uuid.uuid4()
         state = await loyalty.ledger.credit(
             conn,
             transfer_id=transfer_id,
             brand_id=demo.brand_id,
             account_id=account_id,
-            points=300,
+            points=points,
             code="earn",
             source="issued",
-            expires_at=datetime.now(UTC) - timedelta(days=1),
+            expires_at=datetime.now(UTC) - timedelta(days=days_ago),
         )
-    await loyalty.mirror(guest.id, "credit", transfer_id, state, 300)
+    await loyalty.mirror(guest_id, "credit", transfer_id, state, points)
+
+
+async def test_expired_lots_are_taken_oldest_first(
+    client: Client, guest: GuestHandle, demo: Demo, services: Any
+) -> None:
+    loyalty = services.loyalty
+    await _expired_lot(services, demo, guest.id, 300, days_ago=1)
     items = await menu_items(client, demo.locations["station"])
     body = order_body(demo, items, ("GC50", 1), points=120)
     order = (await place(client, guest, body)).json()
@@ -87,24 +95,6 @@ async def test_expired_lots_are_taken_oldest_first(
     ledger = (await client.get("/v1/me/ledger", headers=guest.headers)).json()["entries"]
     assert ledger[0]["code"] == "expiry" and ledger[0]["points"] == -180
     await assert_books_balance(services, demo.brand_id)
-
-
-async def _expired_lot(services: Any, demo: Demo, guest_id: uuid.UUID, points: int) -> None:
-    loyalty = services.loyalty
-    async with services.db.transaction() as conn:
-        account_id = await conn.fetchval("SELECT id FROM accounts WHERE guest_id = $1", guest_id)
-        transfer_id = uuid.uuid4()
-        state = await loyalty.ledger.credit(
-            conn,
-            transfer_id=transfer_id,
-            brand_id=demo.brand_id,
-            account_id=account_id,
-            points=points,
-            code="earn",
-            source="issued",
-            expires_at=datetime.now(UTC) - timedelta(days=400),
-        )
-    await loyalty.mirror(guest_id, "credit", transfer_id, state, points)
 
 
 async def test_regulars_with_nothing_due_do_not_starve_the_expiry_job(
