@@ -167,9 +167,9 @@ class Loyalty:
         ``insufficient-points`` once the ledger agrees — without opening a transaction.
 
         When the ledger has the points after all, Redis holds more than PostgreSQL does: the
-        orphan of a process that died between the Redis reserve and the commit, which only
-        ``regulars reconcile`` would void. Refusing on it locked the guest out of those
-        points until then. Instead PostgreSQL decides, and the wallet is dropped from Redis
+        orphan of a process that died between the Redis reserve and the commit, which the
+        reconcile voids only once its page comes round after the grace period. Refusing on
+        it locked the guest out of those points until then. Instead PostgreSQL decides, and the wallet is dropped from Redis
         afterwards, to be loaded afresh on next use: a reload would keep an orphan younger
         than the grace period (it might still be a checkout in flight).
         """
