@@ -83,9 +83,8 @@ async def run_forever(
     """Relay the outbox often (live queues feel instant) and run the slower jobs every interval."""
     loop = asyncio.get_running_loop()
     next_jobs = next_slow = 0.0
-    settings = services.settings
     reconciler = RollingReconcile(
-        services.loyalty, settings.reconcile_grace_s, settings.job_batch_size
+        services.loyalty, services.settings.reconcile_grace_s, services.settings.job_batch_size
     )
     while not stop.is_set():
         if loop.time() >= next_jobs:

@@ -19,7 +19,14 @@ from server.auth.notifier import RecordingNotifier
 from server.infra.db import connect_once
 from server.seed.demo import PROGRAM
 from server.settings import Settings
-from tests.api.helpers import assert_books_balance, ledger_state, menu_items, place, redis_state
+from tests.api.helpers import (
+    assert_books_balance,
+    ledger_state,
+    menu_items,
+    order_body,
+    place,
+    redis_state,
+)
 from tests.conftest import Client, Demo, GuestHandle, give_points, sign_in
 
 WELCOME = PROGRAM.welcome_bonus_points
@@ -56,13 +63,9 @@ async def test_sessions_ended_mid_checkout_are_refused_503_and_a_retry_is_served
     def body() -> dict[str, Any]:
         nonlocal sent
         sent += 1
-        return {
-            "location_id": str(demo.locations["station"]),
-            "lines": [{"item_id": items["CRO"]["id"], "quantity": 1}],
-            "points_to_spend": 5,
-            # Spread over slots so that no pickup slot fills up.
-            "pickup_at": (tomorrow + timedelta(minutes=5 * (sent % 200))).isoformat(),
-        }
+        # Spread over slots so that no pickup slot fills up.
+        pickup_at = (tomorrow + timedelta(minutes=5 * (sent % 200))).isoformat()
+        return order_body(demo, items, ("CRO", 1), points=5, pickup_at=pickup_at)
 
     answers: list[tuple[GuestHandle, str, dict[str, Any], httpx.Response]] = []
     stop = asyncio.Event()
@@ -141,11 +144,7 @@ async def test_a_refused_checkout_whose_wallet_cannot_be_reloaded_drops_it_from_
 
     monkeypatch.setattr(services.loyalty.ledger, "snapshot", session_ended)
     items = await menu_items(client, demo.locations["station"])
-    body = {
-        "location_id": str(demo.locations["station"]),
-        "lines": [{"item_id": items["CRO"]["id"], "quantity": 1}],
-        "points_to_spend": 60,
-    }
+    body = order_body(demo, items, ("CRO", 1), points=60)
     failed = await place(client, guest, body)
     assert failed.status_code == 500 and failed.json()["type"].endswith("/internal-error")
     assert await redis_state(services, guest.id) is None  # dropped, not left holding 60
