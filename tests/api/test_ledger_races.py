@@ -5,6 +5,7 @@ the real database."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import pytest
@@ -131,3 +132,26 @@ async def test_a_retry_of_a_refused_spend_with_the_same_key_is_held_in_redis_too
     expected = await ledger_state(services, guest.id)
     assert expected[1] == 100
     assert await redis_state(services, guest.id) == expected  # Redis had no hold: 100 over
+
+
+async def test_a_duplicate_refused_after_its_twin_committed_does_not_void_the_twins_hold(
+    client: Client, guest: GuestHandle, demo: Demo, services: Any
+) -> None:
+    """Two requests with one Idempotency-Key share a transfer id. When one commits the hold
+    and the other is refused (the key is taken), the refused one reloads the wallet voiding
+    'its' hold first: that is the committed hold. Once Redis had the ledger's version (the
+    twin's own settle reloads it), the void was kept and the load skipped, and Redis lost
+    the hold (seen as a flaky test_concurrent_duplicates_have_one_effect)."""
+    items = await menu_items(client, demo.locations["station"])
+    await services.loyalty.reload(guest.id)
+    placed = await place(client, guest, order_body(demo, items, ("ESP", 1), points=40), "twin")
+    assert placed.status_code == 201, placed.text
+    expected = await ledger_state(services, guest.id)
+    assert expected[1] == 40
+    async with services.db.connection() as conn:
+        transfer_id = await conn.fetchval(
+            "SELECT spend_transfer_id FROM orders WHERE id = $1", uuid.UUID(placed.json()["id"])
+        )
+    await services.loyalty.reload(guest.id)  # the twin's settle: Redis at the ledger's version
+    await services.loyalty.reload(guest.id, void_first=(transfer_id,))  # the refused one's
+    assert await redis_state(services, guest.id) == expected  # was (100, 0): the hold lost

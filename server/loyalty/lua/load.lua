@@ -1,8 +1,8 @@
 -- load: write a wallet read from PostgreSQL, unless Redis already mirrors a newer version.
 -- Holds Redis has reserved in the last grace period but PostgreSQL does not show yet are
 -- checkouts in flight: they are kept, so a reload never admits a spend twice. Holds named in
--- ARGV[7] are voided first in any case (a spend PostgreSQL refused), so refusing and reloading
--- is one call.
+-- ARGV[7] are voided first (a spend PostgreSQL refused) unless PostgreSQL shows them open, so
+-- refusing and reloading is one call.
 -- KEYS[1] wallet hash   KEYS[2] holds hash
 -- ARGV[1] posted   ARGV[2] version   ARGV[3] now ms   ARGV[4] grace ms   ARGV[5] key ttl s
 -- ARGV[6] 1 to write even when the version is not newer (reconcile), else 0
@@ -11,9 +11,13 @@
 -- The wallet's 'loaded' field keeps the version written here: every transfer up to it is
 -- counted, so a mirror of one of them that arrives late (credit, post) does not count it again.
 -- returns {status, spendable}; status: 'ok' | 'exists' (Redis is as new or newer)
+-- A hold PostgreSQL shows open is not voided: a duplicate request with the same key (the same
+-- transfer id) committed it while this one was refused.
+local open_in_pg = {}
+for i = 8, #ARGV, 2 do open_in_pg[ARGV[i]] = true end
 for id in string.gmatch(ARGV[7], '%S+') do
   local hold = redis.call('HGET', KEYS[2], id)
-  if hold then
+  if hold and not open_in_pg[id] then
     local points, state, ms = string.match(hold, '^(%-?%d+)|(%a)|(%d+)$')
     if state == 'p' then
       redis.call('HINCRBY', KEYS[1], 'pending', -tonumber(points))
