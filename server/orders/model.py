@@ -167,7 +167,12 @@ def quote(
     ):
         line.discount_minor = share
     payable = subtotal - discount_minor
-    max_points = points_cap(program, payable)
+    payables = [line.gross_minor - line.discount_minor for line in lines]
+    # What each line can still take in whole points. Split by money, a point worth more than
+    # a minor unit could land on a line that costs less than it (paid_minor below zero), and
+    # the order's cap can exceed what its lines can take one by one.
+    room = [line_payable // program.point_value_minor for line_payable in payables]
+    max_points = min(points_cap(program, payable), sum(room))
     if points_to_spend > max_points:
         raise Problem(
             422,
@@ -176,9 +181,8 @@ def quote(
             f"({program.max_points_share_pct}% of {payable} minor units)",
             max_points=max_points,
         )
-    payables = [line.gross_minor - line.discount_minor for line in lines]
     for line, points, line_payable in zip(
-        lines, allocate(points_to_spend, payables), payables, strict=True
+        lines, allocate(points_to_spend, room), payables, strict=True
     ):
         line.points_spent = points
         line.paid_minor = line_payable - points * program.point_value_minor

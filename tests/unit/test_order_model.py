@@ -79,6 +79,33 @@ def test_points_are_capped_and_earning_skips_points_and_excluded_lines() -> None
     assert refused.value.slug == "points-over-cap"
 
 
+@pytest.mark.parametrize("prices", [[15, 15], [5, 100], [19, 21, 7], [9, 9, 9, 9]])
+def test_a_point_worth_more_than_a_cent_never_pays_more_than_a_line_costs(
+    prices: list[int],
+) -> None:
+    """With a point worth 10 minor units, two lines of 15 can take one point each, not the
+    three that 30 would suggest: the third landed on a line as a second point (20 > 15) and
+    left it paid at -5."""
+    program = Program(point_value_minor=10, earn_per_100_minor=5, max_points_share_pct=100)
+    items = [
+        PricedItem(uuid.uuid4(), f"I{n}", f"Item {n}", p, True, True) for n, p in enumerate(prices)
+    ]
+    index = MenuIndex(LOCATION, "EUR", {i.id: i for i in items}, INDEX.menu)
+    cap = sum(p // 10 for p in prices)
+    for points in range(cap + 1):
+        q = quote(
+            program, program.tiers[0], price_lines(index, [line(i) for i in items], 50), 0, points
+        )
+        assert q.max_points == cap
+        assert all(ln.paid_minor >= 0 for ln in q.lines), [ln.paid_minor for ln in q.lines]
+        assert sum(ln.paid_minor for ln in q.lines) == q.amount_due_minor
+    with pytest.raises(Problem) as refused:
+        quote(
+            program, program.tiers[0], price_lines(index, [line(i) for i in items], 50), 0, cap + 1
+        )
+    assert refused.value.slug == "points-over-cap"
+
+
 def test_tier_multiplier_applies_to_earning() -> None:
     lines = price_lines(INDEX, [line(LATTE, 5)], 50)
     assert quote(PROGRAM, PROGRAM.tiers[1], lines, 0, 0).points_to_earn == 2000 * 5 * 150 // 10_000
