@@ -20,6 +20,7 @@ from server.infra.db import Database
 from server.infra.problems import Problem
 from server.infra.redis import RedisGate, RedisUnavailable
 from server.settings import Settings
+from server.staff.model import needs_totp
 from shared import contract
 
 __all__ = ["Auth"]
@@ -40,6 +41,16 @@ REVOKE_FAMILY = (
 )
 GUEST_BRAND = "SELECT brand_id FROM guests WHERE id = $1 AND erased_at IS NULL"
 STAFF_PRINCIPAL = "SELECT id, brand_id, role, location_ids FROM staff_users WHERE id = $1"
+# What a kiosk session's refresh rechecks: the device is still paired, in the staff member's
+# brand, and the staff member's scope still covers its location (empty: the whole brand).
+KIOSK_SESSION = """
+SELECT s.role, s.totp_secret
+FROM kiosk_devices d
+JOIN locations l ON l.id = d.location_id
+JOIN staff_users s ON s.id = $2 AND s.brand_id = l.brand_id
+WHERE d.id = $1 AND d.paired_at IS NOT NULL
+  AND (cardinality(s.location_ids) = 0 OR d.location_id = ANY (s.location_ids))
+"""
 
 
 def _hash(secret: str) -> bytes:
@@ -201,11 +212,14 @@ class Auth:
                 or row["expires_at"] < datetime.now(UTC)
             ):
                 raise Problem(401, "invalid-refresh-token", "sign in again")
+            refused: Problem | None = None
             if row["used_at"] is not None:
-                await conn.execute(REVOKE_FAMILY, row["family_id"])
-                reused = True
+                refused = Problem(
+                    401,
+                    "refresh-token-reused",
+                    "this refresh token was already used; every session of it is signed out",
+                )
             else:
-                reused = False
                 await conn.execute(USE_REFRESH, row["id"])
                 principal = await self.principal_for(conn, row["subject_kind"], row["subject_id"])
                 if row["device_id"] is not None:
@@ -214,14 +228,32 @@ class Auth:
                         device_id=row["device_id"],
                         location_ids=frozenset(row["location_ids"]),
                     )
+                    refused = await self._kiosk_session_ended(conn, principal)
+            if refused is not None:
+                # Committed before the refusal: no token of the family works any more.
+                await conn.execute(REVOKE_FAMILY, row["family_id"])
+            else:
                 pair = await self.issue(conn, principal, row["family_id"])
-        if reused:
-            raise Problem(
-                401,
-                "refresh-token-reused",
-                "this refresh token was already used; every session of it is signed out",
-            )
+        if refused is not None:
+            raise refused
         return pair
+
+    async def _kiosk_session_ended(
+        self, conn: asyncpg.Connection, principal: Principal
+    ) -> Problem | None:
+        """Why a kiosk (PIN) session may not go on, checked at each refresh as at sign-in: the
+        staff member no longer covers the device's location, or their role now signs in with
+        a second factor, which a PIN session would otherwise get around."""
+        session = await conn.fetchrow(KIOSK_SESSION, principal.device_id, principal.subject_id)
+        if session is None:
+            return Problem(401, "invalid-refresh-token", "sign in again on this device")
+        if needs_totp(session["role"], session["totp_secret"]):
+            return Problem(
+                401,
+                "second-factor-required",
+                "this role signs in with the password and the authenticator code, not a PIN",
+            )
+        return None
 
     async def principal_for(
         self, conn: asyncpg.Connection, kind: str, subject_id: UUID

@@ -340,3 +340,58 @@ async def test_pin_sign_in_refuses_while_attempts_cannot_be_counted(
         stack.start_redis()
     # Without a counter a 4-digit PIN could be guessed freely: refuse rather than allow.
     assert refused.status_code == 503 and slug(refused) == "limit-unavailable"
+
+
+@pytest.mark.parametrize(
+    ("what_changed", "slug"),
+    [
+        # moved to another location: the device's location is no longer theirs
+        ("moved", "invalid-refresh-token"),
+        # promoted: a manager signs in with the password and TOTP, never with a PIN
+        ("promoted", "second-factor-required"),
+    ],
+)
+async def test_a_kiosk_session_ends_when_the_staff_member_no_longer_fits_it(
+    client: Client, demo: Demo, services: Any, what_changed: str, slug: str
+) -> None:
+    """The refresh of a PIN session rechecks what the PIN sign-in checked; before, it carried
+    the old scope and the PIN session on for as long as the kiosk kept refreshing."""
+    device = await pair_device(client, demo, "mitte")
+    barista = await make_staff(
+        services, demo.brand_id, "barista", [demo.locations["mitte"], demo.locations["station"]]
+    )
+    signed_in = await client.post(
+        "/v1/auth/pin",
+        json={
+            "device_id": device["device_id"],
+            "device_secret": device["device_secret"],
+            "email": barista.email,
+            "pin": PIN,
+        },
+    )
+    assert signed_in.status_code == 200, signed_in.text
+    first = await client.post(
+        "/v1/auth/refresh", json={"refresh_token": signed_in.json()["refresh_token"]}
+    )
+    assert first.status_code == 200, first.text
+
+    async with services.db.transaction() as conn:
+        if what_changed == "moved":
+            await conn.execute(
+                "UPDATE staff_users SET location_ids = $2 WHERE id = $1",
+                barista.id,
+                [demo.locations["station"]],
+            )
+        else:
+            await conn.execute("UPDATE staff_users SET role = 'manager' WHERE id = $1", barista.id)
+    refused = await client.post(
+        "/v1/auth/refresh", json={"refresh_token": first.json()["refresh_token"]}
+    )
+    assert refused.status_code == 401, refused.text
+    assert refused.json()["type"].endswith(f"/{slug}")
+    # the whole session is over, not only this attempt: every token of it is revoked
+    live = await services.db.fetchval(
+        "SELECT count(*) FROM refresh_tokens WHERE subject_id = $1 AND revoked_at IS NULL",
+        barista.id,
+    )
+    assert live == 0
