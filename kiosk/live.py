@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus, WebSocketException
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from kiosk.settings import KioskSettings
 from shared import contract
@@ -24,6 +24,9 @@ from shared import contract
 __all__ = ["Backoff", "LiveEvent", "LiveQueue"]
 
 log = logging.getLogger("kiosk.live")
+# The close code the server sends when the socket's access token is missing or has expired
+# (WS_UNAUTHENTICATED in server/kiosk/controller.py).
+_TOKEN_REFUSED = 4401
 
 
 @dataclass(slots=True)
@@ -100,6 +103,12 @@ class LiveQueue:
                         event = parse_event(raw)
                         if event is not None:
                             await self._on_event(event)
+            except ConnectionClosed as exc:
+                if exc.rcvd is not None and exc.rcvd.code == _TOKEN_REFUSED:
+                    # The server closes the socket when the token that opened it expires:
+                    # reconnect with a fresh one rather than be refused with the old one.
+                    await self._refresh_auth()
+                log.info("live queue closed: %s", exc)
             except InvalidStatus as exc:
                 if exc.response.status_code in (401, 403):
                     # The access token in the URL expired; a fresh one makes the next try work.

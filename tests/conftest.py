@@ -265,7 +265,14 @@ class LiveServer:
             self._thread.join(timeout=30)
             self._server = self._thread = None
 
-    def staff_token(self, role: str = "barista") -> str:
+    def staff_token(self, role: str = "barista", expires_in_s: int | None = None) -> str:
+        """An access token of the demo staff member with ``role``; with ``expires_in_s``, one
+        that expires that many seconds from now instead of after the full lifetime."""
+        issuer = tokens()
+        issued_at = (
+            None if expires_in_s is None else time.time() - issuer.access_ttl_s + expires_in_s
+        )
+
         async def issue() -> str:
             conn = await connect_once(self.settings.database_url or "")
             try:
@@ -277,14 +284,15 @@ class LiveServer:
                 )
             finally:
                 await conn.close()
-            return tokens().issue(
+            return issuer.issue(
                 Principal(
                     kind="staff",
                     subject_id=staff_id,
                     brand_id=row["brand_id"],
                     role=row["role"],
                     location_ids=frozenset(row["location_ids"]),
-                )
+                ),
+                issued_at,
             )
 
         return asyncio.run(issue())

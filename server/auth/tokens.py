@@ -78,6 +78,11 @@ class TokenIssuer:
         self._verified[token] = (principal, expires_at)
         return principal
 
+    def expires_at(self, token: str) -> float:
+        """When a token that ``verify`` accepts stops being valid, in Unix seconds."""
+        known = self._verified.get(token)
+        return known[1] if known is not None else self._decode(token)[1]
+
     def _decode(self, token: str) -> tuple[Principal, float]:
         try:
             claims = jwt.decode(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 from uuid import UUID
 
@@ -13,7 +14,7 @@ from litestar.exceptions import WebSocketDisconnect
 from litestar.params import FromPath, JSONBody
 
 from server.auth.guards import requires_staff
-from server.auth.tokens import Principal
+from server.auth.tokens import Principal, TokenIssuer
 from server.infra.http import IdempotencyKeyHeader, stored_response
 from server.infra.idempotency import require_key
 from server.infra.problems import Problem
@@ -151,32 +152,46 @@ class QueueController(Controller):
         except Problem:
             await socket.close(code=WS_NOT_FOUND, reason="location not found")
             return
+        tokens: TokenIssuer = socket.app.state.tokens
+        expires_at = tokens.expires_at(socket.scope["auth"])
         await socket.accept()
         async with live_queues.listen(location_id) as events:
             await socket.send_text(queue_hello(location_id))
-            await _pump(socket, events)
+            await _pump(socket, events, expires_at)
 
 
-async def _pump(socket: WebSocket[Any, Any, Any], events: asyncio.Queue[str]) -> None:
-    """Forward events until the client goes away (anything it sends is ignored)."""
+async def _pump(
+    socket: WebSocket[Any, Any, Any], events: asyncio.Queue[str], expires_at: float
+) -> None:
+    """Forward events until the client goes away (anything it sends is ignored) or its access
+    token expires (Unix seconds ``expires_at``). Then the socket closes with 4401, and the
+    kiosk reconnects with a fresh token: a socket must not outlive the token that opened it,
+    or a staff member whose access ended would go on seeing the queue."""
 
     async def drain_client() -> None:
         while True:
             await socket.receive_data(mode="text")
 
     client = asyncio.create_task(drain_client())
+    getter: asyncio.Task[str] | None = None
+    loop = asyncio.get_running_loop()
     try:
-        while not client.done():
-            getter = asyncio.create_task(events.get())
-            done, _ = await asyncio.wait({getter, client}, return_when=asyncio.FIRST_COMPLETED)
-            if getter not in done:
-                getter.cancel()
-                break
-            await socket.send_text(getter.result())
+        async with asyncio.timeout_at(loop.time() + expires_at - time.time()):
+            while not client.done():
+                getter = asyncio.create_task(events.get())
+                done, _ = await asyncio.wait({getter, client}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    break
+                await socket.send_text(getter.result())
+    except TimeoutError:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the client left first
+            await socket.close(code=WS_UNAUTHENTICATED, reason="the access token expired")
     except WebSocketDisconnect:
         pass
     finally:
-        client.cancel()
+        for task in (getter, client):
+            if task is not None:
+                task.cancel()
         with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, Exception):
             await client
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from server.auth.notifier import RecordingNotifier
@@ -124,3 +124,19 @@ def test_live_queue_refuses_other_locations_and_bad_tokens(live_server: LiveServ
     for query in ("", "?token=not-a-token"):
         with pytest.raises(InvalidStatus):
             connect(f"{base}/{station}/queue/live{query}", open_timeout=10)
+
+
+def test_live_queue_closes_when_its_token_expires(live_server: LiveServer) -> None:
+    """A socket must not outlive the token that opened it: closed with 4401 at expiry, so the
+    kiosk reconnects with a fresh token (and a revoked one can no longer listen)."""
+    token = live_server.staff_token("barista", expires_in_s=3)
+    with httpx.Client(base_url=live_server.base_url, timeout=10) as http:
+        station = _station(http)
+    url = f"ws://127.0.0.1:{live_server.port}/v1/locations/{station}/queue/live?token={token}"
+    with connect(url, open_timeout=10) as socket:
+        assert json.loads(socket.recv(timeout=10))["event"] == "subscribed"
+        with pytest.raises(ConnectionClosed) as closed:
+            socket.recv(timeout=15)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 4401
+    assert closed.value.rcvd.reason == "the access token expired"

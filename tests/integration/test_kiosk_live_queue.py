@@ -85,3 +85,41 @@ def test_live_queue_reconnects_after_the_server_comes_back(live_server: LiveServ
     order_id = asyncio.run(scenario())
     placed = [e for e in events if e.order.id == uuid.UUID(order_id)]
     assert placed[0].event == "order.placed"
+
+
+def test_live_queue_reconnects_with_a_fresh_token_when_its_token_expires(
+    live_server: LiveServer,
+) -> None:
+    """The server closes the socket when its token expires (4401); the kiosk refreshes at once
+    and reconnects, and events after that arrive over the new socket."""
+    locations = httpx.get(live_server.base_url + "/v1/locations").json()
+    station = next(loc["id"] for loc in locations if "24/7" in loc["name"])
+    base = live_server.base_url.replace("http", "ws") + f"/v1/locations/{station}/queue/live"
+    token = [live_server.staff_token("barista", expires_in_s=3)]
+    events: list[LiveEvent] = []
+    connected: list[bool] = []
+
+    async def on_event(event: LiveEvent) -> None:
+        events.append(event)
+
+    async def on_connected(up: bool) -> None:
+        connected.append(up)
+
+    async def refresh() -> bool:
+        token[0] = await asyncio.to_thread(live_server.staff_token, "barista")
+        return True
+
+    async def scenario() -> Any:
+        queue = LiveQueue(lambda: f"{base}?token={token[0]}", on_event, on_connected, refresh, FAST)
+        task = asyncio.create_task(queue.run())
+        try:
+            await until(lambda: connected.count(True) >= 2)
+            order_id = await asyncio.to_thread(place_and_pay, live_server, station)
+            await until(lambda: any(e.order.id == uuid.UUID(order_id) for e in events))
+        finally:
+            task.cancel()
+        return order_id
+
+    asyncio.run(scenario())
+    # closed at expiry, refreshed, reconnected: no attempt refused with the expired token
+    assert connected[:3] == [True, False, True]
