@@ -141,7 +141,8 @@ class QueueController(Controller):
         """Order events of the location as they happen (token in ``?token=``).
 
         The first message is ``{"event": "subscribed"}``; then each
-        ``{"event": "order.placed" | "order.status", "order": {…}}``.
+        ``{"event": "order.placed" | "order.status", "order": {…}}``. The socket closes with
+        4401 when the token expires: reconnect with a fresh one.
         """
         principal = socket.scope.get("user")
         if not isinstance(principal, Principal) or principal.kind != "staff":
