@@ -120,6 +120,23 @@ class HotWallets:
         )
         return state, holds
 
+    async def balances(self, guest_ids: Sequence[UUID]) -> dict[UUID, tuple[int, int]]:
+        """(posted, pending) of each loaded wallet among ``guest_ids``, in one round trip;
+        a guest whose wallet is not loaded is left out. Reads no holds."""
+
+        async def read() -> list[list[str | None]]:
+            async with self.gate.client.pipeline(transaction=False) as pipe:
+                for guest_id in guest_ids:
+                    pipe.hmget(wallet_keys(guest_id)[0], "posted", "pending")
+                return list(await pipe.execute())
+
+        replies = await self.gate.run(read)
+        return {
+            guest_id: (int(posted), int(pending))
+            for guest_id, (posted, pending) in zip(guest_ids, replies, strict=True)
+            if posted is not None and pending is not None
+        }
+
     async def preload(self) -> None:
         """Load every script into Redis (at start-up, and when Redis comes back empty), so a
         spend's calls are EVALSHA hits rather than a NOSCRIPT round trip and a reload."""

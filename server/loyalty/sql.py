@@ -204,6 +204,11 @@ WHERE kind = 'guest' AND ($1::uuid IS NULL OR guest_id > $1)
 ORDER BY guest_id LIMIT $2
 """
 
+GUEST_BALANCES = """
+SELECT guest_id, credits_posted - debits_posted AS posted, debits_pending AS pending
+FROM accounts WHERE kind = 'guest' AND guest_id = ANY ($1::uuid[])
+"""
+
 # Holds whose time is up (the worker voids them): read from the open ones only.
 TIMED_OUT_HOLDS = """
 SELECT transfer_id AS id FROM open_holds WHERE timeout_at < now()

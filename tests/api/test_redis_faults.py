@@ -7,14 +7,16 @@ import asyncio
 import os
 import subprocess
 import sys
+import uuid
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
+from server.loyalty.hot import wallet_keys
 from server.seed.demo import PROGRAM
 from tests.api.helpers import assert_books_balance, ledger_state, menu_items, place, redis_state
-from tests.conftest import Client, Demo, GuestHandle, Stack, give_points, new_phone
+from tests.conftest import Client, Demo, GuestHandle, Stack, give_points, new_phone, sign_in
 
 WELCOME = PROGRAM.welcome_bonus_points
 
@@ -147,6 +149,16 @@ async def test_reconcile_voids_the_orphan_of_a_crash(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await _crash_after_the_reserve(client, guest, demo, services, monkeypatch)
+    stdout = await _regulars_reconcile(settings)
+    assert f"{guest.id}: voided orphan hold" in stdout
+    assert await redis_state(services, guest.id) == (400, 0)
+    spent = await _spend_all(client, demo, guest)
+    assert spent.status_code == 201, spent.text
+    assert await ledger_state(services, guest.id) == (0, 400)
+
+
+async def _regulars_reconcile(settings: Any) -> str:
+    """Run `regulars reconcile --grace-s 0` as an operator would; returns what it printed."""
     env = {
         **os.environ,
         "REGULARS_DATABASE_URL": settings.database_url,
@@ -162,11 +174,75 @@ async def test_reconcile_voids_the_orphan_of_a_crash(
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert f"{guest.id}: voided orphan hold" in result.stdout
-    assert await redis_state(services, guest.id) == (400, 0)
-    spent = await _spend_all(client, demo, guest)
-    assert spent.status_code == 201, spent.text
-    assert await ledger_state(services, guest.id) == (0, 400)
+    return result.stdout
+
+
+async def test_regulars_reconcile_finds_holds_that_differ_while_the_sums_agree(
+    client: Client, guest: GuestHandle, demo: Demo, services: Any, settings: Any
+) -> None:
+    """An orphan hold and a missing hold of the same points leave the sums equal, which is
+    all the worker's pass compares; `regulars reconcile` reads every wallet in full."""
+    await give_points(client, demo, guest, 400 - WELCOME)
+    placed = await place(client, guest, await order_body(client, demo, 100, "SAL", 4))
+    assert placed.status_code == 201, placed.text
+    async with services.db.connection() as conn:
+        hold_id = await conn.fetchval(
+            "SELECT h.transfer_id FROM open_holds h JOIN accounts a ON a.id = h.account_id"
+            " WHERE a.guest_id = $1",
+            guest.id,
+        )
+    orphan_id = uuid.uuid4()
+    holds_key = wallet_keys(guest.id)[1]
+    await services.gate.client.hdel(holds_key, str(hold_id))
+    await services.gate.client.hset(holds_key, str(orphan_id), "100|p|0")
+    assert await redis_state(services, guest.id) == await ledger_state(services, guest.id)
+
+    stdout = await _regulars_reconcile(settings)
+    assert f"{guest.id}: voided orphan hold {orphan_id} (100 points)" in stdout
+    assert f"restored hold {hold_id} (100 points)" in stdout
+    hot = await services.loyalty.hot.read(guest.id)
+    assert hot is not None
+    open_holds = {key for key, value in hot[1].items() if value.split("|")[1] == "p"}
+    assert open_holds == {str(hold_id)}
+
+
+async def test_the_worker_reads_in_full_only_the_wallets_whose_sums_differ(
+    client: Client,
+    guest: GuestHandle,
+    demo: Demo,
+    services: Any,
+    notifier: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A busy guest's wallet holds thousands of resolved transfers: the worker reading every
+    wallet of its page in full each pass stalled checkouts at the morning rush. A pass now
+    compares the sums of a page and reads in full only a wallet that differs."""
+    from server.loyalty.reconcile import reconcile_page
+
+    other = await sign_in(client, notifier)
+    for handle in (guest, other):
+        await services.loyalty.reload(handle.id)
+        assert await redis_state(services, handle.id) == (WELCOME, 0)
+    await services.gate.client.hset(wallet_keys(guest.id)[0], "posted", WELCOME + 500)
+
+    read_in_full: list[uuid.UUID] = []
+    read = services.loyalty.hot.read
+
+    async def counted(guest_id: uuid.UUID) -> Any:
+        read_in_full.append(guest_id)
+        return await read(guest_id)
+
+    monkeypatch.setattr(services.loyalty.hot, "read", counted)
+    repairs, after = [], None
+    while True:
+        page, after = await reconcile_page(services.loyalty, 0, after, 500)
+        repairs += page
+        if after is None:
+            break
+    assert guest.id in read_in_full and other.id not in read_in_full
+    fixed = [repair.what for repair in repairs if repair.guest_id == guest.id]
+    assert fixed == [[f"posted {WELCOME + 500} -> {WELCOME}"]]
+    assert await redis_state(services, guest.id) == (WELCOME, 0)
 
 
 async def test_the_worker_voids_the_orphan_of_a_crash_a_page_at_a_time(
