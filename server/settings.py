@@ -106,6 +106,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     slow_jobs_interval_s: float = 3600.0
     reconcile_grace_s: float = 30.0
     job_batch_size: int = 500
+    # A backlog (orders past their payment window, holds past their timeout) drains in chunks
+    # at this share of the worker's time, beside the checkouts rather than as a burst that
+    # stalls them: 500 expiries took ~3 s of a loaded box's CPU at once (docs/PERFORMANCE.md).
+    job_chunk_size: int = 50
+    worker_duty: float = 0.25
 
     def __post_init__(self) -> None:
         for name in (
@@ -114,9 +119,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             "redis_pool_max",
             "page_size_max",
             "checkouts_in_flight",
+            "job_chunk_size",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{PREFIX}{name.upper()} must be at least 1")
+        if not 0 < self.worker_duty <= 1:
+            raise ValueError(f"{PREFIX}WORKER_DUTY must be above 0 and at most 1")
         if self.db_pool_min > self.db_pool_max:
             raise ValueError(f"{PREFIX}DB_POOL_MIN must not exceed {PREFIX}DB_POOL_MAX")
         if self.env == "prod" and not self.jwt_secret:

@@ -55,6 +55,77 @@ async def test_unpaid_orders_expire_and_release_their_points(
     await assert_books_balance(services, demo.brand_id)
 
 
+async def test_a_paced_pass_expires_the_whole_backlog_in_chunks(
+    client: Client, guest: GuestHandle, demo: Demo, services: Any
+) -> None:
+    """The worker drains what is due in chunks (here of 2), each a call of the real job with
+    a rest between, until a chunk comes back short."""
+    from server.worker import Pacer, run_once
+
+    items = await menu_items(client, demo.locations["station"])
+    body = order_body(demo, items, ("AVO", 1), points=10)
+    orders = [(await place(client, guest, body)).json()["id"] for _ in range(5)]
+    async with services.db.transaction() as conn:
+        await conn.execute(
+            "UPDATE orders SET payment_expires_at = now() - interval '1 second'"
+            " WHERE id = ANY($1::uuid[])",
+            [uuid.UUID(order_id) for order_id in orders],
+        )
+    rests: list[float] = []
+
+    async def rest(seconds: float) -> bool:
+        rests.append(seconds)
+        return True
+
+    done = await run_once(services, slow=False, pacer=Pacer(0.5, 2, rest), relay=False)
+    assert done["expired_orders"] >= 5 and len(rests) >= 2
+    for order_id in orders:
+        shown = (await client.get(f"/v1/orders/{order_id}", headers=guest.headers)).json()
+        assert shown["status"] == "cancelled"
+    assert await ledger_state(services, guest.id) == (WELCOME, 0)
+    assert await redis_state(services, guest.id) == (WELCOME, 0)
+
+
+async def test_the_live_queues_are_relayed_while_a_long_pass_runs(
+    services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass draining a backlog at its share of the time lasts seconds; the relay of the
+    live queues ran only between passes and waited for it."""
+    import server.worker
+
+    busy, release = asyncio.Event(), asyncio.Event()
+
+    async def long_backlog(_: int) -> int:
+        busy.set()
+        await release.wait()
+        return 0
+
+    relays = 0
+    relay = server.worker.relay_outbox
+
+    async def counted(relaying: Any, batch_size: int) -> int:
+        nonlocal relays
+        relays += relaying is services  # not the live server's worker, if one runs
+        return await relay(relaying, batch_size)
+
+    monkeypatch.setattr(services.orders, "expire_unpaid", long_backlog)
+    monkeypatch.setattr(server.worker, "relay_outbox", counted)
+    stop = asyncio.Event()
+    running = asyncio.create_task(server.worker.run_forever(services, stop, relay_interval_s=0.01))
+    try:
+        await asyncio.wait_for(busy.wait(), 10)
+        during = relays
+        for _ in range(1_000):
+            if relays >= during + 3:
+                break
+            await asyncio.sleep(0.01)
+        assert relays >= during + 3, "the relay waited for the pass"
+    finally:
+        stop.set()
+        release.set()
+        await asyncio.wait_for(running, 10)
+
+
 async def _expired_lot(
     services: Any, demo: Demo, guest_id: uuid.UUID, points: int, days_ago: int = 400
 ) -> None:

@@ -19,6 +19,9 @@ def test_defaults_and_environment() -> None:
         ({"REGULARS_LOG_FORMAT": "xml"}, "REGULARS_LOG_FORMAT"),
         ({"REGULARS_DATABSE_URL": "postgresql://"}, "REGULARS_DATABSE_URL"),
         ({"REGULARS_ENV": "prod"}, "REGULARS_JWT_SECRET"),
+        ({"REGULARS_WORKER_DUTY": "0"}, "REGULARS_WORKER_DUTY"),
+        ({"REGULARS_WORKER_DUTY": "1.5"}, "REGULARS_WORKER_DUTY"),
+        ({"REGULARS_JOB_CHUNK_SIZE": "0"}, "REGULARS_JOB_CHUNK_SIZE"),
     ],
 )
 def test_a_bad_value_names_the_variable(environ: dict[str, str], named: str) -> None:
