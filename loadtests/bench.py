@@ -25,7 +25,8 @@ has no such setting, see docs/PERFORMANCE.md); ``sched=batch`` runs PostgreSQL a
 SCHED_BATCH while it is measured (``sched=batch-all``: the server too), so that a woken
 backend does not preempt the running API. ``stack=free`` with ``cpus=`` pins only the server
 and leaves PostgreSQL and Redis free on every CPU; ``nice=N`` runs the server's processes at
-that nice value while measured. ``tree=/path/to/worktree`` runs the server from
+that nice value while measured; ``pg.NAME=VALUE`` sets a PostgreSQL setting (``ALTER SYSTEM``,
+reloaded) while it is measured and resets it afterwards. ``tree=/path/to/worktree`` runs the server from
 another checkout (say ``git worktree add /tmp/base HEAD~1``) to compare code side by side
 against the same stack. F1 always runs with PostgreSQL free to use every CPU
 under the default policy: it is the floor.
@@ -394,7 +395,7 @@ class Bench:
             if tree:  # another checkout's code (a git worktree), against the same stack
                 env["PYTHONPATH"] = tree
             for name, value in server.options.items():
-                if name in BENCH_OPTIONS:
+                if name in BENCH_OPTIONS or name.startswith("pg."):
                     continue
                 env[
                     f"REGULARS_DB_{name.upper()}_MAX"
@@ -697,8 +698,9 @@ class Bench:
         """For a server spec with ``cpus=``: the server's processes on those CPUs and the
         stack's PostgreSQL and Redis on the others while it is measured. With ``sched=batch``:
         PostgreSQL and Redis under SCHED_BATCH (a woken backend does not preempt the running
-        API), ``sched=batch-all`` the server too. F1 and other servers run with everything
-        free to use every CPU, under the default policy."""
+        API), ``sched=batch-all`` the server too. With ``pg.NAME=VALUE``: that PostgreSQL
+        setting. F1 and other servers run with everything free to use every CPU, under the
+        default policy and PostgreSQL's settings."""
         cpus = server.options.get("cpus")
         sched = server.options.get("sched")
         nice = server.options.get("nice")
@@ -715,9 +717,12 @@ class Bench:
             self._each([self.dev_pid], _is_stack_service, _policy(os.SCHED_BATCH))
             if sched == "batch-all":
                 self._each(server.pids, lambda _name: True, _policy(os.SCHED_BATCH))
+        pg = {k[3:]: v for k, v in server.options.items() if k.startswith("pg.")}
+        self._pg_settings(pg)
         try:
             yield
         finally:
+            self._pg_settings(dict.fromkeys(pg))
             if cpus:
                 self._each(server.pids, lambda _name: True, _affinity(everything))
                 self._each([self.dev_pid], _is_stack_service, _affinity(everything))
@@ -726,6 +731,21 @@ class Bench:
             if sched:
                 self._each([self.dev_pid], _is_stack_service, _policy(os.SCHED_OTHER))
                 self._each(server.pids, lambda _name: True, _policy(os.SCHED_OTHER))
+
+    def _pg_settings(self, settings: dict[str, str | None]) -> None:
+        """``ALTER SYSTEM`` each setting (None: back to the default), then reload. One psql
+        call per statement: ALTER SYSTEM refuses to run inside a transaction block."""
+        if not settings:
+            return
+        for name, value in settings.items():
+            if not re.fullmatch(r"[a-z_]+", name):
+                raise ValueError(f"not a PostgreSQL setting name: {name!r}")
+            self.psql(
+                f"ALTER SYSTEM RESET {name}"
+                if value is None
+                else f"ALTER SYSTEM SET {name} = '{value.replace(chr(39), chr(39) * 2)}'"
+            )
+        self.psql("SELECT pg_reload_conf()")
 
     @staticmethod
     def _each(roots: list[int], which: Callable[[str], bool], act: Callable[[int], None]) -> None:
