@@ -108,7 +108,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     job_batch_size: int = 500
     # A backlog (orders past their payment window, holds past their timeout) drains in chunks
     # at this share of the worker's time, beside the checkouts rather than as a burst that
-    # stalls them: 500 expiries took ~3 s of a loaded box's CPU at once (docs/PERFORMANCE.md).
+    # stalls them: 500 expiries and 500 voids took ~3 s on a loaded box (docs/PERFORMANCE.md).
     job_chunk_size: int = 50
     worker_duty: float = 0.25
 

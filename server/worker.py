@@ -51,9 +51,9 @@ async def relay_outbox(services: Services, batch_size: int) -> int:
 
 class Pacer:
     """Drains a backlog job in chunks at a share (``duty``) of the time: after each full
-    chunk it rests for as long as keeps the share. Expiring 500 orders in one go took ~3 s
-    of a loaded box's CPU and stalled the checkouts beside it (p99 past a second at 900/s);
-    the same work as a trickle costs them far less."""
+    chunk it rests for as long as keeps the share. Expiring 500 orders and voiding 500 holds
+    back to back took ~3 s on a loaded box and stalled the checkouts beside it; as a trickle
+    the same work cost their p99 less (docs/PERFORMANCE.md, night session)."""
 
     def __init__(
         self,
@@ -71,7 +71,7 @@ class Pacer:
     async def drain(self, job: Callable[[int], Awaitable[int]], limit: int) -> int:
         """Run ``job(n)`` (which handles up to ``n`` items and returns how many it did) in
         chunks that together ask for ``limit`` at most, as one call would have; stops early
-        on a chunk that handled nothing (nothing due, or all of it busy) or when the worker
+        on a chunk that handled nothing (nothing due, or all of it changed) or when the worker
         stops. A short chunk is no sign of the end: a job skips what changed since it read
         it (an order paid in the meantime)."""
         done = 0
