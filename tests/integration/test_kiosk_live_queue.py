@@ -27,6 +27,28 @@ async def until(condition: Callable[[], bool], timeout_s: float = 20) -> None:
         await asyncio.sleep(0.02)
 
 
+class Seen:
+    """What a LiveQueue reported: its events, and each connect (True) or drop (False)."""
+
+    def __init__(self) -> None:
+        self.events: list[LiveEvent] = []
+        self.connected: list[bool] = []
+
+    async def on_event(self, event: LiveEvent) -> None:
+        self.events.append(event)
+
+    async def on_connected(self, up: bool) -> None:
+        self.connected.append(up)
+
+    def has_order(self, order_id: str) -> bool:
+        return any(event.order.id == uuid.UUID(order_id) for event in self.events)
+
+
+def station_id(server: LiveServer) -> str:
+    locations = httpx.get(server.base_url + "/v1/locations").json()
+    return str(next(loc["id"] for loc in locations if "24/7" in loc["name"]))
+
+
 def place_and_pay(server: LiveServer, location_id: str) -> str:
     guest = server.new_guest()
     headers = {"Authorization": f"Bearer {guest['token']}"}
@@ -49,26 +71,19 @@ def place_and_pay(server: LiveServer, location_id: str) -> str:
 
 def test_live_queue_reconnects_after_the_server_comes_back(live_server: LiveServer) -> None:
     token = live_server.staff_token("barista")
-    locations = httpx.get(live_server.base_url + "/v1/locations").json()
-    station = next(loc["id"] for loc in locations if "24/7" in loc["name"])
+    station = station_id(live_server)
     ws_url = (
         live_server.base_url.replace("http", "ws")
         + f"/v1/locations/{station}/queue/live?token={token}"
     )
-    events: list[LiveEvent] = []
-    connected: list[bool] = []
-
-    async def on_event(event: LiveEvent) -> None:
-        events.append(event)
-
-    async def on_connected(up: bool) -> None:
-        connected.append(up)
+    seen = Seen()
+    connected = seen.connected
 
     async def refresh() -> bool:
         return True
 
     async def scenario() -> Any:
-        queue = LiveQueue(lambda: ws_url, on_event, on_connected, refresh, FAST)
+        queue = LiveQueue(lambda: ws_url, seen.on_event, seen.on_connected, refresh, FAST)
         task = asyncio.create_task(queue.run())
         try:
             await until(lambda: connected[-1:] == [True])
@@ -77,13 +92,13 @@ def test_live_queue_reconnects_after_the_server_comes_back(live_server: LiveServ
             await asyncio.to_thread(live_server.start)
             await until(lambda: connected.count(True) >= 2)
             order_id = await asyncio.to_thread(place_and_pay, live_server, station)
-            await until(lambda: any(e.order.id == uuid.UUID(order_id) for e in events))
+            await until(lambda: seen.has_order(order_id))
         finally:
             task.cancel()
         return order_id
 
     order_id = asyncio.run(scenario())
-    placed = [e for e in events if e.order.id == uuid.UUID(order_id)]
+    placed = [e for e in seen.events if e.order.id == uuid.UUID(order_id)]
     assert placed[0].event == "order.placed"
 
 
@@ -92,34 +107,28 @@ def test_live_queue_reconnects_with_a_fresh_token_when_its_token_expires(
 ) -> None:
     """The server closes the socket when its token expires (4401); the kiosk refreshes at once
     and reconnects, and events after that arrive over the new socket."""
-    locations = httpx.get(live_server.base_url + "/v1/locations").json()
-    station = next(loc["id"] for loc in locations if "24/7" in loc["name"])
+    station = station_id(live_server)
     base = live_server.base_url.replace("http", "ws") + f"/v1/locations/{station}/queue/live"
     token = [live_server.staff_token("barista", expires_in_s=3)]
-    events: list[LiveEvent] = []
-    connected: list[bool] = []
-
-    async def on_event(event: LiveEvent) -> None:
-        events.append(event)
-
-    async def on_connected(up: bool) -> None:
-        connected.append(up)
+    seen = Seen()
 
     async def refresh() -> bool:
         token[0] = await asyncio.to_thread(live_server.staff_token, "barista")
         return True
 
-    async def scenario() -> Any:
-        queue = LiveQueue(lambda: f"{base}?token={token[0]}", on_event, on_connected, refresh, FAST)
+    def url() -> str:  # read at each connect: the refreshed token once there is one
+        return f"{base}?token={token[0]}"
+
+    async def scenario() -> None:
+        queue = LiveQueue(url, seen.on_event, seen.on_connected, refresh, FAST)
         task = asyncio.create_task(queue.run())
         try:
-            await until(lambda: connected.count(True) >= 2)
+            await until(lambda: seen.connected.count(True) >= 2)
             order_id = await asyncio.to_thread(place_and_pay, live_server, station)
-            await until(lambda: any(e.order.id == uuid.UUID(order_id) for e in events))
+            await until(lambda: seen.has_order(order_id))
         finally:
             task.cancel()
-        return order_id
 
     asyncio.run(scenario())
     # closed at expiry, refreshed, reconnected: no attempt refused with the expired token
-    assert connected[:3] == [True, False, True]
+    assert seen.connected[:3] == [True, False, True]
