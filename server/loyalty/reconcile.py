@@ -53,28 +53,31 @@ async def reconcile_page(
     orphan hold and a missing hold of the same points (sums equal, holds not)."""
     now_ms = int(time.time() * 1000)
     grace_ms = int(grace_s * 1000)
-    # Redis first: a checkout reserves there before it commits, so one in flight between the
-    # two reads shows as a difference (and gets the full check), never as agreement.
     async with loyalty.db.connection() as conn:
-        guest_ids = [
-            row["guest_id"] for row in await conn.fetch(sql.GUEST_ACCOUNTS_PAGE, after, batch_size)
-        ]
+        rows = await conn.fetch(sql.GUEST_ACCOUNTS_PAGE, after, batch_size)
+    guest_ids = [row["guest_id"] for row in rows]
     hot = await loyalty.hot.balances(guest_ids)
-    async with loyalty.db.connection() as conn:
-        rows = await conn.fetch(sql.GUEST_BALANCES, list(hot))
-    ledger = {row["guest_id"]: (row["posted"], row["pending"]) for row in rows}
     repairs: list[Repair] = []
-    # Only the wallets whose sums differ from the ledger's are read in full, holds and all: a
-    # busy guest's wallet holds thousands of transfers, and the worker reading every wallet
-    # of its page each pass stalled checkouts at the morning rush (issue 5). An orphan hold,
-    # a missing one and a wrong posted balance each show in the sums.
-    for guest_id, sums in hot.items():
-        if ledger.get(guest_id) == sums and not thorough:
-            continue
+    for guest_id in list(hot) if thorough else await _differing(loyalty, hot):
         repair = await _check_one(loyalty, guest_id, now_ms, grace_ms)
         if repair is not None:
             repairs.append(repair)
     return repairs, guest_ids[-1] if len(guest_ids) == batch_size else None
+
+
+async def _differing(loyalty: Loyalty, hot: dict[UUID, tuple[int, int]]) -> list[UUID]:
+    """The guests whose Redis (posted, pending) differ from the ledger's. Only those are read
+    in full, holds and all: a busy guest's wallet holds thousands of transfers, and the worker
+    reading every wallet of its page each pass stalled checkouts at the morning rush (issue
+    5). An orphan hold, a missing one and a wrong posted balance each show in the sums.
+
+    ``hot`` was read before the ledger: a checkout reserves in Redis before it commits, so
+    one in flight between the two reads shows as a difference (and gets the full check, which
+    spares young holds), never as agreement."""
+    async with loyalty.db.connection() as conn:
+        rows = await conn.fetch(sql.GUEST_BALANCES, list(hot))
+    ledger = {row["guest_id"]: (row["posted"], row["pending"]) for row in rows}
+    return [guest_id for guest_id, sums in hot.items() if ledger.get(guest_id) != sums]
 
 
 class RollingReconcile:
