@@ -18,7 +18,7 @@ from server.loyalty.repository import AccountState, Snapshot
 __all__ = ["HotWallets", "Status", "wallet_keys"]
 
 Status = Literal["ok", "exists", "insufficient", "miss", "voided", "posted"]
-SCRIPTS = ("reserve", "post", "void", "credit", "load")
+SCRIPTS = ("reserve", "post", "void", "credit", "load", "prune")
 
 
 def wallet_keys(guest_id: UUID) -> list[str]:
@@ -136,6 +136,25 @@ class HotWallets:
             for guest_id, (posted, pending) in zip(guest_ids, replies, strict=True)
             if posted is not None and pending is not None
         }
+
+    async def prune(self, guest_ids: Sequence[UUID], older_than_ms: int, above: int) -> int:
+        """Drop the markers of transfers resolved more than ``older_than_ms`` ago from each
+        wallet among ``guest_ids`` whose holds hash has more than ``above`` entries; returns
+        how many were dropped. The hash keeps a marker per transfer for as long as the wallet
+        stays in Redis, and each spend renews its TTL: a regular's grew without end."""
+
+        async def sizes() -> list[int]:
+            async with self.gate.client.pipeline(transaction=False) as pipe:
+                for guest_id in guest_ids:
+                    pipe.hlen(wallet_keys(guest_id)[1])
+                return list(await pipe.execute())
+
+        cutoff = _now_ms() - older_than_ms
+        dropped = 0
+        for guest_id, size in zip(guest_ids, await self.gate.run(sizes), strict=True):
+            if size > above:
+                dropped += (await self._call("prune", guest_id, cutoff))[1]
+        return dropped
 
     async def preload(self) -> None:
         """Load every script into Redis (at start-up, and when Redis comes back empty), so a

@@ -19,6 +19,12 @@ __all__ = ["Repair", "RollingReconcile", "reconcile", "reconcile_page"]
 
 log = logging.getLogger("regulars.reconcile")
 
+# A resolved transfer's marker in a wallet's holds hash makes a repeated mirror of it answer
+# 'exists'. Mirrors come within seconds of their commit; one a day late is no retry, and
+# without its marker it gets 'miss' and a reload from the ledger. Small hashes are left alone.
+MARKER_AGE_MS = 86_400_000
+PRUNE_ABOVE = 64
+
 
 @dataclass
 class Repair:
@@ -45,8 +51,9 @@ async def reconcile_page(
     *,
     thorough: bool = False,
 ) -> tuple[list[Repair], UUID | None]:
-    """Compare and repair the wallets of up to ``batch_size`` guests after ``after`` (by id);
-    returns what was fixed and where the next page starts (None: this was the last).
+    """Compare and repair the wallets of up to ``batch_size`` guests after ``after`` (by id),
+    and drop their day-old markers of resolved transfers; returns what was fixed and where
+    the next page starts (None: this was the last).
 
     Compares each wallet's posted and pending sums with the ledger's, and reads in full only
     the wallets that differ; ``thorough`` reads every wallet in full, which also finds an
@@ -62,6 +69,9 @@ async def reconcile_page(
         repair = await _check_one(loyalty, guest_id, now_ms, grace_ms)
         if repair is not None:
             repairs.append(repair)
+    dropped = await loyalty.hot.prune(list(hot), MARKER_AGE_MS, PRUNE_ABOVE)
+    if dropped:
+        log.info("dropped %d markers of resolved transfers from Redis wallets", dropped)
     return repairs, guest_ids[-1] if len(guest_ids) == batch_size else None
 
 

@@ -245,6 +245,29 @@ async def test_the_worker_reads_in_full_only_the_wallets_whose_sums_differ(
     assert await redis_state(services, guest.id) == (WELCOME, 0)
 
 
+async def test_the_worker_drops_a_regulars_day_old_markers(
+    client: Client, guest: GuestHandle, demo: Demo, services: Any
+) -> None:
+    """Each resolved transfer left a marker in the wallet's holds hash for as long as the
+    wallet stayed in Redis (each spend renews its TTL). The worker's pass drops old ones."""
+    from server.loyalty.reconcile import reconcile_page
+
+    await services.loyalty.reload(guest.id)
+    old = {str(uuid.uuid4()): "5|P|1000" for _ in range(100)}
+    await services.gate.client.hset(wallet_keys(guest.id)[1], mapping=old)
+    after = None
+    while True:
+        _, after = await reconcile_page(services.loyalty, 30, after, 500)
+        if after is None:
+            break
+    hot = await services.loyalty.hot.read(guest.id)
+    assert hot is not None and not set(old) & set(hot[1])
+    assert await redis_state(services, guest.id) == (WELCOME, 0)
+    placed = await place(client, guest, await order_body(client, demo, 10))
+    assert placed.status_code == 201, placed.text
+    assert await redis_state(services, guest.id) == (WELCOME - 10, 10)
+
+
 async def test_the_worker_voids_the_orphan_of_a_crash_a_page_at_a_time(
     client: Client,
     guest: GuestHandle,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from server.loyalty.hot import HotWallets
+from server.loyalty.hot import HotWallets, wallet_keys
 from server.loyalty.repository import AccountState, Snapshot
 from tests.conftest import Client
 
@@ -104,3 +104,36 @@ async def test_load_can_void_a_refused_hold_in_the_same_call(hot: HotWallets) ->
     assert holds[str(refused)].split("|")[1] == "V"
     assert holds[str(in_flight)].split("|")[1] == "p"
     assert await hot.post(guest, refused, 2) == ("voided", 450)
+
+
+async def test_prune_drops_old_markers_of_resolved_transfers_only(hot: HotWallets) -> None:
+    """A regular's holds hash kept a marker per transfer for as long as the wallet stayed in
+    Redis; each spend renews its TTL, so it grew without end."""
+    guest, young, open_hold = await loaded(hot), uuid.uuid4(), uuid.uuid4()
+    holds_key = wallet_keys(guest)[1]
+    client = hot.gate.client
+    old = {str(uuid.uuid4()): f"{n}|{'PVC'[n % 3]}|1000" for n in range(5_000)}
+    await client.hset(holds_key, mapping=old)
+    await hot.reserve(guest, open_hold, 100)
+    await client.hset(holds_key, str(open_hold), "100|p|1000")  # open, and as old as the rest
+    await hot.reserve(guest, young, 50)
+    await hot.void(guest, young, 2)
+    before = await hot.read(guest)
+    assert before is not None and len(before[1]) == 5_002
+
+    assert await hot.prune([guest], older_than_ms=86_400_000, above=64) == 5_000
+    after = await hot.read(guest)
+    assert after is not None and after[0] == before[0]
+    assert sorted(after[1]) == sorted([str(open_hold), str(young)])
+    # A late mirror of a pruned transfer finds nothing: the service reloads from the ledger.
+    assert (await hot.post(guest, uuid.UUID(next(iter(old))), 3))[0] == "miss"
+    assert await hot.post(guest, open_hold, 3) == ("ok", 400)
+
+
+async def test_prune_leaves_small_wallets_alone(hot: HotWallets) -> None:
+    guest = await loaded(hot)
+    old = {str(uuid.uuid4()): "5|P|1000" for _ in range(64)}
+    await hot.gate.client.hset(wallet_keys(guest)[1], mapping=old)
+    assert await hot.prune([guest, uuid.uuid4()], older_than_ms=86_400_000, above=64) == 0
+    after = await hot.read(guest)
+    assert after is not None and len(after[1]) == 64
