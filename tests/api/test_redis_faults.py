@@ -15,7 +15,14 @@ import redis.asyncio as aioredis
 
 from server.loyalty.hot import wallet_keys
 from server.seed.demo import PROGRAM
-from tests.api.helpers import assert_books_balance, ledger_state, menu_items, place, redis_state
+from tests.api.helpers import (
+    assert_books_balance,
+    ledger_state,
+    menu_items,
+    pay,
+    place,
+    redis_state,
+)
 from tests.conftest import Client, Demo, GuestHandle, Stack, give_points, new_phone, sign_in
 
 WELCOME = PROGRAM.welcome_bonus_points
@@ -266,6 +273,34 @@ async def test_the_worker_drops_a_regulars_day_old_markers(
     placed = await place(client, guest, await order_body(client, demo, 10))
     assert placed.status_code == 201, placed.text
     assert await redis_state(services, guest.id) == (WELCOME - 10, 10)
+
+
+async def test_a_retry_after_its_marker_was_dropped_replays_and_holds_nothing(
+    client: Client, guest: GuestHandle, demo: Demo, services: Any
+) -> None:
+    """Once the marker of a paid checkout's hold is dropped, Redis no longer knows the
+    transfer: a retry with the same key reserves again, PostgreSQL answers with the stored
+    order, and the new Redis hold is voided."""
+    from server.loyalty.reconcile import MARKER_AGE_MS, PRUNE_ABOVE
+
+    body = await order_body(client, demo, 10)
+    placed = await place(client, guest, body, key="paid-long-ago")
+    assert placed.status_code == 201, placed.text
+    assert (await pay(client, guest, placed.json()["id"])).status_code == 200
+    holds_key = wallet_keys(guest.id)[1]
+    aged = {key: value.rsplit("|", 1)[0] + "|1000" for key, value in
+            (await services.gate.client.hgetall(holds_key)).items()}  # fmt: skip
+    filler = {str(uuid.uuid4()): "5|C|1000" for _ in range(PRUNE_ABOVE)}
+    await services.gate.client.hset(holds_key, mapping={**aged, **filler})
+    assert await services.loyalty.hot.prune([guest.id], MARKER_AGE_MS, PRUNE_ABOVE) > 0
+    assert await services.gate.client.hlen(holds_key) == 0
+    settled = await ledger_state(services, guest.id)
+    assert await redis_state(services, guest.id) == settled
+
+    again = await place(client, guest, body, key="paid-long-ago")
+    assert again.status_code == 201 and again.json()["id"] == placed.json()["id"]
+    assert await ledger_state(services, guest.id) == settled
+    assert await redis_state(services, guest.id) == settled
 
 
 async def test_the_worker_voids_the_orphan_of_a_crash_a_page_at_a_time(
