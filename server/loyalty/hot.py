@@ -138,10 +138,11 @@ class HotWallets:
         }
 
     async def prune(self, guest_ids: Sequence[UUID], older_than_ms: int, above: int) -> int:
-        """Drop the markers of transfers resolved more than ``older_than_ms`` ago from each
-        wallet among ``guest_ids`` whose holds hash has more than ``above`` entries; returns
-        how many were dropped. The hash keeps a marker per transfer for as long as the wallet
-        stays in Redis, and each spend renews its TTL: a regular's grew without end."""
+        """Drop the markers of resolved transfers made more than ``older_than_ms`` ago (a
+        hold's time is its reserve; it resolves within its timeout) from each wallet among
+        ``guest_ids`` whose holds hash has more than ``above`` entries; returns how many were
+        dropped. The hash keeps a marker per transfer for as long as the wallet stays in
+        Redis, and each spend renews its TTL: a regular's grew without end."""
 
         async def sizes() -> list[int]:
             async with self.gate.client.pipeline(transaction=False) as pipe:
