@@ -84,6 +84,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     page_size_max: int = 100
     max_lines_per_order: int = 50
     max_quantity_per_line: int = 50
+    # POST /v1/orders past Litestar's request cycle (server/orders/lane.py says what it serves
+    # and why); off, every checkout goes through the controller. Kept for side-by-side runs.
+    checkout_lane: bool = True
 
     # Staff.
     staff_max_failed_logins: int = 5

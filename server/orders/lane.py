@@ -1,0 +1,181 @@
+"""The checkout's own lane: POST /v1/orders served without Litestar's request cycle.
+
+Why (issue 5): the checkout is the one request the morning rush is made of, and Litestar's
+request cycle cost more than a third of its API time. In-process, 3 interleaved pairs
+(``python -m loadtests.checkout_cpu``): 0.50 - 0.64 ms of CPU per checkout through Litestar,
+0.29 - 0.36 ms calling the same service directly; the API's CPU is what keeps the checkout
+from half of the database's own floor (docs/PERFORMANCE.md, "What stands between R1 and 0.5").
+
+What the lane serves: only a request that Litestar would hand to ``OrdersController.place``
+with nothing refused on the way in: one bearer token that verifies to a guest, one
+Idempotency-Key that :func:`require_key` accepts, a body of a declared length up to
+:data:`MAX_BODY_BYTES` that decodes strictly to ``OrderIn``. It calls the same
+``Orders.place`` and renders what that raises with the app's own exception handlers, with the
+same request id and metrics (:class:`RequestTelemetry`).
+
+What it leaves alone: any other request goes to Litestar unchanged (with the body it read
+replayed), so every refusal on the way in (401, 403, 400, 422, 413) reads exactly as before,
+and the controller stays the route OpenAPI documents. ``Settings.checkout_lane`` turns the lane
+off, for comparing both (tests/api/test_checkout_lane.py, ``loadtests.bench``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Request
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import Counter
+
+from server.auth.tokens import Principal, TokenError, TokenIssuer
+from server.infra.idempotency import Stored, require_key
+from server.infra.observability import RequestTelemetry
+from server.infra.problems import PROBLEM_JSON, Problem, exception_handlers
+from shared import contract
+
+__all__ = ["MAX_BODY_BYTES", "CheckoutLane"]
+
+PATH = "/v1/orders"
+# An order of the most lines the server takes is ~5 KB; anything longer goes to Litestar,
+# which applies its own body limit.
+MAX_BODY_BYTES = 64 * 1024
+
+_decode_order = msgspec.json.Decoder(contract.OrderIn).decode
+_SERVED = Counter(
+    "regulars_checkout_lane_total", "POST /v1/orders by who served it", ("served_by",)
+)
+_CONTENT_TYPES = {False: b"application/json", True: PROBLEM_JSON.encode()}
+
+
+class _Admitted(msgspec.Struct, frozen=True):
+    principal: Principal
+    token: str
+    key: str
+    length: int
+
+
+class CheckoutLane:
+    """An ASGI app in front of Litestar's router (``Litestar.asgi_handler``); see the module."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._by_lane = _SERVED.labels("lane")
+        self._by_litestar = _SERVED.labels("litestar")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP or scope["path"] != PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        app_state = scope["app"].state
+        admitted = _admit(scope, app_state.tokens)
+        if admitted is None:
+            await self._pass_on(scope, receive, send)
+            return
+        body = await _read_body(receive, admitted.length)
+        if body is None:  # the client went away, or sent another length than it declared
+            await self._pass_on(scope, _replay(b"", receive), send)
+            return
+        try:
+            order = _decode_order(body)
+        except msgspec.MsgspecError:  # Litestar says what is wrong, as it always has
+            await self._pass_on(scope, _replay(body, receive), send)
+            return
+        self._by_lane.inc()
+        scope["user"], scope["auth"] = admitted.principal, admitted.token
+        scope["path_template"] = PATH  # the label Litestar's router gives this route
+
+        async def checkout(scope: Scope, receive: Receive, send: Send) -> None:
+            try:
+                stored = await app_state.services.orders.place(
+                    admitted.principal, order, admitted.key
+                )
+            except Exception as exc:
+                await _refuse(scope, receive, send, exc)
+                return
+            await _respond(send, stored)
+
+        await RequestTelemetry(checkout)(scope, receive, send)
+
+    async def _pass_on(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._by_litestar.inc()
+        await self.app(scope, receive, send)
+
+
+def _admit(scope: Scope, tokens: TokenIssuer) -> _Admitted | None:
+    """The request's guest, key and body length, or None when Litestar should answer it."""
+    seen: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        if name in (b"authorization", b"idempotency-key", b"content-length"):
+            if name in seen:
+                return None  # which one counts is Litestar's call
+            seen[name] = value
+        elif name == b"transfer-encoding":
+            return None
+    header = seen.get(b"authorization", b"").decode("latin-1")
+    length = seen.get(b"content-length", b"")
+    if header[:7].lower() != "bearer " or not length.isdigit() or int(length) > MAX_BODY_BYTES:
+        return None
+    token = header[7:].strip()
+    try:
+        principal = tokens.verify(token)
+        key = require_key(seen[b"idempotency-key"].decode("latin-1"))
+    except (TokenError, Problem, KeyError):
+        return None
+    if principal.kind != "guest":
+        return None
+    return _Admitted(principal, token, key, int(length))
+
+
+async def _read_body(receive: Receive, length: int) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > length:
+            return None
+        if not message.get("more_body", False):
+            return b"".join(chunks) if size == length else None
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """``receive`` that hands ``body`` over once more, then the client's own messages."""
+    replayed = False
+
+    async def replay() -> Any:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+async def _respond(send: Send, stored: Stored) -> None:
+    """What ``stored_response`` sends through Litestar: the body, its type and its length."""
+    start: Message = {
+        "type": "http.response.start",
+        "status": stored.status_code,
+        "headers": [
+            (b"content-type", _CONTENT_TYPES[stored.status_code >= 400]),
+            (b"content-length", str(len(stored.body)).encode()),
+        ],
+    }
+    await send(start)
+    await send({"type": "http.response.body", "body": stored.body, "more_body": False})
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, exc: Exception) -> None:
+    """Render ``exc`` as Litestar's exception middleware would: the app's handler for the
+    nearest class of ``exc`` (server.infra.problems ends with one for ``Exception``)."""
+    handler = next(exception_handlers[c] for c in type(exc).__mro__ if c in exception_handlers)
+    request: Request[Any, Any, Any] = Request(scope, receive, send)
+    response = handler(request, exc)
+    await response.to_asgi_response(app=None, request=request)(scope, receive, send)
