@@ -81,7 +81,7 @@ def requires_role(role: str) -> Any:
     return guard
 
 
-def requires_authenticated(
+async def requires_authenticated(
     connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
 ) -> None:
     _principal(connection)
