@@ -30,6 +30,9 @@ class OrdersController(Controller):
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> Response[bytes]:
         """Price the order on the server, reserve the points and create it (201)."""
+        # Most checkouts never reach this handler: server/orders/lane.py serves the plain
+        # request past Litestar and hands this one the rest. A guard, header or parameter
+        # added here must be added there too; tests/api/test_checkout_lane.py compares both.
         # The principal comes from request.user, not as a second dependency: Litestar resolves
         # two or more dependencies in an anyio task group, ~7 % of a checkout's CPU (issue 5).
         placed = await orders.place(request.user, data, require_key(idempotency_key))
