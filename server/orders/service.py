@@ -426,7 +426,7 @@ class Orders:
                 problem = Problem(
                     402, "payment-declined", "the payment was declined; the order is still payable"
                 )
-                stored = Stored(402, _encode(problem.body()))
+                stored = Stored(402, _encode(problem.body(f"/v1/orders/{order_id}/payments")))
                 await idempotency.finish(conn, scope, key, stored.status_code, stored.body)
             else:
                 state = await self._post_spend(conn, order)

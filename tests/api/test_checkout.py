@@ -198,6 +198,8 @@ async def test_declined_payment_leaves_the_order_payable(
     declined = await pay(client, guest, order["id"], token="declined")
     assert declined.status_code == 402
     assert declined.json()["type"].endswith("/payment-declined")
+    # Like every other problem, it names the request it answers.
+    assert declined.json()["instance"] == f"/v1/orders/{order['id']}/payments"
     shown = await client.get(f"/v1/orders/{order['id']}", headers=guest.headers)
     assert shown.json()["status"] == "awaiting_payment"
     assert (await pay(client, guest, order["id"])).json()["status"] == "placed"
