@@ -19,7 +19,7 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 from server.auth.tokens import Principal, TokenError, TokenIssuer
 from server.infra.problems import Problem
 
-__all__ = ["BearerAuth", "requires_guest", "requires_role", "requires_staff"]
+__all__ = ["BearerAuth", "bearer_token", "requires_guest", "requires_role", "requires_staff"]
 
 
 class BearerAuth(AbstractAuthenticationMiddleware):
@@ -28,11 +28,8 @@ class BearerAuth(AbstractAuthenticationMiddleware):
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
-        header = connection.headers.get("authorization")
-        token = None
-        if header and header[:7].lower() == "bearer ":
-            token = header[7:].strip()
-        elif connection.scope["type"] == ScopeType.WEBSOCKET:
+        token = bearer_token(connection.headers.get("authorization"))
+        if token is None and connection.scope["type"] == ScopeType.WEBSOCKET:
             # Browsers cannot set headers on a WebSocket; the kiosk passes ?token= instead.
             token = connection.query_params.get("token")
         if not token:
@@ -44,6 +41,15 @@ class BearerAuth(AbstractAuthenticationMiddleware):
             # Refused by the routes that need a user (_principal), not here: a client that
             # sends its expired access token along must still reach /v1/auth/refresh.
             return AuthenticationResult(user=None, auth=exc)
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer …`` value (the scheme in any case), stripped;
+    None when the header is missing or names another scheme. The checkout's lane reads the
+    header with this too (server/orders/lane.py), so both accept the same tokens."""
+    if header and header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return None
 
 
 def _principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:

@@ -29,6 +29,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import Counter
 
+from server.auth.guards import bearer_token
 from server.auth.tokens import Principal, TokenError, TokenIssuer
 from server.infra.idempotency import Stored, require_key
 from server.infra.observability import RequestTelemetry
@@ -113,11 +114,10 @@ def _admit(scope: Scope, tokens: TokenIssuer) -> _Admitted | None:
             seen[name] = value
         elif name == b"transfer-encoding":
             return None
-    header = seen.get(b"authorization", b"").decode("latin-1")
+    token = bearer_token(seen.get(b"authorization", b"").decode("latin-1"))
     length = seen.get(b"content-length", b"")
-    if header[:7].lower() != "bearer " or not length.isdigit() or int(length) > MAX_BODY_BYTES:
+    if not token or not length.isdigit() or int(length) > MAX_BODY_BYTES:
         return None
-    token = header[7:].strip()
     try:
         principal = tokens.verify(token)
         key = require_key(seen[b"idempotency-key"].decode("latin-1"))
