@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,8 +102,10 @@ class Client(httpx.AsyncClient):
     app: Litestar
 
 
-@pytest.fixture
-async def client(settings: Settings, notifier: RecordingNotifier) -> AsyncIterator[Client]:
+@asynccontextmanager
+async def app_client(settings: Settings, notifier: RecordingNotifier) -> AsyncIterator[Client]:
+    """A started app for ``settings`` and an httpx client over it (the ``client`` fixture;
+    tests that compare two configurations open a second one)."""
     app = create_app(settings, notifier=notifier)
     # Our own lifespan rather than app.lifespan(): the latter holds an anyio cancel scope that
     # pytest-asyncio would exit from another task.
@@ -113,6 +116,12 @@ async def client(settings: Settings, notifier: RecordingNotifier) -> AsyncIterat
         ) as test_client:
             test_client.app = app
             yield test_client
+
+
+@pytest.fixture
+async def client(settings: Settings, notifier: RecordingNotifier) -> AsyncIterator[Client]:
+    async with app_client(settings, notifier) as test_client:
+        yield test_client
 
 
 @pytest.fixture

@@ -31,9 +31,10 @@ from prometheus_client import Counter
 
 from server.auth.guards import bearer_token
 from server.auth.tokens import Principal, TokenError, TokenIssuer
+from server.infra.http import stored_media_type
 from server.infra.idempotency import Stored, require_key
 from server.infra.observability import RequestTelemetry
-from server.infra.problems import PROBLEM_JSON, Problem, exception_handlers
+from server.infra.problems import Problem, exception_handlers
 from shared import contract
 
 __all__ = ["MAX_BODY_BYTES", "CheckoutLane"]
@@ -47,7 +48,6 @@ _decode_order = msgspec.json.Decoder(contract.OrderIn).decode
 _SERVED = Counter(
     "regulars_checkout_lane_total", "POST /v1/orders by who served it", ("served_by",)
 )
-_CONTENT_TYPES = {False: b"application/json", True: PROBLEM_JSON.encode()}
 
 
 class _Admitted(msgspec.Struct, frozen=True):
@@ -164,7 +164,7 @@ async def _respond(send: Send, stored: Stored) -> None:
         "type": "http.response.start",
         "status": stored.status_code,
         "headers": [
-            (b"content-type", _CONTENT_TYPES[stored.status_code >= 400]),
+            (b"content-type", stored_media_type(stored).encode()),
             (b"content-length", str(len(stored.body)).encode()),
         ],
     }

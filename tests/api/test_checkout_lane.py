@@ -18,24 +18,20 @@ import httpx
 import msgspec
 import pytest
 
-from server.app import create_app
 from server.auth.notifier import RecordingNotifier
-from server.lifespan import lifespan
 from server.orders.lane import MAX_BODY_BYTES
 from server.settings import Settings
 from tests.api.helpers import menu_items
-from tests.conftest import Client, Demo, GuestHandle, sign_in
+from tests.conftest import Client, Demo, GuestHandle, app_client, sign_in
 
 
 @pytest.fixture
 async def without_lane(settings: Settings, notifier: RecordingNotifier) -> AsyncIterator[Client]:
     """The same app with every checkout going through Litestar (Settings.checkout_lane off)."""
-    app = create_app(msgspec.structs.replace(settings, checkout_lane=False), notifier=notifier)
-    async with lifespan(app):
-        transport = httpx.ASGITransport(app=app)
-        async with Client(transport=transport, base_url="http://testserver") as test_client:
-            test_client.app = app
-            yield test_client
+    async with app_client(
+        msgspec.structs.replace(settings, checkout_lane=False), notifier
+    ) as test_client:
+        yield test_client
 
 
 # What a case sends: (headers, body) for a guest, a fresh key and the station's menu.
