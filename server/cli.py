@@ -190,13 +190,21 @@ async def _serve_dev(settings: Settings, host: str, port: int) -> None:
     import uvicorn
 
     from server.app import create_app
+    from server.infra.uvicorn_protocol import OneWriteHttpToolsProtocol
     from server.lifespan import build_services
     from server.worker import run_forever
 
     # A long-running server process, as in `serve` (Settings.gc_freeze and db_warm_up say why).
     app = create_app(msgspec.structs.replace(settings, gc_freeze=True, db_warm_up=True))
     server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False)
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            http=OneWriteHttpToolsProtocol,
+            log_config=None,
+            access_log=False,
+        )
     )
     worker_services = await build_services(settings)
     stop = asyncio.Event()
@@ -241,13 +249,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         import uvicorn
 
+        from server.infra.uvicorn_protocol import OneWriteHttpToolsProtocol
+
         uvicorn.run(
             "server.asgi:app",
             host=args.host,
             port=args.port,
             workers=workers,
             loop="uvloop",
-            http="httptools",
+            http=OneWriteHttpToolsProtocol,
             access_log=False,
             log_config=None,
             timeout_graceful_shutdown=30,
