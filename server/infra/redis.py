@@ -80,10 +80,24 @@ class _Replies(asyncio.Protocol):
         self.reader = hiredis.Reader(encoding="utf-8")
         self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.transport: asyncio.Transport | None = None
+        self.outgoing: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they provide its methods.
         self.transport = cast(asyncio.Transport, transport)
+
+    def send(self, command: bytes, loop: asyncio.AbstractEventLoop) -> None:
+        """Queue ``command``: the commands of one turn of the event loop leave together in
+        one write at its end (auto-pipelining). Checkouts that reach Redis in the same turn
+        cost Redis one wake-up and the API one syscall instead of one each."""
+        if not self.outgoing:
+            loop.call_soon(self.flush)
+        self.outgoing.append(command)
+
+    def flush(self) -> None:
+        outgoing, self.outgoing = self.outgoing, []
+        if outgoing and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(outgoing))
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -127,8 +141,10 @@ class RedisLine:
     Why not the redis-py pool the rest of the app uses: each EVALSHA through it took about
     46 µs of client CPU (pool checkout, retry wrapper, timeout context, layered parsing), the
     largest single part of a checkout's API time. Redis answers every connection in order, so
-    calls from all requests can share one: each writes its command and awaits the reply whose
-    turn it is, with no checkout, and calls in flight together reach Redis in one read. A
+    calls from all requests can share one: each queues its command and awaits the reply whose
+    turn it is, with no checkout. The commands of one turn of the event loop leave in one
+    write at its end and reach Redis in one read (at 16 checkouts in flight, 0.37 reads and
+    writes per checkout for Redis instead of 0.84; docs/PERFORMANCE.md). A
     call whose reply takes longer than ``reply_timeout_s`` raises TimeoutError and drops the
     connection; a lost connection fails every call in flight with ConnectionError, and the next
     call connects again.
@@ -167,7 +183,7 @@ class RedisLine:
         reply: asyncio.Future[Any] = loop.create_future()
         replies.waiting.append(reply)
         # hiredis's stub types the argument as a 1-tuple; it takes any number of arguments.
-        replies.transport.write(hiredis.pack_command(args))  # type: ignore[arg-type]
+        replies.send(hiredis.pack_command(args), loop)  # type: ignore[arg-type]
         # One timer per call costs far less than asyncio.timeout's context manager here.
         timer = loop.call_later(self.reply_timeout_s, replies.expire, reply)
         try:

@@ -40,6 +40,18 @@ async def test_concurrent_calls_each_get_their_own_reply(line: RedisLine) -> Non
     assert sorted(counts) == list(range(1, 201))
 
 
+async def test_calls_of_one_turn_reach_redis_in_one_read(
+    line: RedisLine, admin: aioredis.Redis
+) -> None:
+    await line.call("PING")  # connected
+    before = (await admin.info("stats"))["total_reads_processed"]
+    replies = await asyncio.gather(*(line.call("ECHO", f"call-{n}") for n in range(100)))
+    after = (await admin.info("stats"))["total_reads_processed"]
+    assert replies == [f"call-{n}" for n in range(100)]
+    # One write from the line, plus the INFO above; one read per call without batching.
+    assert after - before <= 3
+
+
 async def test_a_command_error_raises_and_the_line_goes_on(line: RedisLine) -> None:
     key = f"test:line:{uuid.uuid4()}"
     await line.call("SET", key, "not a number")
