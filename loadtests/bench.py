@@ -14,7 +14,7 @@ F5  checkout closed loop: wrk with unique Idempotency-Keys and rotating guest to
     and 32 connections: max rps and p99.
 F6  checkout open loop at 30/50/75 % of that round's F5 (loadtests/openloop.py): p50/p95/p99;
     /healthz at the same rates for R4.
-R1  = F5 / F1 (best of each), R4 = p99(checkout) / p99(healthz) at the same rate (50 %).
+R1  = F5 / F1 (best of each) of the same round, R4 = p99(checkout) / p99(healthz) at the same rate.
 CPU ms of CPU per checkout, by part of the stack (from /proc), for F1 at 8 clients and F5 at 16
     connections: PostgreSQL (all its processes), the API server, Redis, the load generator,
     and how busy the whole box was. On two shared cores R1 is about PostgreSQL's share of it.
@@ -673,12 +673,14 @@ class Bench:
         order = self.servers if n % 2 == 0 else list(reversed(self.servers))
         parts = ["f1", "http"] if n % 2 == 0 else ["http", "f1"]
         suite = self.args.suite
+        f1_best = 0.0
+        f5_best: dict[str, float] = {}
         for part in parts:
             if part == "f1" and suite == "checkout":
                 f1 = {c: self.pgbench(c) for c in (8, 16)}
                 for c, (tps, _) in f1.items():
                     self.record(f"F1 pgbench tps c={c}", tps)
-                self.f1_best = max(tps for tps, _ in f1.values())
+                f1_best = max(tps for tps, _ in f1.values())
                 self.record_cpu("F1 c=8 CPU ms per checkout", f1[8][1])
                 log(
                     f"  round {n} F1 pgbench tps: "
@@ -687,11 +689,19 @@ class Bench:
                 )
             if part == "http":
                 for server in order:
-                    self.http_round(n, server)
+                    f5_best[server.label] = self.http_round(n, server)
+        # R1 pairs each F5 with the F1 of its own round, measured right before or right after
+        # it (rounds alternate which comes first). An F1 from the round before was taken
+        # minutes earlier, and the box's speed moves that much within a run.
+        for label, best in f5_best.items():
+            if f1_best and best:
+                self.record(f"R1 = F5/F1 [{label}]", best / f1_best)
+                log(f"  round {n} [{label}] R1 = {best:.0f} / {f1_best:.0f} = {best / f1_best:.3f}")
 
-    def http_round(self, n: int, server: Server) -> None:
+    def http_round(self, n: int, server: Server) -> float:
+        """One server's HTTP measurements of round ``n``; returns its best F5 (0 without)."""
         with self.stack_beside(server):
-            self._http_round(n, server)
+            return self._http_round(n, server)
 
     @contextlib.contextmanager
     def stack_beside(self, server: Server) -> Iterator[None]:
@@ -757,7 +767,7 @@ class Bench:
                 with contextlib.suppress(ProcessLookupError):
                     act(pid)
 
-    def _http_round(self, n: int, server: Server) -> None:
+    def _http_round(self, n: int, server: Server) -> float:
         s = server.label
         hz = self.wrk(server.url + "/healthz", "healthz.lua", 32)
         self.record(f"F4 healthz rps [{s}]", hz["rps"])
@@ -765,7 +775,7 @@ class Bench:
         msg = f"  round {n} [{s}] F4 healthz {hz['rps']:.0f} rps p99 {hz['p99_ms']:.1f} ms"
         if self.args.suite != "checkout":
             log(msg)
-            return
+            return 0.0
         best = 0.0
         for conns in (8, 16, 32):
             spy = self.start_profile(server, conns) if n == 0 and conns == 16 else None
@@ -800,8 +810,6 @@ class Bench:
         log(msg)
         log(f"  round {n} [{s}] CPU ms per checkout at c=16: {cpu_line}")
         self.record(f"F5 checkout max rps [{s}]", best)
-        if hasattr(self, "f1_best"):
-            self.record(f"R1 = F5/F1 [{s}]", best / self.f1_best)
         for pct in (30, 50, 75):
             rate = best * pct / 100
             co = self.openloop(server.url, "checkout", rate)
@@ -823,6 +831,7 @@ class Bench:
                 f"lag p99 {co['send_lag_p99_ms']:.1f} ms, gen CPU {co['generator_cpu_pct']:.0f}%); "
                 f"healthz p99 {hz['p99_ms']:.1f} ms; errors {errs}"
             )
+        return best
 
     # -- correctness ----------------------------------------------------------------------
 

@@ -1,0 +1,38 @@
+"""The bench's R1 pairs each round's F5 with the F1 measured beside it, in that round."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from loadtests.bench import Bench, Server
+
+
+def test_r1_pairs_each_rounds_f5_with_the_f1_of_the_same_round(tmp_path: Path) -> None:
+    bench = Bench(argparse.Namespace(reports=str(tmp_path), suite="checkout"))
+    bench.servers = [Server("uvicorn:1")]
+    # The box slows down between the rounds: F1 halves, and so does F5.
+    f1_tps = {0: 2000.0, 1: 1000.0}
+    f5_rps = {0: 1000.0, 1: 500.0}
+    order: list[tuple[str, int]] = []
+    now = {"round": 0}
+
+    def pgbench(clients: int) -> tuple[float, dict[str, float]]:
+        order.append(("F1", now["round"]))
+        return f1_tps[now["round"]] + clients, {"PostgreSQL": 1.0}
+
+    def http_round(n: int, server: Server) -> float:
+        order.append(("F5", n))
+        return f5_rps[n]
+
+    fakes: Any = bench
+    fakes.pgbench, fakes.http_round = pgbench, http_round
+    for n in (0, 1):
+        now["round"] = n
+        bench.round(n)
+
+    # Rounds alternate which comes first, so each F5 sits right beside its round's F1 ...
+    assert order == [("F1", 0), ("F1", 0), ("F5", 0), ("F5", 1), ("F1", 1), ("F1", 1)]
+    # ... and R1 divides by that one, the best of its 8 and 16 clients (not round 0's F1).
+    assert bench.results["R1 = F5/F1 [uvicorn:1]"] == [1000.0 / 2016.0, 500.0 / 1016.0]
