@@ -750,6 +750,10 @@ class Bench:
         for name, value in settings.items():
             if not re.fullmatch(r"[a-z_]+", name):
                 raise ValueError(f"not a PostgreSQL setting name: {name!r}")
+            # The launcher's own settings come from postgres's command line, which outranks
+            # ALTER SYSTEM: the override would silently change nothing.
+            if self.psql(f"SELECT source FROM pg_settings WHERE name = '{name}'") == "command line":
+                raise ValueError(f"pg.{name}: the stack sets it on postgres's command line")
             self.psql(
                 f"ALTER SYSTEM RESET {name}"
                 if value is None

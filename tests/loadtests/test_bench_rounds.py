@@ -1,12 +1,17 @@
-"""The bench's R1 pairs each round's F5 with the F1 measured beside it, in that round."""
+"""The bench's R1 pairs each round's F5 with the F1 measured beside it, in that round, and its
+``pg.NAME=VALUE`` option refuses what it could not change."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
 
 from loadtests.bench import Bench, Server
+from tests.conftest import Stack
 
 
 def test_r1_pairs_each_rounds_f5_with_the_f1_of_the_same_round(tmp_path: Path) -> None:
@@ -36,3 +41,21 @@ def test_r1_pairs_each_rounds_f5_with_the_f1_of_the_same_round(tmp_path: Path) -
     assert order == [("F1", 0), ("F1", 0), ("F5", 0), ("F5", 1), ("F1", 1), ("F1", 1)]
     # ... and R1 divides by that one, the best of its 8 and 16 clients (not round 0's F1).
     assert bench.results["R1 = F5/F1 [uvicorn:1]"] == [1000.0 / 2016.0, 500.0 / 1016.0]
+
+
+def test_a_setting_the_stack_passes_on_the_command_line_is_refused(
+    stack: Stack, tmp_path: Path
+) -> None:
+    bench = Bench(argparse.Namespace(reports=str(tmp_path), suite="checkout"))
+    bench.services = {"pg_port": urlsplit(stack.running.database_url).port}
+    assert "regulars" in urlsplit(stack.running.database_url).path  # the database psql uses
+    # max_wal_size comes from postgres's command line, which ALTER SYSTEM cannot outrank.
+    with pytest.raises(ValueError, match="command line"):
+        bench._pg_settings({"max_wal_size": "1GB"})
+    before = bench.psql("SHOW checkpoint_completion_target")
+    bench._pg_settings({"checkpoint_completion_target": "0.5"})
+    try:
+        assert bench.psql("SHOW checkpoint_completion_target") == "0.5"
+    finally:
+        bench._pg_settings({"checkpoint_completion_target": None})
+    assert bench.psql("SHOW checkpoint_completion_target") == before
