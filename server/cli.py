@@ -16,7 +16,13 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from server.infra.embedded import EmbeddedError, EmbeddedServices, discover, port_is_free
+from server.infra.embedded import (
+    WAL_RESERVE_MB,
+    EmbeddedError,
+    EmbeddedServices,
+    discover,
+    port_is_free,
+)
 from server.settings import Settings, SettingsError, load_settings
 
 __all__ = ["main"]
@@ -128,7 +134,11 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 f"{data_dir} is in use by process {other.owner_pid}; stop it before --fresh"
             )
         shutil.rmtree(data_dir)
-    services = EmbeddedServices(data_dir, log=lambda msg: print(f"  {msg}", flush=True))
+    services = EmbeddedServices(
+        data_dir,
+        log=lambda msg: print(f"  {msg}", flush=True),
+        wal_reserve_mb=args.wal_reserve_mb,
+    )
     need_pg, need_redis = not settings.database_url, not settings.redis_url
     # SIGTERM behaves like Ctrl-C, so the finally below always stops the children.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -381,6 +391,13 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)
     dev.add_argument("--fresh", action="store_true", help="delete the data directory first")
+    dev.add_argument(
+        "--wal-reserve-mb",
+        type=int,
+        default=WAL_RESERVE_MB,
+        help="WAL made ready on first start so a rush never waits for new WAL files "
+        f"(default {WAL_RESERVE_MB}; 0 for none)",
+    )
     serve = command("serve", cmd_serve, "production API server")
     serve.add_argument("--host", default="0.0.0.0")
     serve.add_argument("--port", type=int, default=8000)

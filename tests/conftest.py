@@ -56,7 +56,9 @@ class Stack:
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     data_dir = Path(tempfile.mkdtemp(prefix="regulars-test-"))
-    embedded = EmbeddedServices(data_dir)
+    # No WAL reserve: tests assert behaviour, not latency, and it would cost each session
+    # 1 GB of disk and seconds of start-up (tests/integration/test_embedded_wal.py covers it).
+    embedded = EmbeddedServices(data_dir, wal_reserve_mb=0)
     running = embedded.start()
 
     async def prepare() -> None:
