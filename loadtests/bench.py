@@ -339,6 +339,53 @@ def _median(values: list[float]) -> tuple[float, float, float]:
     return statistics.median(values), min(values), max(values)
 
 
+class Writeback:
+    """The kernel's dirty-page writeback threshold, set for one run and put back after it.
+
+    Why: PostgreSQL extends a table one zero-filled page at a time, and nothing flushes those
+    pages, so ~1 MB/s of dirty page cache builds up under the checkout and the kernel writes it
+    out at once when it is 30 s old (``dirty_expire_centisecs``). On this one-disk box each
+    ~30 MB burst held up the WAL's fdatasync: an 80-90 ms stall every ~30 s at 450 checkouts/s.
+    A small ``dirty_background_bytes`` makes the kernel write them out as they come (the usual
+    advice for a PostgreSQL host; docs/PERFORMANCE.md). It is the machine's setting, not the
+    app's, so the bench changes it only when asked (``--dirty-background-bytes``), says so in
+    its machine line, and puts the old value back however the run ends.
+    """
+
+    def __init__(self, vm: Path = Path("/proc/sys/vm")) -> None:
+        self.vm = vm
+        self._saved: tuple[int, int] | None = None  # (ratio %, bytes); one of them is 0
+
+    def _read(self, name: str) -> int:
+        return int((self.vm / name).read_text())
+
+    def describe(self) -> str:
+        ratio, size = self._read("dirty_background_ratio"), self._read("dirty_background_bytes")
+        background = f"{size} bytes" if size else f"{ratio} %"
+        expire_s = self._read("dirty_expire_centisecs") / 100
+        return f"writeback: dirty_background {background}, dirty_expire {expire_s:.0f} s"
+
+    def apply(self, background_bytes: int) -> None:
+        """Set ``dirty_background_bytes`` (the kernel then zeroes the ratio); refuses without
+        the right to write it."""
+        target = self.vm / "dirty_background_bytes"
+        if not os.access(target, os.W_OK):
+            raise SystemExit(f"bench: --dirty-background-bytes needs write access to {target}")
+        self._saved = (self._read("dirty_background_ratio"), self._read("dirty_background_bytes"))
+        target.write_text(str(background_bytes))
+
+    def restore(self) -> None:
+        """Put back whichever of the two was in force before :meth:`apply`."""
+        if self._saved is None:
+            return
+        ratio, size = self._saved
+        name, value = (
+            ("dirty_background_bytes", size) if size else ("dirty_background_ratio", ratio)
+        )
+        (self.vm / name).write_text(str(value))
+        self._saved = None
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -916,7 +963,8 @@ class Bench:
             f"nproc {os.cpu_count()}, RAM {mem:.0f} GiB, {platform.platform()}, Python "
             f"{platform.python_version()}, {pg}, synchronous_commit={sync}, {wrk.split(' [')[0]}, "
             f"litestar {litestar.__version__ if hasattr(litestar, '__version__') else '?'}, "
-            f"granian {granian.__version__}, uvicorn {uvicorn.__version__}"
+            f"granian {granian.__version__}, uvicorn {uvicorn.__version__}, "
+            f"{Writeback().describe()}"
         )
 
 
@@ -949,7 +997,27 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="py-spy the servers during round 0's 16-connection checkout run; raw stacks go to DIR",
     )
+    parser.add_argument(
+        "--dirty-background-bytes",
+        type=int,
+        metavar="N",
+        help="set the kernel's vm.dirty_background_bytes for this run and restore it after "
+        "(root; see Writeback)",
+    )
     args = parser.parse_args(argv)
+    # SIGTERM (a CI timeout, say) unwinds like Ctrl-C: the stack stops, the host setting returns.
+    on_term = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    writeback = Writeback()
+    try:
+        if args.dirty_background_bytes is not None:
+            writeback.apply(args.dirty_background_bytes)
+        return _run(args)
+    finally:
+        writeback.restore()
+        signal.signal(signal.SIGTERM, on_term)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.quick:
         args.rounds, args.duration, args.guests = 3, 3.0, min(args.guests, 100)
     if shutil.which("wrk") is None:
