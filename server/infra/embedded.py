@@ -140,6 +140,8 @@ class EmbeddedServices:
         state file. Refuses when another live process already owns this data directory.
         """
         self.data_dir = self.data_dir.resolve()
+        if 0 < self.wal_reserve_mb < 32:  # PostgreSQL's floor for min_wal_size
+            raise EmbeddedError("the WAL reserve is 0 (none) or at least 32 MB (two segments)")
         self._check_data_dir()
         other = discover(self.data_dir)
         if other is not None and other.owner_pid != os.getpid():
@@ -362,7 +364,9 @@ class EmbeddedServices:
         held = sum(1 for f in (pgdata / "pg_wal").iterdir() if _is_wal_segment(f.name))
         if wanted <= 0 or held >= wanted:
             return
-        self.log(f"reserving {self.wal_reserve_mb} MB of WAL for busy hours (first run only)")
+        self.log(
+            f"reserving {self.wal_reserve_mb} MB of WAL for busy hours (once per data directory)"
+        )
         switches = f"""
 DO $$ BEGIN FOR i IN 1..{wanted - held + 1} LOOP
     PERFORM pg_logical_emit_message(false, 'regulars', 'wal reserve');

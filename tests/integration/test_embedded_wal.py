@@ -12,9 +12,10 @@ import os
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from server.infra.db import connect_once
-from server.infra.embedded import EmbeddedServices
+from server.infra.embedded import EmbeddedError, EmbeddedServices
 
 RESERVE_MB = 64  # four segments: enough to see, cheap to write
 
@@ -88,3 +89,10 @@ def test_no_reserve_leaves_postgres_defaults(tmp_path: Path) -> None:
         assert not any("reserving" in m for m in logged)
     finally:
         services.stop()
+
+
+def test_a_reserve_below_two_segments_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    services = EmbeddedServices(tmp_path / "data", wal_reserve_mb=16)
+    with pytest.raises(EmbeddedError, match="at least 32 MB"):
+        services.start()
+    assert not (tmp_path / "data").exists()
