@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Annotated
 from uuid import UUID
 
@@ -44,8 +44,8 @@ class CatalogController(Controller):
         location_id: FromPath[UUID],
         day: Annotated[date | None, QueryParameter(name="date")] = None,
     ) -> contract.Slots:
-        """Pickup slots of a day (default today) with their free capacity."""
-        return await catalog.slots(location_id, day or datetime.now(UTC).date())
+        """Pickup slots of a day (default: the location's today) with their free capacity."""
+        return await catalog.slots(location_id, day)
 
     @post(
         "/{location_id:uuid}/items/{item_id:uuid}/availability",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
@@ -102,6 +102,12 @@ def earliest_pickup(location: LocationInfo, now: datetime) -> datetime:
     ready = now + timedelta(minutes=location.lead_time_min)
     start = slot_start(location, ready)
     return start if start >= ready else start + timedelta(minutes=location.slot_minutes)
+
+
+def local_date(location: LocationInfo, moment: datetime) -> date:
+    """The calendar day at the location at ``moment``: its "today" is not UTC's (a Berlin
+    café's day starts at 23:00 UTC in winter)."""
+    return moment.astimezone(location.tz).date()
 
 
 def slots_on(location: LocationInfo, day: datetime) -> list[datetime]:

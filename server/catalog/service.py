@@ -20,6 +20,7 @@ from server.catalog.model import (
     PricedItem,
     PricedModifier,
     is_open,
+    local_date,
     slots_on,
 )
 from server.infra.cache import SingleFlightCache
@@ -145,19 +146,22 @@ class Catalog:
         with contextlib.suppress(RedisUnavailable):
             await self.gate.run(lambda: self.gate.client.publish(CATALOG_CHANNEL, str(location_id)))
 
-    async def slots(self, location_id: UUID, day: date) -> contract.Slots:
-        today = datetime.now(UTC).date()
-        # A day either side of UTC's today covers every timezone's today.
-        if not today - timedelta(days=1) <= day <= today + BOOKING_HORIZON + timedelta(days=1):
+    async def slots(self, location_id: UUID, day: date | None) -> contract.Slots:
+        """The pickup slots of ``day`` at the location (default: its own today, not UTC's)
+        with their free capacity; refuses a day outside the booking horizon."""
+        location = (await self.menu(location_id)).location
+        now = datetime.now(UTC)
+        today = local_date(location, now)
+        day = day or today
+        if not today <= day <= today + BOOKING_HORIZON:
             raise Problem(
                 422,
                 "date-out-of-range",
                 f"pickup slots are shown from today up to {BOOKING_HORIZON.days} days ahead",
             )
-        location = (await self.menu(location_id)).location
         local_noon = datetime(day.year, day.month, day.day, 12, tzinfo=location.tz)
         starts = slots_on(location, local_noon)
-        earliest = datetime.now(UTC) + timedelta(minutes=location.lead_time_min)
+        earliest = now + timedelta(minutes=location.lead_time_min)
         counts: dict[datetime, int] = {}
         if starts:
             rows = await self.db.fetch(
