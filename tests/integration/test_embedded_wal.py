@@ -1,7 +1,7 @@
 """The launcher's WAL reserve: the segments a rush writes into exist before it starts.
 
 Without them, PostgreSQL creates and zero-fills each new 16 MB WAL segment while every commit
-waits (docs/PERFORMANCE.md, "WAL reserve"); these tests check that the launcher makes them
+waits (docs/PERFORMANCE.md, "New WAL files"); these tests check that the launcher makes them
 once, that they lie ahead of the WAL being written, and that checkpoints keep them.
 """
 
