@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,8 +15,15 @@ from loadtests.bench import Bench, Server
 from tests.conftest import Stack
 
 
-def test_r1_pairs_each_rounds_f5_with_the_f1_of_the_same_round(tmp_path: Path) -> None:
-    bench = Bench(argparse.Namespace(reports=str(tmp_path), suite="checkout"))
+@pytest.fixture
+def bench(tmp_path: Path) -> Iterator[Bench]:
+    """A Bench with no stack; the temp dir it makes goes when the test ends."""
+    made = Bench(argparse.Namespace(reports=str(tmp_path), suite="checkout"))
+    yield made
+    made.down()
+
+
+def test_r1_pairs_each_rounds_f5_with_the_f1_of_the_same_round(bench: Bench) -> None:
     bench.servers = [Server("uvicorn:1")]
     # The box slows down between the rounds: F1 halves, and so does F5.
     f1_tps = {0: 2000.0, 1: 1000.0}
@@ -44,9 +52,8 @@ def test_r1_pairs_each_rounds_f5_with_the_f1_of_the_same_round(tmp_path: Path) -
 
 
 def test_a_setting_the_stack_passes_on_the_command_line_is_refused(
-    stack: Stack, tmp_path: Path
+    stack: Stack, bench: Bench
 ) -> None:
-    bench = Bench(argparse.Namespace(reports=str(tmp_path), suite="checkout"))
     bench.services = {"pg_port": urlsplit(stack.running.database_url).port}
     assert "regulars" in urlsplit(stack.running.database_url).path  # the database psql uses
     # max_wal_size comes from postgres's command line, which ALTER SYSTEM cannot outrank.
