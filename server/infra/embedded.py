@@ -336,8 +336,12 @@ class EmbeddedServices:
     def _client_args(self) -> list[str]:
         return ["-h", "127.0.0.1", "-p", str(self.pg_port), "-U", "postgres"]
 
+    def _psql(self) -> list[str]:
+        """psql on the maintenance database, printing bare values."""
+        return [str(_pg_bin() / "psql"), *self._client_args(), "-d", "postgres", "-tAq"]
+
     def _ensure_database(self) -> None:
-        psql = [str(_pg_bin() / "psql"), *self._client_args(), "-d", "postgres", "-tAq", "-c"]
+        psql = [*self._psql(), "-c"]
         exists = subprocess.run(
             [*psql, f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"],
             capture_output=True,
@@ -373,9 +377,10 @@ DO $$ BEGIN FOR i IN 1..{wanted - held + 1} LOOP
     PERFORM pg_switch_wal();
 END LOOP; END $$;
 """
-        psql = [str(_pg_bin() / "psql"), *self._client_args(), "-d", "postgres", "-tAq"]
         for statement in (switches, "CHECKPOINT"):
-            result = subprocess.run([*psql, "-c", statement], capture_output=True, text=True)
+            result = subprocess.run(
+                [*self._psql(), "-c", statement], capture_output=True, text=True
+            )
             if result.returncode != 0:
                 raise EmbeddedError(f"reserving WAL failed: {result.stderr.strip()[-500:]}")
 
