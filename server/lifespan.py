@@ -157,7 +157,7 @@ async def _follow_catalog_changes(services: Services) -> None:
             await asyncio.sleep(services.settings.redis_retry_after_s)
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
     raise asyncio.CancelledError
 
 

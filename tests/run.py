@@ -2,9 +2,11 @@
 """Install what the test suite needs and run all of it: lint, format, types, every test layer.
 
 Standard library only, so it runs on a fresh machine with nothing but Python: it creates
-.venv, installs the project with its dev extra, installs the OpenGL libraries the kiosk's GUI
-tests need (with apt-get when run as root; otherwise it says what to install and the GUI
-layer skips with that message), then runs ruff, mypy and pytest. Extra arguments go to pytest.
+.venv, installs the uv that uv.lock pins, refuses a lock that no longer matches
+pyproject.toml, installs exactly the locked packages (the project with its dev extra), installs
+the OpenGL libraries the kiosk's GUI tests need (with apt-get when run as root; otherwise it
+says what to install and the GUI layer skips with that message), then runs ruff, the
+import-layer contracts, mypy and pytest. Extra arguments go to pytest.
 """
 
 from __future__ import annotations
@@ -14,12 +16,16 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 PYTHON = VENV / "bin" / "python"
+UV = VENV / "bin" / "uv"
+LOCK = ROOT / "uv.lock"
+REFRESH_LOCK = ".venv/bin/uv lock"
 GUI_PACKAGES = ["libgl1", "libegl1", "libmtdev1", "xvfb", "xauth"]
 XVFB = ["xvfb-run", "-a", "--server-args=-screen 0 1920x1200x24"]
 
@@ -32,11 +38,37 @@ def run(*command: str | Path, check: bool = False) -> int:
     return code
 
 
+def locked_version(name: str) -> str:
+    """The version of ``name`` that uv.lock pins (uv itself is locked like any package)."""
+    lock = tomllib.loads(LOCK.read_text())
+    for package in lock["package"]:
+        if package["name"] == name:
+            return str(package["version"])
+    sys.exit(f"uv.lock pins no {name!r}: refresh it with `{REFRESH_LOCK}`")
+
+
+def uv_version() -> str | None:
+    if not UV.exists():
+        return None
+    out = subprocess.run([UV, "--version"], capture_output=True, text=True).stdout
+    return out.split()[1] if out.startswith("uv ") else None
+
+
 def install() -> None:
+    """Make .venv hold exactly what uv.lock says, or stop with the command that fixes it."""
     if not PYTHON.exists():
         venv.create(VENV, with_pip=True)
-    run(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip", check=True)
-    run(PYTHON, "-m", "pip", "install", "--quiet", "-e", ".[dev]", check=True)
+    wanted = locked_version("uv")
+    if uv_version() != wanted:
+        run(PYTHON, "-m", "pip", "install", "--quiet", f"uv=={wanted}", check=True)
+    if subprocess.run([UV, "lock", "--check", "--quiet"], cwd=ROOT).returncode != 0:
+        print(
+            "uv.lock does not match pyproject.toml (a dependency changed and the lock was not "
+            f"refreshed): run `{REFRESH_LOCK}` and commit uv.lock with the change",
+            flush=True,
+        )
+        sys.exit(1)
+    run(UV, "sync", "--locked", "--quiet", "--extra", "dev", check=True)
 
 
 def gui_libraries() -> None:

@@ -78,7 +78,7 @@ class LiveQueues:
                 await asyncio.sleep(self.retry_after_s)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
 
     def _dispatch(self, channel: str, data: str) -> None:
         for queue in self._listeners.get(channel, ()):

@@ -23,7 +23,10 @@ from tests.conftest import LiveServer
 
 ROOT = Path(__file__).resolve().parents[2]
 KIVY_HOME = ROOT / ".kivy" / "gui-tests"  # .kivy/ is gitignored
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+# Screenshots go to a temporary folder unless this names one: the tests must not rewrite
+# tracked files. `REGULARS_SCREENSHOTS_DIR=docs/screenshots python3 tests/run.py tests/gui`
+# refreshes the README's pictures.
+SCREENSHOTS_ENV = "REGULARS_SCREENSHOTS_DIR"
 
 if not os.environ.get("DISPLAY"):
     os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")
@@ -88,12 +91,13 @@ def _healthy(base_url: str) -> bool:
 class KioskDriver:
     """Runs frames of the real app and acts like a barista (taps, a scanner, a camera)."""
 
-    def __init__(self, app: Any, server: Any) -> None:
+    def __init__(self, app: Any, server: Any, screenshots: Path) -> None:
         from kivy.base import EventLoop
         from kivy.core.window import Window
 
         self.app = app
         self.server = server
+        self.screenshots = screenshots
         self._idle = EventLoop.idle
         self.window = Window
 
@@ -161,20 +165,29 @@ class KioskDriver:
         assert tuple(self.app.root.size) == (width, height)
 
     def screenshot(self, name: str) -> Path:
-        """Save the app as docs/screenshots/<name>.png.
+        """Save the app as <name>.png in the session's screenshot folder.
 
         Rendered through an FBO of the root widget's size rather than read from the window:
         the offscreen SDL framebuffer keeps its first size when the window is resized.
         """
         self.frames(4)
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        target = SCREENSHOTS / f"{name}.png"
+        target = self.screenshots / f"{name}.png"
         self.app.root.export_to_png(str(target))
+        assert target.stat().st_size > 0, f"{target} is empty"
         return target
 
 
+@pytest.fixture(scope="session")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the GUI tests save what they saw: $REGULARS_SCREENSHOTS_DIR, else a temp folder."""
+    named = os.environ.get(SCREENSHOTS_ENV)
+    folder = Path(named).resolve() if named else tmp_path_factory.mktemp("screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 @pytest.fixture
-def kiosk(kiosk_server: Any, tmp_path: Path) -> Iterator[KioskDriver]:
+def kiosk(kiosk_server: Any, tmp_path: Path, screenshots: Path) -> Iterator[KioskDriver]:
     """A fresh kiosk app (own data dir and outbox) pointed at the live server."""
     from kivy.app import App
     from kivy.core.window import Window
@@ -194,7 +207,7 @@ def kiosk(kiosk_server: Any, tmp_path: Path) -> Iterator[KioskDriver]:
     app = KioskApp(config, settings, sound=False)
     Window.size = (1280, 800)
     app._run_prepare()
-    driver = KioskDriver(app, kiosk_server)
+    driver = KioskDriver(app, kiosk_server, screenshots)
     driver.frames(5)
     try:
         yield driver

@@ -1,6 +1,7 @@
 """The kiosk end to end: real app, real server, a generated camera frame and a fake scanner.
 
-Every test saves screenshots of what it shows into docs/screenshots/.
+Every test saves screenshots of what it shows into a temporary folder (or
+$REGULARS_SCREENSHOTS_DIR: see tests/gui/conftest.py).
 """
 
 from __future__ import annotations
