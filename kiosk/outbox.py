@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 from uuid import UUID
 
 import msgspec
@@ -237,7 +237,8 @@ def _entry(row: tuple[object, ...]) -> OutboxEntry:
         accrual=msgspec.json.decode(str(body), type=contract.AccrualIn),
         scanned_at=datetime.fromisoformat(str(scanned_at)) if scanned_at else None,
         created_at=datetime.fromisoformat(str(created_at)),
-        state=str(state),  # type: ignore[arg-type]
+        # Only this module writes the column, and only these three states.
+        state=cast(EntryState, str(state)),
         attempts=int(str(attempts)),
         last_error=str(error) if error else None,
         transfer=msgspec.json.decode(str(response), type=contract.Transfer) if response else None,

@@ -175,7 +175,8 @@ def parse_amount_minor(text: str, max_minor: int = 100_000_00) -> int:
         raise ValueError("The amount should be a number like 4.50.") from None
     if not amount.is_finite() or amount <= 0:
         raise ValueError("The amount must be more than zero.")
-    if amount.as_tuple().exponent < -2:  # type: ignore[operator]
+    exponent = amount.as_tuple().exponent  # an int: only NaN and infinities have a letter
+    if isinstance(exponent, int) and exponent < -2:
         raise ValueError("Use at most two decimals.")
     minor = int(amount * 100)
     if minor > max_minor:

@@ -56,7 +56,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -789,7 +789,7 @@ class Bench:
                 self._each([self.dev_pid], _is_stack_service, _policy(os.SCHED_OTHER))
                 self._each(server.pids, lambda _name: True, _policy(os.SCHED_OTHER))
 
-    def _pg_settings(self, settings: dict[str, str | None]) -> None:
+    def _pg_settings(self, settings: Mapping[str, str | None]) -> None:
         """``ALTER SYSTEM`` each setting (None: back to the default), then reload. One psql
         call per statement: ALTER SYSTEM refuses to run inside a transaction block."""
         if not settings:

@@ -196,7 +196,8 @@ if "locust" in sys.modules:
     from locust import events
     from locust.runners import WorkerRunner
 
-    @events.init_command_line_parser.add_listener
+    # Locust leaves EventHook.add_listener unannotated; it returns the function unchanged.
+    @events.init_command_line_parser.add_listener  # type: ignore[untyped-decorator]
     def _slo_arguments(parser: Any) -> None:
         group = parser.add_argument_group("SLO gate (loadtests/slo.py)")
         d = Thresholds()
@@ -238,7 +239,7 @@ if "locust" in sys.modules:
             help="report only; never change the exit code",
         )
 
-    @events.quitting.add_listener
+    @events.quitting.add_listener  # type: ignore[untyped-decorator]
     def _slo_gate(environment: Any, **_: Any) -> None:
         if isinstance(environment.runner, WorkerRunner) or environment.parsed_options is None:
             return

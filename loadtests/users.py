@@ -21,7 +21,7 @@ import os
 import random
 import time
 import urllib.request
-from typing import Any
+from typing import Any, cast
 
 from locust import FastHttpUser, between, events, task
 from locust.env import Environment
@@ -134,7 +134,11 @@ class GuestUser(_ApiUser):
         self.guest = _Shared.next_guest()
         self.rng = random.Random()
         if _Shared.location is None:
-            locations = self.client.get("/v1/locations", name="GET /v1/locations").json()
+            # Locust annotates json() as a dict; /v1/locations answers a list of locations.
+            locations = cast(
+                "list[dict[str, Any]]",
+                self.client.get("/v1/locations", name="GET /v1/locations").json(),
+            )
             wanted = setup.location_id or os.environ.get("REGULARS_LOADTEST_LOCATION")
             _Shared.location = choose_location(locations, wanted)
             self._menu()
@@ -339,7 +343,9 @@ class PosUser(_ApiUser):
         for attempt in range(MAX_ATTEMPTS):
             with self.client.post(
                 "/v1/pos/receipts",
-                data=raw,
+                # The exact signed bytes. Locust annotates data as str | dict, but its docstring
+                # and the client take bytes as they are.
+                data=raw,  # type: ignore[arg-type]
                 headers={
                     "Content-Type": "application/json",
                     "Idempotency-Key": body["external_id"],
@@ -374,7 +380,8 @@ def _disable(environment: Environment, user_class: type[_ApiUser], why: str) -> 
     log.warning("%s disabled: %s", user_class.__name__, why)
 
 
-@events.init.add_listener
+# Locust leaves EventHook.add_listener unannotated; it returns the function unchanged.
+@events.init.add_listener  # type: ignore[untyped-decorator]
 def _enable_what_exists(environment: Environment, **_: Any) -> None:
     """Drop the user classes whose endpoints the server does not have (yet)."""
     if not environment.host:

@@ -7,6 +7,7 @@ every barcode format is tried (KIVY_NOTES). Kivy-free.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
 import threading
 import time
@@ -118,7 +119,7 @@ class FramePipeline:
             if last is not None and last[0] == code and now - last[1] < self._dedupe_s:
                 continue
             self._last_code = (code, now)
-            self._deliver(lambda c=code: self._on_code(c, origin))  # type: ignore[misc]
+            self._deliver(functools.partial(self._on_code, code, origin))
             break  # one guest per frame: the first readable code wins
 
     def close(self) -> None:
