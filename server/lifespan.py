@@ -19,7 +19,7 @@ from server.auth.tokens import TokenIssuer
 from server.catalog.service import CATALOG_CHANNEL, Catalog
 from server.guests.service import Guests
 from server.infra.db import Database, create_pool
-from server.infra.redis import RedisGate, RedisLine, create_redis
+from server.infra.redis import RedisGate, open_redis
 from server.infra.runtime import freeze_startup_objects
 from server.kiosk import sql as kiosk_sql
 from server.kiosk.counter import Counter
@@ -90,10 +90,8 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
     assert settings.database_url and settings.redis_url, "resolve the URLs before building"
     pool = await create_pool(settings, settings.database_url)
     db = Database(pool, settings.db_acquire_timeout_s)
-    line = RedisLine(
-        settings.redis_url, settings.redis_connect_timeout_s, settings.redis_socket_timeout_s
-    )
-    gate = RedisGate(create_redis(settings, settings.redis_url), line, settings.redis_retry_after_s)
+    client, line = await open_redis(settings, settings.redis_url)
+    gate = RedisGate(client, line, settings.redis_retry_after_s)
     tokens = TokenIssuer(
         jwt_secret(settings),
         settings.jwt_issuer,

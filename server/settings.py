@@ -60,6 +60,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     redis_socket_timeout_s: float = 0.25
     redis_connect_timeout_s: float = 0.25
     redis_retry_after_s: float = 2.0
+    # One server or a Redis Cluster: "auto" asks the node the URL names (INFO cluster).
+    redis_cluster: Literal["auto", "yes", "no"] = "auto"
 
     # Tokens.
     jwt_secret: str | None = None

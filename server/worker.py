@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
-from server.infra.redis import RedisUnavailable
+from server.infra.redis import RedisUnavailable, publish_many
 from server.lifespan import Services
 from server.loyalty.jobs import expire_lots, recount_tier_points, void_timed_out_holds
 from server.loyalty.reconcile import RollingReconcile
@@ -33,16 +33,18 @@ async def relay_outbox(services: Services, batch_size: int) -> int:
         rows = await conn.fetch(CLAIM_OUTBOX, batch_size)
         if not rows:
             return 0
+        messages = [
+            (
+                QUEUE_CHANNEL.format(location_id=location_id),
+                msgspec.json.encode(row["payload"]),
+            )
+            for row in rows
+            if (location_id := row["payload"].get("order", {}).get("location_id"))
+        ]
         client = services.gate.client
 
         async def publish() -> None:
-            async with client.pipeline(transaction=False) as pipe:
-                for row in rows:
-                    location_id = row["payload"].get("order", {}).get("location_id")
-                    if location_id:
-                        channel = QUEUE_CHANNEL.format(location_id=location_id)
-                        pipe.publish(channel, msgspec.json.encode(row["payload"]))
-                await pipe.execute()
+            await publish_many(client, messages)
 
         await services.gate.run(publish)
         await conn.execute(MARK_PUBLISHED, [row["id"] for row in rows])

@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -29,11 +30,13 @@ import psutil
 __all__ = [
     "WAL_RESERVE_MB",
     "EmbeddedError",
+    "EmbeddedRedisCluster",
     "EmbeddedServices",
     "RunningServices",
     "discover",
     "free_port",
     "port_is_free",
+    "spawn_redis",
 ]
 
 PG_USER_WHEN_ROOT = "regulars-pg"
@@ -46,6 +49,8 @@ STOP_TIMEOUT_S = 20.0
 # (5 minutes) at ~700 checkouts/s. Segments are initdb's default 16 MB.
 WAL_RESERVE_MB = 1024
 _PR_SET_PDEATHSIG = 1
+# Redis Cluster nodes talk to each other on their port + 10000.
+_CLUSTER_BUS_OFFSET = 10_000
 
 
 class EmbeddedError(RuntimeError):
@@ -389,53 +394,175 @@ END LOOP; END $$;
     def start_redis(self) -> None:
         """Start Redis (again) on the same port as before, or a free one the first time."""
         redis_dir = self.data_dir / "redis"
-        redis_dir.mkdir(exist_ok=True)
         if not self.redis_port or not port_is_free("127.0.0.1", self.redis_port):
             self.redis_port = free_port()
-        args = [
-            _redis_binary(),
-            "--port",
-            str(self.redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(redis_dir),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--logfile",
-            str(redis_dir / "redis.log"),
-        ]
-        self._redis = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._redis.poll() is not None:
-                raise EmbeddedError("redis-server exited at start-up; see redis/redis.log")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.redis_port), timeout=0.2) as sock,
-            ):
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    self.log(f"Redis ready on 127.0.0.1:{self.redis_port}")
-                    return
-            time.sleep(0.05)
-        raise EmbeddedError("Redis did not become ready in time")
+        self._redis = spawn_redis(self.redis_port, redis_dir)
+        self.log(f"Redis ready on 127.0.0.1:{self.redis_port}")
 
     def stop_redis(self) -> None:
         if self._redis is not None:
             _terminate(self._redis, signal.SIGTERM)
             self._redis = None
+
+
+def spawn_redis(port: int, redis_dir: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """A redis-server child on 127.0.0.1:``port`` with no persistence, ready to answer."""
+    redis_dir.mkdir(parents=True, exist_ok=True)
+    args = [
+        _redis_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(redis_dir),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--logfile",
+        str(redis_dir / "redis.log"),
+        *extra,
+    ]
+    proc = subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise EmbeddedError(f"redis-server exited at start-up; see {redis_dir}/redis.log")
+        if _redis_answers(port, b"PING\r\n", b"+PONG"):
+            return proc
+        time.sleep(0.05)
+    _terminate(proc, signal.SIGKILL)
+    raise EmbeddedError("Redis did not become ready in time")
+
+
+def _redis_answers(port: int, command: bytes, expected: bytes) -> bool:
+    with (
+        contextlib.suppress(OSError),
+        socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock,
+    ):
+        sock.sendall(command)
+        return expected in sock.recv(4096)
+    return False
+
+
+@dataclass
+class EmbeddedRedisCluster:
+    """A Redis Cluster of ``masters`` nodes on loopback, from the binary `regulars dev` uses.
+
+    No replicas and no persistence: a killed master comes back empty on its old port and
+    takes its slots back (its nodes.conf remembers them); meanwhile the other masters keep
+    serving (``cluster-require-full-coverage no``). What it lost, `regulars reconcile`
+    rebuilds from PostgreSQL, which is the point of testing it.
+    """
+
+    data_dir: Path
+    masters: int = 3
+    node_timeout_ms: int = 1000
+    ports: list[int] = field(default_factory=list)
+    _nodes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        """Any one node's URL: the client finds the others by asking it."""
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def start(self) -> str:
+        """Start the nodes, join them into one cluster, wait until it serves every slot."""
+        self.ports = []
+        while len(self.ports) < self.masters:
+            self.ports.append(_free_cluster_port(taken=self.ports))
+        try:
+            for port in self.ports:
+                self._spawn(port)
+            subprocess.run(
+                [
+                    _redis_cli_binary(),
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{port}" for port in self.ports),
+                    "--cluster-replicas",
+                    "0",
+                    "--cluster-yes",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=START_TIMEOUT_S,
+            )
+            self.wait_until_ok()
+        except BaseException:
+            self.stop()
+            raise
+        return self.url
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one master, as a crashed machine would."""
+        proc = self._nodes.pop(port)
+        _terminate(proc, signal.SIGKILL)
+
+    def restart(self, port: int) -> None:
+        """Start a killed master again on its port; it rejoins with its slots, empty."""
+        self._spawn(port)
+        self.wait_until_ok()
+
+    def wait_until_ok(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if all(
+                _redis_answers(port, b"CLUSTER INFO\r\n", b"cluster_state:ok")
+                for port in self._nodes
+            ):
+                return
+            time.sleep(0.1)
+        raise EmbeddedError("the Redis Cluster did not reach cluster_state:ok in time")
+
+    def stop(self) -> None:
+        for proc in self._nodes.values():
+            _terminate(proc, signal.SIGTERM)
+        self._nodes.clear()
+
+    def _spawn(self, port: int) -> None:
+        self._nodes[port] = spawn_redis(
+            port,
+            self.data_dir / f"redis-cluster-{port}",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            str(self.node_timeout_ms),
+            "--cluster-require-full-coverage",
+            "no",
+        )
+
+
+def _free_cluster_port(taken: list[int]) -> int:
+    """A free port whose cluster-bus twin (port + 10000, so at most 55535) is free too."""
+    for _ in range(1000):
+        port = random.randint(20_000, 55_535)
+        if port not in taken and all(
+            port_is_free("127.0.0.1", p) for p in (port, port + _CLUSTER_BUS_OFFSET)
+        ):
+            return port
+    raise EmbeddedError("no free port pair for a Redis Cluster node")
+
+
+def _redis_cli_binary() -> str:
+    server = Path(_redis_binary())
+    beside = server.with_name("redis-cli")
+    found = str(beside) if beside.exists() else shutil.which("redis-cli")
+    if found is None:
+        raise EmbeddedError("no redis-cli beside redis-server: it creates the cluster")
+    return found
 
 
 def _is_wal_segment(name: str) -> bool:

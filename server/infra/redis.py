@@ -3,6 +3,10 @@
 Redis is an accelerator (DESIGN §4). A failed call marks it down for a short while, so a dead
 Redis costs one fast timeout, not one per request; after that the next call tries again, and
 the first success brings it back without a restart.
+
+The same code runs against one Redis or a Redis Cluster (DESIGN §8): ``open_redis`` asks the
+node that ``REGULARS_REDIS_URL`` names whether it is part of a cluster and builds the matching
+pooled client and hot-path line, so an operator changes nothing but the URL.
 """
 
 from __future__ import annotations
@@ -13,14 +17,16 @@ import hashlib
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
 import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 from redis.exceptions import (
     AuthenticationError,
     BusyLoadingError,
@@ -32,9 +38,22 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from server.settings import Settings
 
-__all__ = ["RedisGate", "RedisLine", "RedisUnavailable", "create_redis", "script_sha"]
+__all__ = [
+    "ClusterLine",
+    "HotLine",
+    "RedisClient",
+    "RedisGate",
+    "RedisLine",
+    "RedisUnavailable",
+    "create_redis",
+    "open_redis",
+    "publish_many",
+    "script_sha",
+]
 
 T = TypeVar("T")
+# What the app holds for everything but the hot path: one server's client or a cluster's.
+RedisClient = aioredis.Redis | RedisCluster
 log = logging.getLogger("regulars.redis")
 
 
@@ -70,6 +89,10 @@ _ERRORS: dict[str, type[ResponseError] | type[RedisConnectionError]] = {
     "LOADING": BusyLoadingError,
     "NOAUTH": AuthenticationError,
     "WRONGPASS": AuthenticationError,
+    # A cluster that lost a master (its slots unserved) or is moving a slot: Redis is not
+    # there for this key right now, which the gate treats like a dead server.
+    "CLUSTERDOWN": RedisConnectionError,
+    "TRYAGAIN": RedisConnectionError,
 }
 
 
@@ -220,6 +243,165 @@ class RedisLine:
             return replies
 
 
+class ClusterLine:
+    """RedisLine for a Redis Cluster: one pipelined line per master, chosen by the key's slot.
+
+    Every hot-path script touches one guest's keys, which share a hash tag and so one slot
+    (DESIGN §4), so a call goes to exactly one master. The slot map comes from CLUSTER SLOTS
+    of any node that answers (the URL's node first, then every master seen before); a MOVED
+    reply or a lost master makes the next call read it again, so a failover or a restarted
+    node is followed without a restart of the API. ``SCRIPT`` commands go to every master.
+    """
+
+    def __init__(self, url: str, connect_timeout_s: float, reply_timeout_s: float) -> None:
+        self.url = url
+        options = parse_url(url)
+        self.seed = (str(options.get("host", "127.0.0.1")), int(options.get("port", 6379)))
+        self.password = options.get("password")
+        self.username = options.get("username")
+        self.connect_timeout_s = connect_timeout_s
+        self.reply_timeout_s = reply_timeout_s
+        self._lines: dict[tuple[str, int], RedisLine] = {}
+        self._slots: list[tuple[str, int]] | None = None
+        self._refreshing = asyncio.Lock()
+
+    async def call(self, *args: str | int) -> Any:
+        """A command without keys: ``SCRIPT …`` runs on every master, anything else on one."""
+        masters = await self._masters()
+        if str(args[0]).upper() == "SCRIPT":
+            replies = [await self._on(node, lambda line: line.call(*args)) for node in masters]
+            return replies[-1]
+        return await self._on(masters[0], lambda line: line.call(*args))
+
+    async def evalsha(self, sha: str, source: str, keys: list[str], args: list[str | int]) -> Any:
+        """Run a script on the master that owns ``keys`` (all in one slot)."""
+        for attempt in range(2):
+            node = (await self._map())[key_slot(keys[0].encode())]
+            try:
+                return await self._on(node, lambda line: line.evalsha(sha, source, keys, args))
+            except ResponseError as exc:
+                # The slot moved (failover, resharding): read the map again and retry once.
+                if attempt or not str(exc).startswith(("MOVED", "ASK")):
+                    raise
+                self._slots = None
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        for line in self._lines.values():
+            await line.aclose()
+        self._lines.clear()
+
+    async def _on(self, node: tuple[str, int], call: Callable[[RedisLine], Awaitable[T]]) -> T:
+        try:
+            return await call(self._line(node))
+        except (ConnectionError, TimeoutError, RedisConnectionError):
+            self._slots = None  # the master may be gone: ask the cluster again next time
+            raise
+
+    def _line(self, node: tuple[str, int]) -> RedisLine:
+        line = self._lines.get(node)
+        if line is None:
+            auth = ""
+            if self.password:
+                auth = f"{self.username or ''}:{self.password}@"
+            url = f"redis://{auth}{node[0]}:{node[1]}/0"
+            line = self._lines[node] = RedisLine(url, self.connect_timeout_s, self.reply_timeout_s)
+        return line
+
+    async def _masters(self) -> list[tuple[str, int]]:
+        return sorted(set(await self._map()))
+
+    async def _map(self) -> list[tuple[str, int]]:
+        slots = self._slots
+        if slots is not None:
+            return slots
+        async with self._refreshing:
+            if self._slots is None:
+                self._slots = await self._read_map()
+            return self._slots
+
+    async def _read_map(self) -> list[tuple[str, int]]:
+        """Slot -> master from the first node that answers CLUSTER SLOTS."""
+        candidates = [self.seed, *(node for node in self._lines if node != self.seed)]
+        failure: Exception | None = None
+        for node in candidates:
+            try:
+                ranges = await self._line(node).call("CLUSTER", "SLOTS")
+            except (ConnectionError, TimeoutError, RedisConnectionError, OSError) as exc:
+                failure = exc
+                continue
+            owners: list[tuple[str, int] | None] = [None] * 16384
+            for first, last, master, *_replicas in ranges:
+                host = master[0] or node[0]
+                for slot in range(int(first), int(last) + 1):
+                    owners[slot] = (str(host), int(master[1]))
+            if any(owner is None for owner in owners):
+                raise RedisConnectionError("CLUSTERDOWN some hash slots have no master")
+            return [owner for owner in owners if owner is not None]
+        raise RedisConnectionError(f"no cluster node answered CLUSTER SLOTS: {failure}")
+
+
+HotLine = RedisLine | ClusterLine
+
+
+async def cluster_enabled(url: str, connect_timeout_s: float) -> bool:
+    """Whether the node at ``url`` runs in cluster mode (``INFO cluster``)."""
+    probe = aioredis.Redis.from_url(
+        url, socket_connect_timeout=connect_timeout_s, socket_timeout=connect_timeout_s
+    )
+    try:
+        info = await probe.info("cluster")
+    finally:
+        await probe.aclose()
+    return bool(int(info.get("cluster_enabled", 0)))
+
+
+async def open_redis(settings: Settings, url: str) -> tuple[RedisClient, HotLine]:
+    """The pooled client and the hot-path line for ``url``: one server's or a cluster's.
+
+    ``redis_cluster`` "auto" asks the node; when it does not answer (Redis away at start-up,
+    which the API survives) it is taken as one server, and a warning says so. "yes" / "no"
+    skip the question.
+    """
+    mode = settings.redis_cluster
+    cluster = mode == "yes"
+    if mode == "auto":
+        try:
+            cluster = await cluster_enabled(url, settings.redis_connect_timeout_s)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            log.warning(
+                "could not ask Redis whether it is a cluster (%s): assuming one server", exc
+            )
+    if not cluster:
+        line = RedisLine(url, settings.redis_connect_timeout_s, settings.redis_socket_timeout_s)
+        return create_redis(settings, url), line
+    log.info("Redis at %s is a cluster", url)
+    client = RedisCluster.from_url(
+        url,
+        max_connections=settings.redis_pool_max,
+        socket_timeout=settings.redis_socket_timeout_s,
+        socket_connect_timeout=settings.redis_connect_timeout_s,
+        decode_responses=True,
+        # Where a master died and no replica took over, the other slots keep serving.
+        require_full_coverage=False,
+    )
+    hot = ClusterLine(url, settings.redis_connect_timeout_s, settings.redis_socket_timeout_s)
+    return client, hot
+
+
+async def publish_many(client: RedisClient, messages: Sequence[tuple[str, bytes]]) -> None:
+    """PUBLISH each (channel, message) in order: one pipeline on one server; on a cluster,
+    whose pipelines refuse PUBLISH, one call each (any node relays to every subscriber)."""
+    if isinstance(client, RedisCluster):
+        for channel, message in messages:
+            await client.publish(channel, message)
+        return
+    async with client.pipeline(transaction=False) as pipe:
+        for channel, message in messages:
+            pipe.publish(channel, message)
+        await pipe.execute()
+
+
 def script_sha(source: str) -> str:
     """The SHA1 Redis names a script by (what SCRIPT LOAD returns)."""
     return hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
@@ -228,7 +410,7 @@ def script_sha(source: str) -> str:
 class RedisGate:
     """Runs Redis calls, remembers when Redis failed, and says whether it is degraded."""
 
-    def __init__(self, client: aioredis.Redis, line: RedisLine, retry_after_s: float) -> None:
+    def __init__(self, client: RedisClient, line: HotLine, retry_after_s: float) -> None:
         self.client = client
         self.line = line  # the hot path's scripts (HotWallets); everything else uses client
         self.retry_after_s = retry_after_s
