@@ -16,6 +16,9 @@ __all__ = [
     "PricedItem",
     "PricedModifier",
     "is_open",
+    "slot_runs",
+    "slot_runs_after_today",
+    "slot_runs_rest_of_day",
     "slot_start",
     "slots_on",
 ]
@@ -102,6 +105,54 @@ def earliest_pickup(location: LocationInfo, now: datetime) -> datetime:
     ready = now + timedelta(minutes=location.lead_time_min)
     start = slot_start(location, ready)
     return start if start >= ready else start + timedelta(minutes=location.slot_minutes)
+
+
+def slot_runs(
+    location: LocationInfo, day: datetime, after: datetime
+) -> list[tuple[datetime, datetime]]:
+    """The open slots of the location's local day of ``day`` starting at or after ``after``,
+    as runs of (first, last) slot starts, each run stepping by ``slot_minutes``: one run per
+    opening interval, so the database gets a day's candidates in a few values (the same
+    slots as ``slots_on``)."""
+    local = day.astimezone(location.tz)
+    date_, step = local.date(), timedelta(minutes=location.slot_minutes)
+    runs = []
+    for start, end in location.opening_hours.get(WEEKDAYS[local.weekday()], []):
+        start_t, end_t = _parse(start), _parse(end)
+        assert start_t is not None
+        opens = datetime.combine(date_, start_t, location.tz).astimezone(UTC)
+        closes = (
+            datetime.combine(date_, end_t, location.tz)
+            if end_t is not None
+            else datetime.combine(date_ + timedelta(days=1), time(0), location.tz)
+        ).astimezone(UTC)
+        from_ = max(opens, after)
+        first = slot_start(location, from_)
+        if first < from_:
+            first += step
+        last = slot_start(location, closes - timedelta(microseconds=1))
+        if first <= last:
+            runs.append((first, last))
+    return runs
+
+
+def slot_runs_rest_of_day(location: LocationInfo, now: datetime) -> list[tuple[datetime, datetime]]:
+    """The open slots left in the location's day, from the earliest pickup (lead time) on: the
+    candidates of an "as soon as possible" checkout."""
+    return slot_runs(location, now, earliest_pickup(location, now))
+
+
+def slot_runs_after_today(
+    location: LocationInfo, now: datetime, days: int
+) -> list[tuple[datetime, datetime]]:
+    """The open slots of the ``days`` local days after the location's today, as runs."""
+    today = local_date(location, now)
+    runs = []
+    for ahead in range(1, days + 1):
+        date_ = today + timedelta(days=ahead)
+        noon = datetime(date_.year, date_.month, date_.day, 12, tzinfo=location.tz)
+        runs += slot_runs(location, noon, datetime.min.replace(tzinfo=UTC))
+    return runs
 
 
 def local_date(location: LocationInfo, moment: datetime) -> date:

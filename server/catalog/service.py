@@ -21,6 +21,7 @@ from server.catalog.model import (
     PricedModifier,
     is_open,
     local_date,
+    slot_runs_after_today,
     slots_on,
 )
 from server.infra.cache import SingleFlightCache
@@ -181,3 +182,20 @@ class Catalog:
                 if start >= earliest
             ],
         )
+
+    async def next_free_slot(self, location: LocationInfo, now: datetime) -> datetime | None:
+        """The first slot with room after the location's today, within the booking horizon
+        (None: every one is full, or the location is closed until then). For a refusal: it
+        names the next time an "as soon as possible" checkout would get."""
+        runs = slot_runs_after_today(location, now, BOOKING_HORIZON.days)
+        if not runs:
+            return None
+        found: datetime | None = await self.db.fetchval(
+            sql.FIRST_SLOT_WITH_ROOM,
+            location.id,
+            [first for first, _ in runs],
+            [last for _, last in runs],
+            timedelta(minutes=location.slot_minutes),
+            location.orders_per_slot,
+        )
+        return found

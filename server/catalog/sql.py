@@ -34,6 +34,16 @@ SELECT slot_start, orders FROM slot_counts
 WHERE location_id = $1 AND slot_start >= $2 AND slot_start < $3
 """
 
+# The earliest of the candidate slots (runs of first and last slot starts stepping by $4)
+# that has room: a refused "as soon as possible" checkout names it.
+FIRST_SLOT_WITH_ROOM = """
+SELECT s FROM unnest($2::timestamptz[], $3::timestamptz[]) AS r(lo, hi),
+              generate_series(r.lo, r.hi, $4::interval) AS s
+WHERE NOT EXISTS (SELECT 1 FROM slot_counts c
+                  WHERE c.location_id = $1 AND c.slot_start = s AND c.orders >= $5)
+ORDER BY s LIMIT 1
+"""
+
 SET_UNAVAILABLE = """
 INSERT INTO item_unavailable (location_id, item_id) VALUES ($1, $2) ON CONFLICT DO NOTHING
 """

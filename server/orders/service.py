@@ -19,7 +19,14 @@ import asyncpg
 import msgspec
 
 from server.auth.tokens import Principal
-from server.catalog.model import BOOKING_HORIZON, MenuIndex, earliest_pickup, is_open, slot_start
+from server.catalog.model import (
+    BOOKING_HORIZON,
+    LocationInfo,
+    MenuIndex,
+    is_open,
+    slot_runs_rest_of_day,
+    slot_start,
+)
 from server.catalog.service import Catalog
 from server.infra import idempotency
 from server.infra.cache import SingleFlightCache
@@ -129,6 +136,10 @@ class Orders:
             raise database_busy("too many checkouts at once; try again in a moment") from None
         try:
             return await self._place(guest, body, key)
+        except Problem as refused:
+            if body.pickup_at is None and refused.slug in ("slot-full", "location-closed"):
+                raise await self._no_room_today(body.location_id, refused) from None
+            raise
         finally:
             self._in_flight.release()
 
@@ -145,7 +156,7 @@ class Orders:
                 f"an order takes at most {self.settings.max_lines_per_order} lines",
             )
         now = datetime.now(UTC)
-        pickup_at, slot = self._pickup(index, body.pickup_at, now)
+        pickup_at, slots = self._pickup(index, body.pickup_at, now)
         lines = price_lines(index, list(body.lines), self.settings.max_quantity_per_line)
         program = await self.loyalty.programs.get(guest.brand_id)
         promo = await self._promo(guest.brand_id, body.promo_code) if body.promo_code else None
@@ -168,8 +179,8 @@ class Orders:
         failure: BaseException | None = None
         try:
             created = await self._create(
-                guest, index, program, priced, promo, transfer_id, (pickup_at, slot), now,
-                (scope, key, digest),
+                guest, index, program, priced, promo, transfer_id, (pickup_at, slots), now,
+                (scope, key, digest), asap=body.pickup_at is None,
             )  # fmt: skip
             if isinstance(created, Stored):
                 return created
@@ -187,10 +198,18 @@ class Orders:
 
     def _pickup(
         self, index: MenuIndex, asked: datetime | None, now: datetime
-    ) -> tuple[datetime, datetime]:
+    ) -> tuple[datetime, list[tuple[datetime, datetime]]]:
+        """The pickup time and its candidate slots as runs of (first, last) slot starts: the
+        asked time's slot, or (none asked) every open slot left in the location's day, of
+        which place_order takes the earliest with room."""
         location = index.location
         if asked is None:
-            pickup = earliest_pickup(location, now)
+            runs = slot_runs_rest_of_day(location, now)
+            if not runs:
+                raise Problem(
+                    422, "location-closed", f"{location.name} is closed for the rest of today"
+                )
+            return runs[0][0], runs
         else:
             if asked.tzinfo is None:
                 raise Problem(422, "invalid-pickup-time", "pickup_at needs a timezone offset")
@@ -214,7 +233,26 @@ class Orders:
             raise Problem(
                 422, "location-closed", f"{location.name} is closed at {pickup.isoformat()}"
             )
-        return pickup, slot_start(location, pickup)
+        slot = slot_start(location, pickup)
+        return pickup, [(slot, slot)]
+
+    async def _no_room_today(self, location_id: UUID, refusal: Problem) -> Problem:
+        """An "as soon as possible" checkout found no slot with room in the rest of the
+        location's day (or none open): the refusal names the next time that has room, null
+        when none has within the booking horizon."""
+        location = (await self.catalog.menu(location_id)).location
+        found = await self.catalog.next_free_slot(location, datetime.now(UTC))
+        detail = (
+            f"no pickup slot at {location.name} has room for the rest of today"
+            if refusal.slug == "slot-full"
+            else refusal.detail
+        )
+        return Problem(
+            refusal.status,
+            refusal.slug,
+            detail,
+            next_available_at=found.isoformat() if found else None,
+        )
 
     async def _promo(self, brand_id: UUID, code: str) -> Promo:
         promo = (await self._promos.get(brand_id)).get(code.strip().upper())
@@ -234,16 +272,18 @@ class Orders:
         priced: Quote,
         promo: Promo | None,
         transfer_id: UUID,
-        pickup: tuple[datetime, datetime],
+        pickup: tuple[datetime, list[tuple[datetime, datetime]]],
         now: datetime,
         request: tuple[str, str, bytes],
+        asap: bool = False,
     ) -> Stored | tuple[AccountState | None, contract.Order, bytes]:
         """The checkout's writes: the key, the hold, the order with its lines, the slot and the
         stored response in one call of ``place_order`` (one round trip, no BEGIN/COMMIT). A
         promo code, or an order paid in full, adds statements after it in one transaction.
         Returns the stored response when the key was used before; refusals raise Problem and
-        leave nothing written."""
-        pickup_at, slot = pickup
+        leave nothing written. ``asap``: the order goes to the earliest of the candidate slots
+        with room, rendered here with the first and named right by place_order."""
+        pickup_at, slots = pickup
         window = timedelta(seconds=self.settings.payment_window_s)
         drafted = draft_order(uuid.uuid4(), guest.subject_id, index, priced, pickup_at, now, window)
         # What the order earns depends on the guest's tier, which place_order reads: the order
@@ -264,12 +304,15 @@ class Orders:
             async with conn.transaction() if adds_statements else contextlib.nullcontext():
                 row = await self._place_order(
                     conn, guest, drafted, priced, promo, transfer_id, redeemed, now + window,
-                    (slot, index.location.orders_per_slot), request,
+                    (slots, index.location, asap), request,
                     [t.min_points for t in program.tiers], variants, responses,
                 )  # fmt: skip
                 if not row["claimed"]:
                     return await idempotency.stored(conn, *request)
                 order, response = variants[row["tier"] - 1], responses[row["tier"] - 1]
+                if asap and row["chosen_slot"] != order.pickup_at:  # a later slot had room
+                    order = msgspec.structs.replace(order, pickup_at=row["chosen_slot"])
+                    response = _encode(order)
                 state = None if row["version"] is None else AccountState(
                     posted=row["posted"], pending=row["pending"], version=row["version"]
                 )  # fmt: skip
@@ -293,16 +336,17 @@ class Orders:
         transfer_id: UUID,
         redeemed_account_id: UUID | None,
         hold_timeout: datetime,
-        slot: tuple[datetime, int],
+        slots: tuple[list[tuple[datetime, datetime]], LocationInfo, bool],
         request: tuple[str, str, bytes],
         tier_floors: list[int],
         variants: list[contract.Order],
         responses: list[bytes],
     ) -> asyncpg.Record:
-        """Call place_order (migration 0007) and turn its refusals into problems. ``slot`` is
-        the pickup slot's start and how many orders it takes."""
+        """Call place_order (migration 0009) and turn its refusals into problems. ``slots``:
+        the candidate slots (runs of first and last start) at the location, and whether the
+        order goes to the earliest with room (as soon as possible) or to the one asked."""
         scope, key, digest = request
-        slot_start, slot_capacity = slot
+        runs, location, asap = slots
         lines = [
             {
                 "id": str(line.id), "line_no": n, "item_id": str(line.item_id), "sku": line.sku,
@@ -322,8 +366,9 @@ class Orders:
                 redeemed_account_id, hold_timeout, order.id, guest.brand_id, order.location_id,
                 order.status, order.currency, order.subtotal_minor, order.discount_minor,
                 order.points_value_minor, order.amount_due_minor, promo.id if promo else None,
-                order.pickup_at, slot_start, order.payment_expires_at, order.created_at, lines,
-                slot_capacity,
+                None if asap else order.pickup_at, order.payment_expires_at, order.created_at,
+                lines, [first for first, _ in runs], [last for _, last in runs],
+                location.slot_minutes, location.orders_per_slot,
             )  # fmt: skip
         except asyncpg.RaiseError as refused:
             if refused.message == "insufficient-points":
@@ -333,7 +378,7 @@ class Orders:
                 raise Problem(
                     409,
                     "slot-full",
-                    f"the pickup slot at {slot_start.isoformat()} is full; choose another",
+                    f"the pickup slot at {runs[0][0].isoformat()} is full; choose another",
                 ) from None
             raise
         assert row is not None

@@ -7,13 +7,13 @@ FROM promo_codes WHERE brand_id = $1
 
 GUEST_ACCOUNT_ID = "SELECT id FROM accounts WHERE guest_id = $1"
 
-# The whole checkout in one round trip: a PL/pgSQL function (migration 0007) because its
-# statements depend on each other's results (the claim, the guarded hold, the slot's room) and
-# one call replaces six round trips, each of which cost the API more than the SQL itself.
+# The whole checkout in one round trip: a PL/pgSQL function (migrations 0007, 0009) because
+# its statements depend on each other's results (the claim, the guarded hold, the slot with
+# room) and one call replaces six round trips, each of which cost the API more than the SQL.
 PLACE_ORDER = """
-SELECT claimed, tier, posted, pending, version
+SELECT claimed, tier, posted, pending, version, chosen_slot
 FROM place_order($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                 $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)
+                 $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)
 """
 
 RELEASE_SLOT = """

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 from server.catalog.model import (
     LocationInfo,
     earliest_pickup,
     is_open,
     local_date,
+    slot_runs_after_today,
+    slot_runs_rest_of_day,
     slot_start,
     slots_on,
 )
@@ -40,3 +42,32 @@ def test_a_locations_today_is_its_own_not_utcs() -> None:
     # 23:30 UTC on Monday is 00:30 on Tuesday in Berlin (winter, UTC+1).
     assert local_date(CAFE, datetime(2026, 11, 23, 23, 30, tzinfo=UTC)) == date(2026, 11, 24)
     assert local_date(CAFE, datetime(2026, 11, 23, 22, 59, tzinfo=UTC)) == date(2026, 11, 23)
+
+
+def test_the_rest_of_a_day_in_runs_is_the_days_open_slots_from_the_earliest_pickup() -> None:
+    for now in (
+        datetime(2026, 11, 22, 23, 30, tzinfo=UTC),  # Monday 00:30 in Berlin: before opening
+        datetime(2026, 11, 23, 6, 7, tzinfo=UTC),  # 07:07: lead time pushes past 07:15
+        datetime(2026, 11, 23, 10, 55, tzinfo=UTC),  # 11:55: the lunch break comes next
+        datetime(2026, 11, 23, 17, 52, tzinfo=UTC),  # 18:52: nothing left today
+        datetime(2026, 11, 28, 21, 0, tzinfo=UTC),  # Saturday 22:00, open until 24:00
+    ):
+        step = timedelta(minutes=CAFE.slot_minutes)
+        expanded = [
+            first + k * step
+            for first, last in slot_runs_rest_of_day(CAFE, now)
+            for k in range(int((last - first) / step) + 1)
+        ]
+        day = slots_on(CAFE, now)  # the location's day, not UTC's
+        assert expanded == [s for s in day if s >= earliest_pickup(CAFE, now)], now
+
+
+def test_the_days_after_today_in_runs_are_their_open_slots() -> None:
+    now = datetime(2026, 11, 22, 12, tzinfo=UTC)  # Sunday: closed; then Monday, Tuesday (closed)
+    step = timedelta(minutes=CAFE.slot_minutes)
+    expanded = [
+        first + k * step
+        for first, last in slot_runs_after_today(CAFE, now, 2)
+        for k in range(int((last - first) / step) + 1)
+    ]
+    assert expanded == slots_on(CAFE, datetime(2026, 11, 23, 12, tzinfo=UTC))
