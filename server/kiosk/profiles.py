@@ -35,8 +35,15 @@ async def record_visit(
 
     The first time a row is folded forward, its histograms are started from the guest's
     completed orders (bounded); after that only the new visit is read.
+
+    A guest without a row gets an empty one first, so that two first visits at once queue on
+    it: FOR UPDATE locks no row that is not there, and both used to fold onto nothing, the
+    second overwriting the first (one visit counted of two).
     """
     row = await conn.fetchrow(sql.PROFILE_FOR_UPDATE, guest_id)
+    if row is None:
+        await conn.execute(sql.CLAIM_PROFILE, guest_id)  # waits for a concurrent first visit
+        row = await conn.fetchrow(sql.PROFILE_FOR_UPDATE, guest_id)
     if row is None or row["weekday_counts"] is None:
         history = [
             r["created_at"]

@@ -72,6 +72,11 @@ FROM guest_profiles WHERE guest_id = $1
 FOR UPDATE
 """
 
+# A guest's first visit makes an empty row to lock; a concurrent first visit waits on it.
+CLAIM_PROFILE = """
+INSERT INTO guest_profiles (guest_id) VALUES ($1) ON CONFLICT (guest_id) DO NOTHING
+"""
+
 # Once per guest, when a profile is first folded forward: the visit times the histograms start
 # from. Bounded, and never on the scan path.
 COMPLETED_VISITS = """
