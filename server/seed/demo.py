@@ -18,6 +18,7 @@ import asyncpg
 import msgspec
 from argon2 import PasswordHasher
 
+from server.kiosk.model import RECENT_VISITS_MAX, TOP_ITEMS_MAX, histogram_from
 from server.loyalty.model import Program, Tier, allocate, earn_points, tier_for
 from server.loyalty.service import add_months
 from shared import qr
@@ -425,6 +426,7 @@ async def _guests(
         "SELECT id FROM accounts WHERE brand_id = $1 AND kind = 'issued'", brand
     )
     berlin = ZoneInfo("Europe/Berlin")
+    zones = {locations[row[0]]: ZoneInfo(row[3]) for row in LOCATIONS}
     cafe_items = [i for i in items if i.earns]
     guests: list[tuple[Any, ...]] = []
     accounts: list[tuple[Any, ...]] = []
@@ -561,7 +563,9 @@ async def _guests(
         credits += PROGRAM.welcome_bonus_points
         accounts.append((account_id, brand, "guest", guest_id, credits, len(history) + 1))
         profiles.append(
-            _profile(guest_id, history, item_counts, items, spend, earned_in_window, now, berlin)
+            _profile(
+                guest_id, history, item_counts, items, spend, earned_in_window, now, zones[home]
+            )
         )
     await conn.copy_records_to_table(
         "guests",
@@ -646,8 +650,9 @@ async def _guests(
     # executemany, not COPY: binary COPY has no encoder for our text-format jsonb codec.
     await conn.executemany(
         "INSERT INTO guest_profiles (guest_id, visits_total, visits_30d, spend_total_minor,"
-        " avg_ticket_minor, usual_weekday, usual_hour, last_visit_at, top_items, points_earned_12m)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        " avg_ticket_minor, usual_weekday, usual_hour, last_visit_at, top_items, points_earned_12m,"
+        " weekday_counts, hour_counts, recent_visits)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         profiles,
     )
 
@@ -662,9 +667,14 @@ def _profile(
     now: datetime,
     tz: ZoneInfo,
 ) -> tuple[object, ...]:
+    """The profile row a rebuild from the guest's history would make (server.kiosk.profiles:
+    histograms from the latest visits in the home location's time, the recent visits that the
+    card counts ``visits_30d`` from, relative to whenever it is read), so a seeded guest looks
+    right before their next visit, and that visit folds onto it."""
     names = {i.id: i for i in items}
-    weekdays = Counter(at.astimezone(tz).weekday() for at in history)
-    hours = Counter(at.astimezone(tz).hour for at in history)
+    latest = sorted(history)[-RECENT_VISITS_MAX * 5 :]
+    weekdays, hours = histogram_from(at.astimezone(tz) for at in latest)
+    recent = sorted(at for at in history if at > now - timedelta(days=30))[-RECENT_VISITS_MAX:]
     top = [
         {
             "item_id": str(item_id),
@@ -672,17 +682,20 @@ def _profile(
             "count": count,
             "price_minor": names[item_id].price,
         }
-        for item_id, count in counts.most_common(3)
+        for item_id, count in counts.most_common(TOP_ITEMS_MAX)
     ]
     return (
         guest_id,
         len(history),
-        sum(1 for at in history if at > now - timedelta(days=30)),
+        len(recent),
         spend,
         spend // len(history) if history else 0,
-        weekdays.most_common(1)[0][0] if weekdays else None,
-        hours.most_common(1)[0][0] if hours else None,
+        max(range(7), key=lambda d: weekdays[d]) if history else None,
+        max(range(24), key=lambda h: hours[h]) if history else None,
         max(history) if history else None,
         top,
         earned,
+        list(weekdays),
+        list(hours),
+        recent,
     )
