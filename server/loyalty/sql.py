@@ -215,20 +215,43 @@ SELECT transfer_id AS id FROM open_holds WHERE timeout_at < now()
 ORDER BY timeout_at LIMIT $1
 """
 
-# Guests with points due to expire: lots past their expiry date gave more than everything
-# consumed since (spent, held, expired before), and there is something spendable to take
-# (the job's own formula, model.remaining_lots). A guest whose expired lots were all spent
-# is not one: such regulars used to fill every batch, and the points really due never
-# expired.
-EXPIRY_CANDIDATES = """
-SELECT a.guest_id
-FROM (SELECT credit_account_id AS account_id, sum(amount) AS expired FROM transfers
-      WHERE phase = 'single' AND expires_at <= $1 GROUP BY credit_account_id) lots
-JOIN accounts a ON a.id = lots.account_id
-WHERE a.kind = 'guest'
-  AND a.credits_posted - a.debits_posted - a.debits_pending > 0
-  AND lots.expired > a.debits_posted + a.debits_pending
-LIMIT $2
+# Lot expiry reads only what expired since its last pass (migration 0009): per brand, the
+# lots after the watermark in the order of the transfers_lots_by_expiry index, up to now.
+EXPIRY_WATERMARK = """
+SELECT expires_at, account_id FROM lot_expiry_watermarks WHERE brand_id = $1
+"""
+
+LOTS_EXPIRED_SINCE = """
+SELECT expires_at, credit_account_id AS account_id FROM transfers
+WHERE phase = 'single' AND expires_at IS NOT NULL
+  AND (expires_at, credit_account_id) > ($2::timestamptz, $3::uuid) AND expires_at <= $4
+  AND brand_id = $1
+ORDER BY expires_at, credit_account_id
+LIMIT $5
+"""
+
+# Only ever forward: a slower pass running alongside does not move it back.
+ADVANCE_EXPIRY_WATERMARK = """
+INSERT INTO lot_expiry_watermarks AS w (brand_id, expires_at, account_id)
+VALUES ($1, $2, $3)
+ON CONFLICT (brand_id) DO UPDATE
+SET expires_at = EXCLUDED.expires_at, account_id = EXCLUDED.account_id, updated_at = now()
+WHERE (w.expires_at, w.account_id) < (EXCLUDED.expires_at, EXCLUDED.account_id)
+"""
+
+EXPIRY_RECHECKS = "SELECT account_id FROM lot_expiry_rechecks WHERE brand_id = $1"
+
+RECHECK_EXPIRY = """
+INSERT INTO lot_expiry_rechecks (account_id, brand_id) VALUES ($1, $2) ON CONFLICT DO NOTHING
+"""
+
+RECHECKED_EXPIRY = "DELETE FROM lot_expiry_rechecks WHERE account_id = $1"
+
+EXPIRY_ACCOUNT = """
+SELECT id, guest_id, brand_id, debits_posted, debits_pending,
+       credits_posted - debits_posted - debits_pending AS spendable
+FROM accounts WHERE id = $1 AND kind = 'guest'
+FOR UPDATE
 """
 
 EXPIRED_CREDITS = """

@@ -1,4 +1,4 @@
--- "As soon as possible" checkouts (issue 20) and the lot-expiry watermark.
+-- "As soon as possible" checkouts and the lot-expiry watermark (issue 20).
 --
 -- 1. place_order takes the candidate pickup slots instead of one slot: runs of (first, last)
 --    slot starts stepping by p_slot_minutes (an explicit pickup_at is one run of one slot). It
@@ -169,3 +169,23 @@ BEGIN
     RETURN NEXT;
 END;
 $$;
+
+-- 2. Lot expiry reads only the lots that expired since its last pass (it used to sum every
+--    expired lot of history on each pass). Per brand, the watermark is the last lot dealt
+--    with, in the order of the transfers_lots_by_expiry index: (expires_at, credit account).
+--    Lots are made with their expiry ahead of them, so none appears behind the watermark.
+CREATE TABLE lot_expiry_watermarks (
+    brand_id        uuid PRIMARY KEY REFERENCES brands (id),
+    expires_at      timestamptz NOT NULL,
+    account_id      uuid NOT NULL,
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+
+-- Guests whose expired points were held (a pending spend) when their lot was dealt with: if
+-- the hold is voided, those points are due after all, so the next pass looks at them again.
+-- Holds time out within minutes, so this stays a handful of rows.
+CREATE TABLE lot_expiry_rechecks (
+    account_id      uuid PRIMARY KEY REFERENCES accounts (id),
+    brand_id        uuid NOT NULL REFERENCES brands (id)
+);
+CREATE INDEX lot_expiry_rechecks_brand ON lot_expiry_rechecks (brand_id);

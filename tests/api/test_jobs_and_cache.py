@@ -127,10 +127,21 @@ async def test_the_live_queues_are_relayed_while_a_long_pass_runs(
 
 
 async def _expired_lot(
-    services: Any, demo: Demo, guest_id: uuid.UUID, points: int, days_ago: int = 400
+    services: Any,
+    demo: Demo,
+    guest_id: uuid.UUID,
+    points: int,
+    days_ago: int = 400,
+    *,
+    expires_at: datetime | None = None,
+    rewind: bool = True,
 ) -> None:
-    """A lot of ``points`` the guest earned, which expired ``days_ago`` days ago."""
+    """A lot of ``points`` the guest earned, which expired ``days_ago`` days ago (or expires
+    at ``expires_at``). Lots are never made already expired outside tests, so lot expiry's
+    watermark (migration 0009) may be past this one: ``rewind`` puts it back before the lot,
+    as if the job had not run since."""
     loyalty = services.loyalty
+    expires_at = expires_at or datetime.now(UTC) - timedelta(days=days_ago)
     async with services.db.transaction() as conn:
         account_id = await conn.fetchval("SELECT id FROM accounts WHERE guest_id = $1", guest_id)
         transfer_id = uuid.uuid4()
@@ -142,9 +153,95 @@ async def _expired_lot(
             points=points,
             code="earn",
             source="issued",
-            expires_at=datetime.now(UTC) - timedelta(days=days_ago),
+            expires_at=expires_at,
         )
+        if rewind:
+            await conn.execute(
+                "UPDATE lot_expiry_watermarks SET expires_at = $2, account_id = $3"
+                " WHERE brand_id = $1 AND expires_at >= $2",
+                demo.brand_id,
+                expires_at - timedelta(microseconds=1),
+                uuid.UUID(int=0),
+            )
     await loyalty.mirror(guest_id, "credit", transfer_id, state, points)
+
+
+async def _watermark(services: Any, demo: Demo) -> datetime:
+    async with services.db.connection() as conn:
+        mark: datetime = await conn.fetchval(
+            "SELECT expires_at FROM lot_expiry_watermarks WHERE brand_id = $1", demo.brand_id
+        )
+    return mark
+
+
+async def _expiries(services: Any, guest_id: uuid.UUID) -> list[int]:
+    async with services.db.connection() as conn:
+        rows = await conn.fetch(
+            "SELECT t.amount FROM transfers t JOIN accounts a ON a.id = t.debit_account_id"
+            " WHERE a.guest_id = $1 AND t.code = 'expiry' ORDER BY t.created_at",
+            guest_id,
+        )
+    return [r["amount"] for r in rows]
+
+
+async def test_lot_expiry_reads_only_what_expired_since_its_watermark(
+    client: Client, notifier: RecordingNotifier, demo: Demo, services: Any
+) -> None:
+    loyalty = services.loyalty
+    now = datetime.now(UTC)
+    lapsed, behind, later = [await sign_in(client, notifier) for _ in range(3)]
+    await _expired_lot(services, demo, lapsed.id, 300, days_ago=1)
+    await expire_lots(loyalty, 10_000, now)
+    assert await _expiries(services, lapsed.id) == [300]
+    mark = await _watermark(services, demo)
+    assert now - timedelta(days=1) <= mark <= now
+
+    # A second pass expires nothing more, and reads nothing behind the watermark: a lot
+    # planted there (never the case outside tests) is not seen.
+    await _expired_lot(
+        services, demo, behind.id, 200, expires_at=mark - timedelta(seconds=1), rewind=False
+    )
+    assert await expire_lots(loyalty, 10_000, now) == 0
+    assert await _expiries(services, lapsed.id) == [300]
+    assert await _expiries(services, behind.id) == []
+    assert await _watermark(services, demo) == mark
+
+    # A lot that expires after the watermark is caught by the pass after it expires, once.
+    soon = now + timedelta(minutes=30)
+    await _expired_lot(services, demo, later.id, 100, expires_at=soon, rewind=False)
+    assert await expire_lots(loyalty, 10_000, now) == 0  # not yet expired
+    assert await _expiries(services, later.id) == []
+    assert await expire_lots(loyalty, 10_000, now + timedelta(hours=1)) == 1
+    assert await _watermark(services, demo) == soon
+    assert await expire_lots(loyalty, 10_000, now + timedelta(hours=1)) == 0
+    assert await _expiries(services, later.id) == [100]
+    assert await ledger_state(services, later.id) == (WELCOME, 0)
+    assert await _expiries(services, lapsed.id) == [300]
+    await assert_books_balance(services, demo.brand_id)
+
+
+async def test_expired_points_held_when_their_lot_passed_expire_once_the_hold_is_voided(
+    client: Client, guest: GuestHandle, demo: Demo, services: Any
+) -> None:
+    """Points on hold are consumed as long as the hold lasts; a voided hold gives them back to
+    the oldest lot. The watermark passes that lot while they are held: the guest is looked at
+    again on the next pass."""
+    await _expired_lot(services, demo, guest.id, 300, days_ago=1)
+    items = await menu_items(client, demo.locations["station"])
+    order = (
+        await place(client, guest, order_body(demo, items, ("GC50", 1), points=WELCOME + 300))
+    ).json()
+    assert order["points_spent"] == WELCOME + 300
+    await expire_lots(services.loyalty, 10_000)
+    assert await _expiries(services, guest.id) == []  # all of it is held
+    cancelled = await client.post(f"/v1/orders/{order['id']}/cancel", headers=guest.headers)
+    assert cancelled.status_code == 200, cancelled.text
+    await expire_lots(services.loyalty, 10_000)  # the watermark is past the lot by now
+    assert await _expiries(services, guest.id) == [300]
+    assert await ledger_state(services, guest.id) == (WELCOME, 0)
+    await expire_lots(services.loyalty, 10_000)
+    assert await _expiries(services, guest.id) == [300]
+    await assert_books_balance(services, demo.brand_id)
 
 
 async def test_expired_lots_are_taken_oldest_first(
