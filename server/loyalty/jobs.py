@@ -27,7 +27,7 @@ async def expire_lots(loyalty: Loyalty, batch_size: int, now: datetime | None = 
     """
     now = now or datetime.now(UTC)
     touched = 0
-    for brand in await loyalty.db.fetch("SELECT id FROM brands ORDER BY id"):
+    for brand in await loyalty.db.fetch(sql.BRANDS):
         touched += await _expire_brand(loyalty, brand["id"], batch_size, now)
     return touched
 

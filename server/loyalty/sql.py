@@ -217,6 +217,8 @@ ORDER BY timeout_at LIMIT $1
 
 # Lot expiry reads only what expired since its last pass (migration 0009): per brand, the
 # lots after the watermark in the order of the transfers_lots_by_expiry index, up to now.
+BRANDS = "SELECT id FROM brands ORDER BY id"
+
 EXPIRY_WATERMARK = """
 SELECT expires_at, account_id FROM lot_expiry_watermarks WHERE brand_id = $1
 """
