@@ -21,7 +21,7 @@ import msgspec
 import pytest
 
 from server.auth.notifier import RecordingNotifier
-from server.catalog.model import BOOKING_HORIZON
+from server.catalog.model import BOOKING_HORIZON, WEEKDAYS
 from server.seed.demo import PROGRAM
 from server.settings import Settings
 from tests.api.helpers import ledger_state, menu_items, place
@@ -189,3 +189,20 @@ async def test_no_room_within_the_booking_horizon_names_no_time(
     assert full.status_code == 409, full.text
     assert full.json()["type"].endswith("/slot-full")
     assert full.json()["next_available_at"] is None
+
+
+async def test_closed_for_the_rest_of_today_names_the_next_opening(
+    checkout: Client, guest: GuestHandle, counter: Counter, services: Any
+) -> None:
+    today = WEEKDAYS[counter.slots[0].astimezone(counter.tz).weekday()]
+    async with services.db.transaction() as conn:  # before the menu is first read (cached)
+        await conn.execute(
+            "UPDATE locations SET opening_hours = opening_hours - $2::text WHERE id = $1",
+            counter.id,
+            today,
+        )
+    croissant = (await menu_items(checkout, counter.id))["CRO"]["id"]
+    closed = await place(checkout, guest, order(counter, croissant))
+    assert closed.status_code == 422, closed.text
+    assert closed.json()["type"].endswith("/location-closed")
+    assert datetime.fromisoformat(closed.json()["next_available_at"]) == counter.tomorrow()
