@@ -185,9 +185,10 @@ def test_live_queue_on_the_cluster(settings: Settings) -> None:
             queue = LiveQueue(lambda: ws_url, seen.on_event, seen.on_connected, refresh, FAST)
             task = asyncio.create_task(queue.run())
             try:
-                await until(lambda: seen.connected[-1:] == [True])
+                # Generous bounds: the whole suite shares two cores with this live server.
+                await until(lambda: seen.connected[-1:] == [True], timeout_s=60)
                 order_id = await asyncio.to_thread(place_and_pay, server, station)
-                await until(lambda: seen.has_order(order_id))
+                await until(lambda: seen.has_order(order_id), timeout_s=60)
             finally:
                 task.cancel()
             return order_id
