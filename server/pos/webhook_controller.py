@@ -50,7 +50,7 @@ class WebhookDeliveriesController(Controller):
 
 class PosOrdersFeedController(Controller):
     """Signed by a till's key like every POS request: registered once pos-in's signature
-    guard provides ``pos_integration`` (see server/pos/ports.py)."""
+    guard (``requires_till``) and its ``till`` dependency are on main (server/pos/ports.py)."""
 
     path = "/v1/pos/orders"
     tags = ["pos"]
@@ -59,11 +59,9 @@ class PosOrdersFeedController(Controller):
     async def feed(
         self,
         pos_webhooks: NamedDependency[PosWebhooks],
-        pos_integration: SignedIntegration,
+        till: NamedDependency[SignedIntegration],
         settings: NamedDependency[Settings],
         after: Annotated[str | None, QueryParameter(max_length=20)] = None,
     ) -> PosOrderFeed:
         """Pre-orders and status changes of the integration's location after ``after``."""
-        return await pos_webhooks.feed(
-            pos_integration.location_id, after, settings.pos_feed_page_max
-        )
+        return await pos_webhooks.feed(till.location_id, after, settings.pos_feed_page_max)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from litestar import Controller, Request, post
+from litestar.di import NamedDependency
 
 from server.infra.problems import Problem
 from server.pos.ports import ReceiptIntake, SignedIntegration
@@ -27,44 +28,46 @@ def _refuse(exc: VendorPayloadError) -> Problem:
 
 
 class VendorReceiptsController(Controller):
+    """Signed like every till request: registered once pos-in's guard (``requires_till``) and
+    its ``till`` dependency are on main; declare ``guards = [requires_till]`` then."""
+
     path = "/v1/pos/vendors"
     tags = ["pos"]
 
-    @post("/square/receipts", status_code=200)
+    @post("/square/receipts", status_code=201)
     async def square_order(
         self,
         request: Request[Any, Any, Any],
-        pos_integration: SignedIntegration,
-        pos_intake: ReceiptIntake,
+        till: NamedDependency[SignedIntegration],
+        pos_intake: NamedDependency[ReceiptIntake],
     ) -> ReceiptOut:
         """A Square ``Order`` (bare or ``{"order": …}``), its tenders and returns, as one
         receipt. 422 ``vendor-payload-invalid`` when it cannot be read as one."""
         try:
             receipt = square.order_to_receipt(
                 decode(await request.body()),
-                location_id=pos_integration.location_id,
+                location_id=till.location_id,
                 received_at=datetime.now(UTC),
             )
         except VendorPayloadError as exc:
             raise _refuse(exc) from None
-        return await pos_intake.ingest(pos_integration, receipt)
+        return await pos_intake.ingest(till, receipt)
 
-    @post("/loyverse/receipts", status_code=200)
+    @post("/loyverse/receipts", status_code=201)
     async def loyverse_receipts(
         self,
         request: Request[Any, Any, Any],
-        pos_integration: SignedIntegration,
-        pos_intake: ReceiptIntake,
+        till: NamedDependency[SignedIntegration],
+        pos_intake: NamedDependency[ReceiptIntake],
     ) -> ReceiptOut | list[ReceiptOut]:
         """A Loyverse receipt (one answer) or a ``receipts.update`` envelope (one answer per
         receipt, in order). Every receipt is adapted before any is stored, so a malformed one
         refuses the whole envelope with 422 and stores nothing; Loyverse then redelivers it."""
+        currency = await pos_intake.currency_of(till)
         try:
             body = decode(await request.body())
-            receipts = loyverse.receipts_of(
-                body, location_id=pos_integration.location_id, currency=pos_integration.currency
-            )
+            receipts = loyverse.receipts_of(body, location_id=till.location_id, currency=currency)
         except VendorPayloadError as exc:
             raise _refuse(exc) from None
-        answers = [await pos_intake.ingest(pos_integration, r) for r in receipts]
+        answers = [await pos_intake.ingest(till, r) for r in receipts]
         return answers if isinstance(body, dict) and "receipts" in body else answers[0]
