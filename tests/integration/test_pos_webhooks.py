@@ -19,14 +19,18 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
+from litestar import Litestar
+from litestar.di import Provide
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from server.auth.tokens import Principal
 from server.infra.embedded import free_port
-from server.infra.problems import Problem
+from server.infra.problems import Problem, exception_handlers
 from server.pos import webhook_sql
+from server.pos.webhook_controller import PosOrdersFeedController
 from server.pos.webhook_model import signed_headers
 from server.pos.webhooks import PosWebhooks
 from tests.api.helpers import advance, menu_items, order_body, pay, place
@@ -418,3 +422,52 @@ async def test_fan_out_consumes_each_outbox_row_once(services: Any) -> None:
     )
     assert rows == []
     assert await services.pos_webhooks.fan_out(10) == 0
+
+
+async def test_the_feed_route_serves_the_tills_location(
+    client: Client,
+    services: Any,
+    demo: Demo,
+    guest: GuestHandle,
+    station_menu_item: str,
+) -> None:
+    """GET /v1/pos/orders over HTTP, with a stand-in for pos-in's signature guard (the
+    ``till`` dependency); the integrator registers the route behind the real one."""
+    await drain_history(services)
+    start = (await services.pos_webhooks.feed(demo.locations["station"], None, 10_000)).cursor
+    order_id = await pre_order(client, demo, guest, station_menu_item)
+    await drain_history(services)
+
+    @dataclass(frozen=True)
+    class Till:
+        integration_id: uuid.UUID
+        brand_id: uuid.UUID
+        location_id: uuid.UUID
+
+    till = Till(uuid.uuid4(), demo.brand_id, demo.locations["station"])
+    app = Litestar(
+        route_handlers=[PosOrdersFeedController],
+        dependencies={
+            "till": Provide(lambda: till, sync_to_thread=False),
+            "pos_webhooks": Provide(lambda: services.pos_webhooks, sync_to_thread=False),
+            "settings": Provide(lambda: services.settings, sync_to_thread=False),
+        },
+        exception_handlers=exception_handlers,
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://till"
+    ) as http:
+        page = await http.get("/v1/pos/orders", params={"after": start})
+        assert page.status_code == 200, page.text
+        body = page.json()
+        assert [(e["type"], e["data"]["id"]) for e in body["events"]] == [
+            ("order.placed", order_id),
+            ("order.status", order_id),
+        ]
+        assert body["cursor"] == body["events"][-1]["cursor"]
+        empty = (await http.get("/v1/pos/orders", params={"after": body["cursor"]})).json()
+        assert empty == {"events": [], "cursor": body["cursor"]}
+        bad = await http.get("/v1/pos/orders", params={"after": "x"})
+        assert bad.status_code == 422
+        assert bad.headers["content-type"] == "application/problem+json"
+        assert bad.json()["type"].endswith("/invalid-cursor")
