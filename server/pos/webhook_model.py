@@ -3,7 +3,9 @@ it receives, how a delivery is signed, and when a failed one is tried again. No 
 
 from __future__ import annotations
 
+import base64
 import random
+import secrets
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -14,8 +16,10 @@ __all__ = [
     "ORDER_TOPICS",
     "event_of",
     "location_of",
+    "new_webhook_secret",
     "retry_delay_s",
     "signed_headers",
+    "undeliverable",
     "webhook_id",
 ]
 
@@ -36,6 +40,24 @@ def event_of(topic: str, payload: Mapping[str, Any], created_at: datetime) -> di
     """What a till receives, by webhook or by polling: Standard Webhooks' recommended
     ``{"type", "timestamp", "data"}`` with the order as ``data``."""
     return {"type": topic, "timestamp": created_at.isoformat(), "data": payload["order"]}
+
+
+def new_webhook_secret() -> str:
+    """A Standard Webhooks signing secret, ``whsec_`` + base64 of 32 random bytes: made when
+    an integration gets a webhook_url and shown to its admin once, for the till to verify."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def undeliverable(url: str | None, secret: str | None, disabled: bool) -> str | None:
+    """Why a delivery cannot be attempted at all (it goes straight to the dead letters, where
+    an admin sees it and can replay it once fixed), or None."""
+    if disabled:
+        return "the integration is disabled"
+    if not url:
+        return "the integration has no webhook_url any more"
+    if not secret:
+        return "the integration has no webhook_secret to sign with"
+    return None
 
 
 def webhook_id(seq: int, integration_id: str) -> str:

@@ -22,7 +22,13 @@ import msgspec
 from server.infra.db import Database
 from server.infra.problems import Problem
 from server.pos import webhook_sql as sql
-from server.pos.webhook_model import event_of, location_of, retry_delay_s, signed_headers
+from server.pos.webhook_model import (
+    event_of,
+    location_of,
+    retry_delay_s,
+    signed_headers,
+    undeliverable,
+)
 from server.settings import Settings
 from shared.pos import PosOrderEvent, PosOrderFeed, WebhookDeadLetter
 
@@ -99,11 +105,11 @@ class PosWebhooks:
         return len(claimed)
 
     async def _attempt(self, row: Any) -> None:
-        error: str | None
-        fatal = False
-        if row["disabled_at"] is not None or not row["webhook_url"] or not row["webhook_secret"]:
-            error, fatal = "the integration is disabled or has no webhook URL or secret", True
-        else:
+        error = undeliverable(
+            row["webhook_url"], row["webhook_secret"], row["disabled_at"] is not None
+        )
+        fatal = error is not None
+        if error is None:
             error = await self._send(row)
         async with self._db.transaction() as conn:
             if error is None:

@@ -126,7 +126,9 @@ async def drain_history(services: Any) -> None:
         pass
 
 
-async def new_integration(services: Any, demo: Demo, url: str | None, secret: str) -> uuid.UUID:
+async def new_integration(
+    services: Any, demo: Demo, url: str | None, secret: str | None
+) -> uuid.UUID:
     return uuid.UUID(
         str(
             await services.db.fetchval(
@@ -471,3 +473,34 @@ async def test_the_feed_route_serves_the_tills_location(
         assert bad.status_code == 422
         assert bad.headers["content-type"] == "application/problem+json"
         assert bad.json()["type"].endswith("/invalid-cursor")
+
+
+async def test_an_integration_without_a_secret_goes_to_the_dead_letters_at_once(
+    client: Client,
+    services: Any,
+    demo: Demo,
+    guest: GuestHandle,
+    station_menu_item: str,
+    receiver: tuple[Receiver, str],
+) -> None:
+    till, url = receiver
+    await drain_history(services)
+    integration = await new_integration(services, demo, url, None)
+    deliverer = webhooks(services)
+    try:
+        await pre_order(client, demo, guest, station_menu_item)
+        await drain_history(services)
+        settled = await deliver_until_settled(services, deliverer, integration)
+        errors = {
+            row["last_error"]
+            for row in await services.db.fetch(
+                "SELECT last_error FROM pos_webhook_deliveries WHERE integration_id = $1",
+                integration,
+            )
+        }
+    finally:
+        await retire(services, integration)
+        await deliverer.aclose()
+    assert sorted(settled.values()) == [("dead", 1), ("dead", 1)]
+    assert errors == {"the integration has no webhook_secret to sign with"}
+    assert not till.attempts  # nothing unsigned ever left

@@ -10,8 +10,10 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from server.pos.webhook_model import (
     event_of,
     location_of,
+    new_webhook_secret,
     retry_delay_s,
     signed_headers,
+    undeliverable,
     webhook_id,
 )
 
@@ -61,3 +63,17 @@ def test_retry_ladder_doubles_is_jittered_and_capped(
     assert retry_delay_s(attempts, 10, 300, lambda a, b: a) == low
     assert retry_delay_s(attempts, 10, 300, lambda a, b: b) == high
     assert low <= retry_delay_s(attempts, 10, 300) <= high
+
+
+def test_a_new_secret_signs_and_verifies() -> None:
+    secret = new_webhook_secret()
+    assert secret.startswith("whsec_") and secret != new_webhook_secret()
+    headers = signed_headers(secret, "msg_1", datetime.now(UTC), b"{}")
+    assert Webhook(secret).verify(b"{}", headers) == {}
+
+
+def test_what_cannot_be_delivered_says_why() -> None:
+    assert undeliverable("https://till.example/hook", SECRET, disabled=False) is None
+    assert "disabled" in str(undeliverable("https://till.example/hook", SECRET, disabled=True))
+    assert "webhook_url" in str(undeliverable(None, SECRET, disabled=False))
+    assert "webhook_secret" in str(undeliverable("https://till.example/hook", None, disabled=False))
