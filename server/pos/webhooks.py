@@ -69,17 +69,17 @@ class PosWebhooks:
             rows = await conn.fetch(sql.CLAIM_UNFANNED, batch_size)
             if not rows:
                 return 0
-            seq = head
+            events: list[tuple[int, UUID, int, str, dict[str, Any]]] = []
             for row in rows:
                 location = location_of(row["topic"], row["payload"])
-                if location is None:
-                    continue
-                seq += 1
-                event = event_of(row["topic"], row["payload"], row["created_at"])
-                await conn.execute(
-                    sql.INSERT_EVENT, seq, UUID(location), row["id"], row["topic"], event
-                )
-            if seq > head:
+                if location is not None:
+                    event = event_of(row["topic"], row["payload"], row["created_at"])
+                    events.append(
+                        (head + len(events) + 1, UUID(location), row["id"], row["topic"], event)
+                    )
+            seq = head + len(events)
+            if events:
+                await conn.executemany(sql.INSERT_EVENT, events)
                 await conn.execute(sql.INSERT_DELIVERIES, head, seq)
                 await conn.execute(sql.SET_HEAD, seq)
             await conn.execute(sql.MARK_FANNED, [row["id"] for row in rows])
