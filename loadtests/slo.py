@@ -1,12 +1,13 @@
-"""The SLO gate: the run fails (exit code 1) when checkout p99, kiosk-scan p99 or the error
-rate is over its threshold.
+"""The SLO gate: the run fails (exit code 1) when checkout p99, kiosk-scan p99, POS receipt
+intake p99 or the error rate is over its threshold.
 
 Percentiles come from the whole run's per-endpoint stats (``environment.stats.entries`` in
 Locust, or the ``*_stats.csv`` it writes), never from the 10-second history. In distributed
 mode only the master judges: its stats merge every worker's response-time histogram.
 
 Thresholds: ``--slo-checkout-p99-ms`` (``SLO_CHECKOUT_P99_MS``, default 150),
-``--slo-scan-p99-ms`` (``SLO_SCAN_P99_MS``, default 100), ``--slo-error-rate``
+``--slo-scan-p99-ms`` (``SLO_SCAN_P99_MS``, default 100), ``--slo-pos-p99-ms``
+(``SLO_POS_P99_MS``, default 200; skipped when no till ran), ``--slo-error-rate``
 (``SLO_ERROR_RATE``, a fraction, default 0.001 = 0.1%), ``--slo-min-checkouts``
 (``SLO_MIN_CHECKOUTS``, default 1: a run that placed no order proves nothing).
 
@@ -31,6 +32,7 @@ log = logging.getLogger("loadtests.slo")
 
 CHECKOUT = ("POST", "POST /v1/orders")
 SCAN = ("POST", "POST /v1/kiosk/scan")
+POS = ("POST", "POST /v1/pos/receipts")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,9 @@ class Thresholds:
     scan_p99_ms: float = 100.0
     error_rate: float = 0.001
     min_checkouts: int = 1
+    # Receipt intake does more than a checkout (guest resolution, earning, aggregates in one
+    # transaction) and a till is not a person waiting: a looser budget.
+    pos_p99_ms: float = 200.0
 
     @classmethod
     def from_env(cls) -> Thresholds:
@@ -51,6 +56,7 @@ class Thresholds:
             scan_p99_ms=get("SLO_SCAN_P99_MS", cls.scan_p99_ms),
             error_rate=get("SLO_ERROR_RATE", cls.error_rate),
             min_checkouts=int(get("SLO_MIN_CHECKOUTS", cls.min_checkouts)),
+            pos_p99_ms=get("SLO_POS_P99_MS", cls.pos_p99_ms),
         )
 
 
@@ -73,6 +79,7 @@ class Verdict:
     scan: Endpoint | None
     requests: int
     failures: int
+    pos: Endpoint | None = None
 
     @property
     def error_rate(self) -> float:
@@ -88,6 +95,7 @@ class Verdict:
                 "error_rate": self.error_rate,
                 "checkout": asdict(self.checkout) if self.checkout else None,
                 "scan": asdict(self.scan) if self.scan else None,
+                "pos": asdict(self.pos) if self.pos else None,
             },
             indent=1,
         )
@@ -98,7 +106,7 @@ def judge(
 ) -> Verdict:
     """Compare the whole run's figures with the thresholds; every line says what and why."""
     by_key = {(e.method, e.name): e for e in endpoints}
-    checkout, scan = by_key.get(CHECKOUT), by_key.get(SCAN)
+    checkout, scan, pos = by_key.get(CHECKOUT), by_key.get(SCAN), by_key.get(POS)
     ok, lines = True, []
 
     def verdict(good: bool, text: str) -> None:
@@ -125,12 +133,20 @@ def judge(
             scan.p99_ms <= t.scan_p99_ms,
             f"kiosk scan p99 {scan.p99_ms:.0f} ms <= {t.scan_p99_ms:.0f} ms (n={scan.requests})",
         )
+    if pos is None or pos.requests == 0:
+        lines.append("SKIP POS receipt intake: no requests (endpoint absent or no till key)")
+    else:
+        verdict(
+            pos.p99_ms <= t.pos_p99_ms,
+            f"POS receipt intake p99 {pos.p99_ms:.0f} ms <= {t.pos_p99_ms:.0f} ms "
+            f"(p50 {pos.p50_ms:.0f}, p95 {pos.p95_ms:.0f}, n={pos.requests})",
+        )
     rate = total_failures / total_requests if total_requests else 0.0
     verdict(
         total_requests > 0 and rate <= t.error_rate,
         f"error rate {rate:.4%} <= {t.error_rate:.4%} ({total_failures} of {total_requests})",
     )
-    return Verdict(ok, lines, checkout, scan, total_requests, total_failures)
+    return Verdict(ok, lines, checkout, scan, total_requests, total_failures, pos)
 
 
 def rows_from_stats(stats: Any) -> tuple[list[Endpoint], int, int]:
@@ -216,6 +232,13 @@ if "locust" in sys.modules:
             help="kiosk scan p99 budget (ms)",
         )
         group.add_argument(
+            "--slo-pos-p99-ms",
+            type=float,
+            env_var="SLO_POS_P99_MS",
+            default=d.pos_p99_ms,
+            help="POS receipt intake p99 budget (ms)",
+        )
+        group.add_argument(
             "--slo-error-rate",
             type=float,
             env_var="SLO_ERROR_RATE",
@@ -245,7 +268,11 @@ if "locust" in sys.modules:
             return
         o = environment.parsed_options
         thresholds = Thresholds(
-            o.slo_checkout_p99_ms, o.slo_scan_p99_ms, o.slo_error_rate, o.slo_min_checkouts
+            o.slo_checkout_p99_ms,
+            o.slo_scan_p99_ms,
+            o.slo_error_rate,
+            o.slo_min_checkouts,
+            o.slo_pos_p99_ms,
         )
         verdict = judge(*rows_from_stats(environment.stats), thresholds)
         _report(verdict, Path(o.slo_report) if o.slo_report else None)
@@ -265,10 +292,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scan-p99-ms", type=float, default=d.scan_p99_ms)
     parser.add_argument("--error-rate", type=float, default=d.error_rate)
     parser.add_argument("--min-checkouts", type=int, default=d.min_checkouts)
+    parser.add_argument("--pos-p99-ms", type=float, default=d.pos_p99_ms)
     args = parser.parse_args(argv)
     verdict = judge(
         *rows_from_csv(args.stats_csv),
-        Thresholds(args.checkout_p99_ms, args.scan_p99_ms, args.error_rate, args.min_checkouts),
+        Thresholds(
+            args.checkout_p99_ms,
+            args.scan_p99_ms,
+            args.error_rate,
+            args.min_checkouts,
+            args.pos_p99_ms,
+        ),
     )
     _report(verdict, None)
     return 0 if verdict.passed else 1

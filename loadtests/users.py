@@ -12,8 +12,6 @@ endpoint and the SLO gate can find checkout and kiosk-scan by name.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import itertools
 import json
 import logging
@@ -38,6 +36,8 @@ from loadtests.common import (
     new_key,
     order_body,
 )
+from loadtests.pos_receipts import TillStream
+from shared.pos_signing import Signer
 
 __all__ = ["BaristaUser", "GuestUser", "PosUser"]
 
@@ -47,6 +47,8 @@ CHECKOUT = "POST /v1/orders"
 PAY = "POST /v1/orders/{id}/payments"
 ORDER_STATUS = "GET /v1/orders/{id}"
 SCAN = "POST /v1/kiosk/scan"
+POS_RECEIPTS = "/v1/pos/receipts"
+POS_RECEIPTS_NAME = "POST /v1/pos/receipts"
 RETRYABLE = {0, 409, 429, 502, 503, 504}
 
 WAIT_SCALE = env_float("LOADTEST_WAIT_SCALE", 1.0)  # <1 makes every user busier (smoke tests)
@@ -313,52 +315,40 @@ class BaristaUser(_ApiUser):
 
 
 class PosUser(_ApiUser):
-    """A till streaming receipts (HMAC-signed). Disabled while /v1/pos/receipts is missing or
-    no key is configured (REGULARS_POS_KEY_ID, REGULARS_POS_SECRET)."""
+    """A till streaming receipts, each signed with the real scheme (shared/pos_signing.py):
+    sales of 1-4 lines, a third with a guest, a few refunds, late offline resyncs and exact
+    replays (loadtests/pos_receipts.py). Disabled while /v1/pos/receipts is missing or no key
+    is configured (REGULARS_POS_KEY_ID, REGULARS_POS_SECRET: what `regulars integration
+    create` printed as key_id and secret)."""
 
     weight = 3
     wait_time = scaled_between(1, 6)
 
     def on_start(self) -> None:
-        self.key_id = os.environ.get("REGULARS_POS_KEY_ID", "")
-        self.secret = os.environ.get("REGULARS_POS_SECRET", "").encode()
-        self.location_id = _Shared.load().location_id
-        self.rng = random.Random()
+        self.signer = Signer(
+            os.environ.get("REGULARS_POS_KEY_ID", ""), os.environ.get("REGULARS_POS_SECRET", "")
+        )
+        setup = _Shared.load()
+        self.stream = TillStream(setup.location_id, setup.guests, random.Random())
 
     @task
     def receipt(self) -> None:
-        guest = _Shared.next_guest() if self.rng.random() < 0.4 else None
-        body = {
-            "external_id": f"lt-{new_key()}",
-            "location_id": self.location_id,
-            "total_minor": self.rng.randint(250, 4000),
-            "card_number": None,
-            "guest_id": guest.id if guest else None,
-            "lines": [{"sku": "CAP", "quantity": 1, "price_minor": 380}],
-        }
-        raw = json.dumps(body, separators=(",", ":")).encode()
-        ts = str(int(time.time()))
-        signature = hmac.new(self.secret, ts.encode() + b"." + raw, hashlib.sha256).hexdigest()
-        # Idempotent on the receipt's external id: a retry re-sends the same bytes.
+        sent = self.stream.next()
+        # Idempotent on the receipt's external_id: a retry re-sends the same bytes, signed
+        # afresh (the server refuses a signature it has seen).
         for attempt in range(MAX_ATTEMPTS):
             with self.client.post(
-                "/v1/pos/receipts",
+                POS_RECEIPTS,
                 # The exact signed bytes. Locust annotates data as str | dict, but its docstring
                 # and the client take bytes as they are.
-                data=raw,  # type: ignore[arg-type]
-                headers={
-                    "Content-Type": "application/json",
-                    "Idempotency-Key": body["external_id"],
-                    "X-Regulars-Key-Id": self.key_id,
-                    "X-Regulars-Timestamp": ts,
-                    "X-Regulars-Signature": signature,
-                },
-                name="POST /v1/pos/receipts" + (" [retry]" if attempt else ""),
+                data=sent.body,  # type: ignore[arg-type]
+                headers=self.signer.headers(sent.body),
+                name=POS_RECEIPTS_NAME + (" [retry]" if attempt else ""),
                 catch_response=True,
             ) as response:
-                if response.status_code in (200, 201, 202):
+                if response.status_code in (200, 201):
                     return
-                response.failure(f"{response.status_code} {_problem_type(response)}")
+                response.failure(f"{response.status_code} {_problem_type(response)} ({sent.kind})")
                 if response.status_code not in RETRYABLE:
                     return
             time.sleep(0.2 * 2**attempt)

@@ -25,6 +25,7 @@ from server.lifespan import Services, lifespan
 from server.loyalty.controller import AdjustmentsController
 from server.orders.controller import OrdersController
 from server.orders.lane import CheckoutLane
+from server.pos.webhook_controller import WebhookDeliveriesController
 from server.settings import Settings
 
 __all__ = ["create_app"]
@@ -83,6 +84,7 @@ def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar
             "kiosk",
             "counter",
             "live_queues",
+            "pos_webhooks",
         )
     }
     dependencies["principal"] = Provide(_principal, sync_to_thread=False)
@@ -96,6 +98,7 @@ def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar
             MeController,
             OrdersController,
             AdjustmentsController,
+            WebhookDeliveriesController,
             *STAFF_KIOSK_ROUTES,
         ],
         dependencies=dependencies,

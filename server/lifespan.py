@@ -31,6 +31,7 @@ from server.loyalty.repository import Ledger
 from server.loyalty.service import Loyalty, Programs
 from server.orders import sql as orders_sql
 from server.orders.service import Orders
+from server.pos.webhooks import PosWebhooks
 from server.settings import Settings
 from server.staff import sql as staff_sql
 from server.staff.service import Staff
@@ -65,9 +66,11 @@ class Services:
     kiosk: Kiosk
     counter: Counter
     live_queues: LiveQueues
+    pos_webhooks: PosWebhooks
 
     async def close(self) -> None:
         await self.live_queues.close()
+        await self.pos_webhooks.aclose()
         await self.db.pool.close()
         await self.gate.aclose()
 
@@ -108,6 +111,7 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
     kiosk = Kiosk(settings, db, gate, loyalty, guests)
     counter = Counter(settings, db, gate, loyalty, kiosk.locations)
     live_queues = LiveQueues(gate, settings.redis_retry_after_s)
+    pos_webhooks = PosWebhooks(settings, db)
     return Services(
         settings,
         db,
@@ -122,6 +126,7 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
         kiosk,
         counter,
         live_queues,
+        pos_webhooks,
     )
 
 

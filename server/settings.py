@@ -117,6 +117,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     job_chunk_size: int = 50
     worker_duty: float = 0.25
 
+    # Orders out to the till (DESIGN §10): Standard Webhooks to each integration's URL.
+    # A delivery is claimed for pos_webhook_lease_s, which must outlast the HTTP timeout so a
+    # slow till is never sent the same event by a second worker meanwhile.
+    pos_webhook_timeout_s: float = 5.0
+    pos_webhook_lease_s: float = 30.0
+    pos_webhook_max_attempts: int = 8
+    # The retry ladder: doubling from the base, capped, jittered (8 attempts span ~20 min).
+    pos_webhook_backoff_base_s: float = 10.0
+    pos_webhook_backoff_max_s: float = 600.0
+    pos_webhook_batch_size: int = 50
+    pos_webhook_interval_s: float = 1.0
+    # Events per page of GET /v1/pos/orders.
+    pos_feed_page_max: int = 200
+
     def __post_init__(self) -> None:
         for name in (
             "db_pool_min",
@@ -128,6 +142,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{PREFIX}{name.upper()} must be at least 1")
+        if self.pos_webhook_lease_s <= self.pos_webhook_timeout_s:
+            raise ValueError(
+                f"{PREFIX}POS_WEBHOOK_LEASE_S must exceed {PREFIX}POS_WEBHOOK_TIMEOUT_S"
+            )
+        if self.pos_webhook_max_attempts < 1 or self.pos_webhook_batch_size < 1:
+            raise ValueError(f"{PREFIX}POS_WEBHOOK_MAX_ATTEMPTS and _BATCH_SIZE must be >= 1")
         if not 0 < self.worker_duty <= 1:
             raise ValueError(f"{PREFIX}WORKER_DUTY must be above 0 and at most 1")
         if self.db_pool_min > self.db_pool_max:

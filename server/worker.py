@@ -114,6 +114,10 @@ async def run_once(
     }
     if relay:
         jobs["relayed_events"] = lambda: relay_outbox(services, batch)
+        jobs["pos_events"] = lambda: services.pos_webhooks.fan_out(batch)
+        jobs["pos_webhooks"] = lambda: services.pos_webhooks.deliver_due(
+            services.settings.pos_webhook_batch_size
+        )
     if reconciler is not None:
         jobs["reconciled_wallets"] = reconciler.step
     if slow:
@@ -138,6 +142,7 @@ async def run_forever(
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(_relay_until(services, stop, relay_interval_s))
         tasks.create_task(_jobs_until(services, stop))
+        tasks.create_task(_pos_until(services, stop))
 
 
 async def _relay_until(services: Services, stop: asyncio.Event, interval_s: float) -> None:
@@ -148,6 +153,20 @@ async def _relay_until(services: Services, stop: asyncio.Event, interval_s: floa
         except Exception as exc:
             log.debug("relay skipped: %s", exc)
         if not await _rest(stop, interval_s):
+            return
+
+
+async def _pos_until(services: Services, stop: asyncio.Event) -> None:
+    """Fan order events out to tills and deliver due webhooks, on their own beat: a slow
+    till's timeouts never hold up the live queues or the jobs."""
+    settings = services.settings
+    while True:
+        try:
+            await services.pos_webhooks.fan_out(settings.job_batch_size)
+            await services.pos_webhooks.deliver_due(settings.pos_webhook_batch_size)
+        except Exception as exc:
+            log.warning("pos webhooks pass failed: %s", exc)
+        if not await _rest(stop, settings.pos_webhook_interval_s):
             return
 
 

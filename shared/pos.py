@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from msgspec import Meta, Struct
@@ -20,6 +20,8 @@ __all__ = [
     "ClaimResult",
     "PosGuestLookupIn",
     "PosGuestLookupOut",
+    "PosOrderEvent",
+    "PosOrderFeed",
     "PosRedemptionIn",
     "ReceiptGuest",
     "ReceiptIn",
@@ -27,6 +29,7 @@ __all__ = [
     "ReceiptOut",
     "ReceiptPaymentIn",
     "Tender",
+    "WebhookDeadLetter",
 ]
 
 ExternalId = Annotated[str, Meta(min_length=1, max_length=120)]
@@ -144,3 +147,34 @@ class PosRedemptionIn(_Wire, kw_only=True, frozen=True):
     points: Annotated[int, Meta(gt=0, le=1_000_000)]
     # The till's own reference for the sale, kept for reconciliation.
     external_ref: ExternalId | None = None
+
+
+class PosOrderEvent(_Wire, kw_only=True, frozen=True):
+    """A pre-order or its status change, as a till receives it by webhook (the body) or by
+    polling ``GET /v1/pos/orders``; ``data`` is the order (:class:`shared.contract.Order`)."""
+
+    type: Literal["order.placed", "order.status"]
+    timestamp: datetime
+    data: dict[str, Any]
+    # The feed position of this event; pass the last one as ``after`` to read on.
+    cursor: str | None = None
+
+
+class PosOrderFeed(_Wire, kw_only=True, frozen=True):
+    """``GET /v1/pos/orders?after=<cursor>``: events after ``cursor``, oldest first; ``cursor``
+    is where to read on (unchanged when there was nothing new)."""
+
+    events: list[PosOrderEvent]
+    cursor: str
+
+
+class WebhookDeadLetter(_Wire, kw_only=True, frozen=True):
+    """A delivery to a till that failed every attempt; an admin may replay it."""
+
+    webhook_id: str
+    integration_id: UUID
+    type: str
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    payload: dict[str, Any]

@@ -1,0 +1,1 @@
+"""POS integration (DESIGN §10): receipt intake, vendor adapters, orders out to the till."""

@@ -1,0 +1,506 @@
+"""Orders out to the till (DESIGN §10): outbox → feed and Standard Webhooks, over the real
+PostgreSQL, with a real HTTP receiver on a free port (``http.server`` in a thread).
+
+The receiver behaves like a till: it verifies ``webhook-signature`` with the standardwebhooks
+package and processes each ``webhook-id`` once, whatever the number of attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+from litestar import Litestar
+from litestar.di import Provide
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from server.auth.tokens import Principal
+from server.infra.embedded import free_port
+from server.infra.problems import Problem, exception_handlers
+from server.pos import webhook_sql
+from server.pos.webhook_controller import PosOrdersFeedController
+from server.pos.webhook_model import signed_headers
+from server.pos.webhooks import PosWebhooks
+from tests.api.helpers import advance, menu_items, order_body, pay, place
+from tests.api.staff_support import bearer, other_brand, staff_token
+from tests.conftest import Client, Demo, GuestHandle
+
+ROUNDS_MAX = 200  # bounded waits for retries whose delays are a few ms
+
+
+@dataclass
+class Receiver:
+    """A till's webhook endpoint. ``respond(webhook_id, nth)`` picks the status of the nth
+    attempt (1-based) of one webhook-id; with ``hold`` set, the first request to arrive
+    hangs until ``hold`` is released."""
+
+    secret: str
+    respond: Callable[[str, int], int] = lambda _id, _nth: 204
+    hold: threading.Event | None = None
+    attempts: Counter[str] = field(default_factory=Counter)
+    processed: dict[str, Any] = field(default_factory=dict)
+    in_flight: Counter[str] = field(default_factory=Counter)
+    most_in_flight: Counter[str] = field(default_factory=Counter)
+    got_one: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    held: bool = False
+
+    def handle(self, headers: dict[str, str], body: bytes) -> int:
+        message_id = headers["webhook-id"]
+        with self.lock:
+            self.attempts[message_id] += 1
+            nth = self.attempts[message_id]
+            self.in_flight[message_id] += 1
+            self.most_in_flight[message_id] = max(
+                self.most_in_flight[message_id], self.in_flight[message_id]
+            )
+            hold, self.held = (self.hold if not self.held else None), True
+        self.got_one.set()
+        try:
+            if hold is not None:
+                hold.wait(10)
+            else:
+                threading.Event().wait(0.02)  # long enough for a second sender to overlap
+            status = self.respond(message_id, nth)
+            if status < 300:
+                event = Webhook(self.secret).verify(body, headers)  # raises if forged
+                with self.lock:
+                    self.processed.setdefault(message_id, event)  # dedup on webhook-id
+            return status
+        finally:
+            with self.lock:
+                self.in_flight[message_id] -= 1
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[Receiver, str]]:
+    till = Receiver(secret="whsec_" + base64.b64encode(secrets.token_bytes(24)).decode())
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["content-length"]))
+            status = till.handle({k.lower(): v for k, v in self.headers.items()}, body)
+            self.send_response(status)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    port = free_port()
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield till, f"http://127.0.0.1:{port}/hooks/regulars"
+    if till.hold is not None:
+        till.hold.set()
+    server.shutdown()
+    server.server_close()
+
+
+def webhooks(services: Any, **overrides: Any) -> PosWebhooks:
+    """A deliverer over the session's database with a quick retry ladder."""
+    settings = msgspec.structs.replace(
+        services.settings,
+        **{"pos_webhook_backoff_base_s": 0.001, "pos_webhook_backoff_max_s": 0.005, **overrides},
+    )
+    return PosWebhooks(settings, services.db)
+
+
+async def drain_history(services: Any) -> None:
+    """Fan out what earlier tests left in the outbox, before this test's till exists."""
+    while await services.pos_webhooks.fan_out(500):
+        pass
+
+
+async def new_integration(
+    services: Any, demo: Demo, url: str | None, secret: str | None
+) -> uuid.UUID:
+    return uuid.UUID(
+        str(
+            await services.db.fetchval(
+                "INSERT INTO pos_integrations (brand_id, location_id, webhook_url, webhook_secret)"
+                " VALUES ($1, $2, $3, $4) RETURNING id",
+                demo.brand_id,
+                demo.locations["station"],
+                url,
+                secret,
+            )
+        )
+    )
+
+
+async def retire(services: Any, integration_id: uuid.UUID) -> None:
+    await services.db.fetchval(
+        "UPDATE pos_integrations SET disabled_at = now() WHERE id = $1 RETURNING id",
+        integration_id,
+    )
+
+
+async def pre_order(client: Client, demo: Demo, guest: GuestHandle, sku: str) -> str:
+    """A paid pre-order accepted by the barista: order.placed then order.status."""
+    items = await menu_items(client, demo.locations["station"])
+    response = await place(client, guest, order_body(demo, items, (sku, 1)))
+    assert response.status_code == 201, response.text
+    order_id = str(response.json()["id"])
+    paid = await pay(client, guest, order_id)
+    assert paid.status_code == 200, paid.text
+    await advance(client, demo, order_id, "accepted")
+    return order_id
+
+
+async def states(services: Any, integration_id: uuid.UUID) -> dict[str, tuple[str, int]]:
+    rows = await services.db.fetch(
+        "SELECT id, state, attempts FROM pos_webhook_deliveries WHERE integration_id = $1",
+        integration_id,
+    )
+    return {row["id"]: (row["state"], row["attempts"]) for row in rows}
+
+
+async def deliver_until_settled(
+    services: Any, deliverer: PosWebhooks, integration_id: uuid.UUID
+) -> dict[str, tuple[str, int]]:
+    for _ in range(ROUNDS_MAX):
+        now = await states(services, integration_id)
+        if now and all(state != "pending" for state, _ in now.values()):
+            return now
+        await deliverer.deliver_due(50)
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"deliveries did not settle: {await states(services, integration_id)}")
+
+
+async def test_a_till_that_fails_twice_gets_each_event_once_signed(
+    client: Client,
+    services: Any,
+    demo: Demo,
+    guest: GuestHandle,
+    station_menu_item: str,
+    receiver: tuple[Receiver, str],
+) -> None:
+    till, url = receiver
+    till.respond = lambda _id, nth: 503 if nth <= 2 else 204
+    await drain_history(services)
+    integration = await new_integration(services, demo, url, till.secret)
+    deliverer = webhooks(services)
+    try:
+        order_id = await pre_order(client, demo, guest, station_menu_item)
+        await drain_history(services)
+        settled = await deliver_until_settled(services, deliverer, integration)
+    finally:
+        await retire(services, integration)
+        await deliverer.aclose()
+
+    assert sorted(settled.values()) == [("delivered", 3), ("delivered", 3)]
+    # Three attempts each at the door, processed once each after deduplication on webhook-id.
+    assert dict(till.attempts) == dict.fromkeys(settled, 3)
+    assert set(till.processed) == set(settled)
+    events = sorted(till.processed.values(), key=lambda e: e["type"])
+    assert [e["type"] for e in events] == ["order.placed", "order.status"]
+    assert {e["data"]["id"] for e in events} == {order_id}
+    assert events[1]["data"]["status"] == "accepted"
+
+
+async def test_a_forged_signature_is_refused_by_the_till(receiver: tuple[Receiver, str]) -> None:
+    """The receiver really verifies: a body signed with another secret fails."""
+    till, _ = receiver
+    body = b'{"type":"order.placed"}'
+    other = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    headers = signed_headers(other, "msg_1_x", datetime.now(UTC), body)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(till.secret).verify(body, headers)
+    assert Webhook(other).verify(body, headers) == {"type": "order.placed"}
+
+
+async def test_a_worker_killed_mid_delivery_loses_nothing(
+    client: Client,
+    services: Any,
+    demo: Demo,
+    guest: GuestHandle,
+    station_menu_item: str,
+    receiver: tuple[Receiver, str],
+) -> None:
+    till, url = receiver
+    till.hold = threading.Event()  # the first request hangs until the worker is gone
+    await drain_history(services)
+    integration = await new_integration(services, demo, url, till.secret)
+    dying = webhooks(services, pos_webhook_timeout_s=0.4, pos_webhook_lease_s=0.5)
+    survivor = webhooks(services, pos_webhook_timeout_s=0.3, pos_webhook_lease_s=0.5)
+    try:
+        await pre_order(client, demo, guest, station_menu_item)
+        await drain_history(services)
+        send = asyncio.create_task(dying.deliver_due(1))  # one of the two events
+        for _ in range(ROUNDS_MAX):
+            if till.got_one.is_set():
+                break
+            await asyncio.sleep(0.01)
+        assert till.got_one.is_set()
+        send.cancel()  # the worker dies with the request in flight: nothing reports back
+        with pytest.raises(asyncio.CancelledError):
+            await send
+        [(claimed_id, _)] = [(k, v) for k, v in till.attempts.items()]
+        # While its lease runs, no one else sends it.
+        assert claimed_id not in {
+            r["id"]
+            for r in await services.db.fetch(
+                "SELECT id FROM pos_webhook_deliveries WHERE integration_id = $1"
+                " AND state = 'pending' AND next_attempt_at <= now()",
+                integration,
+            )
+        }
+        till.hold.set()
+        settled = await deliver_until_settled(services, survivor, integration)
+    finally:
+        await retire(services, integration)
+        await dying.aclose()
+        await survivor.aclose()
+
+    assert settled[claimed_id] == ("delivered", 2)  # sent again after the lease ran out
+    assert all(state == "delivered" for state, _ in settled.values())
+    assert set(till.processed) == set(settled)  # every event reached the till once
+
+
+async def test_two_deliverers_never_send_one_event_at_the_same_time(
+    client: Client,
+    services: Any,
+    demo: Demo,
+    guest: GuestHandle,
+    station_menu_item: str,
+    receiver: tuple[Receiver, str],
+) -> None:
+    till, url = receiver
+    await drain_history(services)
+    integration = await new_integration(services, demo, url, till.secret)
+    till.hold = threading.Event()
+    first, second = webhooks(services), webhooks(services)
+    try:
+        for _ in range(4):
+            await pre_order(client, demo, guest, station_menu_item)
+        await drain_history(services)
+        slow = asyncio.create_task(first.deliver_due(1))  # its till answers slowly
+        for _ in range(ROUNDS_MAX):
+            if till.got_one.is_set():
+                break
+            await asyncio.sleep(0.01)
+        [held_id] = list(till.attempts)
+        # Meanwhile the other worker claims everything it can: all but the event in flight.
+        claimed_meanwhile = 0
+        while sent := await second.deliver_due(10):
+            claimed_meanwhile += sent
+        assert claimed_meanwhile == 7
+        assert till.attempts[held_id] == 1
+        till.hold.set()
+        assert await slow == 1
+        settled = await states(services, integration)
+    finally:
+        await retire(services, integration)
+        await first.aclose()
+        await second.aclose()
+
+    assert len(settled) == 8
+    assert all(value == ("delivered", 1) for value in settled.values())
+    assert dict(till.attempts) == dict.fromkeys(settled, 1)
+    assert max(till.most_in_flight.values()) == 1
+
+
+async def test_dead_letters_are_listed_and_replayed_by_an_admin(
+    client: Client,
+    services: Any,
+    demo: Demo,
+    guest: GuestHandle,
+    station_menu_item: str,
+    receiver: tuple[Receiver, str],
+) -> None:
+    till, url = receiver
+    till.respond = lambda _id, _nth: 500
+    await drain_history(services)
+    integration = await new_integration(services, demo, url, till.secret)
+    deliverer = webhooks(services, pos_webhook_max_attempts=2)
+    admin = bearer(staff_token(services, demo, "admin"))
+    try:
+        order_id = await pre_order(client, demo, guest, station_menu_item)
+        await drain_history(services)
+        settled = await deliver_until_settled(services, deliverer, integration)
+        assert sorted(settled.values()) == [("dead", 2), ("dead", 2)]
+
+        listed = await client.get(
+            "/v1/pos/webhook-deliveries/dead",
+            params={"integration_id": str(integration)},
+            headers=admin,
+        )
+        assert listed.status_code == 200, listed.text
+        letters = listed.json()
+        assert {x["webhook_id"] for x in letters} == set(settled)
+        assert {x["last_error"] for x in letters} == {"HTTP 500"}
+        assert {x["payload"]["data"]["id"] for x in letters} == {order_id}
+
+        barista = bearer(staff_token(services, demo, "barista"))
+        assert (
+            await client.get("/v1/pos/webhook-deliveries/dead", headers=barista)
+        ).status_code == 403
+
+        webhook_id = letters[0]["webhook_id"]
+        stranger = await other_brand(services)
+        outsider = Principal(
+            kind="staff", subject_id=uuid.uuid4(), brand_id=stranger.brand_id, role="admin"
+        )
+        foreign = bearer(services.tokens.issue(outsider))
+        refused = await client.post(
+            f"/v1/pos/webhook-deliveries/{webhook_id}/replay", headers=foreign
+        )
+        assert refused.status_code == 404
+        listed_elsewhere = await client.get("/v1/pos/webhook-deliveries/dead", headers=foreign)
+        assert listed_elsewhere.json() == []
+
+        till.respond = lambda _id, _nth: 204
+        replayed = await client.post(
+            f"/v1/pos/webhook-deliveries/{webhook_id}/replay", headers=admin
+        )
+        assert replayed.status_code == 202, replayed.text
+        again = await client.post(f"/v1/pos/webhook-deliveries/{webhook_id}/replay", headers=admin)
+        assert again.status_code == 409
+        assert again.json()["type"].endswith("/not-dead-letter")
+        missing = await client.post("/v1/pos/webhook-deliveries/msg_0_nope/replay", headers=admin)
+        assert missing.status_code == 404
+
+        settled = await deliver_until_settled(services, deliverer, integration)
+    finally:
+        await retire(services, integration)
+        await deliverer.aclose()
+    assert settled[webhook_id] == ("delivered", 1)
+    assert webhook_id in till.processed
+
+
+async def test_a_disabled_integration_gets_nothing_and_the_feed_pages_by_cursor(
+    client: Client,
+    services: Any,
+    demo: Demo,
+    guest: GuestHandle,
+    station_menu_item: str,
+) -> None:
+    await drain_history(services)
+    start = (await services.pos_webhooks.feed(demo.locations["station"], None, 10_000)).cursor
+    integration = await new_integration(services, demo, "http://127.0.0.1:9/x", "whsec_AAAA")
+    await retire(services, integration)
+    order_id = await pre_order(client, demo, guest, station_menu_item)
+    await drain_history(services)
+    assert await states(services, integration) == {}
+
+    feed = services.pos_webhooks
+    page = await feed.feed(demo.locations["station"], start, 1)
+    assert [(e.type, e.data["id"]) for e in page.events] == [("order.placed", order_id)]
+    following = await feed.feed(demo.locations["station"], page.cursor, 10)
+    assert [(e.type, e.data["status"]) for e in following.events] == [("order.status", "accepted")]
+    assert int(following.cursor) > int(page.cursor) > int(start)
+    idle = await feed.feed(demo.locations["station"], following.cursor, 10)
+    assert (idle.events, idle.cursor) == ([], following.cursor)
+    # Another location's till hears nothing of it.
+    other = await feed.feed(
+        demo.locations["city"] if "city" in demo.locations else uuid.uuid4(), start, 10
+    )
+    assert order_id not in {e.data["id"] for e in other.events}
+    for bad in ("-1", "abc"):
+        with pytest.raises(Problem) as refused:
+            await feed.feed(demo.locations["station"], bad, 10)
+        assert refused.value.slug == "invalid-cursor"
+
+
+async def test_fan_out_consumes_each_outbox_row_once(services: Any) -> None:
+    await drain_history(services)
+    rows = await services.db.fetch(
+        webhook_sql.CLAIM_UNFANNED.replace("FOR UPDATE SKIP LOCKED", ""), 10
+    )
+    assert rows == []
+    assert await services.pos_webhooks.fan_out(10) == 0
+
+
+async def test_the_feed_route_serves_the_tills_location(
+    client: Client,
+    services: Any,
+    demo: Demo,
+    guest: GuestHandle,
+    station_menu_item: str,
+) -> None:
+    """GET /v1/pos/orders over HTTP, with a stand-in for pos-in's signature guard (the
+    ``till`` dependency); the integrator registers the route behind the real one."""
+    await drain_history(services)
+    start = (await services.pos_webhooks.feed(demo.locations["station"], None, 10_000)).cursor
+    order_id = await pre_order(client, demo, guest, station_menu_item)
+    await drain_history(services)
+
+    @dataclass(frozen=True)
+    class Till:
+        integration_id: uuid.UUID
+        brand_id: uuid.UUID
+        location_id: uuid.UUID
+
+    till = Till(uuid.uuid4(), demo.brand_id, demo.locations["station"])
+    app = Litestar(
+        route_handlers=[PosOrdersFeedController],
+        dependencies={
+            "till": Provide(lambda: till, sync_to_thread=False),
+            "pos_webhooks": Provide(lambda: services.pos_webhooks, sync_to_thread=False),
+            "settings": Provide(lambda: services.settings, sync_to_thread=False),
+        },
+        exception_handlers=exception_handlers,
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://till"
+    ) as http:
+        page = await http.get("/v1/pos/orders", params={"after": start})
+        assert page.status_code == 200, page.text
+        body = page.json()
+        assert [(e["type"], e["data"]["id"]) for e in body["events"]] == [
+            ("order.placed", order_id),
+            ("order.status", order_id),
+        ]
+        assert body["cursor"] == body["events"][-1]["cursor"]
+        empty = (await http.get("/v1/pos/orders", params={"after": body["cursor"]})).json()
+        assert empty == {"events": [], "cursor": body["cursor"]}
+        bad = await http.get("/v1/pos/orders", params={"after": "x"})
+        assert bad.status_code == 422
+        assert bad.headers["content-type"] == "application/problem+json"
+        assert bad.json()["type"].endswith("/invalid-cursor")
+
+
+async def test_an_integration_without_a_secret_goes_to_the_dead_letters_at_once(
+    client: Client,
+    services: Any,
+    demo: Demo,
+    guest: GuestHandle,
+    station_menu_item: str,
+    receiver: tuple[Receiver, str],
+) -> None:
+    till, url = receiver
+    await drain_history(services)
+    integration = await new_integration(services, demo, url, None)
+    deliverer = webhooks(services)
+    try:
+        await pre_order(client, demo, guest, station_menu_item)
+        await drain_history(services)
+        settled = await deliver_until_settled(services, deliverer, integration)
+        errors = {
+            row["last_error"]
+            for row in await services.db.fetch(
+                "SELECT last_error FROM pos_webhook_deliveries WHERE integration_id = $1",
+                integration,
+            )
+        }
+    finally:
+        await retire(services, integration)
+        await deliverer.aclose()
+    assert sorted(settled.values()) == [("dead", 1), ("dead", 1)]
+    assert errors == {"the integration has no webhook_secret to sign with"}
+    assert not till.attempts  # nothing unsigned ever left
