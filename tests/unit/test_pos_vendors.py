@@ -1,6 +1,7 @@
 """Vendor adapters (server/pos/vendors): each payload maps to our receipt exactly.
 
-Where every payload under tests/data/vendors/ comes from:
+Where every payload under tests/data/vendors/ comes from. "Unchanged" means byte for byte as
+published; nothing was reformatted or filled in.
 
 Square, from ``square/connect-api-specification`` (api.json at commit
 5733f6624e9a5b930a8426f0e02a6bf7e35c6c0f), copied unchanged:
@@ -12,20 +13,44 @@ Square, from ``square/connect-api-specification`` (api.json at commit
 - square/checkout_order_with_customer.json:
   ``components.schemas.CreateCheckoutResponse.example.checkout.order`` (``customer_id``, an
   inclusive tax, a line discount; it has no ``id`` or times, so it exercises the fallbacks).
-Square, written by us field for field to the same api.json's schemas, because Square
-publishes no example of them: square/refund_order.json (``Order.returns[]`` of
-``OrderReturn``/``OrderReturnLineItem`` with ``return_amounts`` and ``refunds[]`` of
-``Refund``; it returns the strip steak of create_order_response.json) and
-square/split_tender_order.json (``Tender`` types CARD and CASH with ``TenderCashDetails``,
-a quantity "0.5" by weight, ``customer_id``).
 
-Loyverse publishes its receipt object and the ``receipts.update`` webhook in the API
-reference (https://developer.loyverse.com/docs/#tag/Receipts and #tag/Webhooks) but no
-downloadable example file. loyverse/*.json follow that reference's field names and the
-shape of real API output in public repositories (``receipt_number`` "2-7336" and its lines
-in webhook_receipts_update.json are a real receipt as printed in a public Loyverse
-integration's notes, found by this index as file id 5530695084); the sale with discounts,
-taxes, two tenders and a customer, and its refund, are ours, with amounts a till computes.
+Square, WRITTEN BY US field for field to the same api.json's schemas, because no published
+example of them exists anywhere we could reach: square/refund_order.json (an ``Order`` with
+``returns[]`` of ``OrderReturnLineItem``, ``return_amounts`` and ``refunds[]``; it returns the
+strip steak of create_order_response.json) and square/split_tender_order.json (``Tender`` types
+CARD and CASH with ``TenderCashDetails``, a quantity "0.5" by weight, ``customer_id``). Searched:
+every ``example`` in api.json (none has ``returns``, ``return_line_items``, ``cash_details`` or
+a CASH tender; the only ``refunds`` are in ListPaymentRefunds/ListTransactions/
+SearchTerminalRefunds responses, which are not Orders); the SDKs' doc/models/*.md examples
+(generated placeholders such as ``"quantity": "quantity6"``, not usable as orders); the
+developer.squareup.com pages reachable here (the "order-returns-exchanges" guide shows only a
+skeleton ``{"order": {"returns": [...], ...}}``).
+
+Loyverse publishes its receipt object and the ``receipts.update`` webhook in its API reference
+(https://developer.loyverse.com/docs/#tag/Receipts and #tag/Webhooks) but no example file, and
+the third-party OpenAPI/Postman copies in ``api-evangelist/loyverse`` carry only generated
+placeholders ("string", random floats). The files below are real API output published in public
+Loyverse SDK and integration repositories, copied unchanged:
+- loyverse/list_receipts_response.json: ``AAlvAAro/loyverse`` (the ``loyverse_api`` Ruby gem)
+  examples/receipt_response_sample.json at commit 851b96e1d5b25c495c180e1cdf04f3be6370c14a: a
+  ``GET /receipts`` page (``receipts[]`` + ``cursor``), four coffees with modifiers folded into
+  ``gross_total_money``, an INCLUDED 16 % VAT per line, one CASH payment.
+- loyverse/webhook_receipts_update.json: ``phototix/basic_responses_LoyverseAPI``
+  receipt_reader.php at commit c31b7ea8f8db95be8bf2024b3bfa0e7c5ee367e6, the JSON string
+  assigned to ``$webhookSales`` (a ``receipts.update`` envelope with ``merchant_id`` and
+  ``created_at``; a ``customer_id``, an ADDED 6 % SST, an ``OTHER`` payment type).
+- loyverse/receipt_2_7336.json: ``candykush2025/pos-candy-kush`` DataMapping.md at commit
+  fdffbc8256723045bfd113bf2c9bdffdc23756c3, lines 553-629 ("Receipt 5: 2-7336", Complete
+  Receipt JSON): a bare THB receipt, a quantity of 2.
+Loyverse, WRITTEN BY US to the reference's field names, because no published receipt with a
+discount or of type REFUND exists anywhere we could reach: loyverse/sale_discounts_taxes_customer.json
+(line and receipt discounts, ``total_discounts``, taxes, two tenders, a customer, a 0.25
+quantity) and loyverse/refund.json (a REFUND with ``refund_for``). Searched: the repositories
+above; the tests of ``siarheipashkevich/loyverse-sdk``, ``dagsdags212/loyverse_sdk``,
+``matteobe/loyverse``, ``carlospereira5/LoyverseClient`` and ``AF111/loyverse-node-api-wrapper``
+(mocks and synthetic stubs only); indexed public code for ``"receipt_type": "REFUND"``,
+``"refund_for": "``, ``"line_discounts": [{`` and ``FIXED_PERCENT`` (only test stubs and
+other vendors' data); the docs and pages corpora (no Loyverse reference page is held).
 """
 
 from __future__ import annotations
@@ -278,16 +303,66 @@ def test_loyverse_signed_refund_amounts_map_to_their_magnitudes() -> None:
     assert lv(body) == lv(payload("loyverse/refund.json"))
 
 
-def test_loyverse_webhook_envelope_maps_every_receipt_in_order() -> None:
-    sale, refund = lv(payload("loyverse/webhook_receipts_update.json"), currency="THB")
-    assert sale.external_id == "2-7336"
-    assert [(x.name, x.quantity, x.unit_price_minor) for x in sale.lines] == [
-        ("Juicy wine", Decimal(1), 58000),
-        ("Buddha", Decimal(2), 45000),
+def test_loyverse_receipts_update_webhook_from_a_live_merchant() -> None:
+    [receipt] = lv(payload("loyverse/webhook_receipts_update.json"), currency="MYR")
+    assert receipt.external_id == "2-1033"
+    assert receipt.occurred_at == at("2022-06-14T09:25:36+00:00")  # receipt_date
+    assert receipt.currency == "MYR"
+    assert receipt.lines == [
+        ReceiptLineIn(
+            name="C1. Gratifying Mango & Dragon Fruit Smoothie",
+            quantity=Decimal(1),
+            unit_price_minor=1490,  # 14.9
+            tax_minor=89,  # the ADDED 6 % SST, 0.89
+            sku="C1",
+        )
     ]
-    assert sale.payments == [ReceiptPaymentIn(tender="cash", amount_minor=148000)]
-    assert sale.guest is None
-    assert refund.refund_of == "1-1001"
+    # A merchant-defined payment type ("CheckinPay") is Loyverse type OTHER.
+    assert receipt.payments == [ReceiptPaymentIn(tender="other", amount_minor=1579)]
+    assert receipt.guest == ReceiptGuest(pos_customer_id="44b2c31a-8ea2-473f-bef4-fa0271cd56ba")
+    assert receipt.refund_of is None
+
+
+def test_loyverse_receipts_page_folds_modifiers_into_the_unit_price() -> None:
+    [receipt] = lv(payload("loyverse/list_receipts_response.json"), currency="MXN")
+    assert receipt.external_id == "1-10131"
+    assert receipt.occurred_at == at("2025-07-19T06:57:31+00:00")
+    # gross_total_money already holds price + modifiers (Americano 50 + three 15 extras).
+    assert [
+        (x.name, x.quantity, x.unit_price_minor, x.discount_minor, x.tax_minor, x.sku)
+        for x in receipt.lines
+    ] == [
+        ("Coffee Americano", Decimal(1), 9500, 0, 1310, "10006"),
+        ("Espresso", Decimal(1), 5500, 0, 759, "10009"),
+        ("Flat White", Decimal(1), 9000, 0, 1241, "10004"),
+        ("Latte", Decimal(1), 9500, 0, 1311, "10000"),
+    ]
+    assert sum(x.tax_minor for x in receipt.lines) == 4621  # total_tax 46.21
+    assert receipt.payments == [ReceiptPaymentIn(tender="cash", amount_minor=33500)]
+    assert receipt.guest is None
+
+
+def test_loyverse_bare_receipt_with_a_quantity_of_two() -> None:
+    [receipt] = lv(payload("loyverse/receipt_2_7336.json"), currency="THB")
+    assert receipt.external_id == "2-7336"
+    assert receipt.occurred_at == at("2025-10-17T20:23:29+00:00")
+    assert receipt.lines == [
+        ReceiptLineIn(name="Juicy wine", quantity=Decimal(1), unit_price_minor=58000, sku="10037"),
+        ReceiptLineIn(name="Buddha", quantity=Decimal(2), unit_price_minor=45000, sku="10156"),
+    ]
+    assert receipt.payments == [ReceiptPaymentIn(tender="cash", amount_minor=148000)]
+    assert receipt.guest is None
+
+
+def test_loyverse_envelope_maps_every_receipt_in_order() -> None:
+    sale = payload("loyverse/receipt_2_7336.json")
+    refund = payload("loyverse/refund.json")
+    mapped = lv({"type": "receipts.update", "receipts": [sale, refund]})
+    assert [(x.external_id, x.refund_of) for x in mapped] == [
+        ("2-7336", None),
+        ("1-1002", "1-1001"),
+    ]
+    assert mapped == [*lv(sale), *lv(refund)]
 
 
 def test_loyverse_receipt_discount_not_on_the_lines_is_spread_exactly() -> None:
