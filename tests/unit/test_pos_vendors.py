@@ -24,7 +24,8 @@ a CASH tender; the only ``refunds`` are in ListPaymentRefunds/ListTransactions/
 SearchTerminalRefunds responses, which are not Orders); the SDKs' doc/models/*.md examples
 (generated placeholders such as ``"quantity": "quantity6"``, not usable as orders); the
 developer.squareup.com pages reachable here (the "order-returns-exchanges" guide shows only a
-skeleton ``{"order": {"returns": [...], ...}}``).
+skeleton ``{"order": {"returns": [...], ...}}``; the "cash-payments" guide shows a ``Payment``
+with ``cash_details``, not an ``Order`` with a CASH tender).
 
 Loyverse publishes its receipt object and the ``receipts.update`` webhook in its API reference
 (https://developer.loyverse.com/docs/#tag/Receipts and #tag/Webhooks) but no example file, and
