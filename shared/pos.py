@@ -53,7 +53,8 @@ class ReceiptLineIn(_Wire, kw_only=True, frozen=True):
     unit_price_minor: Minor = 0
     # The line's whole discount (line-level and its share of order-level discounts).
     discount_minor: Minor = 0
-    # Tax included in the line's price, kept for analytics; it does not change earning.
+    # The line's tax, whether included in its price or added on top (vendors do both), kept
+    # for analytics; earning follows the money tenders, so it does not change points.
     tax_minor: Minor = 0
     sku: Annotated[str, Meta(max_length=120)] | None = None
     category: Annotated[str, Meta(max_length=120)] | None = None
