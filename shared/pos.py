@@ -54,7 +54,8 @@ class ReceiptLineIn(_Wire, kw_only=True, frozen=True):
     # The line's whole discount (line-level and its share of order-level discounts).
     discount_minor: Minor = 0
     # The line's tax, whether included in its price or added on top (vendors do both), kept
-    # for analytics; earning follows the money tenders, so it does not change points.
+    # for analytics; points are earned on the line's price less discounts and the points
+    # tender's share, so this field does not change them.
     tax_minor: Minor = 0
     sku: Annotated[str, Meta(max_length=120)] | None = None
     category: Annotated[str, Meta(max_length=120)] | None = None
