@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from litestar import Litestar, Request, get
@@ -11,14 +12,14 @@ from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
-from litestar.plugins.prometheus import PrometheusController
 
 from server.auth.controller import AuthController
 from server.auth.guards import BearerAuth
 from server.auth.notifier import Notifier
 from server.catalog.controller import CatalogController
 from server.guests.controller import MeController
-from server.infra.observability import RequestTelemetry
+from server.infra.http import Edge, strict_json_body
+from server.infra.observability import MetricsController, RequestTelemetry
 from server.infra.problems import exception_handlers
 from server.kiosk.controller import ROUTES as STAFF_KIOSK_ROUTES
 from server.lifespan import Services, lifespan
@@ -92,7 +93,7 @@ def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar
         route_handlers=[
             healthz,
             readyz,
-            PrometheusController,
+            MetricsController,
             AuthController,
             CatalogController,
             MeController,
@@ -107,6 +108,7 @@ def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar
             DefineMiddleware(BearerAuth, exclude=["/healthz", "/readyz", "/metrics", "/schema"]),
         ],
         exception_handlers=exception_handlers,
+        before_request=strict_json_body,
         lifespan=[lifespan],
         state=State({"settings": settings, "notifier": notifier}),
         openapi_config=OpenAPIConfig(
@@ -122,4 +124,23 @@ def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar
         # In front of the router, so the checkout skips the whole request cycle; anything the
         # lane does not serve reaches the router as if the lane were not there.
         app.asgi_handler = CheckoutLane(app.asgi_handler)
+    # In front of everything, the lane included: one set of headers and body limits for all.
+    app.asgi_handler = Edge(
+        app.asgi_handler,
+        body_limit=_body_limit(settings),
+        hsts_max_age_s=None if settings.env == "dev" else settings.hsts_max_age_s,
+    )
     return app
+
+
+def _body_limit(settings: Settings) -> Callable[[str], int]:
+    """The largest request body each path takes (Settings: ``*_body_max_bytes``)."""
+
+    def limit(path: str) -> int:
+        if path == "/v1/orders":
+            return settings.order_body_max_bytes
+        if path.startswith("/v1/auth/"):
+            return settings.auth_body_max_bytes
+        return settings.body_max_bytes
+
+    return limit

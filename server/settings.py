@@ -6,6 +6,7 @@ in a deployment manifest never becomes a surprise at the morning rush.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -90,6 +91,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # and why); off, every checkout goes through the controller. Kept for side-by-side runs.
     checkout_lane: bool = True
 
+    # The HTTP edge (server/infra/http.py). Request bodies, per route, sized to the largest
+    # valid request: an order of 50 lines with a modifier or two each is ~9 KB compact and
+    # ~14 KB pretty-printed; a sign-in (phone, code, name; email, password, TOTP; a refresh
+    # token) stays under 1 KB. Anything else with a body takes the general limit.
+    body_max_bytes: int = 64 * 1024
+    order_body_max_bytes: int = 16 * 1024
+    auth_body_max_bytes: int = 4 * 1024
+    # Strict-Transport-Security outside dev.
+    hsts_max_age_s: int = 2 * 365 * 24 * 3600
+    # /metrics is for the scraper only: from these networks (comma-separated addresses or
+    # CIDRs; empty means any) and, when a token is set, with ``Authorization: Bearer <token>``.
+    metrics_clients: str = "127.0.0.0/8,::1/128"
+    metrics_token: str | None = None
+
     # Staff.
     staff_max_failed_logins: int = 5
     staff_lockout_s: int = 900
@@ -139,6 +154,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             "page_size_max",
             "checkouts_in_flight",
             "job_chunk_size",
+            "body_max_bytes",
+            "order_body_max_bytes",
+            "auth_body_max_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{PREFIX}{name.upper()} must be at least 1")
@@ -154,10 +172,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ValueError(f"{PREFIX}DB_POOL_MIN must not exceed {PREFIX}DB_POOL_MAX")
         if self.env == "prod" and not self.jwt_secret:
             raise ValueError(f"{PREFIX}JWT_SECRET is required when {PREFIX}ENV=prod")
+        try:
+            self.metrics_networks  # noqa: B018 - parsed once here so a typo stops start-up
+        except ValueError as exc:
+            raise ValueError(f"{PREFIX}METRICS_CLIENTS: {exc}") from None
 
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
+
+    @property
+    def metrics_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The networks ``metrics_clients`` names (empty: any address may scrape)."""
+        return tuple(
+            ipaddress.ip_network(part.strip(), strict=False)
+            for part in self.metrics_clients.split(",")
+            if part.strip()
+        )
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

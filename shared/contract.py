@@ -44,6 +44,8 @@ __all__ = [
     "PairIn",
     "PaymentIn",
     "PinLogin",
+    "Problem",
+    "ProblemField",
     "QrCode",
     "RedemptionIn",
     "RefreshIn",
@@ -78,6 +80,29 @@ OrderStatus = Literal[
     "cancelled",
     "refunded",
 ]
+
+# -- errors ----------------------------------------------------------------------------
+
+
+class ProblemField(_Wire, kw_only=True, frozen=True):
+    field: str
+    message: str
+
+
+class Problem(_Wire, kw_only=True, frozen=True):
+    """Every error, as RFC 9457 problem details (``application/problem+json``): ``type`` ends
+    in a stable slug (``…/insufficient-points``) to match on, ``detail`` is for people."""
+
+    type: str
+    title: str
+    status: Annotated[int, Meta(ge=400, le=599)]
+    detail: str
+    instance: str | None = None
+    # A validation error names each field that is wrong.
+    errors: list[ProblemField] | None = None
+    # A refusal to come back later (429, 503) says when; so does its Retry-After header.
+    retry_after_s: int | None = None
+
 
 # -- auth ------------------------------------------------------------------------------
 

@@ -15,7 +15,12 @@ from dataclasses import dataclass
 import asyncpg
 import msgspec
 
-from server.infra.problems import Problem
+from server.infra.problems import (
+    MAX_IDEMPOTENCY_KEY_LEN,
+    Problem,
+    idempotency_key_invalid,
+    idempotency_key_required,
+)
 
 __all__ = ["CLAIM", "Stored", "begin", "finish", "request_hash", "require_key", "stored"]
 
@@ -31,7 +36,7 @@ FINISH = """
 UPDATE idempotency_keys SET status_code = $3, response = $4 WHERE scope = $1 AND key = $2
 """
 LOOKUP = STORED
-MAX_KEY_LEN = 100
+MAX_KEY_LEN = MAX_IDEMPOTENCY_KEY_LEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,15 +48,9 @@ class Stored:
 def require_key(key: str | None) -> str:
     """The Idempotency-Key header, or a 400 that says it is needed."""
     if key is None or not key.strip():
-        raise Problem(
-            400,
-            "idempotency-key-required",
-            "send an Idempotency-Key header (a unique id per intended operation; reuse it on retry)",
-        )
+        raise idempotency_key_required()
     if len(key) > MAX_KEY_LEN:
-        raise Problem(
-            400, "idempotency-key-invalid", f"Idempotency-Key is longer than {MAX_KEY_LEN}"
-        )
+        raise idempotency_key_invalid()
     return key.strip()
 
 

@@ -2,7 +2,8 @@
 
 Every response carries ``x-request-id`` (the caller's, if it sent a sane one) and every log
 line written while handling the request carries the same id. Every HTTP request is counted
-and timed per route template for Prometheus (``/metrics``). ``serve`` logs JSON lines for
+and timed per route template for Prometheus (``/metrics``), and an exception nothing else
+handled is answered as a problem+json 500 and counted as one. ``serve`` logs JSON lines for
 machines; ``dev`` logs readable lines for people.
 """
 
@@ -10,20 +11,45 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hmac
+import ipaddress
 import logging
+import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import msgspec
+from litestar import Controller, Response, get
+from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import Counter, Gauge, Histogram
+from litestar.handlers.base import BaseRouteHandler
+from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
-__all__ = ["RequestTelemetry", "configure_logging", "request_id"]
+from server.infra.problems import Problem, internal_error, send_problem
 
+__all__ = [
+    "MetricsController",
+    "RequestTelemetry",
+    "configure_logging",
+    "count_unhandled",
+    "request_id",
+    "scraper_allowed",
+]
+
+log = logging.getLogger("regulars.http")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _HEADER = b"x-request-id"
 _MAX_ID_LEN = 64
@@ -60,7 +86,7 @@ class RequestTelemetry:
             return
         # The route template, never the raw path: one series per route, not per order id.
         method, path = scope["method"], scope.get("path_template", "unmatched")
-        status = 500  # unless a response starts
+        status = 0  # until a response starts
         started = time.perf_counter()
         in_progress = _metric(_IN_PROGRESS, method, path)
         in_progress.inc()
@@ -75,12 +101,84 @@ class RequestTelemetry:
 
             try:
                 await self.app(scope, receive, send_with_id)
+            except Exception:
+                # Litestar renders what a handler raises; this is what escaped even that.
+                log.exception("unhandled error on %s %s", method, scope["path"])
+                if not status:
+                    await send_problem(send_with_id, internal_error(), scope["path"])
+                status = status or 500
             finally:
+                status = status or 500  # cancelled, or the app sent nothing at all
                 in_progress.dec()
                 _metric(_DURATION, method, path, status).observe(time.perf_counter() - started)
                 _metric(_REQUESTS, method, path, status).inc()
                 if status >= 500:
                     _metric(_ERRORS, method, path, status).inc()
+
+
+def count_unhandled(scope: HTTPScope) -> None:
+    """Count a 500 for an error that escaped before :class:`RequestTelemetry` saw the request
+    (the layers in front of Litestar's router), so an alert on 5xx fires for it too."""
+    path = scope.get("path_template", "unmatched")
+    _metric(_REQUESTS, scope["method"], path, 500).inc()
+    _metric(_ERRORS, scope["method"], path, 500).inc()
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def scraper_allowed(
+    token: str | None,
+    networks: Sequence[IPNetwork],
+    client_host: str | None,
+    authorization: str | None,
+) -> bool:
+    """Whether a request may read /metrics: from an address in ``networks`` (any address when
+    there are none) and, when ``token`` is set, with ``Authorization: Bearer <token>``."""
+    if token is not None:
+        expected = f"Bearer {token}".encode()
+        if not hmac.compare_digest((authorization or "").encode(), expected):
+            return False
+    if not networks:
+        return True
+    try:
+        address = ipaddress.ip_address(client_host or "")
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
+
+
+async def requires_scraper(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
+    """The guard of /metrics: ``Settings.metrics_clients`` and ``Settings.metrics_token``."""
+    settings = connection.app.state.settings
+    client = connection.client.host if connection.client else None
+    if not scraper_allowed(
+        settings.metrics_token,
+        settings.metrics_networks,
+        client,
+        connection.headers.get("authorization"),
+    ):
+        raise Problem(403, "scraper-only", "the metrics are for the configured scraper only")
+
+
+class MetricsController(Controller):
+    """Prometheus text for the scraper, and for no one else (see :func:`requires_scraper`)."""
+
+    path = "/metrics"
+    tags = ["ops"]
+    guards = [requires_scraper]
+
+    @get(media_type="text/plain", sync_to_thread=False)
+    def metrics(self) -> Response[bytes]:
+        """Every counter and histogram of this process (of all of them with a multiprocess
+        directory), in Prometheus' text format."""
+        registry = REGISTRY
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ or "prometheus_multiproc_dir" in os.environ:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @contextlib.contextmanager

@@ -13,8 +13,20 @@ import asyncpg
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import Send
 
-__all__ = ["PROBLEM_BASE", "Problem", "database_busy", "exception_handlers", "problem_response"]
+__all__ = [
+    "PROBLEM_BASE",
+    "PROBLEM_JSON",
+    "Problem",
+    "database_busy",
+    "exception_handlers",
+    "idempotency_key_invalid",
+    "idempotency_key_required",
+    "internal_error",
+    "problem_response",
+    "send_problem",
+]
 
 PROBLEM_BASE = "https://docs.regulars.dev/problems/"
 PROBLEM_JSON = "application/problem+json"
@@ -58,26 +70,71 @@ class Problem(Exception):
         return body
 
 
-def problem_response(problem: Problem, instance: str | None = None) -> Response[bytes]:
-    headers = (
-        {"retry-after": str(problem.extra["retry_after_s"])}
-        if "retry_after_s" in problem.extra
-        else None
-    )
+def problem_response(
+    problem: Problem, instance: str | None = None, headers: dict[str, str] | None = None
+) -> Response[bytes]:
+    headers = dict(headers or {})
+    if "retry_after_s" in problem.extra:
+        headers["retry-after"] = str(problem.extra["retry_after_s"])
     return Response(
         content=msgspec.json.encode(problem.body(instance)),
         status_code=problem.status,
         media_type=PROBLEM_JSON,
-        headers=headers,
+        headers=headers or None,
     )
+
+
+async def send_problem(send: Send, problem: Problem, instance: str | None = None) -> None:
+    """Send ``problem`` as a whole response straight to ASGI ``send``: for the layers in front
+    of Litestar (server/infra/http.py, the checkout's lane), where no Response can be built."""
+    body = msgspec.json.encode(problem.body(instance))
+    headers = [
+        (b"content-type", PROBLEM_JSON.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if "retry_after_s" in problem.extra:
+        headers.append((b"retry-after", str(problem.extra["retry_after_s"]).encode()))
+    await send({"type": "http.response.start", "status": problem.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def internal_error() -> Problem:
+    """The 500 of an error nobody expected: the details are in the log, not in the answer."""
+    return Problem(500, "internal-error", "something went wrong on our side; it was logged")
 
 
 def _on_problem(request: Request[Any, Any, Any], exc: Problem) -> Response[bytes]:
     return problem_response(exc, request.url.path)
 
 
+IDEMPOTENCY_KEY = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY_LEN = 100
+
+
+def idempotency_key_required() -> Problem:
+    return Problem(
+        400,
+        "idempotency-key-required",
+        "send an Idempotency-Key header (a unique id per intended operation; reuse it on retry)",
+    )
+
+
+def idempotency_key_invalid() -> Problem:
+    return Problem(
+        400,
+        "idempotency-key-invalid",
+        f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY_LEN}",
+    )
+
+
 def _on_validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[bytes]:
     errors = exc.extra if isinstance(exc.extra, list) else []
+    # Litestar checks the Idempotency-Key header (server/infra/http.py declares it required);
+    # its refusal keeps the slugs clients match on.
+    if f"'{IDEMPOTENCY_KEY}'" in str(exc.detail):
+        return problem_response(idempotency_key_required(), request.url.path)
+    if any(isinstance(e, dict) and e.get("key") == "idempotency_key" for e in errors):
+        return problem_response(idempotency_key_invalid(), request.url.path)
     fields = [_field_of(e) for e in errors if isinstance(e, dict)]
     detail = "; ".join(
         f"{f['field']}: {f['message']}" if f["field"] else f["message"] for f in fields
@@ -107,7 +164,9 @@ def _on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[by
     # Litestar answers an undecodable body with a plain 400 carrying msgspec's message.
     if status == 400 and any(w in str(exc.detail) for w in ("malformed", "truncated", "JSON")):
         slug = "malformed-json"
-    return problem_response(Problem(status, slug, str(exc.detail)), request.url.path)
+    # Keep the exception's headers: a 405 says which methods the path takes (``Allow``).
+    problem = Problem(status, slug, str(exc.detail))
+    return problem_response(problem, request.url.path, exc.headers)
 
 
 def _on_database_lost(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
@@ -154,8 +213,7 @@ def _on_statement_timeout(request: Request[Any, Any, Any], exc: Exception) -> Re
 
 def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    problem = Problem(500, "internal-error", "something went wrong on our side; it was logged")
-    return problem_response(problem, request.url.path)
+    return problem_response(internal_error(), request.url.path)
 
 
 exception_handlers: dict[type[Exception] | int, Any] = {

@@ -58,7 +58,7 @@ class KioskController(Controller):
         kiosk: NamedDependency[Kiosk],
         principal: NamedDependency[Principal],
         data: JSONBody[EnrolIn],
-        idempotency_key: IdempotencyKeyHeader = None,
+        idempotency_key: IdempotencyKeyHeader,
     ) -> Response[bytes]:
         """Enrol a guest by phone at the counter (201; 200 if already a guest): their card."""
         return stored_response(await kiosk.enrol(principal, data, require_key(idempotency_key)))
@@ -76,7 +76,7 @@ class CounterController(Controller):
         principal: NamedDependency[Principal],
         guest_id: FromPath[UUID],
         data: JSONBody[contract.AccrualIn],
-        idempotency_key: IdempotencyKeyHeader = None,
+        idempotency_key: IdempotencyKeyHeader,
     ) -> Response[bytes]:
         """Points for money paid at the till; once per key and once per receipt."""
         key = require_key(idempotency_key)
@@ -89,7 +89,7 @@ class CounterController(Controller):
         principal: NamedDependency[Principal],
         guest_id: FromPath[UUID],
         data: JSONBody[contract.RedemptionIn],
-        idempotency_key: IdempotencyKeyHeader = None,
+        idempotency_key: IdempotencyKeyHeader,
     ) -> Response[bytes]:
         """Hold points for a redemption; then post or void it."""
         key = require_key(idempotency_key)

@@ -27,7 +27,7 @@ class AdjustmentsController(Controller):
         principal: NamedDependency[Principal],
         guest_id: FromPath[UUID],
         data: JSONBody[contract.AdjustmentIn],
-        idempotency_key: IdempotencyKeyHeader = None,
+        idempotency_key: IdempotencyKeyHeader,
     ) -> Response[bytes]:
         """A manager's correction of a guest's points, with a reason; audited."""
         return stored_response(

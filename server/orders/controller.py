@@ -27,7 +27,7 @@ class OrdersController(Controller):
         orders: NamedDependency[Orders],
         request: Request[Principal, str, State],
         data: JSONBody[contract.OrderIn],
-        idempotency_key: IdempotencyKeyHeader = None,
+        idempotency_key: IdempotencyKeyHeader,
     ) -> Response[bytes]:
         """Price the order on the server, reserve the points and create it (201)."""
         # Most checkouts never reach this handler: server/orders/lane.py serves the plain
@@ -55,7 +55,7 @@ class OrdersController(Controller):
         principal: NamedDependency[Principal],
         order_id: FromPath[UUID],
         data: JSONBody[contract.PaymentIn],
-        idempotency_key: IdempotencyKeyHeader = None,
+        idempotency_key: IdempotencyKeyHeader,
     ) -> Response[bytes]:
         """Pay the money part; success places the order and posts the reserved points."""
         return stored_response(
@@ -90,7 +90,7 @@ class OrdersController(Controller):
         principal: NamedDependency[Principal],
         order_id: FromPath[UUID],
         data: JSONBody[contract.RefundIn],
-        idempotency_key: IdempotencyKeyHeader = None,
+        idempotency_key: IdempotencyKeyHeader,
     ) -> Response[bytes]:
         """Refund lines of a completed order; points move back exactly once per line."""
         return stored_response(

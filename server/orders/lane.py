@@ -9,7 +9,9 @@ from half of the database's own floor (docs/PERFORMANCE.md, "What stands between
 What the lane serves: only a request that Litestar would hand to ``OrdersController.place``
 with nothing refused on the way in: one bearer token that verifies to a guest, one
 Idempotency-Key that :func:`require_key` accepts, a body of a declared length up to
-:data:`MAX_BODY_BYTES` that decodes strictly to ``OrderIn``. It calls the same
+``Settings.order_body_max_bytes`` that decodes strictly to ``OrderIn``. The edge in front of
+it (server/infra/http.py) has already refused a body too large or not JSON, and adds the
+security headers to whatever the lane sends. It calls the same
 ``Orders.place`` and renders what that raises with the app's own exception handlers, with the
 same request id and metrics (:class:`RequestTelemetry`).
 
@@ -37,12 +39,9 @@ from server.infra.observability import RequestTelemetry
 from server.infra.problems import Problem, exception_handlers
 from shared import contract
 
-__all__ = ["MAX_BODY_BYTES", "CheckoutLane"]
+__all__ = ["CheckoutLane"]
 
 PATH = "/v1/orders"
-# An order of the most lines the server takes is ~5 KB; anything longer goes to Litestar,
-# which applies its own body limit.
-MAX_BODY_BYTES = 64 * 1024
 
 _decode_order = msgspec.json.Decoder(contract.OrderIn).decode
 _SERVED = Counter(
@@ -70,7 +69,7 @@ class CheckoutLane:
             await self.app(scope, receive, send)
             return
         app_state = scope["app"].state
-        admitted = _admit(scope, app_state.tokens)
+        admitted = _admit(scope, app_state.tokens, app_state.settings.order_body_max_bytes)
         if admitted is None:
             await self._pass_on(scope, receive, send)
             return
@@ -80,7 +79,9 @@ class CheckoutLane:
             return
         try:
             order = _decode_order(body)
-        except msgspec.MsgspecError:  # Litestar says what is wrong, as it always has
+        # Litestar says what is wrong, as it always has. msgspec raises the last two for a
+        # string that is not UTF-8 and for nesting deeper than the stack it has left.
+        except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
             await self._pass_on(scope, _replay(body, receive), send)
             return
         self._by_lane.inc()
@@ -104,7 +105,7 @@ class CheckoutLane:
         await self.app(scope, receive, send)
 
 
-def _admit(scope: Scope, tokens: TokenIssuer) -> _Admitted | None:
+def _admit(scope: Scope, tokens: TokenIssuer, max_body_bytes: int) -> _Admitted | None:
     """The request's guest, key and body length, or None when Litestar should answer it."""
     seen: dict[bytes, bytes] = {}
     for name, value in scope["headers"]:
@@ -116,7 +117,7 @@ def _admit(scope: Scope, tokens: TokenIssuer) -> _Admitted | None:
             return None
     token = bearer_token(seen.get(b"authorization", b"").decode("latin-1"))
     length = seen.get(b"content-length", b"")
-    if not token or not length.isdigit() or int(length) > MAX_BODY_BYTES:
+    if not token or not length.isdigit() or int(length) > max_body_bytes:
         return None
     try:
         principal = tokens.verify(token)

@@ -19,7 +19,6 @@ import msgspec
 import pytest
 
 from server.auth.notifier import RecordingNotifier
-from server.orders.lane import MAX_BODY_BYTES
 from server.settings import Settings
 from tests.api.helpers import menu_items
 from tests.conftest import Client, Demo, GuestHandle, app_client, sign_in
@@ -85,14 +84,28 @@ CASES: dict[str, Case] = {
         {**keyed(g, k), "Content-Type": "application/json"},
         b'{"location_id": ',
     ),
-    "not UTF-8": lambda g, k, i, d: (keyed(g, k), b'{"location_id": "\xff"}'),
+    "not UTF-8": lambda g, k, i, d: (
+        {**keyed(g, k), "Content-Type": "application/json"},
+        b'{"location_id": "\xff"}',
+    ),
     "text/plain body": lambda g, k, i, d: (
         {**keyed(g, k), "Content-Type": "text/plain"},
         json.dumps(order(d, i)).encode(),
     ),
-    "chunked body": lambda g, k, i, d: (keyed(g, k), chunked(json.dumps(order(d, i)).encode())),
-    "too long for the lane": lambda g, k, i, d: as_json(
-        keyed(g, k), {**order(d, i), "note": "x" * MAX_BODY_BYTES}
+    "chunked body": lambda g, k, i, d: (
+        {**keyed(g, k), "Content-Type": "application/json"},
+        chunked(json.dumps(order(d, i)).encode()),
+    ),
+    "too long for the route": lambda g, k, i, d: as_json(
+        keyed(g, k), {**order(d, i), "note": "x" * 16 * 1024}
+    ),
+    "nested 990 deep": lambda g, k, i, d: (
+        {**keyed(g, k), "Content-Type": "application/json"},
+        json.dumps(order(d, i))[:-1].encode() + b', "note": ' + b"[" * 990 + b"]" * 990 + b"}",
+    ),
+    "promo code not UTF-8": lambda g, k, i, d: (
+        {**keyed(g, k), "Content-Type": "application/json"},
+        json.dumps(order(d, i, promo_code="AB")).encode().replace(b"AB", b"A\xffB"),
     ),
     "no Idempotency-Key": lambda g, k, i, d: as_json(g.headers, order(d, i)),
     "blank Idempotency-Key": lambda g, k, i, d: as_json(keyed(g, "   "), order(d, i)),

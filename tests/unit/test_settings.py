@@ -22,6 +22,9 @@ def test_defaults_and_environment() -> None:
         ({"REGULARS_WORKER_DUTY": "0"}, "REGULARS_WORKER_DUTY"),
         ({"REGULARS_WORKER_DUTY": "1.5"}, "REGULARS_WORKER_DUTY"),
         ({"REGULARS_JOB_CHUNK_SIZE": "0"}, "REGULARS_JOB_CHUNK_SIZE"),
+        ({"REGULARS_METRICS_CLIENTS": "10.0.0.0/33"}, "REGULARS_METRICS_CLIENTS"),
+        ({"REGULARS_METRICS_CLIENTS": "prometheus.local"}, "REGULARS_METRICS_CLIENTS"),
+        ({"REGULARS_ORDER_BODY_MAX_BYTES": "0"}, "REGULARS_ORDER_BODY_MAX_BYTES"),
     ],
 )
 def test_a_bad_value_names_the_variable(environ: dict[str, str], named: str) -> None:
