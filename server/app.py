@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
-from litestar import Litestar, Request, get
+import msgspec
+from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components
 
 from server.auth.controller import AuthController
 from server.auth.guards import BearerAuth
@@ -20,6 +22,7 @@ from server.catalog.controller import CatalogController
 from server.guests.controller import MeController
 from server.infra.http import Edge, strict_json_body
 from server.infra.observability import MetricsController, RequestTelemetry
+from server.infra.openapi import SECURITY_SCHEMES, answer, document_problems
 from server.infra.problems import exception_handlers
 from server.kiosk.controller import ROUTES as STAFF_KIOSK_ROUTES
 from server.lifespan import Services, lifespan
@@ -38,24 +41,30 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", tags=["ops"])
-async def readyz(state: State) -> Any:
-    """Per-component readiness: 503 without PostgreSQL; Redis down is only 'degraded'."""
-    from litestar import Response
+class Readiness(msgspec.Struct, frozen=True, kw_only=True):
+    status: Literal["ok", "unavailable"]
+    postgres: Literal["ok", "down"]
+    redis: Literal["ok", "degraded"]
 
+
+@get(
+    "/readyz",
+    tags=["ops"],
+    responses={503: answer(Readiness, "PostgreSQL is down")},
+)
+async def readyz(state: State) -> Response[Readiness]:
+    """Per-component readiness: 503 without PostgreSQL; Redis down is only 'degraded'."""
     services: Services = state.services
-    postgres = "ok"
+    postgres: Literal["ok", "down"] = "ok"
     try:
         async with asyncio.timeout(2):
             await services.db.fetch("SELECT 1")
     except Exception:
         postgres = "down"
-    redis = "ok" if await services.gate.ping() else "degraded"
-    body = {
-        "status": "ok" if postgres == "ok" else "unavailable",
-        "postgres": postgres,
-        "redis": redis,
-    }
+    redis: Literal["ok", "degraded"] = "ok" if await services.gate.ping() else "degraded"
+    body = Readiness(
+        status="ok" if postgres == "ok" else "unavailable", postgres=postgres, redis=redis
+    )
     return Response(content=body, status_code=200 if postgres == "ok" else 503)
 
 
@@ -116,10 +125,12 @@ def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar
             version="1",
             path="/schema",
             render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            components=Components(security_schemes=dict(SECURITY_SCHEMES)),
         ),
         debug=False,
         logging_config=None,
     )
+    document_problems(app)
     if settings.checkout_lane:
         # In front of the router, so the checkout skips the whole request cycle; anything the
         # lane does not serve reaches the router as if the lane were not there.

@@ -5,6 +5,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from server.auth.service import Auth
+from server.infra.openapi import problems
 from shared import contract
 
 __all__ = ["AuthController"]
@@ -14,21 +15,21 @@ class AuthController(Controller):
     path = "/v1/auth"
     tags = ["auth"]
 
-    @post("/otp", status_code=202)
+    @post("/otp", status_code=202, responses=problems(429))
     async def send_code(
         self, auth: NamedDependency[Auth], data: JSONBody[contract.OtpRequest]
     ) -> contract.OtpSent:
         """Send a one-time code to a phone (rate-limited)."""
         return await auth.send_code(data)
 
-    @post("/otp/verify", status_code=200)
+    @post("/otp/verify", status_code=200, responses=problems(401, 429))
     async def verify_code(
         self, auth: NamedDependency[Auth], data: JSONBody[contract.OtpVerify]
     ) -> contract.TokenPair:
         """Exchange the code for an access token and a refresh token; new guests are enrolled."""
         return await auth.verify_code(data)
 
-    @post("/refresh", status_code=200)
+    @post("/refresh", status_code=200, responses=problems(401))
     async def refresh(
         self, auth: NamedDependency[Auth], data: JSONBody[contract.RefreshIn]
     ) -> contract.TokenPair:

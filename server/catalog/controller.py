@@ -12,6 +12,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from server.auth.guards import requires_role
 from server.auth.tokens import Principal
 from server.catalog.service import Catalog
+from server.infra.openapi import BEARER
 from shared import contract
 
 __all__ = ["CatalogController"]
@@ -50,6 +51,7 @@ class CatalogController(Controller):
     @post(
         "/{location_id:uuid}/items/{item_id:uuid}/availability",
         guards=[requires_role("shift_lead")],
+        security=BEARER,
         status_code=204,
     )
     async def set_availability(

@@ -11,6 +11,7 @@ from litestar.params import QueryParameter
 from server.auth.guards import requires_guest
 from server.auth.tokens import Principal
 from server.guests.service import Guests
+from server.infra.openapi import BEARER, problems
 from server.loyalty.service import Loyalty
 from server.orders.service import Orders
 from server.settings import Settings
@@ -22,16 +23,17 @@ __all__ = ["MeController"]
 class MeController(Controller):
     path = "/v1/me"
     guards = [requires_guest]
+    security = BEARER
     tags = ["guests"]
 
-    @get("/")
+    @get("/", responses=problems(404))
     async def me(
         self, guests: NamedDependency[Guests], principal: NamedDependency[Principal]
     ) -> contract.Me:
         """The signed-in guest's profile and tier."""
         return await guests.me(principal.subject_id, principal.brand_id)
 
-    @get("/wallet")
+    @get("/wallet", responses=problems(404))
     async def wallet(
         self, loyalty: NamedDependency[Loyalty], principal: NamedDependency[Principal]
     ) -> contract.Wallet:

@@ -38,6 +38,7 @@ from prometheus_client import (
     multiprocess,
 )
 
+from server.infra.openapi import problems
 from server.infra.problems import Problem, internal_error, send_problem
 
 __all__ = [
@@ -170,7 +171,7 @@ class MetricsController(Controller):
     tags = ["ops"]
     guards = [requires_scraper]
 
-    @get(media_type="text/plain", sync_to_thread=False)
+    @get(media_type="text/plain", sync_to_thread=False, responses=problems(403))
     def metrics(self) -> Response[bytes]:
         """Every counter and histogram of this process (of all of them with a multiprocess
         directory), in Prometheus' text format."""

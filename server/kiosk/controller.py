@@ -17,6 +17,7 @@ from server.auth.guards import requires_staff
 from server.auth.tokens import Principal, TokenIssuer
 from server.infra.http import IdempotencyKeyHeader, stored_response
 from server.infra.idempotency import require_key
+from server.infra.openapi import BEARER, answer, problems
 from server.infra.problems import Problem
 from server.kiosk.counter import Counter
 from server.kiosk.live import LiveQueues, queue_hello
@@ -32,6 +33,8 @@ __all__ = [
     "QueueController",
 ]
 
+_TRANSFER = answer(contract.Transfer, "The transfer")
+
 # WebSocket close codes: 4000 + the HTTP status the refusal would have had.
 WS_UNAUTHENTICATED = 4401
 WS_NOT_FOUND = 4404
@@ -40,9 +43,10 @@ WS_NOT_FOUND = 4404
 class KioskController(Controller):
     path = "/v1/kiosk"
     guards = [requires_staff]
+    security = BEARER
     tags = ["kiosk"]
 
-    @post("/scan", status_code=200)
+    @post("/scan", status_code=200, responses=problems(429))
     async def scan(
         self,
         kiosk: NamedDependency[Kiosk],
@@ -52,7 +56,13 @@ class KioskController(Controller):
         """The guest card for a QR code, a 12-digit card number or a phone, in one round trip."""
         return await kiosk.scan(principal, data)
 
-    @post("/guests")
+    @post(
+        "/guests",
+        responses={
+            201: answer(contract.GuestCard, "A new guest, enrolled"),
+            200: answer(contract.GuestCard, "Already a guest: their card"),
+        },
+    )
     async def enrol(
         self,
         kiosk: NamedDependency[Kiosk],
@@ -67,9 +77,14 @@ class KioskController(Controller):
 class CounterController(Controller):
     path = "/v1"
     guards = [requires_staff]
+    security = BEARER
     tags = ["kiosk"]
 
-    @post("/guests/{guest_id:uuid}/accruals", status_code=201)
+    @post(
+        "/guests/{guest_id:uuid}/accruals",
+        status_code=201,
+        responses={**problems(409), 201: _TRANSFER},
+    )
     async def accrue(
         self,
         counter: NamedDependency[Counter],
@@ -82,7 +97,11 @@ class CounterController(Controller):
         key = require_key(idempotency_key)
         return stored_response(await counter.accrue(principal, guest_id, data, key))
 
-    @post("/guests/{guest_id:uuid}/redemptions", status_code=201)
+    @post(
+        "/guests/{guest_id:uuid}/redemptions",
+        status_code=201,
+        responses={**problems(429), 201: _TRANSFER},
+    )
     async def reserve(
         self,
         counter: NamedDependency[Counter],
@@ -95,7 +114,7 @@ class CounterController(Controller):
         key = require_key(idempotency_key)
         return stored_response(await counter.reserve(principal, guest_id, data, key))
 
-    @post("/redemptions/{transfer_id:uuid}/post", status_code=200)
+    @post("/redemptions/{transfer_id:uuid}/post", status_code=200, responses=problems(409))
     async def post_redemption(
         self,
         counter: NamedDependency[Counter],
@@ -105,7 +124,7 @@ class CounterController(Controller):
         """Make a held redemption final (exactly once; asking again answers the same)."""
         return await counter.resolve(principal, transfer_id, post=True)
 
-    @post("/redemptions/{transfer_id:uuid}/void", status_code=200)
+    @post("/redemptions/{transfer_id:uuid}/void", status_code=200, responses=problems(409))
     async def void_redemption(
         self,
         counter: NamedDependency[Counter],
@@ -120,7 +139,7 @@ class QueueController(Controller):
     path = "/v1/locations"
     tags = ["kiosk"]
 
-    @get("/{location_id:uuid}/queue", guards=[requires_staff])
+    @get("/{location_id:uuid}/queue", guards=[requires_staff], security=BEARER)
     async def queue(
         self,
         kiosk: NamedDependency[Kiosk],

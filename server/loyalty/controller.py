@@ -10,6 +10,7 @@ from server.auth.guards import requires_role
 from server.auth.tokens import Principal
 from server.infra.http import IdempotencyKeyHeader, stored_response
 from server.infra.idempotency import require_key
+from server.infra.openapi import BEARER, answer
 from server.loyalty.service import Loyalty
 from shared import contract
 
@@ -18,9 +19,15 @@ __all__ = ["AdjustmentsController"]
 
 class AdjustmentsController(Controller):
     path = "/v1/guests"
+    security = BEARER
     tags = ["loyalty"]
 
-    @post("/{guest_id:uuid}/adjustments", guards=[requires_role("manager")], status_code=201)
+    @post(
+        "/{guest_id:uuid}/adjustments",
+        guards=[requires_role("manager")],
+        status_code=201,
+        responses={201: answer(contract.Transfer, "The adjustment")},
+    )
     async def adjust(
         self,
         loyalty: NamedDependency[Loyalty],

@@ -11,17 +11,25 @@ from server.auth.guards import requires_authenticated, requires_guest, requires_
 from server.auth.tokens import Principal
 from server.infra.http import IdempotencyKeyHeader, stored_response
 from server.infra.idempotency import require_key
+from server.infra.openapi import BEARER, answer, problems
 from server.orders.service import Orders
 from shared import contract
 
 __all__ = ["OrdersController"]
 
+_ORDER = answer(contract.Order, "The order")
+
 
 class OrdersController(Controller):
     path = "/v1/orders"
+    security = BEARER
     tags = ["orders"]
 
-    @post("/", guards=[requires_guest])
+    @post(
+        "/",
+        guards=[requires_guest],
+        responses={**problems(404, 409), 201: answer(contract.Order, "Placed")},
+    )
     async def place(
         self,
         orders: NamedDependency[Orders],
@@ -48,7 +56,12 @@ class OrdersController(Controller):
         """One order: its owner and the staff of its location see it; anyone else gets 404."""
         return await orders.get(principal, order_id)
 
-    @post("/{order_id:uuid}/payments", guards=[requires_guest])
+    @post(
+        "/{order_id:uuid}/payments",
+        guards=[requires_guest],
+        status_code=200,
+        responses={**problems(402, 409), 200: _ORDER},
+    )
     async def pay(
         self,
         orders: NamedDependency[Orders],
@@ -62,7 +75,9 @@ class OrdersController(Controller):
             await orders.pay(principal, order_id, data, require_key(idempotency_key))
         )
 
-    @post("/{order_id:uuid}/status", guards=[requires_staff], status_code=200)
+    @post(
+        "/{order_id:uuid}/status", guards=[requires_staff], status_code=200, responses=problems(409)
+    )
     async def status(
         self,
         orders: NamedDependency[Orders],
@@ -73,7 +88,12 @@ class OrdersController(Controller):
         """Move the order one step (placed → accepted → preparing → ready → completed)."""
         return await orders.change_status(principal, order_id, data.status)
 
-    @post("/{order_id:uuid}/cancel", guards=[requires_authenticated], status_code=200)
+    @post(
+        "/{order_id:uuid}/cancel",
+        guards=[requires_authenticated],
+        status_code=200,
+        responses=problems(409),
+    )
     async def cancel(
         self,
         orders: NamedDependency[Orders],
@@ -83,7 +103,12 @@ class OrdersController(Controller):
         """Cancel: the guest before acceptance, a shift lead before preparation."""
         return await orders.cancel(principal, order_id)
 
-    @post("/{order_id:uuid}/refunds", guards=[requires_staff])
+    @post(
+        "/{order_id:uuid}/refunds",
+        guards=[requires_staff],
+        status_code=200,
+        responses={**problems(409), 200: _ORDER},
+    )
     async def refund(
         self,
         orders: NamedDependency[Orders],

@@ -8,6 +8,7 @@ from litestar.params import JSONBody
 
 from server.auth.guards import requires_role
 from server.auth.tokens import Principal
+from server.infra.openapi import BEARER, problems
 from server.staff.service import Staff
 from shared import contract
 from shared.contract import DeviceCreated, DeviceIn, DevicePaired, PairIn
@@ -19,14 +20,14 @@ class StaffAuthController(Controller):
     path = "/v1/auth"
     tags = ["auth"]
 
-    @post("/staff", status_code=200)
+    @post("/staff", status_code=200, responses=problems(401, 403, 423))
     async def sign_in(
         self, staff: NamedDependency[Staff], data: JSONBody[contract.StaffLogin]
     ) -> contract.TokenPair:
         """Email and password (plus a TOTP code for managers and admins); locks after failures."""
         return await staff.sign_in(data)
 
-    @post("/pin", status_code=200)
+    @post("/pin", status_code=200, responses=problems(401, 403, 423, 429))
     async def pin(
         self, staff: NamedDependency[Staff], data: JSONBody[contract.PinLogin]
     ) -> contract.TokenPair:
@@ -38,7 +39,13 @@ class DevicesController(Controller):
     path = "/v1/kiosk/devices"
     tags = ["kiosk"]
 
-    @post("/", guards=[requires_role("manager")], status_code=201)
+    @post(
+        "/",
+        guards=[requires_role("manager")],
+        security=BEARER,
+        status_code=201,
+        responses=problems(404),
+    )
     async def create(
         self,
         staff: NamedDependency[Staff],
@@ -48,7 +55,7 @@ class DevicesController(Controller):
         """Register a kiosk tablet at a location; answers a pairing code shown only once."""
         return await staff.create_device(principal, data)
 
-    @post("/pair", status_code=200)
+    @post("/pair", status_code=200, responses=problems(404))
     async def pair(self, staff: NamedDependency[Staff], data: JSONBody[PairIn]) -> DevicePaired:
         """The tablet trades its pairing code (single use, expiring) for a device secret."""
         return await staff.pair(data)
