@@ -48,8 +48,9 @@ IdempotencyKeyHeader = Annotated[
 
 DOCS_PREFIX = "/schema"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-# Token responses (RFC 6749 §5.1) and the guest's own data are never stored by a cache.
-_NO_STORE_PREFIXES = ("/v1/auth/", "/v1/me", "/v1/kiosk/devices/pair")
+# Token responses (RFC 6749 §5.1), a device's secret and the guest's own data are never stored
+# by a cache.
+_NO_STORE_PREFIXES = ("/v1/auth/", "/v1/me/", "/v1/kiosk/devices/pair")
 # The API answers JSON: nothing in it may run, load or be framed. The docs pages load their
 # renderer from the CDN Litestar's render plugins name, with inline start-up scripts.
 _API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
@@ -96,6 +97,11 @@ async def strict_json_body(request: Request[Any, Any, Any]) -> None:
     if decoder is None:
         decoder = _strict_decoders[data.annotation] = msgspec.json.Decoder(data.annotation)
     body = await request.body()
+    # The edge refused a declared body that is not JSON; this catches one sent undeclared
+    # (no Content-Length, as HTTP/2 allows).
+    media_type = request.content_type[0].lower()
+    if body and not _is_json(media_type):
+        raise _not_json(media_type)
     try:
         decoder.decode(body)
     except msgspec.ValidationError as exc:
@@ -135,7 +141,8 @@ class Edge:
             return
         path: str = scope["path"]
         defaults = self._docs if path.startswith(DOCS_PREFIX) else self._api
-        forced = self._no_store if path.startswith(_NO_STORE_PREFIXES) else []
+        private = path == "/v1/me" or path.startswith(_NO_STORE_PREFIXES)
+        forced = self._no_store if private else []
         started = False
 
         async def send_secured(message: Message) -> None:
@@ -176,11 +183,7 @@ class Edge:
         if length is not None and length > limit:
             return _too_large(limit), receive
         if (chunked or length) and not _is_json(media_type):
-            return Problem(
-                415,
-                "unsupported-media-type",
-                f"send the body as {_JSON} (got {media_type or 'no Content-Type'})",
-            ), receive
+            return _not_json(media_type), receive
         if length is None:
             return None, _limited(receive, limit)
         return None, receive
@@ -190,6 +193,11 @@ def _is_json(media_type: str) -> bool:
     return media_type == _JSON or (
         media_type.startswith("application/") and media_type.endswith("+json")
     )
+
+
+def _not_json(media_type: str) -> Problem:
+    got = media_type or "no Content-Type"
+    return Problem(415, "unsupported-media-type", f"send the body as {_JSON} (got {got})")
 
 
 def _too_large(limit: int) -> Problem:

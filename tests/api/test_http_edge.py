@@ -346,3 +346,28 @@ async def test_a_405_says_which_methods_the_path_takes(client: Client) -> None:
     response = await client.delete("/v1/locations")
     assert_problem(response, 405, "method-not-allowed")
     assert "GET" in response.headers["allow"].replace(" ", "").split(",")
+
+
+async def test_a_body_sent_without_a_length_must_be_json_too(client: Client) -> None:
+    """HTTP/2 may send a body with neither Content-Length nor chunked encoding: the edge
+    cannot judge it from its headers, so the route refuses it once read."""
+    body = json.dumps({"phone": new_phone()}).encode()
+    messages = iter([{"type": "http.request", "body": body, "more_body": False}])
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> Any:
+        return next(messages, {"type": "http.disconnect"})
+
+    async def record(message: Any) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "2", "method": "POST",
+        "scheme": "https", "path": "/v1/auth/otp", "raw_path": b"/v1/auth/otp",
+        "query_string": b"", "root_path": "", "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 443), "headers": [(b"content-type", b"text/plain")],
+    }  # fmt: skip
+    await client.app(scope, receive, record)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 415
+    assert (b"content-type", b"application/problem+json") in start["headers"]
