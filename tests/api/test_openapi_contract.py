@@ -9,7 +9,8 @@ that names a location, a guest or an order names real ones, so the requests reac
 and their use cases rather than stopping at 401 or 404.
 
 Bounded: ``MAX_EXAMPLES`` generated cases per operation (plus schemathesis' coverage cases),
-with a fixed seed, so a run is the same run every time.
+derandomized and without an example database, so a run is the same run every time. The whole
+file took 20-25 s on the 2-core box with little else running, ~60 s beside other test runs.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from server.app import create_app
 from server.settings import load_settings
 from tests.conftest import LiveServer
 
-MAX_EXAMPLES = 10
+MAX_EXAMPLES = 20
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -98,6 +99,7 @@ contract = schemathesis.openapi.from_dict(DOCUMENT)
     max_examples=MAX_EXAMPLES,
     deadline=None,
     derandomize=True,
+    database=None,
     suppress_health_check=list(HealthCheck),
 )
 def test_the_api_answers_as_its_document_says(
