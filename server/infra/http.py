@@ -52,12 +52,13 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # by a cache.
 _NO_STORE_PREFIXES = ("/v1/auth/", "/v1/me/", "/v1/kiosk/devices/pair")
 # The API answers JSON: nothing in it may run, load or be framed. The docs pages load their
-# renderer from the CDN Litestar's render plugins name, with inline start-up scripts.
+# renderer from the CDN Litestar's render plugins name (Scalar its fonts from its own host),
+# with inline start-up scripts; they may call only this origin.
 _API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 _DOCS_CSP = (
     "default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
-    "font-src 'self' data: https://fonts.gstatic.com https://cdn.jsdelivr.net; "
+    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.scalar.com; "
+    "font-src 'self' data: https://cdn.jsdelivr.net https://fonts.scalar.com; "
     "img-src 'self' data: https://cdn.jsdelivr.net; connect-src 'self'; "
     "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
