@@ -12,6 +12,7 @@ from litestar.params import FromPath, QueryParameter
 
 from server.auth.guards import requires_role
 from server.auth.tokens import Principal
+from server.infra.openapi import BEARER, POS_SIGNED, problems
 from server.pos.ports import SignedIntegration
 from server.pos.webhooks import PosWebhooks
 from server.settings import Settings
@@ -24,6 +25,7 @@ class WebhookDeliveriesController(Controller):
     path = "/v1/pos/webhook-deliveries"
     tags = ["pos"]
     guards = [requires_role("admin")]
+    security = BEARER
 
     @get("/dead")
     async def dead(
@@ -35,7 +37,7 @@ class WebhookDeliveriesController(Controller):
         """Deliveries to the brand's tills that failed every attempt, oldest first."""
         return await pos_webhooks.dead_letters(principal.brand_id, integration_id)
 
-    @post("/{webhook_id:str}/replay", status_code=202)
+    @post("/{webhook_id:str}/replay", status_code=202, responses=problems(409))
     async def replay(
         self,
         pos_webhooks: NamedDependency[PosWebhooks],
@@ -54,6 +56,7 @@ class PosOrdersFeedController(Controller):
 
     path = "/v1/pos/orders"
     tags = ["pos"]
+    security = POS_SIGNED
 
     @get()
     async def feed(
