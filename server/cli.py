@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import shutil
 import signal
@@ -229,12 +230,29 @@ async def _serve_dev(settings: Settings, host: str, port: int) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Production: given database and Redis URLs, N worker processes with uvloop."""
+    """Production: given database and Redis URLs, N worker processes with uvloop; metrics
+    summed over all of them; on SIGTERM, stop accepting, let what is in flight finish within
+    ``shutdown_grace_s``, exit."""
+    from server.infra import multiprocess_metrics
+
     settings = _with_urls(_settings(args, log_format="json"))
     assert settings.database_url
     asyncio.run(_migrate(settings.database_url, quiet=True))
     if not port_is_free(args.host, args.port):
         raise CliError(f"port {args.port} on {args.host} is in use; pass --port")
+    # Before anything imports prometheus_client (it picks its storage at import).
+    metrics_dir, ours = multiprocess_metrics.fresh_directory(os.environ)
+    os.environ[multiprocess_metrics.ENV] = str(metrics_dir)
+    try:
+        _serve(args, settings)
+    finally:
+        if ours:
+            multiprocess_metrics.remove_directory(metrics_dir)
+    return 0
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> None:
+    assert settings.database_url
     os.environ["REGULARS_DATABASE_URL"] = settings.database_url
     os.environ["REGULARS_REDIS_URL"] = settings.redis_url or ""
     # Worker processes read settings from the environment: the data dir holds the dev JWT secret.
@@ -255,6 +273,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             workers=workers,
             loop=Loops.uvloop,
             log_access=False,
+            workers_kill_timeout=math.ceil(settings.shutdown_grace_s),
         ).serve()
     else:
         import uvicorn
@@ -270,9 +289,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             http=OneWriteHttpToolsProtocol,
             access_log=False,
             log_config=None,
-            timeout_graceful_shutdown=30,
+            timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
         )
-    return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

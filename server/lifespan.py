@@ -19,6 +19,7 @@ from server.auth.tokens import TokenIssuer
 from server.catalog.service import CATALOG_CHANNEL, Catalog
 from server.guests.service import Guests
 from server.infra.db import Database, create_pool
+from server.infra.multiprocess_metrics import forget_dead_processes, forget_process
 from server.infra.redis import RedisGate, open_redis
 from server.infra.runtime import freeze_startup_objects
 from server.kiosk import sql as kiosk_sql
@@ -167,6 +168,7 @@ async def _follow_catalog_changes(services: Services) -> None:
 @contextlib.asynccontextmanager
 async def lifespan(app: Litestar) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    forget_dead_processes()  # a worker that died before this one started
     services = await build_services(settings, app.state.get("notifier"))
     app.state.services = services
     app.state.tokens = services.tokens
@@ -187,3 +189,4 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await follower
         await services.close()
+        forget_process()

@@ -121,6 +121,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     scan_replay_max_age_s: int = 24 * 3600
     scan_clock_skew_s: int = 120
 
+    # `regulars serve` on SIGTERM stops accepting at once, then gives the requests in flight this
+    # long to finish before it cancels them (a cancelled checkout rolls back whole) and exits.
+    # Under a Kubernetes pod's terminationGracePeriodSeconds, so the pod is never SIGKILLed.
+    shutdown_grace_s: float = 20.0
+
     # Jobs.
     worker_interval_s: float = 15.0
     slow_jobs_interval_s: float = 3600.0
@@ -166,6 +171,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             )
         if self.pos_webhook_max_attempts < 1 or self.pos_webhook_batch_size < 1:
             raise ValueError(f"{PREFIX}POS_WEBHOOK_MAX_ATTEMPTS and _BATCH_SIZE must be >= 1")
+        if self.shutdown_grace_s <= 0:
+            raise ValueError(f"{PREFIX}SHUTDOWN_GRACE_S must be above 0")
         if not 0 < self.worker_duty <= 1:
             raise ValueError(f"{PREFIX}WORKER_DUTY must be above 0 and at most 1")
         if self.db_pool_min > self.db_pool_max:
