@@ -34,7 +34,7 @@ from server.auth.notifier import RecordingNotifier
 from server.infra.db import connect_once
 from server.infra.embedded import free_port
 from server.seed.demo import PROGRAM
-from server.worker import JobClaims, relay_outbox, run_once
+from server.worker import JOB_LOCK_CLASS, JobClaims, relay_outbox, run_once
 from tests.api.helpers import (
     assert_books_balance,
     ledger_state,
@@ -424,9 +424,25 @@ async def test_a_job_another_worker_holds_is_left_to_it(
                     "SELECT status FROM orders WHERE id = $1", uuid.UUID(order["id"])
                 )
             assert status == "awaiting_payment"
-        async with services.db.transaction() as conn:
-            await conn.execute("SELECT pg_advisory_xact_lock(1380403778, hashtext('relay_outbox'))")
-            assert await relay_outbox(services, 10) == 0  # even with events waiting
+        relaying = await connect_once(services.settings.database_url)  # another worker's relay
+        try:
+            async with relaying.transaction():
+                await relaying.execute(
+                    "SELECT pg_advisory_xact_lock($1::int, hashtext('relay_outbox'))",
+                    JOB_LOCK_CLASS,
+                )
+                async with services.db.transaction() as conn:
+                    event = await conn.fetchval(
+                        "INSERT INTO outbox (topic, payload) VALUES ('test', '{}'::jsonb)"
+                        " RETURNING id"
+                    )
+                assert await relay_outbox(services, 10) == 0
+                async with services.db.connection() as conn:
+                    assert await conn.fetchval(
+                        "SELECT published_at IS NULL FROM outbox WHERE id = $1", event
+                    )
+        finally:
+            await relaying.close()
     finally:
         await other.close()
 
