@@ -533,7 +533,9 @@ async def test_sigterm_drains_a_stream_of_checkouts_without_half_written_orders(
             tried.order_id = response.json()["id"]
         return tried
 
-    with processes(stack, tmp_path, REGULARS_SHUTDOWN_GRACE_S="8") as started:
+    # The held checkout must outlast the grace, not end first by its statement timeout.
+    bounds = {"REGULARS_SHUTDOWN_GRACE_S": "15", "REGULARS_DB_STATEMENT_TIMEOUT_MS": "300000"}
+    with processes(stack, tmp_path, **bounds) as started:
         api, base = started.serve()
         stop_streaming = asyncio.Event()
 
@@ -563,7 +565,7 @@ async def test_sigterm_drains_a_stream_of_checkouts_without_half_written_orders(
                 # The second is still held when the process exits: the grace is a bound.
                 assert api.wait(OUTCOME_TIMEOUT_S) in (0, -signal.SIGTERM), api.output()
                 cut = await asyncio.wait_for(second, OUTCOME_TIMEOUT_S)
-                assert cut.status != 201
+                assert cut.status in (None, 500), api.output()
             finally:
                 await first_hold.release()
                 await second_hold.release()
@@ -573,9 +575,10 @@ async def test_sigterm_drains_a_stream_of_checkouts_without_half_written_orders(
 
     acknowledged = [a for a in attempts if a.status == 201]
     unanswered = [a for a in attempts if a.status is None]
-    assert len(acknowledged) >= 21 and all(a.status in (201, None, 503) for a in attempts), [
-        a.status for a in attempts
-    ]
+    # Answered 201, or not at all (refused once the process stopped accepting); the checkout
+    # cut off at the grace is answered 500 by uvicorn, whose task it cancels.
+    statuses = [a.status for a in attempts if a.guest is not cut_off]
+    assert len(acknowledged) >= 21 and set(statuses) <= {201, None}, statuses
     async with services.db.connection() as conn:
         rows = await conn.fetch(
             "SELECT o.id, o.guest_id, o.points_spent, t.id AS hold, t.amount, t.phase"
