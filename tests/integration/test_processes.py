@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -27,7 +28,10 @@ from typing import Any
 
 import asyncpg
 import httpx
+import psutil
 import pytest
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
+from prometheus_client.parser import text_string_to_metric_families
 
 from kiosk.live import LiveQueue
 from server.auth.notifier import RecordingNotifier
@@ -612,3 +616,92 @@ async def test_sigterm_drains_a_stream_of_checkouts_without_half_written_orders(
         assert placed == len(tried_by_them)
         assert await ledger_state(services, who.id) == (WELCOME + 5000 - 10 * placed, 10 * placed)
     await assert_books_balance(services, demo.brand_id)
+
+
+# -- /metrics under serve --workers 2 -------------------------------------------------------
+
+
+def _counts_per_process(directory: Path, path: str) -> dict[int, float]:
+    """``regulars_requests_total`` of ``path`` in each process's own counter file."""
+    counts: dict[int, float] = {}
+    for file in directory.glob("counter_*.db"):
+        pid = int(file.stem.rsplit("_", 1)[1])
+        counts[pid] = sum(
+            value
+            for key, value, _, _ in MmapedDict.read_all_values_from_file(str(file))
+            for name, labels in [json.loads(key)[1:3]]
+            if name == "regulars_requests_total" and labels.get("path") == path
+        )
+    return counts
+
+
+def _total(exposition: str, sample_name: str, path: str) -> float:
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == sample_name and sample.labels.get("path") == path
+    )
+
+
+@pytest.mark.parametrize("operator_dir", [True, False], ids=["operator-dir", "own-dir"])
+async def test_metrics_under_serve_with_two_workers_add_up_every_worker(
+    stack: Stack, tmp_path: Path, operator_dir: bool
+) -> None:
+    """Requests spread over both worker processes of one `serve --workers 2`; `/metrics`,
+    whichever worker answers it, counts all of them. A metrics directory the operator gives
+    is emptied at start (a stale file would count again) and keeps the counts after; a
+    worker's live gauges go with it. Without one, `serve` uses a directory of its own run
+    and removes it at exit."""
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    stale = MmapedDict(str(directory / "counter_999999.db"))
+    labels = ["method", "path", "status_code", "app_name"]
+    stale.write_value(
+        mmap_key(
+            "regulars_requests",
+            "regulars_requests_total",
+            labels,
+            ["GET", "/healthz", "200", "regulars"],
+            "Total requests",
+        ),
+        1000.0,
+        0.0,
+    )
+    stale.close()
+    with processes(stack, tmp_path) as started:
+        given = {"PROMETHEUS_MULTIPROC_DIR": str(directory)} if operator_dir else {}
+        api, base = started.serve(workers=2, **given)
+        assert not (directory / "counter_999999.db").exists() or not operator_dir
+        children = psutil.Process(api.proc.pid).children(recursive=True)
+        workers = {child.pid for child in children}
+        if not operator_dir:
+            directory = Path(children[0].environ()["PROMETHEUS_MULTIPROC_DIR"])
+
+        async def healthz() -> None:
+            # A connection of its own each, so the kernel hands them to either worker.
+            async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+                assert (await http.get("/healthz")).status_code == 200
+
+        sent = 0
+        for _ in range(100):  # until both workers have answered some
+            await asyncio.gather(*(healthz() for _ in range(16)))
+            sent += 16
+            answered = _counts_per_process(directory, "/healthz")
+            if sum(count > 0 for count in answered.values()) >= 2:
+                break
+        assert sum(count > 0 for count in answered.values()) == 2, answered
+        assert {pid for pid, count in answered.items() if count} <= workers
+        for _ in range(6):  # whichever worker answers /metrics
+            async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+                exposition = (await http.get("/metrics")).text
+            assert _total(exposition, "regulars_requests_total", "/healthz") == sent
+            assert _total(exposition, "regulars_requests_in_progress", "/healthz") == 0
+            assert _total(exposition, "regulars_requests_in_progress", "/metrics") == 1
+        api.signal(signal.SIGTERM)
+        assert api.wait(OUTCOME_TIMEOUT_S) in (0, -signal.SIGTERM), api.output()
+    if not operator_dir:
+        assert not directory.exists()
+        return
+    assert list(directory.glob("gauge_live*.db")) == []  # gone with their processes
+    assert sum(_counts_per_process(directory, "/healthz").values()) == sent  # counts stay
