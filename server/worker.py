@@ -79,9 +79,10 @@ class JobClaims:
     could not take another for its work (server/infra/db.py, NestedAcquire). Used by one
     task at a time."""
 
-    def __init__(self, database_url: str, connect_timeout_s: float) -> None:
+    def __init__(self, database_url: str, timeout_s: float) -> None:
+        """``timeout_s`` bounds connecting and each claim or release."""
         self._url = database_url
-        self._timeout_s = connect_timeout_s
+        self._timeout_s = timeout_s
         self._conn: asyncpg.Connection | None = None
 
     @contextlib.asynccontextmanager
@@ -112,8 +113,8 @@ class JobClaims:
 
     async def _call(self, conn: asyncpg.Connection, statement: str, job: str) -> object:
         try:
-            return await conn.fetchval(statement, JOB_LOCK_CLASS, job)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            return await conn.fetchval(statement, JOB_LOCK_CLASS, job, timeout=self._timeout_s)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             # The session (and every lock it held) is gone or unusable: start a new one.
             log.warning("job claims: connection lost: %s", exc)
             conn.terminate()
