@@ -49,6 +49,14 @@ from tests.api.helpers import (
 )
 from tests.conftest import TEST_JWT_SECRET, Client, Demo, GuestHandle, Stack, give_points, sign_in
 from tests.integration.test_kiosk_live_queue import FAST, Seen
+from tests.integration.test_pos_webhooks import (
+    Receiver,
+    new_integration,
+    pre_order,
+    receiver,  # noqa: F401 (the fixture, used by name)
+    retire,
+    states,
+)
 
 REGULARS = [sys.executable, "-m", "server"]
 WELCOME = PROGRAM.welcome_bonus_points
@@ -171,7 +179,11 @@ class Fleet:
 def fleet(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     where = tmp_path_factory.mktemp("fleet")
     # Workers that pass often, slow jobs included, so a test waits seconds, not an hour.
-    fast = {"REGULARS_WORKER_INTERVAL_S": "0.5", "REGULARS_SLOW_JOBS_INTERVAL_S": "1"}
+    fast = {
+        "REGULARS_WORKER_INTERVAL_S": "0.5",
+        "REGULARS_SLOW_JOBS_INTERVAL_S": "1",
+        "REGULARS_POS_WEBHOOK_INTERVAL_S": "0.2",
+    }
     with processes(stack, where) as started:
         workers = [started.worker(**fast), started.worker(**fast)]
         apis = [started.serve()[1], started.serve()[1]]
@@ -459,6 +471,38 @@ async def test_a_job_another_worker_holds_is_left_to_it(
 
     await until(cancelled, "the order to expire once the claim is released")
     assert await ledger_state(services, guest.id) == (WELCOME, 0)
+
+
+async def test_two_workers_deliver_each_till_webhook_once(
+    fleet: Fleet,
+    client: Client,
+    services: Any,
+    demo: Demo,
+    guest: GuestHandle,
+    station_menu_item: str,
+    receiver: tuple[Receiver, str],  # noqa: F811
+) -> None:
+    """Both workers fan order events out to a till and deliver them: each event reaches the
+    till once (one attempt per webhook-id, never two at the same time), each delivery is
+    delivered at its first attempt."""
+    till, url = receiver
+    integration = await new_integration(services, demo, url, till.secret)
+    try:
+        for _ in range(4):  # order.placed and order.status each
+            await pre_order(client, demo, guest, station_menu_item)
+
+        async def settled() -> bool:
+            now = await states(services, integration)
+            return len(now) == 8 and all(state == "delivered" for state, _ in now.values())
+
+        await until(settled, "both workers to deliver the till's eight events")
+        await asyncio.sleep(2)  # more passes of both workers, each a chance to send again
+        delivered = await states(services, integration)
+    finally:
+        await retire(services, integration)
+    assert all(value == ("delivered", 1) for value in delivered.values()), delivered
+    assert dict(till.attempts) == dict.fromkeys(delivered, 1)
+    assert max(till.most_in_flight.values()) == 1
 
 
 # -- SIGTERM during a stream of checkouts --------------------------------------------------
