@@ -297,8 +297,11 @@ async def test_a_live_queue_on_one_process_sees_an_order_placed_through_the_othe
     assert events[0] == "order.placed"
 
 
-async def _expired_lot(services: Any, demo: Demo, guest_id: uuid.UUID, points: int) -> None:
-    """A lot of ``points`` the guest earned that expired long ago, mirrored as a request would."""
+async def _lot_expiring_soon(
+    services: Any, demo: Demo, guest_id: uuid.UUID, points: int, in_s: float
+) -> None:
+    """A lot of ``points`` the guest earned that expires ``in_s`` seconds from now, mirrored
+    as a request would: the next passes after that find it past lot expiry's watermark."""
     loyalty = services.loyalty
     async with services.db.transaction() as conn:
         account_id = await conn.fetchval("SELECT id FROM accounts WHERE guest_id = $1", guest_id)
@@ -311,7 +314,7 @@ async def _expired_lot(services: Any, demo: Demo, guest_id: uuid.UUID, points: i
             points=points,
             code="earn",
             source="issued",
-            expires_at=datetime.now(UTC) - timedelta(days=400),
+            expires_at=datetime.now(UTC) + timedelta(seconds=in_s),
         )
     await loyalty.mirror(guest_id, "credit", transfer_id, state, points)
 
@@ -325,8 +328,8 @@ async def test_two_workers_do_each_scheduled_job_once(
     services: Any,
 ) -> None:
     """Orders past their payment window, holds past their timeout (some of them both: the two
-    jobs race for one hold) and expired lots, made due at one commit while both workers pass
-    every half second: each order cancelled once, each hold voided once, each lot expired once,
+    jobs race for one hold), made due at one commit, and lots that expire a moment later,
+    while both workers pass every half second: each order cancelled once, each hold voided once, each lot expired once,
     and the wallets in Redis agree with the ledger."""
     await give_points(client, demo, guest, 1000)
     start = await ledger_state(services, guest.id)
@@ -358,7 +361,7 @@ async def test_two_workers_do_each_scheduled_job_once(
                 timed_out,
             )
     for lot_guest in lot_guests:
-        await _expired_lot(services, demo, lot_guest.id, 70)
+        await _lot_expiring_soon(services, demo, lot_guest.id, 70, in_s=2)
 
     async def voids() -> dict[uuid.UUID, int]:
         async with services.db.connection() as conn:
