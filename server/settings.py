@@ -123,8 +123,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     # `regulars serve` on SIGTERM stops accepting at once, then gives the requests in flight this
     # long to finish before it cancels them (a cancelled checkout rolls back whole) and exits.
-    # Under a Kubernetes pod's terminationGracePeriodSeconds, so the pod is never SIGKILLed.
-    shutdown_grace_s: float = 20.0
+    # With the preStop wait, under the pod's terminationGracePeriodSeconds (deploy/k8s), so a
+    # pod is never SIGKILLed mid-drain.
+    shutdown_grace_s: float = 30.0
 
     # Jobs.
     worker_interval_s: float = 15.0
