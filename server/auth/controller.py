@@ -4,7 +4,9 @@ from litestar import Controller, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
+from server.auth.guards import requires_authenticated
 from server.auth.service import Auth
+from server.auth.tokens import Principal
 from server.infra.openapi import problems
 from shared import contract
 
@@ -35,3 +37,13 @@ class AuthController(Controller):
     ) -> contract.TokenPair:
         """Rotate a refresh token; reusing an old one signs out its whole family."""
         return await auth.refresh(data)
+
+    @post(
+        "/signout", status_code=204, guards=[requires_authenticated], responses=problems(401, 409)
+    )
+    async def sign_out(
+        self, auth: NamedDependency[Auth], principal: NamedDependency[Principal]
+    ) -> None:
+        """End the caller's session (guest or staff): its refresh and access tokens stop
+        working at once."""
+        await auth.sign_out(principal)

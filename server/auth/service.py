@@ -14,6 +14,7 @@ from uuid import UUID
 import asyncpg
 
 from server.auth.notifier import Notifier
+from server.auth.revocation import Revocations
 from server.auth.tokens import Principal, TokenIssuer
 from server.guests.service import Guests, normalise_phone
 from server.infra.db import Database
@@ -73,6 +74,7 @@ class Auth:
         self.tokens = tokens
         self.guests = guests
         self.notifier = notifier
+        self.revocations = Revocations(db, gate, settings.access_ttl_s)
 
     async def send_code(self, body: contract.OtpRequest) -> contract.OtpSent:
         """Send a 6-digit code; at most ``otp_sends_per_hour`` per phone."""
@@ -180,10 +182,12 @@ class Auth:
     ) -> contract.TokenPair:
         """An access token plus a new refresh token in ``family_id`` (a new family if None)."""
         refresh = secrets.token_urlsafe(32)
+        family_id = family_id or uuid.uuid4()
+        principal = replace(principal, family_id=family_id)
         await conn.execute(
             INSERT_REFRESH,
             uuid.uuid4(),
-            family_id or uuid.uuid4(),
+            family_id,
             principal.kind,
             principal.subject_id,
             _hash(refresh),
@@ -235,8 +239,25 @@ class Auth:
             else:
                 pair = await self.issue(conn, principal, row["family_id"])
         if refused is not None:
+            await self.revocations.deny(row["family_id"])
             raise refused
         return pair
+
+    async def sign_out(self, principal: Principal) -> None:
+        """End the caller's session: its refresh tokens and its access tokens, at once.
+
+        Refuses 409 ``no-session`` for a token issued outside a session (``regulars token``),
+        which only its expiry ends.
+        """
+        if principal.family_id is None:
+            raise Problem(
+                409,
+                "no-session",
+                "this access token belongs to no session; it ends when it expires",
+            )
+        async with self.db.transaction() as conn:
+            await conn.execute(REVOKE_FAMILY, principal.family_id)
+        await self.revocations.deny(principal.family_id)
 
     async def _kiosk_session_ended(
         self, conn: asyncpg.Connection, principal: Principal

@@ -55,7 +55,10 @@ class DevicesController(Controller):
         """Register a kiosk tablet at a location; answers a pairing code shown only once."""
         return await staff.create_device(principal, data)
 
-    @post("/pair", status_code=200, responses=problems(404))
-    async def pair(self, staff: NamedDependency[Staff], data: JSONBody[PairIn]) -> DevicePaired:
-        """The tablet trades its pairing code (single use, expiring) for a device secret."""
-        return await staff.pair(data)
+    @post("/pair", status_code=200, responses=problems(404, 429))
+    async def pair(
+        self, staff: NamedDependency[Staff], data: JSONBody[PairIn], client_ip: NamedDependency[str]
+    ) -> DevicePaired:
+        """The tablet trades its pairing code (single use, expiring) for a device secret;
+        unknown codes are rate-limited per client address."""
+        return await staff.pair(data, client_ip)

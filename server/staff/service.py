@@ -22,7 +22,7 @@ from server.auth.service import Auth
 from server.auth.tokens import Principal
 from server.infra.db import Database
 from server.infra.problems import Problem
-from server.infra.ratelimit import limit, reset_limit
+from server.infra.ratelimit import count_failure, limit, refuse_if_over, reset_limit
 from server.infra.redis import RedisGate
 from server.settings import Settings
 from server.staff import sql
@@ -172,14 +172,26 @@ class Staff:
             )
         return DeviceCreated(device_id=device_id, pairing_code=code, expires_at=expires_at)
 
-    async def pair(self, body: PairIn) -> DevicePaired:
-        """Trade a pairing code (single use, expiring) for the device's long-lived secret."""
+    async def pair(self, body: PairIn, client_ip: str) -> DevicePaired:
+        """Trade a pairing code (single use, expiring) for the device's long-lived secret.
+
+        At most ``pair_attempts_per_window`` unknown codes per client address per
+        ``pin_window_s`` (429 ``too-many-pairing-attempts``; 503 while they cannot be counted).
+        """
+        what = "pairing attempts from this address"
+        await refuse_if_over(
+            self.gate, "pairing-attempts", client_ip, self.settings.pair_attempts_per_window,
+            what, when_down="refuse",
+        )  # fmt: skip
         secret = secrets.token_urlsafe(32)
         async with self.db.transaction() as conn:
             row = await conn.fetchrow(
                 sql.PAIR_DEVICE, _digest(normalise_pairing_code(body.pairing_code)), _digest(secret)
             )
             if row is None:
+                await count_failure(
+                    self.gate, "pairing-attempts", client_ip, self.settings.pin_window_s
+                )
                 raise Problem(
                     404,
                     "pairing-code-invalid",
