@@ -19,17 +19,23 @@ class AuthController(Controller):
 
     @post("/otp", status_code=202, responses=problems(429))
     async def send_code(
-        self, auth: NamedDependency[Auth], data: JSONBody[contract.OtpRequest]
+        self,
+        auth: NamedDependency[Auth],
+        data: JSONBody[contract.OtpRequest],
+        client_ip: NamedDependency[str],
     ) -> contract.OtpSent:
-        """Send a one-time code to a phone (rate-limited)."""
-        return await auth.send_code(data)
+        """Send a one-time code to a phone (rate-limited per phone, client address and brand)."""
+        return await auth.send_code(data, client_ip)
 
     @post("/otp/verify", status_code=200, responses=problems(401, 429))
     async def verify_code(
-        self, auth: NamedDependency[Auth], data: JSONBody[contract.OtpVerify]
+        self,
+        auth: NamedDependency[Auth],
+        data: JSONBody[contract.OtpVerify],
+        client_ip: NamedDependency[str],
     ) -> contract.TokenPair:
         """Exchange the code for an access token and a refresh token; new guests are enrolled."""
-        return await auth.verify_code(data)
+        return await auth.verify_code(data, client_ip)
 
     @post("/refresh", status_code=200, responses=problems(401))
     async def refresh(

@@ -19,6 +19,7 @@ from server.auth.tokens import Principal, TokenIssuer
 from server.guests.service import Guests, normalise_phone
 from server.infra.db import Database
 from server.infra.problems import Problem
+from server.infra.ratelimit import count_failure, limit, refuse_if_over
 from server.infra.redis import RedisGate, RedisUnavailable
 from server.settings import Settings
 from server.staff.model import needs_totp
@@ -76,9 +77,13 @@ class Auth:
         self.notifier = notifier
         self.revocations = Revocations(db, gate, settings.access_ttl_s)
 
-    async def send_code(self, body: contract.OtpRequest) -> contract.OtpSent:
-        """Send a 6-digit code; at most ``otp_sends_per_hour`` per phone."""
+    async def send_code(self, body: contract.OtpRequest, client_ip: str) -> contract.OtpSent:
+        """Send a 6-digit code; at most ``otp_sends_per_hour`` per phone, and per hour
+        ``otp_sends_per_client_per_hour`` per client address, ``otp_sends_per_brand_per_hour``
+        per brand and ``otp_sends_global_per_hour`` in all (429 ``too-many-codes``). Every
+        send costs the chain money, so without Redis no code is sent (503)."""
         phone = normalise_phone(body.phone)
+        await self._limit_sends(client_ip)
         code = f"{secrets.randbelow(1_000_000):06d}"
         sends_key, otp_key = f"rg:otp-sends:{phone}", f"rg:otp:{phone}"
 
@@ -115,10 +120,32 @@ class Auth:
         await self.notifier.send_code(phone, code)
         return contract.OtpSent(phone=phone, expires_in_s=self.settings.otp_ttl_s)
 
-    async def verify_code(self, body: contract.OtpVerify) -> contract.TokenPair:
-        """Exchange a valid code (single use, limited attempts) for tokens; enrols new guests."""
+    async def _limit_sends(self, client_ip: str) -> None:
+        """The SMS budget: per client address first (so one client cannot spend the brand's
+        budget), then per brand, then the global hourly budget. Fails closed."""
+        async with self.db.connection() as conn:
+            brand_id = await self.guests.brand_id(conn)
+        for name, subject, per_hour, what in (
+            ("codes", f"client:{client_ip}", self.settings.otp_sends_per_client_per_hour,
+             "codes from this address"),
+            ("codes", f"brand:{brand_id}", self.settings.otp_sends_per_brand_per_hour,
+             "codes right now"),
+            ("codes", "global", self.settings.otp_sends_global_per_hour, "codes right now"),
+        ):  # fmt: skip
+            await limit(self.gate, name, subject, per_hour, 3600, what, when_down="refuse")
+
+    async def verify_code(self, body: contract.OtpVerify, client_ip: str) -> contract.TokenPair:
+        """Exchange a valid code (single use, limited attempts) for tokens; enrols new guests.
+
+        Wrong or unknown codes from one client address, whichever phones they name, are
+        limited to ``otp_wrong_codes_per_client_per_hour`` (429 ``too-many-wrong-codes``).
+        """
         phone = normalise_phone(body.phone)
         otp_key = f"rg:otp:{phone}"
+        await refuse_if_over(
+            self.gate, "wrong-codes", client_ip, self.settings.otp_wrong_codes_per_client_per_hour,
+            "wrong codes from this address", when_down="refuse",
+        )  # fmt: skip
 
         async def check() -> tuple[str | None, int, int]:
             async with self.gate.client.pipeline(transaction=True) as pipe:
@@ -136,11 +163,13 @@ class Auth:
             ) from None
         if stored is None:
             await self.gate.run(lambda: self.gate.client.delete(otp_key))
+            await count_failure(self.gate, "wrong-codes", client_ip, 3600)
             raise Problem(401, "code-expired", "no valid code for this phone; ask for a new one")
         if attempts > self.settings.otp_max_attempts:
             await self.gate.run(lambda: self.gate.client.delete(otp_key))
             raise Problem(429, "too-many-attempts", "too many wrong codes; ask for a new one")
         if not hmac.compare_digest(stored, _hash(phone + body.code).hex()):
+            await count_failure(self.gate, "wrong-codes", client_ip, 3600)
             raise Problem(401, "wrong-code", "the code is not right")
         # Deleting is the claim: of two concurrent verifications of one code, one deletes it.
         if not await self.gate.run(lambda: self.gate.client.delete(otp_key)):
