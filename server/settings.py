@@ -122,14 +122,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     staff_lockout_s: int = 900
     # Per client address (issue 21, finding 5): the first staff_sign_in_free_failures wrong
     # passwords cost nothing; each one after makes the client wait twice as long as the last
-    # (1 s, 2 s, 4 s, ... at most staff_sign_in_max_delay_s), and
+    # (staff_sign_in_first_delay_s, then 2x, 4x, ... at most staff_sign_in_max_delay_s), and
     # staff_sign_in_failures_per_client in staff_sign_in_window_s stop it for the window.
     staff_sign_in_free_failures: int = 3
+    staff_sign_in_first_delay_s: int = 1
     staff_sign_in_max_delay_s: int = 60
     staff_sign_in_failures_per_client: int = 20
     staff_sign_in_window_s: int = 900
-    # Wrong PINs per paired device (every email together) per pin_window_s.
-    pin_failures_per_device: int = 10
+    # Wrong PINs per paired device, every email together: past pin_attempts_per_window the
+    # device is slowed down like a client address above; pin_failures_per_device in
+    # pin_window_s stop it for the window.
+    pin_failures_per_device: int = 30
     # POST /v1/kiosk/devices/pair per client address per pin_window_s (a code has 31^8 values
     # but is valid for pairing_ttl_s: guessing must stay hopeless).
     pair_attempts_per_window: int = 10

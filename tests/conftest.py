@@ -95,6 +95,8 @@ def settings(stack: Stack) -> Settings:
         otp_sends_per_brand_per_hour=1_000_000,
         otp_sends_global_per_hour=1_000_000,
         otp_wrong_codes_per_client_per_hour=1_000_000,
+        staff_sign_in_free_failures=1_000_000,
+        staff_sign_in_failures_per_client=1_000_000,
     )
 
 

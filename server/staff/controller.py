@@ -22,10 +22,14 @@ class StaffAuthController(Controller):
 
     @post("/staff", status_code=200, responses=problems(401, 403, 423))
     async def sign_in(
-        self, staff: NamedDependency[Staff], data: JSONBody[contract.StaffLogin]
+        self,
+        staff: NamedDependency[Staff],
+        data: JSONBody[contract.StaffLogin],
+        client_ip: NamedDependency[str],
     ) -> contract.TokenPair:
-        """Email and password (plus a TOTP code for managers and admins); locks after failures."""
-        return await staff.sign_in(data)
+        """Email and password (plus a TOTP code for managers and admins); failures are slowed
+        per client address, and lock the email (the second factor gets through the lock)."""
+        return await staff.sign_in(data, client_ip)
 
     @post("/pin", status_code=200, responses=problems(401, 403, 423, 429))
     async def pin(

@@ -9,15 +9,19 @@ Clients are told apart by X-Forwarded-For, believed here because the test client
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
+import pyotp
 import pytest
 
 from server.auth.notifier import RecordingNotifier
 from server.settings import Settings
-from tests.conftest import Client, Stack, app_client, new_phone
+from server.staff.throttle import THROTTLED
+from tests.api.staff_support import PASSWORD, PIN, make_staff, other_brand
+from tests.conftest import Client, Demo, Stack, app_client, new_phone
 
 _addresses = itertools.count(1)
 
@@ -122,3 +126,156 @@ async def test_wrong_codes_are_limited_per_client_across_phones(
         headers=new_client(),
     )
     assert ok.status_code == 200, ok.text
+
+
+# -- staff sign-in: slowed per client, not locked per email (finding 5) ----------------------
+
+
+def throttled(source: str, outcome: str) -> float:
+    return float(THROTTLED.labels(source, outcome)._value.get())
+
+
+@pytest.fixture
+def sign_in_limited(limited: Settings) -> Settings:
+    return msgspec.structs.replace(
+        limited,
+        staff_sign_in_free_failures=2,
+        staff_sign_in_first_delay_s=600,  # long enough that the test never sees it pass
+        staff_sign_in_failures_per_client=3,
+        staff_max_failed_logins=3,
+    )
+
+
+async def test_wrong_passwords_slow_down_their_client_not_the_staff_member(
+    sign_in_limited: Settings, notifier: RecordingNotifier, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = msgspec.structs.replace(
+        sign_in_limited, staff_sign_in_failures_per_client=10, staff_max_failed_logins=10
+    )
+    async with app_client(settings, notifier) as client:
+        services = client.app.state.services
+        brand = await other_brand(services)
+        barista = await make_staff(services, brand.brand_id, "barista", [brand.location_id])
+        wrong = {"email": barista.email, "password": "wrong password"}
+        attacker = new_client()
+        slowed_before = throttled("client", "slowed")
+        for _ in range(2):  # the free failures
+            response = await client.post("/v1/auth/staff", json=wrong, headers=attacker)
+            assert response.status_code == 401 and slug(response) == "invalid-credentials"
+        with caplog.at_level(logging.WARNING, logger="regulars.staff.security"):
+            third = await client.post("/v1/auth/staff", json=wrong, headers=attacker)
+        assert third.status_code == 401
+        slowed = await client.post("/v1/auth/staff", json=wrong, headers=attacker)
+        assert slowed.status_code == 429 and slug(slowed) == "sign-in-slowed", slowed.text
+        assert int(slowed.headers["retry-after"]) > 0
+        # Alerted: a metric and a log line with fields, not a lock.
+        assert throttled("client", "slowed") == slowed_before + 1
+        fields = [getattr(r, "fields", {}) for r in caplog.records]
+        assert {"event": "sign_in_throttled", "source": "client", "outcome": "slowed"}.items() <= (
+            fields[-1].items()
+        )
+        # The staff member, from their own address, signs in.
+        right = {"email": barista.email, "password": PASSWORD}
+        mine = await client.post("/v1/auth/staff", json=right, headers=new_client())
+        assert mine.status_code == 200, mine.text
+
+
+async def test_a_client_is_stopped_for_the_window_after_its_failures(
+    sign_in_limited: Settings, notifier: RecordingNotifier
+) -> None:
+    settings = msgspec.structs.replace(
+        sign_in_limited, staff_sign_in_free_failures=10, staff_max_failed_logins=100
+    )
+    async with app_client(settings, notifier) as client:
+        attacker = new_client()
+        for n in range(3):
+            wrong = {"email": f"nobody-{n}@demo.regulars.test", "password": "x"}
+            response = await client.post("/v1/auth/staff", json=wrong, headers=attacker)
+            assert response.status_code == 401
+        stopped = await client.post(
+            "/v1/auth/staff",
+            json={"email": "nobody@demo.regulars.test", "password": "x"},
+            headers=attacker,
+        )
+        assert stopped.status_code == 429 and slug(stopped) == "too-many-sign-ins"
+
+
+async def test_the_second_factor_gets_through_a_locked_email(
+    sign_in_limited: Settings, notifier: RecordingNotifier
+) -> None:
+    async with app_client(sign_in_limited, notifier) as client:
+        services = client.app.state.services
+        brand = await other_brand(services)
+        secret = pyotp.random_base32()
+        manager = await make_staff(services, brand.brand_id, "manager", totp_secret=secret)
+        wrong = {"email": manager.email, "password": "wrong password"}
+        locked_before = throttled("email", "locked")
+        answers = [
+            await client.post("/v1/auth/staff", json=wrong, headers=new_client())
+            for _ in range(sign_in_limited.staff_max_failed_logins)
+        ]
+        assert answers[-1].status_code == 423 and slug(answers[-1]) == "account-locked"
+        assert throttled("email", "locked") == locked_before + 1
+        right = {"email": manager.email, "password": PASSWORD}
+        # Locked: the password alone is refused, unchecked; so is a wrong code.
+        alone = await client.post("/v1/auth/staff", json=right, headers=new_client())
+        assert alone.status_code == 423
+        bad_code = f"{(int(pyotp.TOTP(secret).now()) + 500_000) % 1_000_000:06d}"
+        guessed = await client.post(
+            "/v1/auth/staff", json={**right, "totp": bad_code}, headers=new_client()
+        )
+        assert guessed.status_code == 423
+        # The right password with the right code gets through, and clears the lock.
+        through = await client.post(
+            "/v1/auth/staff", json={**right, "totp": pyotp.TOTP(secret).now()}, headers=new_client()
+        )
+        assert through.status_code == 200, through.text
+        row = await services.db.fetchrow(
+            "SELECT failed_logins, locked_until FROM staff_users WHERE id = $1", manager.id
+        )
+        assert row["failed_logins"] == 0 and row["locked_until"] is None
+
+
+async def test_wrong_pins_slow_the_device_and_a_password_lock_spares_the_pin(
+    sign_in_limited: Settings, notifier: RecordingNotifier, demo: Demo
+) -> None:
+    settings = msgspec.structs.replace(sign_in_limited, pin_attempts_per_window=3)
+    async with app_client(settings, notifier) as client:
+        services = client.app.state.services
+        mitte = demo.locations["mitte"]
+        staff = [await make_staff(services, demo.brand_id, "barista", [mitte]) for _ in range(3)]
+        tablet, other_tablet = [await pair_device(client, demo) for _ in range(2)]
+
+        async def pin(device: dict[str, Any], email: str, value: str) -> Any:
+            body = {"device_id": device["device_id"], "device_secret": device["device_secret"],
+                    "email": email, "pin": value}  # fmt: skip
+            return await client.post("/v1/auth/pin", json=body)
+
+        # Wrong PINs spread over two colleagues: no one's own limit is reached ...
+        for member in (staff[0], staff[1], staff[0], staff[1]):
+            assert (await pin(tablet, member.email, "0000")).status_code == 401
+        # ... but the tablet is slowed down, for a while, not locked for good.
+        slowed = await pin(tablet, staff[2].email, PIN)
+        assert slowed.status_code == 429 and slug(slowed) == "sign-in-slowed", slowed.text
+        assert (await pin(other_tablet, staff[2].email, PIN)).status_code == 200
+        # A password lock on an email (anyone can cause one) does not stop that PIN.
+        wrong = {"email": staff[2].email, "password": "wrong password"}
+        for _ in range(settings.staff_max_failed_logins):
+            await client.post("/v1/auth/staff", json=wrong, headers=new_client())
+        assert (await pin(other_tablet, staff[2].email, PIN)).status_code == 200
+
+
+async def pair_device(client: Client, demo: Demo) -> dict[str, Any]:
+    created = await client.post(
+        "/v1/kiosk/devices",
+        json={"location_id": str(demo.locations["mitte"]), "name": "Till"},
+        headers={"Authorization": f"Bearer {demo.staff['manager']}"},
+    )
+    assert created.status_code == 201, created.text
+    paired = await client.post(
+        "/v1/kiosk/devices/pair",
+        json={"pairing_code": created.json()["pairing_code"]},
+        headers=new_client(),
+    )
+    assert paired.status_code == 200, paired.text
+    return dict(paired.json())
