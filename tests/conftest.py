@@ -96,6 +96,9 @@ def settings(stack: Stack) -> Settings:
         otp_sends_global_per_hour=1_000_000,
         otp_wrong_codes_per_client_per_hour=1_000_000,
         staff_sign_in_free_failures=1_000_000,
+        # Tests place many unpaid orders per guest; tests/api/test_order_caps.py checks these.
+        unpaid_orders_per_guest=1_000_000,
+        slot_places_per_guest=1_000_000,
         staff_sign_in_failures_per_client=1_000_000,
     )
 
