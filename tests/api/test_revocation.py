@@ -11,6 +11,7 @@ import msgspec
 from server.auth.notifier import RecordingNotifier
 from server.seed.demo import DEMO_PASSWORD
 from server.settings import Settings
+from server.worker import run_once
 from tests.api.helpers import menu_items, order_body, place
 from tests.api.staff_support import bearer
 from tests.api.test_redis_faults import wait_for_redis
@@ -140,3 +141,20 @@ async def test_pairing_codes_cannot_be_guessed_without_limit(
             headers={"X-Forwarded-For": unique_client()},
         )
         assert other.status_code == 404
+
+
+async def test_a_sign_out_while_redis_was_down_is_denied_in_redis_once_it_is_back(
+    client: Client, notifier: RecordingNotifier, services: Any, stack: Stack
+) -> None:
+    access, _ = await refreshed_guest(client, notifier)
+    stack.stop_redis()
+    try:
+        assert (await client.post("/v1/auth/signout", headers=bearer(access))).status_code == 204
+    finally:
+        stack.start_redis()
+    await wait_for_redis(services)
+    await services.gate.client.flushall()  # the restarted Redis knows nothing of it
+    done = await run_once(services, slow=False, relay=False)
+    assert done["revoked_sessions"] >= 1
+    me = await client.get("/v1/me", headers=bearer(access))
+    assert me.status_code == 401 and slug(me) == "invalid-token"

@@ -16,3 +16,7 @@ CREATE UNIQUE INDEX counter_accruals_brand_receipt ON counter_accruals (brand_id
 -- day use counter_accruals_guest).
 CREATE INDEX counter_accruals_staff ON counter_accruals (staff_id, created_at)
     WHERE staff_id IS NOT NULL;
+
+-- Sessions revoked in the last access-token lifetime, which the worker writes back to the
+-- Redis denylist (server/auth/revocation.py, resync): a revocation made while Redis was down.
+CREATE INDEX refresh_tokens_revoked ON refresh_tokens (revoked_at) WHERE revoked_at IS NOT NULL;
