@@ -146,11 +146,9 @@ class Staff:
         if user is not None and locked_until is not None:
             await self._through_lock(user, body, now, locked_until)
             return user
-        if locks_at is not None:
-            alert("email", "locked", email, self.settings.staff_max_failed_logins)
         if not await self._verify(user["password_hash"] if user else None, body.password):
             if locks_at is not None:  # this attempt was the last one allowed
-                raise _locked(locks_at, now)
+                raise self._locking(email, locks_at, now)
             raise Problem(401, "invalid-credentials", "the email or the password is not right")
         assert user is not None
         if needs_totp(user["role"], user["totp_secret"]):
@@ -165,13 +163,18 @@ class Staff:
             step = totp_step(user["totp_secret"], body.totp, now)
             if step is None:  # counted as a failed attempt by the claim already
                 if locks_at is not None:
-                    raise _locked(locks_at, now)
+                    raise self._locking(email, locks_at, now)
                 raise Problem(401, "wrong-totp", "the authenticator code is not right")
             if await self.db.fetchval(sql.USE_TOTP_STEP, user["id"], step) is None:
                 raise Problem(
                     401, "totp-reused", "this code was used already; wait for the next one"
                 )
         return user
+
+    def _locking(self, email: str, until: datetime, now: datetime) -> Problem:
+        """The 423 of the failure that locks ``email``, raised as an alert too."""
+        alert("email", "locked", email, self.settings.staff_max_failed_logins)
+        return _locked(until, now)
 
     async def _through_lock(
         self, user: asyncpg.Record, body: contract.StaffLogin, now: datetime, until: datetime
