@@ -19,7 +19,7 @@ from server.auth.tokens import Principal, TokenIssuer
 from server.guests.service import Guests, normalise_phone
 from server.infra.db import Database
 from server.infra.problems import Problem
-from server.infra.ratelimit import count_failure, limit, refuse_if_over
+from server.infra.ratelimit import count_failure, limit_all, refuse_if_over
 from server.infra.redis import RedisGate, RedisUnavailable
 from server.settings import Settings
 from server.staff.model import needs_totp
@@ -125,14 +125,17 @@ class Auth:
         budget), then per brand, then the global hourly budget. Fails closed."""
         async with self.db.connection() as conn:
             brand_id = await self.guests.brand_id(conn)
-        for name, subject, per_hour, what in (
-            ("codes", f"client:{client_ip}", self.settings.otp_sends_per_client_per_hour,
-             "codes from this address"),
-            ("codes", f"brand:{brand_id}", self.settings.otp_sends_per_brand_per_hour,
-             "codes right now"),
-            ("codes", "global", self.settings.otp_sends_global_per_hour, "codes right now"),
-        ):  # fmt: skip
-            await limit(self.gate, name, subject, per_hour, 3600, what, when_down="refuse")
+        await limit_all(
+            self.gate,
+            "codes",
+            [
+                (f"client:{client_ip}", self.settings.otp_sends_per_client_per_hour,
+                 "codes from this address"),
+                (f"brand:{brand_id}", self.settings.otp_sends_per_brand_per_hour, "codes right now"),
+                ("global", self.settings.otp_sends_global_per_hour, "codes right now"),
+            ],
+            3600,
+        )  # fmt: skip
 
     async def verify_code(self, body: contract.OtpVerify, client_ip: str) -> contract.TokenPair:
         """Exchange a valid code (single use, limited attempts) for tokens; enrols new guests.

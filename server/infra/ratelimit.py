@@ -7,12 +7,13 @@ has no EXPIRE NX), so Retry-After is the key's remaining TTL, exactly.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Literal
 
 from server.infra.problems import Problem
 from server.infra.redis import RedisGate, RedisUnavailable
 
-__all__ = ["count_failure", "limit", "refuse_if_over", "reset_limit"]
+__all__ = ["count_failure", "limit", "limit_all", "refuse_if_over", "reset_limit"]
 
 
 def _key(name: str, subject: object) -> str:
@@ -119,3 +120,31 @@ async def count_failure(gate: RedisGate, name: str, subject: object, window_s: i
         return await gate.run(count)
     except RedisUnavailable:
         return 0
+
+
+_BUDGETS = (Path(__file__).parent / "lua" / "budgets.lua").read_text()
+
+
+async def limit_all(
+    gate: RedisGate,
+    name: str,
+    budgets: list[tuple[str, int, str]],
+    window_s: int,
+) -> None:
+    """Count one more ``name`` against every budget ``(subject, per_window, what)``, checked
+    in order; 429 ``too-many-<name>`` from the first one used up, and then none is counted.
+    One Redis call (lua/budgets.lua); the keys share a hash slot (``{name}``). Without Redis
+    it refuses (503): for budgets that cost money, such as text messages."""
+    keys = [f"rg:limit:{{{name}}}:{subject}" for subject, _, _ in budgets]
+    args = [window_s, *(most for _, most, _ in budgets)]
+
+    async def count() -> list[int]:
+        script = gate.client.register_script(_BUDGETS)
+        return [int(x) for x in await script(keys=keys, args=args)]
+
+    try:
+        refused, ttl = await gate.run(count)
+    except RedisUnavailable:
+        raise _unavailable(f"{budgets[0][2]}") from None
+    if refused:
+        raise _too_many(name, budgets[refused - 1][2], ttl)

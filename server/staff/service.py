@@ -235,12 +235,13 @@ class Staff:
         """Trade a pairing code (single use, expiring) for the device's long-lived secret.
 
         At most ``pair_attempts_per_window`` unknown codes per client address per
-        ``pin_window_s`` (429 ``too-many-pairing-attempts``; 503 while they cannot be counted).
+        ``pin_window_s`` (429 ``too-many-pairing-attempts``). Unlike the PIN's 10,000 values,
+        a code is one of 31^8 (~8.5e11) and lives ``pairing_ttl_s``: without Redis the limit
+        lets attempts through rather than stop kiosks being paired during an outage.
         """
-        what = "pairing attempts from this address"
         await refuse_if_over(
             self.gate, "pairing-attempts", client_ip, self.settings.pair_attempts_per_window,
-            what, when_down="refuse",
+            "pairing attempts from this address",
         )  # fmt: skip
         secret = secrets.token_urlsafe(32)
         async with self.db.transaction() as conn:

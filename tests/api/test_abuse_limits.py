@@ -21,6 +21,7 @@ from server.auth.notifier import RecordingNotifier
 from server.settings import Settings
 from server.staff.throttle import THROTTLED
 from tests.api.staff_support import PASSWORD, PIN, make_staff, other_brand
+from tests.api.test_redis_faults import wait_for_redis
 from tests.conftest import Client, Demo, Stack, app_client, new_phone
 
 _addresses = itertools.count(1)
@@ -54,8 +55,8 @@ async def strict_client(limited: Settings, notifier: RecordingNotifier) -> Async
 
 async def forget_code_budgets(gate: Any) -> None:
     """Start the brand's and the global hourly budget from 0 (other tests spent some)."""
-    for key in [k async for k in gate.client.scan_iter("rg:limit:codes:*")]:
-        if not key.startswith("rg:limit:codes:client:"):
+    for key in [k async for k in gate.client.scan_iter("rg:limit:{codes}:*")]:
+        if not key.startswith("rg:limit:{codes}:client:"):
             await gate.client.delete(key)
 
 
@@ -99,6 +100,7 @@ async def test_no_code_is_sent_while_the_budget_cannot_be_counted(
         assert refused.status_code == 503, refused.text
     finally:
         stack.start_redis()
+    await wait_for_redis(strict_client.app.state.services)
     assert phone not in notifier.codes
 
 
