@@ -20,6 +20,7 @@ from server.auth.guards import BearerAuth
 from server.auth.notifier import Notifier
 from server.catalog.controller import CatalogController
 from server.guests.controller import MeController
+from server.infra.client import client_address
 from server.infra.http import Edge, strict_json_body
 from server.infra.observability import MetricsController, RequestTelemetry
 from server.infra.openapi import SECURITY_SCHEMES, answer, document_problems
@@ -79,6 +80,10 @@ def _principal(request: Request[Any, Any, Any]) -> Any:
     return request.scope.get("user")
 
 
+def _client_ip(request: Request[Any, Any, Any]) -> str:
+    return client_address(request.scope, request.app.state.settings.trusted_proxies)
+
+
 def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar:
     """The Litestar app for ``settings``; the lifespan opens the pool and Redis."""
     dependencies = {
@@ -98,6 +103,7 @@ def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar
         )
     }
     dependencies["principal"] = Provide(_principal, sync_to_thread=False)
+    dependencies["client_ip"] = Provide(_client_ip, sync_to_thread=False)
     app = Litestar(
         route_handlers=[
             healthz,

@@ -215,6 +215,8 @@ async def _serve_dev(settings: Settings, host: str, port: int) -> None:
             http=OneWriteHttpToolsProtocol,
             log_config=None,
             access_log=False,
+            # X-Forwarded-For is read by the app, from REGULARS_TRUSTED_PROXIES only.
+            proxy_headers=False,
         )
     )
     worker_services = await build_services(settings)
@@ -289,6 +291,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
             http=OneWriteHttpToolsProtocol,
             access_log=False,
             log_config=None,
+            # X-Forwarded-For is read by the app, from REGULARS_TRUSTED_PROXIES only.
+            proxy_headers=False,
             timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
         )
 

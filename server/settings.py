@@ -75,7 +75,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Guest sign-in.
     otp_ttl_s: int = 300
     otp_max_attempts: int = 5
-    otp_sends_per_hour: int = 5
+    otp_sends_per_hour: int = 5  # per phone
+    # SMS pumping (issue 21): the chain pays per message, so sends are also limited per client
+    # address and per brand, under one global budget that fails closed (no Redis, no SMS).
+    otp_sends_per_client_per_hour: int = 20
+    otp_sends_per_brand_per_hour: int = 2_000
+    otp_sends_global_per_hour: int = 5_000
+    # Wrong codes from one client address, whichever phones they were for.
+    otp_wrong_codes_per_client_per_hour: int = 30
+    # Proxies whose X-Forwarded-For is believed (comma-separated CIDRs, e.g. "10.0.0.0/8");
+    # from any other peer the header is ignored and the peer's own address is the client.
+    trusted_proxies: str = ""
 
     # Rotating QR codes (DESIGN §5): one step is a minute, a code is valid for a few steps.
     qr_step_s: int = 60
@@ -106,8 +116,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     metrics_token: str | None = None
 
     # Staff.
-    staff_max_failed_logins: int = 5
+    # Failed sign-ins on one staff email (from anywhere) lock its password sign-in for
+    # staff_lockout_s; the right password plus a TOTP code still gets through the lock.
+    staff_max_failed_logins: int = 10
     staff_lockout_s: int = 900
+    # Per client address (issue 21, finding 5): the first staff_sign_in_free_failures wrong
+    # passwords cost nothing; each one after makes the client wait twice as long as the last
+    # (staff_sign_in_first_delay_s, then 2x, 4x, ... at most staff_sign_in_max_delay_s), and
+    # staff_sign_in_failures_per_client in staff_sign_in_window_s stop it for the window.
+    staff_sign_in_free_failures: int = 3
+    staff_sign_in_first_delay_s: int = 1
+    staff_sign_in_max_delay_s: int = 60
+    staff_sign_in_failures_per_client: int = 20
+    staff_sign_in_window_s: int = 900
+    # Wrong PINs per paired device, every email together: past pin_attempts_per_window the
+    # device is slowed down like a client address above; pin_failures_per_device in
+    # pin_window_s stop it for the window.
+    pin_failures_per_device: int = 30
+    # POST /v1/kiosk/devices/pair per client address per pin_window_s (a code has 31^8 values
+    # but is valid for pairing_ttl_s: guessing must stay hopeless).
+    pair_attempts_per_window: int = 10
     pin_attempts_per_window: int = 5
     pin_attempts_per_day: int = 20  # per email, on all devices together
     pin_window_s: int = 300
@@ -116,6 +144,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     pairing_ttl_s: int = 15 * 60
     redemption_timeout_s: int = 600
     open_orders_per_card: int = 20
+    # One guest may not hold a pickup slot hostage with unpaid orders (issue 21, finding 3).
+    unpaid_orders_per_guest: int = 3
+    slot_places_per_guest: int = 2
     # An offline kiosk replays scans with their scan time: how old, and how far ahead of the
     # server's clock, that time may be.
     scan_replay_max_age_s: int = 24 * 3600
@@ -178,6 +209,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ValueError(f"{PREFIX}WORKER_DUTY must be above 0 and at most 1")
         if self.db_pool_min > self.db_pool_max:
             raise ValueError(f"{PREFIX}DB_POOL_MIN must not exceed {PREFIX}DB_POOL_MAX")
+        for cidr in filter(None, (part.strip() for part in self.trusted_proxies.split(","))):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{PREFIX}TRUSTED_PROXIES: {cidr!r} is not a CIDR") from None
         if self.env == "prod" and not self.jwt_secret:
             raise ValueError(f"{PREFIX}JWT_SECRET is required when {PREFIX}ENV=prod")
         try:

@@ -193,6 +193,7 @@ async def run_once(
     jobs: dict[str, Callable[[], Awaitable[int]]] = {
         "expired_orders": lambda: backlog(services.orders.expire_unpaid),
         "voided_holds": lambda: backlog(lambda n: void_timed_out_holds(services.loyalty, n)),
+        "revoked_sessions": lambda: services.auth.revocations.resync(batch),
     }
     if relay:
         jobs["relayed_events"] = lambda: relay_outbox(services, batch)

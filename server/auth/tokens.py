@@ -27,6 +27,9 @@ class Principal:
     # Empty for staff means every location of the brand.
     location_ids: frozenset[UUID] = field(default_factory=frozenset)
     device_id: UUID | None = None
+    # The refresh-token family (the session) the access token was issued in: signing out, or
+    # a reused refresh token, denies the whole family (server/auth/revocation.py).
+    family_id: UUID | None = None
 
     def at_least(self, role: str) -> bool:
         return self.kind == "staff" and ROLE_RANK.get(self.role, 0) >= ROLE_RANK[role]
@@ -60,6 +63,8 @@ class TokenIssuer:
             "iat": now,
             "exp": now + self.access_ttl_s,
         }
+        if principal.family_id is not None:
+            claims["fam"] = str(principal.family_id)
         if principal.kind == "staff":
             claims["rol"] = principal.role
             claims["loc"] = sorted(str(x) for x in principal.location_ids)
@@ -102,6 +107,7 @@ class TokenIssuer:
                 role=claims.get("rol", "guest"),
                 location_ids=frozenset(UUID(x) for x in claims.get("loc", [])),
                 device_id=UUID(claims["dev"]) if claims.get("dev") else None,
+                family_id=UUID(claims["fam"]) if claims.get("fam") else None,
             )
             return principal, float(claims["exp"])
         except jwt.ExpiredSignatureError:

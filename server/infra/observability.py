@@ -237,6 +237,9 @@ class _JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
             "request_id": getattr(record, "request_id", "-"),
         }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):  # logger.warning(..., extra={"fields": {...}})
+            entry.update(fields)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return self._encoder.encode(entry).decode()

@@ -12,7 +12,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from server.auth.tokens import Principal
+from server.auth.tokens import ROLE_RANK, Principal
 from server.infra import idempotency
 from server.infra.db import Database
 from server.infra.idempotency import Stored
@@ -26,18 +26,57 @@ from server.kiosk.model import (
     require_scan_time,
 )
 from server.kiosk.profiles import record_visit
-from server.loyalty.model import earn_points
+from server.loyalty.model import Program, accrual_over_limit, earn_points
 from server.loyalty.repository import AccountState
 from server.loyalty.service import Admission, Loyalty, add_months, insufficient_points
 from server.settings import Settings
 from server.staff.service import audit
 from shared import contract
 
-__all__ = ["Counter"]
+__all__ = ["Counter", "require_within_limits"]
 
 _encode = msgspec.json.Encoder().encode
 # Redemption transfer ids derive from the Idempotency-Key, so a retry reserves the same hold.
 _REDEMPTION_NAMESPACE = uuid.UUID("b1d0c8f4-5a3e-4e0b-8f57-3c2a9e7d6a10")
+
+
+async def require_within_limits(
+    conn: asyncpg.Connection, staff: Principal, program: Program, guest_id: UUID, points: int
+) -> None:
+    """403 ``accrual-needs-approval`` when an accrual of ``points`` passes a limit of the staff
+    member's role (the programme's ``accrual_limits``: largest accrual, accruals per staff
+    member per hour, per guest per day).
+
+    Approval is simply someone of a higher role making the accrual: a shift lead or manager
+    signs in on the same kiosk (their PIN or password) and sends it with their own token, so
+    the audit entry names them, and their own role's limits apply. The problem lists who may.
+    Two accruals at the same instant may both pass a count limit by one; the amount limit holds.
+    """
+    limits = program.accrual_limits.get(staff.role)
+    if limits is None:
+        return
+    counts = await conn.fetchrow(sql.ACCRUAL_COUNTS, staff.subject_id, guest_id)
+    assert counts is not None  # an aggregate always has its row
+    over = accrual_over_limit(
+        limits, points, counts["by_staff_last_hour"], counts["for_guest_last_day"]
+    )
+    if over is None:
+        return
+    approvers = [
+        role
+        for role, rank in sorted(ROLE_RANK.items(), key=lambda item: item[1])
+        if rank > ROLE_RANK.get(staff.role, 0)
+        and accrual_over_limit(program.accrual_limits.get(role), points, 0, 0) is None
+    ]
+    raise Problem(
+        403,
+        "accrual-needs-approval",
+        f"this accrual is over the {staff.role} limit {over}; "
+        f"a {' or '.join(approvers)} must make it",
+        limit=over,
+        approver_roles=approvers,
+        points=points,
+    )
 
 
 class Counter:
@@ -63,7 +102,9 @@ class Counter:
         """Credit the points a till receipt earns, once per key and once per receipt.
 
         Refuses 404 for a location or guest the staff may not touch, 409
-        ``receipt-already-accrued`` for a receipt already accrued at this location.
+        ``receipt-already-accrued`` for a receipt already accrued in this brand, and 403
+        ``accrual-needs-approval`` above the staff member's role limits (see
+        :func:`require_within_limits`).
         """
         scope = f"staff:{staff.subject_id}:accruals"
         digest = idempotency.request_hash(f"POST /v1/guests/{guest_id}/accruals", body)
@@ -86,6 +127,7 @@ class Counter:
             program = await self.loyalty.programs.get(staff.brand_id, conn)
             tier, _, _ = await self.loyalty.tier(conn, program, guest["account_id"])
             points = earn_points(program, body.amount_paid_minor, tier)
+            await require_within_limits(conn, staff, program, guest_id, points)
             transfer_id = uuid.uuid4()
             claimed = await conn.fetchval(
                 sql.CLAIM_RECEIPT,
@@ -104,7 +146,7 @@ class Counter:
                 raise Problem(
                     409,
                     "receipt-already-accrued",
-                    f"receipt {body.receipt_ref!r} was already accrued at this location",
+                    f"receipt {body.receipt_ref!r} was already accrued in this brand",
                 )
             if points:
                 state = await self.loyalty.ledger.credit(
@@ -133,6 +175,7 @@ class Counter:
                 guest_id,
                 {
                     "points": points,
+                    "role": staff.role,
                     "amount_paid_minor": body.amount_paid_minor,
                     "location_id": str(body.location_id),
                     "receipt_ref": body.receipt_ref,

@@ -369,11 +369,14 @@ class Orders:
                 None if asap else order.pickup_at, order.payment_expires_at, order.created_at,
                 lines, [first for first, _ in runs], [last for _, last in runs],
                 location.slot_minutes, location.orders_per_slot,
+                self.settings.unpaid_orders_per_guest, self.settings.slot_places_per_guest,
             )  # fmt: skip
         except asyncpg.RaiseError as refused:
             if refused.message == "insufficient-points":
                 spendable = int(refused.detail) if refused.detail else None
                 raise insufficient_points(order.points_spent, spendable) from None
+            if refused.message in _GUEST_CAPS:
+                raise guest_cap_reached(refused.message) from None
             if refused.message == "slot-full":
                 raise Problem(
                     409,
@@ -766,6 +769,18 @@ class Orders:
         display = display_name(name["first_name"], name["last_name"], full=False) if name else None
         payload = msgspec.to_builtins(msgspec.structs.replace(order, guest_display_name=display))
         await conn.execute(sql.INSERT_OUTBOX, topic, {"event": topic, "order": payload})
+
+
+_GUEST_CAPS = frozenset({"too-many-unpaid-orders", "too-many-orders-in-slot"})
+
+
+def guest_cap_reached(slug: str) -> Problem:
+    """409 for a checkout over one guest's share (place_order's caps, migration 0010)."""
+    if slug == "too-many-unpaid-orders":
+        detail = "you have too many orders waiting for payment; pay or cancel one first"
+    else:
+        detail = "you already hold the most orders allowed in this pickup slot; choose another"
+    return Problem(409, slug, detail)
 
 
 async def _audit(

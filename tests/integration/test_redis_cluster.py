@@ -44,7 +44,16 @@ from tests.api.test_checkout import (  # run here unchanged, against the cluster
     test_fifty_concurrent_spends_from_one_wallet,
     test_full_journey,
 )
-from tests.conftest import TEST_JWT_SECRET, Client, Demo, LiveServer, Stack, give_points, sign_in
+from tests.conftest import (
+    TEST_JWT_SECRET,
+    TEST_LIMITS,
+    Client,
+    Demo,
+    LiveServer,
+    Stack,
+    give_points,
+    sign_in,
+)
 from tests.integration.test_kiosk_live_queue import FAST, Seen, place_and_pay, station_id, until
 
 __all__ = ["test_fifty_concurrent_spends_from_one_wallet", "test_full_journey"]
@@ -103,6 +112,7 @@ def settings(stack: Stack, cluster: EmbeddedRedisCluster, cluster_database: str)
         redis_retry_after_s=0.2,
         db_pool_max=20,
         otp_sends_per_hour=1000,
+        **TEST_LIMITS,
     )
 
 
