@@ -47,7 +47,16 @@ from tests.api.helpers import (
     place,
     redis_state,
 )
-from tests.conftest import TEST_JWT_SECRET, Client, Demo, GuestHandle, Stack, give_points, sign_in
+from tests.conftest import (
+    TEST_JWT_SECRET,
+    TEST_LIMITS,
+    Client,
+    Demo,
+    GuestHandle,
+    Stack,
+    give_points,
+    sign_in,
+)
 from tests.integration.test_kiosk_live_queue import FAST, Seen
 from tests.integration.test_pos_webhooks import (
     Receiver,
@@ -126,6 +135,8 @@ class Processes:
             "REGULARS_DB_POOL_MAX": "6",
             "REGULARS_DB_ACQUIRE_TIMEOUT_S": "60",
             "REGULARS_OTP_SENDS_PER_HOUR": "1000",
+            # The suite's raised abuse limits: these tests are about processes, not caps.
+            **{f"REGULARS_{name.upper()}": str(value) for name, value in TEST_LIMITS.items()},
             **settings,
         }
 
