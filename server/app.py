@@ -30,6 +30,8 @@ from server.lifespan import Services, lifespan
 from server.loyalty.controller import AdjustmentsController
 from server.orders.controller import OrdersController
 from server.orders.lane import CheckoutLane
+from server.pos.auth import till_of
+from server.pos.controller import ROUTES as POS_ROUTES
 from server.pos.webhook_controller import WebhookDeliveriesController
 from server.settings import Settings
 
@@ -100,10 +102,16 @@ def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar
             "counter",
             "live_queues",
             "pos_webhooks",
+            "pos_integrations",
+            "intake",
+            "batch_intake",
+            "tender",
+            "claims",
         )
     }
     dependencies["principal"] = Provide(_principal, sync_to_thread=False)
     dependencies["client_ip"] = Provide(_client_ip, sync_to_thread=False)
+    dependencies["till"] = Provide(till_of, sync_to_thread=False)
     app = Litestar(
         route_handlers=[
             healthz,
@@ -116,6 +124,7 @@ def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar
             AdjustmentsController,
             WebhookDeliveriesController,
             *STAFF_KIOSK_ROUTES,
+            *POS_ROUTES,
         ],
         dependencies=dependencies,
         middleware=[

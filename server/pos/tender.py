@@ -1,0 +1,170 @@
+"""Points as a tender at the till (DESIGN §10): look the guest up, hold points (pending), then
+the till posts or voids the hold; a hold the till never resolves is voided at its timeout by
+the worker's hold-timeout job (loyalty.jobs.void_timed_out_holds reads every open hold)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+from server.guests.service import normalise_phone
+from server.infra import idempotency
+from server.infra.db import Database
+from server.infra.idempotency import Stored
+from server.infra.problems import Problem
+from server.loyalty.repository import AccountState
+from server.pos import sql
+from server.pos.auth import Till
+from server.pos.model import masked_name
+from server.pos.points import Move, PointsPort
+from server.settings import Settings
+from shared import contract, qr
+from shared.pos import PosGuestLookupIn, PosGuestLookupOut, PosRedemptionIn
+
+__all__ = ["Tender"]
+
+_encode = msgspec.json.Encoder().encode
+_CODE = "pos_redemption"
+# Hold ids derive from the integration and the Idempotency-Key: a retry holds the same one.
+_NAMESPACE = uuid.UUID("6f0b7d52-3c1e-4a8e-b0c4-2d9f5e8a7c31")
+
+
+class Tender:
+    def __init__(self, settings: Settings, db: Database, points: PointsPort) -> None:
+        self.settings = settings
+        self.db = db
+        self.points = points
+
+    async def lookup(self, till: Till, body: PosGuestLookupIn) -> PosGuestLookupOut:
+        """The guest named by exactly one of QR, phone or card, masked, with spendable points.
+        Refuses 422 ``lookup-needs-one`` and 404 ``guest-not-found`` (also for a stale QR)."""
+        given = [v for v in (body.qr_code, body.phone, body.card_number) if v]
+        if len(given) != 1:
+            raise Problem(
+                422, "lookup-needs-one", "send exactly one of qr_code, phone, card_number"
+            )
+        async with self.db.connection() as conn:
+            guest_id = await self._find(conn, till, body)
+            if guest_id is None:
+                raise Problem(404, "guest-not-found", "no guest matches")
+            name = await conn.fetchrow(sql.GUEST_NAME, guest_id, till.brand_id)
+            assert name is not None, "found in this brand just now"
+            wallet = await self.points.wallet(conn, till.brand_id, guest_id)
+            program = await self.points.program(conn, till.brand_id)
+        return PosGuestLookupOut(
+            guest_id=guest_id,
+            display_name=masked_name(name["first_name"], name["last_name"]),
+            tier=wallet.tier,
+            points_available=max(wallet.spendable, 0),
+            max_points_share_pct=program.max_points_share_pct,
+        )
+
+    async def _find(
+        self, conn: asyncpg.Connection, till: Till, body: PosGuestLookupIn
+    ) -> UUID | None:
+        if body.qr_code:
+            try:
+                scanned = qr.parse(body.qr_code)
+            except qr.QrError:
+                return None
+            row = await conn.fetchrow(sql.GUEST_BY_PUBLIC_ID, scanned.public_id, till.brand_id)
+            if row is None:
+                return None
+            try:
+                qr.verify(
+                    scanned,
+                    bytes(row["qr_secret"]),
+                    step_s=self.settings.qr_step_s,
+                    valid_steps=self.settings.qr_valid_steps,
+                )
+            except qr.QrError:
+                return None
+            found: UUID = row["id"]
+            return found
+        if body.card_number:
+            digits = "".join(ch for ch in body.card_number if ch.isdigit())
+            by_card: UUID | None = await conn.fetchval(sql.GUEST_BY_CARD, till.brand_id, digits)
+            return by_card
+        assert body.phone is not None
+        phone = normalise_phone(body.phone)
+        by_phone: UUID | None = await conn.fetchval(sql.GUEST_BY_PHONE, till.brand_id, phone)
+        return by_phone
+
+    async def reserve(self, till: Till, body: PosRedemptionIn, key: str) -> Stored:
+        """Hold ``body.points`` of a guest of the till's brand (pending, voided after
+        ``pos_redemption_timeout_s`` unless posted). Refuses 404 ``guest-not-found``, 422
+        ``insufficient-points``; the same Idempotency-Key answers the first answer."""
+        scope = f"pos:{till.integration_id}:redemptions"
+        digest = idempotency.request_hash("POST /v1/pos/redemptions", body)
+        if await self.db.fetchrow(sql.GUEST_NAME, body.guest_id, till.brand_id) is None:
+            raise Problem(404, "guest-not-found", f"no guest {body.guest_id}")
+        transfer_id = uuid.uuid5(_NAMESPACE, f"{scope}:{key}")
+
+        async def answer(conn: asyncpg.Connection, held: AccountState) -> Stored:
+            transfer = contract.Transfer(
+                id=transfer_id,
+                guest_id=body.guest_id,
+                code=_CODE,
+                points=-body.points,
+                state="pending",
+                created_at=datetime.now(UTC),
+                points_available=held.spendable,
+            )
+            return Stored(201, _encode(transfer))
+
+        return await self.points.hold(
+            brand_id=till.brand_id,
+            guest_id=body.guest_id,
+            points=body.points,
+            location_id=till.location_id,
+            transfer_id=transfer_id,
+            timeout_s=self.settings.pos_redemption_timeout_s,
+            request=(scope, key, digest),
+            answer=answer,
+        )
+
+    async def resolve(self, till: Till, transfer_id: UUID, *, post: bool) -> contract.Transfer:
+        """Post or void a hold of this till's location exactly once.
+
+        Asking again for what already happened answers the same; asking for the other is 409
+        ``already-posted`` / ``already-voided``; posting a hold past its timeout voids it and
+        is 409 ``redemption-expired``. Another location's hold is 404.
+        """
+        wanted = "post_pending" if post else "void_pending"
+        async with self.db.transaction() as conn:
+            held = await self.points.held(conn, transfer_id)
+            if held is None or held.code != _CODE or held.location_id != till.location_id:
+                raise Problem(404, "redemption-not-found", f"no redemption {transfer_id}")
+            moves: tuple[Move, ...] = ()
+            resolution, expired = held.resolution, False
+            if resolution is None:
+                resolved = await self.points.resolve(conn, transfer_id, post=post)
+                if resolved is not None:
+                    resolution, expired, moves = (
+                        resolved.resolution,
+                        resolved.expired,
+                        resolved.moves,
+                    )
+                else:  # resolved concurrently, or by the timeout job
+                    again = await self.points.held(conn, transfer_id)
+                    resolution = again.resolution if again else None
+            available = await self.points.spendable(conn, held.guest_id)
+        await self.points.mirror(moves)
+        if expired:
+            raise Problem(409, "redemption-expired", "the hold timed out and was released")
+        if resolution != wanted:
+            slug = "already-voided" if resolution == "void_pending" else "already-posted"
+            raise Problem(409, slug, f"this redemption was already {slug.split('-')[1]}")
+        return contract.Transfer(
+            id=transfer_id,
+            guest_id=held.guest_id,
+            code=_CODE,
+            points=-held.points,
+            state="posted" if post else "voided",
+            created_at=held.resolved_at or datetime.now(UTC),
+            points_available=available,
+        )
