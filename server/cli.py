@@ -1,4 +1,5 @@
-"""The `regulars` command line: dev, serve, worker, migrate, seed, reconcile, token."""
+"""The `regulars` command line: dev, serve, worker, migrate, seed, reconcile, token,
+integration."""
 
 from __future__ import annotations
 
@@ -397,6 +398,36 @@ def cmd_token(args: argparse.Namespace) -> int:
     return asyncio.run(_with_services(settings, work))
 
 
+def cmd_integration(args: argparse.Namespace) -> int:
+    """Create a till integration for a location; print its first key as one JSON line (the
+    secret is shown this once)."""
+    from server.infra.problems import Problem
+    from server.pos.integrations import IntegrationIn
+
+    try:
+        body = msgspec.convert(
+            {"location_id": args.location_id, "webhook_url": args.webhook_url}, IntegrationIn
+        )
+    except msgspec.ValidationError as exc:
+        raise CliError(f"--location-id or --webhook-url: {exc}") from None
+    settings = _with_urls(_settings(args))
+
+    async def work(services: Any) -> int:
+        try:
+            created = await services.pos_integrations.create(body)
+        except Problem as exc:
+            raise CliError(exc.detail) from None
+        line = {
+            "integration_id": str(created.integration_id),
+            "key_id": created.key_id,
+            "secret": created.secret,
+        }
+        print(msgspec.json.encode(line).decode())
+        return 0
+
+    return asyncio.run(_with_services(settings, work))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="regulars", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -445,6 +476,12 @@ def _parser() -> argparse.ArgumentParser:
     staff = kinds.add_parser("staff")
     staff.add_argument("--email", required=True)
     staff.add_argument("--data-dir")
+    integration = command("integration", cmd_integration, "POS integrations of a location")
+    actions = integration.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="a new integration and its first signing key")
+    create.add_argument("--location-id", required=True)
+    create.add_argument("--webhook-url", default=None)
+    create.add_argument("--data-dir")
     return parser
 
 
