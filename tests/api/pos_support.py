@@ -28,7 +28,7 @@ def slug(response: httpx.Response) -> str:
 
 
 @dataclass
-class TestTill:
+class SignedTill:
     client: Client
     integration_id: str
     key_id: str
@@ -69,7 +69,7 @@ def admin(demo: Demo) -> dict[str, str]:
     return {"Authorization": f"Bearer {demo.staff['admin']}"}
 
 
-async def new_till(client: Client, demo: Demo, location: str = "station") -> TestTill:
+async def new_till(client: Client, demo: Demo, location: str = "station") -> SignedTill:
     response = await client.post(
         "/v1/pos/integrations",
         json={"location_id": str(demo.locations[location])},
@@ -77,13 +77,13 @@ async def new_till(client: Client, demo: Demo, location: str = "station") -> Tes
     )
     assert response.status_code == 201, response.text
     body = response.json()
-    return TestTill(
+    return SignedTill(
         client, body["integration_id"], body["key_id"], body["secret"], demo.locations[location]
     )
 
 
 def receipt_body(
-    till: TestTill,
+    till: SignedTill,
     *lines: dict[str, Any],
     payments: list[dict[str, Any]] | None = None,
     guest: dict[str, Any] | None = None,
