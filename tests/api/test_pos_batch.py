@@ -1,0 +1,107 @@
+"""``POST /v1/pos/receipts:batch``: NDJSON streamed in chunks, one result per line; malformed
+lines are refused alone, the rest lands; a batch whose signature fails lands nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from server.auth.notifier import RecordingNotifier
+from tests.api.helpers import assert_books_balance
+from tests.api.pos_support import SignedTill, external_id, new_till, receipt_body, slug
+from tests.conftest import Client, Demo, sign_in
+
+BATCH = "/v1/pos/receipts:batch"
+
+
+async def chunks(body: bytes, size: int = 997) -> AsyncIterator[bytes]:
+    """The body as a till streams it: chunks that cut lines anywhere."""
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+
+
+async def send(till: SignedTill, body: bytes, signed: bytes | None = None) -> httpx.Response:
+    headers = {**till.signed_headers(signed if signed is not None else body)}
+    headers["Content-Type"] = "application/x-ndjson"
+    return await till.client.post(BATCH, content=chunks(body), headers=headers)
+
+
+async def landed(services: Any, ids: list[str]) -> int:
+    return int(
+        await services.db.fetchval(
+            "SELECT count(*) FROM receipt_keys WHERE external_id = ANY($1::text[])", ids
+        )
+    )
+
+
+async def test_1000_lines_with_3_malformed_land_997_and_report_3(
+    client: Client, notifier: RecordingNotifier, demo: Demo, services: Any
+) -> None:
+    guest = await sign_in(client, notifier)
+    till = await new_till(client, demo)
+    lines: list[bytes] = []
+    ids: list[str] = []
+    for n in range(1, 1001):
+        body = receipt_body(till, guest={"phone": guest.phone} if n % 3 == 0 else None)
+        ids.append(body["external_id"])
+        lines.append(json.dumps(body).encode())
+    lines[9] = b'{"external_id": "broken", "lines": ['  # line 10: not JSON
+    lines[499] = json.dumps({"external_id": external_id()}).encode()  # line 500: no lines
+    bad_quantity = receipt_body(till, {"name": "X", "quantity": "-1", "unit_price_minor": 5})
+    lines[999] = json.dumps(bad_quantity).encode()  # line 1000: refused by the intake
+    raw = b"\n".join(lines) + b"\n"
+
+    response = await send(till, raw)
+    assert response.status_code == 200, response.text
+    results = response.json()
+    assert [r["line"] for r in results] == list(range(1, 1001))
+    refused = [r for r in results if r["status"] == "refused"]
+    assert [r["line"] for r in refused] == [10, 500, 1000]
+    assert [slug_of(r) for r in refused] == ["malformed-json", "validation-error", "invalid-line"]
+    created = [r for r in results if r["status"] == "created"]
+    assert len(created) == 997 and all(r["receipt_id"] for r in created)
+    assert await landed(services, ids) == 997
+
+    # The same file again (signed afresh): nothing new, every good line replayed.
+    again = (await send(till, raw)).json()
+    assert sum(r["status"] == "replayed" for r in again) == 997
+    assert [r["receipt_id"] for r in again if r["status"] == "replayed"] == [
+        r["receipt_id"] for r in created
+    ]
+    receipts = await services.db.fetchval(
+        "SELECT count(*) FROM receipts WHERE guest_id = $1", guest.id
+    )
+    assert receipts == 333
+    await assert_books_balance(services, demo.brand_id)
+
+
+def slug_of(result: dict[str, Any]) -> str:
+    return str(result["problem"]["type"]).rsplit("/", 1)[-1]
+
+
+async def test_a_batch_whose_signature_fails_lands_nothing(
+    client: Client, demo: Demo, services: Any
+) -> None:
+    till = await new_till(client, demo)
+    bodies = [receipt_body(till) for _ in range(5)]
+    raw = b"\n".join(json.dumps(b).encode() for b in bodies)
+    tampered = raw.replace(b"Cappuccino", b"Cappuccinx", 1)
+    response = await send(till, tampered, signed=raw)
+    assert response.status_code == 401 and slug(response) == "invalid-signature"
+    assert await landed(services, [b["external_id"] for b in bodies]) == 0
+    unsigned = await client.post(BATCH, content=raw)
+    assert unsigned.status_code == 401
+
+
+async def test_a_duplicate_line_in_one_batch_is_replayed_and_a_blank_line_skipped(
+    client: Client, demo: Demo
+) -> None:
+    till = await new_till(client, demo)
+    one = json.dumps(receipt_body(till)).encode()
+    response = await send(till, one + b"\n\n" + one)
+    results = response.json()
+    assert [(r["line"], r["status"]) for r in results] == [(1, "created"), (3, "replayed")]
+    assert results[0]["receipt_id"] == results[1]["receipt_id"]
