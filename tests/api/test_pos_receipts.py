@@ -60,7 +60,10 @@ async def test_points_are_earned_on_net_paid_money_only(
     body = receipt_body(
         till,
         *lines,
-        payments=[{"tender": "card", "amount_minor": 7180}, {"tender": "points", "amount_minor": 300}],
+        payments=[
+            {"tender": "card", "amount_minor": 7180},
+            {"tender": "points", "amount_minor": 300},
+        ],
         guest={"phone": guest.phone},
     )
     response = await till.receipt(body)
@@ -140,9 +143,12 @@ async def test_the_same_receipt_sent_8_times_at_once_earns_once(
     assert [a.status_code for a in answers] == [201] * 8, [a.text for a in answers]
     assert len({a.content for a in answers}) == 1
     assert await points_of_receipts(services, guest.id) == earned(1230)
-    assert await services.db.fetchval(
-        "SELECT count(*) FROM receipts WHERE external_id = $1", body["external_id"]
-    ) == 1
+    assert (
+        await services.db.fetchval(
+            "SELECT count(*) FROM receipts WHERE external_id = $1", body["external_id"]
+        )
+        == 1
+    )
     await assert_books_balance(services, demo.brand_id)
 
 
@@ -185,7 +191,9 @@ async def test_a_pos_customer_id_links_to_the_guest_it_came_with(
     later = await till.receipt(receipt_body(till, guest={"pos_customer_id": customer}))
     assert later.json()["guest_id"] == str(guest.id)
     other_till = await new_till(client, demo)
-    elsewhere = await other_till.receipt(receipt_body(other_till, guest={"pos_customer_id": customer}))
+    elsewhere = await other_till.receipt(
+        receipt_body(other_till, guest={"pos_customer_id": customer})
+    )
     assert elsewhere.json()["guest_id"] is None  # a customer id is only unique per integration
 
 
@@ -257,7 +265,10 @@ async def test_a_refund_reverses_and_restores_line_by_line_exactly_once(
         till,
         {"sku": "CAP", "name": "Cappuccino", "quantity": "3", "unit_price_minor": 380},
         {"name": "Carrot cake", "unit_price_minor": 450},
-        payments=[{"tender": "card", "amount_minor": 1340}, {"tender": "points", "amount_minor": 250}],
+        payments=[
+            {"tender": "card", "amount_minor": 1340},
+            {"tender": "points", "amount_minor": 250},
+        ],
         guest={"phone": guest.phone},
     )
     sold = await till.receipt(sale)
@@ -272,7 +283,9 @@ async def test_a_refund_reverses_and_restores_line_by_line_exactly_once(
     before = (await ledger_state(services, guest.id))[0]
 
     one_cap = receipt_body(
-        till, {"sku": "CAP", "name": "Cappuccino", "unit_price_minor": 380}, refund_of=sale["external_id"]
+        till,
+        {"sku": "CAP", "name": "Cappuccino", "unit_price_minor": 380},
+        refund_of=sale["external_id"],
     )
     first = await till.receipt(one_cap)
     assert first.status_code == 201, first.text
@@ -308,7 +321,9 @@ async def test_a_refund_reverses_and_restores_line_by_line_exactly_once(
 
 async def test_bad_receipts_are_refused_with_a_problem(client: Client, demo: Demo) -> None:
     till = await new_till(client, demo)
-    zero = await till.receipt(receipt_body(till, {"name": "X", "quantity": "0", "unit_price_minor": 1}))
+    zero = await till.receipt(
+        receipt_body(till, {"name": "X", "quantity": "0", "unit_price_minor": 1})
+    )
     assert zero.status_code == 422 and slug(zero) == "invalid-line"
     discount = await till.receipt(
         receipt_body(till, {"name": "X", "unit_price_minor": 100, "discount_minor": 101})

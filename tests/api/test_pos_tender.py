@@ -48,7 +48,9 @@ async def test_lookup_by_qr_phone_or_card_shows_a_masked_guest(
         }
     two = await till.post("/v1/pos/guests/lookup", {"phone": guest.phone, "card_number": "1"})
     assert two.status_code == 422 and slug(two) == "lookup-needs-one"
-    stale = qr.generate(row["public_id"], bytes(row["qr_secret"]), now_s=datetime.now(UTC).timestamp() - 3600)
+    stale = qr.generate(
+        row["public_id"], bytes(row["qr_secret"]), now_s=datetime.now(UTC).timestamp() - 3600
+    )
     gone = await till.post("/v1/pos/guests/lookup", {"qr_code": stale})
     assert gone.status_code == 404
 
