@@ -8,11 +8,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import msgspec
 
 from server.auth.notifier import RecordingNotifier
+from server.pos.integrations import IntegrationIn
+from server.settings import Settings
 from tests.api.helpers import assert_books_balance
 from tests.api.pos_support import SignedTill, external_id, new_till, receipt_body, slug
-from tests.conftest import Client, Demo, sign_in
+from tests.conftest import Client, Demo, app_client, sign_in
 
 BATCH = "/v1/pos/receipts:batch"
 
@@ -105,3 +108,31 @@ async def test_a_duplicate_line_in_one_batch_is_replayed_and_a_blank_line_skippe
     results = response.json()
     assert [(r["line"], r["status"]) for r in results] == [(1, "created"), (3, "replayed")]
     assert results[0]["receipt_id"] == results[1]["receipt_id"]
+
+
+async def test_a_batch_is_bounded_in_lines_and_line_size(
+    settings: Settings, demo: Demo, services: Any
+) -> None:
+    bounded = msgspec.structs.replace(
+        settings, pos_batch_max_lines=3, pos_batch_line_max_bytes=2000
+    )
+    async with app_client(bounded, RecordingNotifier()) as small:
+        created = await small.app.state.services.pos_integrations.create(
+            IntegrationIn(location_id=demo.locations["station"])
+        )
+        till = SignedTill(
+            small, str(created.integration_id), created.key_id, created.secret,
+            demo.locations["station"],
+        )  # fmt: skip
+        good = json.dumps(receipt_body(till)).encode()
+        huge = json.dumps(
+            receipt_body(till, *[{"name": "Y" * 150, "unit_price_minor": 1}] * 20)
+        ).encode()
+        answer = await send(till, b"\n".join([good, huge, good]))
+        assert answer.status_code == 200, answer.text
+        assert [(r["line"], r["status"]) for r in answer.json()] == [
+            (1, "created"), (2, "refused"), (3, "replayed"),
+        ]  # fmt: skip
+        assert slug_of(answer.json()[1]) == "line-too-long"
+        too_long = await send(till, b"\n".join([good] * 4))
+        assert too_long.status_code == 413 and slug(too_long) == "batch-too-long"

@@ -3,13 +3,14 @@ another location, unsigned; and keys: two active at most, revocation at once."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
 
 from server.pos.signing import sign
 from tests.api.pos_support import admin, new_till, receipt_body, slug
-from tests.conftest import Client, Demo
+from tests.conftest import Client, Demo, Stack
 
 
 async def stored_keys(services: Any, external_id: str) -> int:
@@ -143,3 +144,24 @@ async def test_only_admins_manage_integrations(client: Client, demo: Demo) -> No
 def test_the_signature_covers_time_and_body() -> None:
     assert sign("s", 1, b"a") != sign("s", 2, b"a") != sign("s", 1, b"b")
     assert sign("s", 1, b"a").startswith("t=1,v1=")
+
+
+async def test_without_redis_signed_requests_fail_closed(
+    client: Client, demo: Demo, services: Any, stack: Stack
+) -> None:
+    till = await new_till(client, demo)
+    body = receipt_body(till)
+    stack.stop_redis()
+    try:
+        refused = await till.receipt(body)
+        assert refused.status_code == 503 and slug(refused) == "signature-check-unavailable"
+        assert refused.headers["retry-after"]
+        assert await stored_keys(services, body["external_id"]) == 0
+    finally:
+        stack.start_redis()
+    for _ in range(100):
+        if await services.gate.ping():
+            break
+        await asyncio.sleep(0.05)
+    accepted = await till.receipt(body)
+    assert accepted.status_code == 201, accepted.text
