@@ -92,6 +92,7 @@ class Intake:
         self.db = db
         self.points = points
         self.on_visit = on_visit
+        self._currencies: dict[UUID, str] = {}
 
     async def take(self, till: Till, receipt: ReceiptIn) -> Taken:
         """Store ``receipt`` from ``till`` and earn (or reverse) its points, once.
@@ -150,14 +151,18 @@ class Intake:
 
     # -- a sale ----------------------------------------------------------------------------
 
-    async def _price(self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn) -> Pricing:
+    async def _price(
+        self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn
+    ) -> tuple[Pricing, dict[str, UUID]]:
+        """The receipt priced by the brand's rules, and the menu items its SKUs name."""
         skus = sorted({line.sku for line in receipt.lines if line.sku})
         categories = sorted({line.category.casefold() for line in receipt.lines if line.category})
-        no_sku = {r["sku"] for r in await conn.fetch(sql.NON_EARNING_SKUS, till.brand_id, skus)}
-        no_category = {
-            r["name"]
-            for r in await conn.fetch(sql.NON_EARNING_CATEGORIES, till.brand_id, categories)
-        }
+        items = await conn.fetch(sql.ITEMS_BY_SKU, till.brand_id, skus) if skus else []
+        no_sku = {r["sku"] for r in items if r["excluded"]}
+        no_category: set[str] = set()
+        if categories:
+            rows = await conn.fetch(sql.NON_EARNING_CATEGORIES, till.brand_id, categories)
+            no_category = {r["name"] for r in rows}
 
         def excluded(line: ReceiptLineIn) -> bool:
             return (line.sku is not None and line.sku in no_sku) or (
@@ -165,15 +170,16 @@ class Intake:
             )
 
         program = await self.points.program(conn, till.brand_id)
-        return price_receipt(
+        pricing = price_receipt(
             receipt, point_value_minor=program.point_value_minor, excluded=excluded
         )
+        return pricing, {r["sku"]: r["id"] for r in items}
 
     async def _sale(
         self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn, receipt_id: UUID
     ) -> tuple[ReceiptOut, tuple[Move, ...]]:
         currency = await self._currency(conn, till, receipt)
-        pricing = await self._price(conn, till, receipt)
+        pricing, menu = await self._price(conn, till, receipt)
         guest = await self._resolve_guest(conn, till, receipt)
         moves: tuple[Move, ...] = ()
         if guest.guest_id is not None:
@@ -198,7 +204,7 @@ class Intake:
         if guest.guest_id is None:
             claim_code = await self._claim_code(conn, till, receipt, receipt_id)
         else:
-            await self._visit(conn, till, receipt, guest.guest_id, pricing, points)
+            await self._visit(conn, till, receipt, guest.guest_id, pricing, points, menu)
         out = ReceiptOut(
             receipt_id=receipt_id,
             points_earned=points,
@@ -209,9 +215,12 @@ class Intake:
         return out, moves
 
     async def _currency(self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn) -> str:
-        currency: str = await conn.fetchval(
-            "SELECT currency FROM brands WHERE id = $1", till.brand_id
-        )
+        """The brand's currency (it never changes, so it is kept); 422 for another one."""
+        currency = self._currencies.get(till.brand_id)
+        if currency is None:
+            currency = self._currencies[till.brand_id] = str(
+                await conn.fetchval(sql.BRAND_CURRENCY, till.brand_id)
+            )
         if receipt.currency is not None and receipt.currency != currency:
             raise Problem(
                 422, "currency-mismatch", f"this brand takes {currency}, not {receipt.currency}"
@@ -287,15 +296,12 @@ class Intake:
         guest_id: UUID,
         pricing: Pricing,
         points: int,
+        menu: dict[str, UUID],
     ) -> None:
-        skus = sorted({line.sku for line in receipt.lines if line.sku})
-        known = {
-            r["sku"]: r["id"] for r in await conn.fetch(sql.MENU_ITEMS_BY_SKU, till.brand_id, skus)
-        }
         items = tuple(
-            (known[p.line.sku], p.line.name, max(1, int(p.line.quantity)), p.line.unit_price_minor)
+            (menu[p.line.sku], p.line.name, max(1, int(p.line.quantity)), p.line.unit_price_minor)
             for p in pricing.lines
-            if p.line.sku in known and not p.line.voided
+            if p.line.sku in menu and not p.line.voided
         )
         paid = sum(p.paid_minor for p in pricing.lines if not p.line.voided)
         visit = ReceiptVisit(guest_id, till.location_id, receipt.occurred_at, paid, points, items)

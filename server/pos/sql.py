@@ -98,20 +98,19 @@ FROM unnest($4::int[], $5::text[], $6::text[], $7::text[], $8::numeric[], $9::bi
           tax_minor, voided, gift_card, earns, points_paid, paid_minor, points_earned)
 """
 
-# What the brand's catalog says about the SKUs and categories a receipt names: a line earns
-# nothing for an item or category that does not earn, or a gift card (DESIGN §3).
-NON_EARNING_SKUS = """
-SELECT i.sku FROM menu_items i JOIN menu_categories c ON c.id = i.category_id
+# What the brand's catalog says about the SKUs a receipt names: the menu item (for the guest's
+# usual items), and whether it earns nothing (an item or category that does not earn, or a
+# gift card: DESIGN §3). Unknown SKUs are simply absent.
+ITEMS_BY_SKU = """
+SELECT i.sku, i.id, (NOT i.earns_points OR NOT c.earns_points OR i.is_gift_card) AS excluded
+FROM menu_items i JOIN menu_categories c ON c.id = i.category_id
 WHERE i.brand_id = $1 AND i.sku = ANY($2::text[])
-  AND (NOT i.earns_points OR NOT c.earns_points OR i.is_gift_card)
 """
 NON_EARNING_CATEGORIES = """
 SELECT lower(name) AS name FROM menu_categories
 WHERE brand_id = $1 AND NOT earns_points AND lower(name) = ANY($2::text[])
 """
-MENU_ITEMS_BY_SKU = """
-SELECT sku, id FROM menu_items WHERE brand_id = $1 AND sku = ANY($2::text[])
-"""
+BRAND_CURRENCY = "SELECT currency FROM brands WHERE id = $1"
 
 # The sale a refund names, by the till's own id for it.
 SALE_OF_INTEGRATION = """

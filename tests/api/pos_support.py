@@ -3,13 +3,14 @@ that signs its requests the way DESIGN §10 says (HMAC-SHA256 over "<t>." + raw 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -34,14 +35,20 @@ class SignedTill:
     key_id: str
     secret: str
     location_id: uuid.UUID
-    # Each request gets its own second (t), so identical bodies sent in a row still carry
-    # distinct signatures; replays are made on purpose with ``signed_headers``.
-    _clock = itertools.count()
+    # Identical bodies sent in a row must still carry distinct signatures (a reused one is
+    # refused): each (body, t) is used once, stepping t back a second at a time. Replays are
+    # made on purpose by reusing ``signed_headers``.
+    _used: ClassVar[set[tuple[bytes, int]]] = set()
 
     def signed_headers(
         self, body: bytes, *, t: int | None = None, secret: str | None = None
     ) -> dict[str, str]:
-        stamp = int(time.time()) - next(self._clock) % 60 if t is None else t
+        stamp = t
+        if stamp is None:
+            stamp, digest = int(time.time()), hashlib.sha256(body).digest()
+            while (digest, stamp) in self._used:
+                stamp -= 1
+            self._used.add((digest, stamp))
         return {
             "X-Regulars-Key": self.key_id,
             "X-Regulars-Signature": sign(secret or self.secret, stamp, body),
