@@ -183,7 +183,7 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
         Integrations(settings, db, sealer),
         intake,
         BatchIntake(settings, db, till_auth, intake, points),
-        Tender(settings, db, points),
+        Tender(settings, db, gate, points),
         Claims(db, points, record_receipt_visit),
     )
 

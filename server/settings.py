@@ -179,6 +179,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     pos_batch_line_max_bytes: int = 256 * 1024
     # The whole batch must arrive and be taken within this (it holds one pooled connection).
     pos_batch_timeout_s: float = 300.0
+    # Per integration: guest lookups (a phone number is guessable) and tender holds.
+    pos_lookups_per_minute: int = 120
+    pos_redemptions_per_minute: int = 60
     # A single receipt's body.
     pos_body_max_bytes: int = 1024 * 1024
 

@@ -1,6 +1,8 @@
 """Points as a tender at the till (DESIGN §10): look the guest up, hold points (pending), then
 the till posts or voids the hold; a hold the till never resolves is voided at its timeout by
-the worker's hold-timeout job (loyalty.jobs.void_timed_out_holds reads every open hold)."""
+the worker's hold-timeout job (loyalty.jobs.void_timed_out_holds reads every open hold).
+Lookups and holds are rate-limited per integration (a phone number is guessable); without
+Redis the limits let requests through, as the counter's do."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from server.infra import idempotency
 from server.infra.db import Database
 from server.infra.idempotency import Stored
 from server.infra.problems import Problem
+from server.infra.ratelimit import limit
+from server.infra.redis import RedisGate
 from server.loyalty.repository import AccountState
 from server.pos import sql
 from server.pos.auth import Till
@@ -34,19 +38,31 @@ _NAMESPACE = uuid.UUID("6f0b7d52-3c1e-4a8e-b0c4-2d9f5e8a7c31")
 
 
 class Tender:
-    def __init__(self, settings: Settings, db: Database, points: PointsPort) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, gate: RedisGate, points: PointsPort
+    ) -> None:
         self.settings = settings
         self.db = db
+        self.gate = gate
         self.points = points
 
     async def lookup(self, till: Till, body: PosGuestLookupIn) -> PosGuestLookupOut:
         """The guest named by exactly one of QR, phone or card, masked, with spendable points.
-        Refuses 422 ``lookup-needs-one`` and 404 ``guest-not-found`` (also for a stale QR)."""
+        Refuses 422 ``lookup-needs-one``, 404 ``guest-not-found`` (also for a stale QR), 429
+        ``too-many-pos-lookups``."""
         given = [v for v in (body.qr_code, body.phone, body.card_number) if v]
         if len(given) != 1:
             raise Problem(
                 422, "lookup-needs-one", "send exactly one of qr_code, phone, card_number"
             )
+        await limit(
+            self.gate,
+            "pos-lookups",
+            till.integration_id,
+            self.settings.pos_lookups_per_minute,
+            60,
+            "guest lookups this minute",
+        )
         async with self.db.connection() as conn:
             guest_id = await self._find(conn, till, body)
             if guest_id is None:
@@ -100,6 +116,14 @@ class Tender:
         ``insufficient-points``; the same Idempotency-Key answers the first answer."""
         scope = f"pos:{till.integration_id}:redemptions"
         digest = idempotency.request_hash("POST /v1/pos/redemptions", body)
+        await limit(
+            self.gate,
+            "pos-redemptions",
+            till.integration_id,
+            self.settings.pos_redemptions_per_minute,
+            60,
+            "points redemptions this minute",
+        )
         if await self.db.fetchrow(sql.GUEST_NAME, body.guest_id, till.brand_id) is None:
             raise Problem(404, "guest-not-found", f"no guest {body.guest_id}")
         transfer_id = uuid.uuid5(_NAMESPACE, f"{scope}:{key}")

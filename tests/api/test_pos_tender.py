@@ -7,13 +7,17 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 from server.auth.notifier import RecordingNotifier
 from server.loyalty.jobs import void_timed_out_holds
+from server.pos.integrations import IntegrationIn
 from server.seed.demo import PROGRAM
+from server.settings import Settings
 from shared import qr
 from tests.api.helpers import assert_books_balance, ledger_state, redis_state
 from tests.api.pos_support import SignedTill, new_till, slug
-from tests.conftest import Client, Demo, GuestHandle, give_points, sign_in
+from tests.conftest import Client, Demo, GuestHandle, app_client, give_points, sign_in
 
 WELCOME = PROGRAM.welcome_bonus_points
 
@@ -123,3 +127,23 @@ async def test_a_redemption_needs_an_idempotency_key(
     till = await new_till(client, demo)
     response = await till.post("/v1/pos/redemptions", {"guest_id": str(guest.id), "points": 5})
     assert response.status_code == 400 and slug(response) == "idempotency-key-required"
+
+
+async def test_guest_lookups_are_rate_limited_per_integration(
+    settings: Settings, demo: Demo
+) -> None:
+    limited = msgspec.structs.replace(settings, pos_lookups_per_minute=2)
+    async with app_client(limited, RecordingNotifier()) as small:
+        created = await small.app.state.services.pos_integrations.create(
+            IntegrationIn(location_id=demo.locations["station"])
+        )
+        till = SignedTill(
+            small, str(created.integration_id), created.key_id, created.secret,
+            demo.locations["station"],
+        )  # fmt: skip
+        answers = [
+            await till.post("/v1/pos/guests/lookup", {"phone": f"+4915200000{n:03d}"})
+            for n in range(3)
+        ]
+        assert [a.status_code for a in answers] == [404, 404, 429]
+        assert slug(answers[2]) == "too-many-pos-lookups"
