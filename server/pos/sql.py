@@ -112,12 +112,14 @@ WHERE brand_id = $1 AND NOT earns_points AND lower(name) = ANY($2::text[])
 """
 BRAND_CURRENCY = "SELECT currency FROM brands WHERE id = $1"
 
-# The sale a refund names, by the till's own id for it.
+# The sale a refund names, by the till's own id for it. Locked, like a claim locks it, so a
+# refund and a claim of one sale take turns: the refund sees the guest the claim gave it.
 SALE_OF_INTEGRATION = """
 SELECT r.brand_id, r.occurred_at, r.id, r.kind, r.guest_id
 FROM receipt_keys k
 JOIN receipts r ON r.brand_id = k.brand_id AND r.occurred_at = k.occurred_at AND r.id = k.receipt_id
 WHERE k.integration_id = $1 AND k.external_id = $2
+FOR UPDATE OF r
 """
 
 # Locked: two refunds of one sale take turns, so a line is never returned twice.

@@ -335,3 +335,38 @@ async def test_bad_receipts_are_refused_with_a_problem(client: Client, demo: Dem
     assert naive.status_code == 422
     missing = await till.receipt({"external_id": "x"})
     assert missing.status_code == 422 and slug(missing) == "validation-error"
+
+
+async def test_lines_returned_before_a_claim_earn_nothing(
+    client: Client, notifier: RecordingNotifier, demo: Demo, services: Any
+) -> None:
+    till = await new_till(client, demo)
+    sale = receipt_body(
+        till, {"sku": "FLW", "name": "Flat White", "quantity": "2", "unit_price_minor": 400}
+    )
+    code = (await till.receipt(sale)).json()["claim_code"]
+    returned = await till.receipt(
+        receipt_body(
+            till,
+            {"sku": "FLW", "name": "Flat White", "unit_price_minor": 400},
+            refund_of=sale["external_id"],
+        )
+    )
+    assert returned.status_code == 201, returned.text
+    assert returned.json()["points_reversed"] == 0 and returned.json()["guest_id"] is None
+    guest = await sign_in(client, notifier)
+    claimed = await client.post("/v1/me/claims", json={"code": code}, headers=guest.headers)
+    assert claimed.status_code == 201, claimed.text
+    assert claimed.json()["points_earned"] == earned(800) - earned(800) // 2
+    assert await points_of_receipts(services, guest.id) == earned(800) - earned(800) // 2
+    # Returning the other cup now takes back exactly what is left.
+    rest = await till.receipt(
+        receipt_body(
+            till,
+            {"sku": "FLW", "name": "Flat White", "unit_price_minor": 400},
+            refund_of=sale["external_id"],
+        )
+    )
+    assert rest.json()["guest_id"] == str(guest.id)
+    assert await points_of_receipts(services, guest.id) == 0
+    await assert_books_balance(services, demo.brand_id)

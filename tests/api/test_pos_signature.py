@@ -77,6 +77,9 @@ async def test_unsigned_unknown_and_wrong_secret_are_refused(client: Client, dem
     raw = json.dumps(receipt_body(till)).encode()
     unsigned = await client.post("/v1/pos/receipts", content=raw)
     assert unsigned.status_code == 401 and slug(unsigned) == "signature-required"
+    # Judged before the body is read as a receipt: garbage unsigned is 401, not 400.
+    garbage = await client.post("/v1/pos/receipts", content=b"{not json")
+    assert garbage.status_code == 401
     unknown = await client.post(
         "/v1/pos/receipts",
         content=raw,
