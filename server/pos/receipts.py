@@ -106,6 +106,19 @@ class Intake:
         await self.points.mirror(taken.moves)
         return taken
 
+    async def ingest(self, till: Till, receipt: ReceiptIn) -> ReceiptOut:
+        """:meth:`take`, answered as a Struct (the vendor routes' port onto intake)."""
+        return msgspec.json.decode((await self.take(till, receipt)).body, type=ReceiptOut)
+
+    async def currency_of(self, till: Till) -> str:
+        """The brand's ISO 4217 currency (a vendor receipt may not carry one)."""
+        currency = self._currencies.get(till.brand_id)
+        if currency is None:
+            currency = self._currencies[till.brand_id] = str(
+                await self.db.fetchval(sql.BRAND_CURRENCY, till.brand_id)
+            )
+        return currency
+
     async def take_on(self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn) -> Taken:
         """:meth:`take` in the caller's transaction; the caller mirrors ``moves`` after commit."""
         if receipt.location_id != till.location_id:
