@@ -177,8 +177,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # POST /v1/pos/receipts:batch: lines per batch and bytes per line.
     pos_batch_max_lines: int = 10_000
     pos_batch_line_max_bytes: int = 256 * 1024
-    # The whole batch must arrive and be taken within this (it holds one pooled connection).
+    # The whole batch must arrive within this; it is spooled to a temporary file past the
+    # memory size, and taken in transactions of this many lines once its signature matches.
     pos_batch_timeout_s: float = 300.0
+    pos_batch_spool_memory_bytes: int = 1024 * 1024
+    pos_batch_chunk_lines: int = 200
     # Per integration: guest lookups (a phone number is guessable) and tender holds.
     pos_lookups_per_minute: int = 120
     pos_redemptions_per_minute: int = 60

@@ -1,26 +1,29 @@
 """``POST /v1/pos/receipts:batch``: NDJSON receipts, streamed, one answer per line.
 
-The body is never held whole: each chunk goes through the signature's MAC and is split into
-lines as it arrives, and each line is taken in its own savepoint of one transaction, so a bad
-line is refused with its problem and the rest proceeds. The signature can only be judged once
-the last byte is in, so the transaction commits only then: a batch whose signature does not
-match is rolled back whole and answered 401, as if it had never come. Bounded: at most
-``pos_batch_max_lines`` lines of at most ``pos_batch_line_max_bytes`` each, and
-``pos_batch_timeout_s`` for the whole batch.
+The body is never held whole in memory: as it streams in, each chunk goes through the
+signature's MAC and into a spool (memory up to ``pos_batch_spool_memory_bytes``, a temporary
+file beyond). Only once the last byte is in and the signature matches is any line taken, so a
+forged or tampered batch costs no database work and stores nothing. The spool is then read a
+line at a time and taken in transactions of ``pos_batch_chunk_lines`` lines, each line in its
+own savepoint: a bad line is refused with its problem and the rest proceeds, and no
+transaction holds guests' rows for longer than one chunk (realtime receipts of the same guests
+wait at most that long). Bounded: ``pos_batch_max_lines`` lines of at most
+``pos_batch_line_max_bytes`` each, ``pos_batch_timeout_s`` for the whole batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from typing import IO, Any
 
 import asyncpg
 import msgspec
 
 from server.infra.db import Database
 from server.infra.problems import Problem
-from server.pos.auth import Till, TillAuth
+from server.pos.auth import PendingCheck, Till, TillAuth
 from server.pos.points import Move, PointsPort
 from server.pos.receipts import Intake
 from server.settings import Settings
@@ -29,6 +32,8 @@ from shared.pos import BatchLineResult, ReceiptIn
 __all__ = ["BatchIntake"]
 
 _decode = msgspec.json.Decoder(ReceiptIn).decode
+# A line of the spool: its number, and its bytes or why it is refused unread.
+_Line = tuple[int, bytes | Problem]
 
 
 def _refused(line: int, problem: Problem) -> BatchLineResult:
@@ -46,75 +51,79 @@ class BatchIntake:
         self.points = points
 
     async def take(self, headers: Any, body: AsyncIterator[bytes]) -> list[BatchLineResult]:
-        """Verify the key and timestamp, take every line, then check the signature over the
-        whole body before committing. Refuses the whole batch with 401 (signature), 413
-        ``batch-too-long``, or 408 ``batch-too-slow``."""
+        """Receive and verify the whole batch, then take it line by line.
+
+        Refuses the whole batch with 401 (signature), 413 ``batch-too-long`` or 408
+        ``batch-too-slow``, before any line is taken.
+        """
         pending = await self.auth.open(headers)
         # Remembered before the body is read: two copies of one batch never run side by side.
         await self.auth.remember(pending)
-        moves: list[Move] = []
-        try:
-            async with asyncio.timeout(self.settings.pos_batch_timeout_s):
-                async with self.db.transaction() as conn:
-                    results = await self._lines(conn, pending.till, pending.mac, body, moves)
-                    await self.auth.close(pending)
-        except TimeoutError:
-            raise Problem(408, "batch-too-slow", "the batch did not arrive in time") from None
-        await self.points.mirror(moves)
-        return results
+        limit = self.settings.pos_batch_max_lines * (self.settings.pos_batch_line_max_bytes + 1)
+        with tempfile.SpooledTemporaryFile(self.settings.pos_batch_spool_memory_bytes) as spool:
+            try:
+                async with asyncio.timeout(self.settings.pos_batch_timeout_s):
+                    await self._receive(pending, body, spool, limit)
+            except TimeoutError:
+                raise Problem(408, "batch-too-slow", "the batch did not arrive in time") from None
+            till = await self.auth.close(pending)
+            spool.seek(0)
+            return await self._take_lines(till, self._lines(spool))
 
-    async def _lines(
-        self,
-        conn: asyncpg.Connection,
-        till: Till,
-        mac: Any,
-        body: AsyncIterator[bytes],
-        moves: list[Move],
-    ) -> list[BatchLineResult]:
+    async def _receive(
+        self, pending: PendingCheck, body: AsyncIterator[bytes], spool: IO[bytes], limit: int
+    ) -> None:
+        size = newlines = 0
+        last = b"\n"
         max_lines = self.settings.pos_batch_max_lines
-        max_bytes = self.settings.pos_batch_line_max_bytes
-        results: list[BatchLineResult] = []
-        buffer = bytearray()
-        number = 0
-        overlong = False  # skipping the rest of a line that was too long
-
-        async def finish_line(raw: bytes) -> None:
-            nonlocal number
-            number += 1
-            if number > max_lines:
-                raise Problem(413, "batch-too-long", f"a batch has at most {max_lines} lines")
-            if raw.strip():
-                results.append(await self._line(conn, till, number, raw, moves))
-
+        too_long = Problem(413, "batch-too-long", f"a batch has at most {max_lines} lines")
         async for chunk in body:
-            mac.update(chunk)
-            start = 0
-            while (end := chunk.find(b"\n", start)) >= 0:
-                if overlong:
-                    overlong = False
-                    await self._too_long(number := number + 1, results, max_lines)
-                else:
-                    buffer += chunk[start:end]
-                    await finish_line(bytes(buffer))
-                buffer.clear()
-                start = end + 1
-            if not overlong:
-                buffer += chunk[start:]
-                if len(buffer) > max_bytes:
-                    overlong, buffer = True, bytearray()
-        if overlong:
-            await self._too_long(number + 1, results, max_lines)
-        elif buffer.strip():
-            await finish_line(bytes(buffer))
-        return results
+            if not chunk:
+                continue
+            pending.mac.update(chunk)
+            size += len(chunk)
+            newlines += chunk.count(b"\n")
+            last = chunk[-1:]
+            if newlines > max_lines or size > limit:
+                raise too_long
+            spool.write(chunk)
+        if newlines + (last != b"\n") > max_lines:
+            raise too_long
 
-    async def _too_long(self, number: int, results: list[BatchLineResult], max_lines: int) -> None:
-        if number > max_lines:
-            raise Problem(413, "batch-too-long", f"a batch has at most {max_lines} lines")
-        limit = self.settings.pos_batch_line_max_bytes
-        results.append(
-            _refused(number, Problem(413, "line-too-long", f"a line has at most {limit} bytes"))
-        )
+    def _lines(self, spool: IO[bytes]) -> Iterator[_Line]:
+        """The spool's lines, numbered from 1; a line over the size limit as its problem."""
+        max_bytes = self.settings.pos_batch_line_max_bytes
+        number = 0
+        while raw := spool.readline(max_bytes + 1):
+            number += 1
+            if len(raw) > max_bytes and not raw.endswith(b"\n"):
+                while (rest := spool.readline(max_bytes + 1)) and not rest.endswith(b"\n"):
+                    pass
+                yield number, Problem(413, "line-too-long", f"a line has at most {max_bytes} bytes")
+            else:
+                yield number, raw
+
+    async def _take_lines(self, till: Till, lines: Iterator[_Line]) -> list[BatchLineResult]:
+        results: list[BatchLineResult] = []
+        chunk_lines = self.settings.pos_batch_chunk_lines
+        exhausted = False
+        while not exhausted:
+            moves: list[Move] = []
+            async with self.db.transaction() as conn:
+                taken = 0
+                while taken < chunk_lines:
+                    line = next(lines, None)
+                    if line is None:
+                        exhausted = True
+                        break
+                    number, raw = line
+                    if isinstance(raw, Problem):
+                        results.append(_refused(number, raw))
+                    elif raw.strip():
+                        results.append(await self._line(conn, till, number, raw, moves))
+                        taken += 1
+            await self.points.mirror(moves)
+        return results
 
     async def _line(
         self, conn: asyncpg.Connection, till: Till, number: int, raw: bytes, moves: list[Move]
@@ -128,11 +137,14 @@ class BatchIntake:
         try:
             async with conn.transaction():  # a savepoint: a refusal undoes this line only
                 taken = await self.intake.take_on(conn, till, receipt)
-        except Problem as problem:
-            return _refused(number, problem)
+        except Problem as refusal:
+            return _refused(number, refusal)
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
-            return _refused(
-                number, Problem(422, "invalid-receipt", f"the receipt cannot be stored: {exc}")
-            )
+            detail = f"the receipt cannot be stored: {exc}"
+            return _refused(number, Problem(422, "invalid-receipt", detail))
+        except asyncpg.TransactionRollbackError:
+            # A deadlock with another writer of the same guest: this line only; send it again.
+            detail = "the receipt met a concurrent change; send it again"
+            return _refused(number, Problem(409, "receipt-busy", detail))
         moves.extend(taken.moves)
         return BatchLineResult(line=number, status=taken.status, receipt_id=taken.receipt_id)

@@ -113,8 +113,13 @@ async def test_a_duplicate_line_in_one_batch_is_replayed_and_a_blank_line_skippe
 async def test_a_batch_is_bounded_in_lines_and_line_size(
     settings: Settings, demo: Demo, services: Any
 ) -> None:
+    # Spooled to a file past 1,000 bytes, taken two lines per transaction.
     bounded = msgspec.structs.replace(
-        settings, pos_batch_max_lines=3, pos_batch_line_max_bytes=2000
+        settings,
+        pos_batch_max_lines=3,
+        pos_batch_line_max_bytes=2000,
+        pos_batch_spool_memory_bytes=1000,
+        pos_batch_chunk_lines=2,
     )
     async with app_client(bounded, RecordingNotifier()) as small:
         created = await small.app.state.services.pos_integrations.create(
