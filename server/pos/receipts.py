@@ -45,6 +45,7 @@ __all__ = ["Intake", "ReceiptVisit", "Taken", "VisitHook"]
 
 _encode = msgspec.json.Encoder().encode
 _CLAIM_ATTEMPTS = 5
+_DEADLOCK_RETRIES = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +102,18 @@ class Intake:
         ``external_id`` is 409 ``receipt-conflict``. Refuses 404 ``location-not-found`` for a
         location that is not the till's, 422 for a receipt that cannot be priced.
         """
-        async with self.db.transaction() as conn:
-            taken = await self.take_on(conn, till, receipt)
+        for attempt in range(_DEADLOCK_RETRIES + 1):
+            try:
+                async with self.db.transaction() as conn:
+                    taken = await self.take_on(conn, till, receipt)
+                break
+            except asyncpg.TransactionRollbackError:
+                # A deadlock with a batch writing the same receipt or guest; PostgreSQL rolled
+                # this one back whole, so taking it again is safe (and idempotent).
+                if attempt == _DEADLOCK_RETRIES:
+                    raise Problem(
+                        409, "receipt-busy", "the receipt met a concurrent change; send it again"
+                    ) from None
         await self.points.mirror(taken.moves)
         return taken
 
