@@ -125,9 +125,8 @@ class Intake:
         """The brand's ISO 4217 currency (a vendor receipt may not carry one)."""
         currency = self._currencies.get(till.brand_id)
         if currency is None:
-            currency = self._currencies[till.brand_id] = str(
-                await self.db.fetchval(sql.BRAND_CURRENCY, till.brand_id)
-            )
+            async with self.db.connection() as conn:
+                currency = await self._remember_currency(till, conn)
         return currency
 
     async def take_on(self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn) -> Taken:
@@ -180,7 +179,8 @@ class Intake:
     ) -> tuple[Pricing, dict[str, UUID]]:
         """The receipt priced by the brand's rules, and the menu items its SKUs name."""
         skus = sorted({line.sku for line in receipt.lines if line.sku})
-        categories = sorted({line.category.casefold() for line in receipt.lines if line.category})
+        # lower(), as the SQL compares: casefold() would turn 'ß' into 'ss', which lower() keeps.
+        categories = sorted({line.category.lower() for line in receipt.lines if line.category})
         items = await conn.fetch(sql.ITEMS_BY_SKU, till.brand_id, skus) if skus else []
         no_sku = {r["sku"] for r in items if r["excluded"]}
         no_category: set[str] = set()
@@ -190,7 +190,7 @@ class Intake:
 
         def excluded(line: ReceiptLineIn) -> bool:
             return (line.sku is not None and line.sku in no_sku) or (
-                line.category is not None and line.category.casefold() in no_category
+                line.category is not None and line.category.lower() in no_category
             )
 
         program = await self.points.program(conn, till.brand_id)
@@ -239,16 +239,21 @@ class Intake:
         return out, moves
 
     async def _currency(self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn) -> str:
-        """The brand's currency (it never changes, so it is kept); 422 for another one."""
+        """The brand's currency; 422 ``currency-mismatch`` for a receipt in another one."""
         currency = self._currencies.get(till.brand_id)
         if currency is None:
-            currency = self._currencies[till.brand_id] = str(
-                await conn.fetchval(sql.BRAND_CURRENCY, till.brand_id)
-            )
+            currency = await self._remember_currency(till, conn)
         if receipt.currency is not None and receipt.currency != currency:
             raise Problem(
                 422, "currency-mismatch", f"this brand takes {currency}, not {receipt.currency}"
             )
+        return currency
+
+    async def _remember_currency(self, till: Till, conn: asyncpg.Connection) -> str:
+        # A brand's currency never changes, so it is kept once read.
+        currency = self._currencies[till.brand_id] = str(
+            await conn.fetchval(sql.BRAND_CURRENCY, till.brand_id)
+        )
         return currency
 
     async def _insert(
