@@ -151,11 +151,9 @@ class Intake:
         if not claimed:
             return await self._replay(conn, till, receipt, digest)
         if receipt.refund_of is not None:
-            out, moves = await self._refund(conn, till, receipt, receipt_id)
+            body, moves = await self._refund(conn, till, receipt, receipt_id)
         else:
-            out, moves = await self._sale(conn, till, receipt, receipt_id)
-        body = _encode(out)
-        await conn.execute(sql.FINISH_RECEIPT_KEY, till.integration_id, receipt.external_id, body)
+            body, moves = await self._sale(conn, till, receipt, receipt_id)
         return Taken("created", receipt_id, body, moves)
 
     async def _replay(
@@ -201,7 +199,7 @@ class Intake:
 
     async def _sale(
         self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn, receipt_id: UUID
-    ) -> tuple[ReceiptOut, tuple[Move, ...]]:
+    ) -> tuple[bytes, tuple[Move, ...]]:
         currency = await self._currency(conn, till, receipt)
         pricing, menu = await self._price(conn, till, receipt)
         guest = await self._resolve_guest(conn, till, receipt)
@@ -218,12 +216,6 @@ class Intake:
             pricing = with_points_earned(pricing, earned.points)
             moves = earned.moves
         points = sum(p.points_earned for p in pricing.lines)
-        pos_customer = receipt.guest.pos_customer_id if receipt.guest else None
-        await self._insert(
-            conn, till, receipt, receipt_id, pricing, currency,
-            guest_id=guest.guest_id, pos_customer_id=pos_customer, kind="sale",
-            points_earned=points,
-        )  # fmt: skip
         claim_code = None
         if guest.guest_id is None:
             claim_code = await self._claim_code(conn, till, receipt, receipt_id)
@@ -236,7 +228,12 @@ class Intake:
             claim_code=claim_code,
             guest_unresolved=guest.unresolved,
         )
-        return out, moves
+        pos_customer = receipt.guest.pos_customer_id if receipt.guest else None
+        body = await self._write(
+            conn, till, receipt, receipt_id, pricing, currency, out,
+            pos_customer_id=pos_customer, kind="sale",
+        )  # fmt: skip
+        return body, moves
 
     async def _currency(self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn) -> str:
         """The brand's currency; 422 ``currency-mismatch`` for a receipt in another one."""
@@ -256,7 +253,7 @@ class Intake:
         )
         return currency
 
-    async def _insert(
+    async def _write(
         self,
         conn: asyncpg.Connection,
         till: Till,
@@ -264,30 +261,23 @@ class Intake:
         receipt_id: UUID,
         pricing: Pricing,
         currency: str,
+        out: ReceiptOut,
         *,
-        guest_id: UUID | None,
         pos_customer_id: str | None,
         kind: Literal["sale", "refund"],
-        points_earned: int = 0,
         refund_of: tuple[UUID, datetime] | None = None,
-        points_reversed: int = 0,
-        points_restored: int = 0,
-    ) -> None:
+    ) -> bytes:
+        """The receipt, its lines and the stored answer, in one statement; returns the answer."""
+        body = _encode(out)
+        lines = pricing.lines
         await conn.execute(
-            sql.INSERT_RECEIPT,
+            sql.WRITE_RECEIPT,
             till.brand_id, receipt.occurred_at, receipt_id, till.integration_id,
             till.location_id, receipt.external_id, kind,
             refund_of[0] if refund_of else None, refund_of[1] if refund_of else None,
-            guest_id, pos_customer_id, currency, pricing.gross_minor, pricing.discount_minor,
-            pricing.earning_paid_minor, pricing.points_tender, points_earned, points_reversed,
-            points_restored,
-        )  # fmt: skip
-        lines = pricing.lines
-        await conn.execute(
-            sql.INSERT_LINES,
-            till.brand_id,
-            receipt.occurred_at,
-            receipt_id,
+            out.guest_id, pos_customer_id, currency, pricing.gross_minor, pricing.discount_minor,
+            pricing.earning_paid_minor, pricing.points_tender, out.points_earned,
+            out.points_reversed or 0, out.points_restored or 0,
             [p.line_no for p in lines],
             [p.line.sku for p in lines],
             [p.line.name for p in lines],
@@ -303,7 +293,9 @@ class Intake:
             [p.points_paid for p in lines],
             [p.paid_minor for p in lines],
             [p.points_earned for p in lines],
-        )
+            body,
+        )  # fmt: skip
+        return body
 
     async def _claim_code(
         self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn, receipt_id: UUID
@@ -418,7 +410,7 @@ class Intake:
 
     async def _refund(
         self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn, receipt_id: UUID
-    ) -> tuple[ReceiptOut, tuple[Move, ...]]:
+    ) -> tuple[bytes, tuple[Move, ...]]:
         """Return lines of the sale ``refund_of`` names: each returned part of a line gives
         back its share of the points that paid for it and takes back its share of the points
         it earned (:func:`~server.pos.model.refund_share`), exactly once per unit returned.
@@ -469,12 +461,6 @@ class Intake:
             )
         else:
             reversed_points = restored = 0
-        await self._insert(
-            conn, till, receipt, receipt_id, pricing, currency,
-            guest_id=guest_id, pos_customer_id=None, kind="refund",
-            refund_of=(sale["id"], sale["occurred_at"]),
-            points_reversed=reversed_points, points_restored=restored,
-        )  # fmt: skip
         out = ReceiptOut(
             receipt_id=receipt_id,
             points_earned=0,
@@ -482,4 +468,8 @@ class Intake:
             points_reversed=reversed_points,
             points_restored=restored,
         )
-        return out, moves
+        body = await self._write(
+            conn, till, receipt, receipt_id, pricing, currency, out,
+            pos_customer_id=None, kind="refund", refund_of=(sale["id"], sale["occurred_at"]),
+        )  # fmt: skip
+        return body, moves

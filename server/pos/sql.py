@@ -71,31 +71,31 @@ SELECT request_hash, response, receipt_id FROM receipt_keys
 WHERE integration_id = $1 AND external_id = $2
 """
 
-FINISH_RECEIPT_KEY = """
-UPDATE receipt_keys SET response = $3 WHERE integration_id = $1 AND external_id = $2
-"""
-
-INSERT_RECEIPT = """
-INSERT INTO receipts (brand_id, occurred_at, id, integration_id, location_id, external_id, kind,
-                      refund_of_id, refund_of_at, guest_id, pos_customer_id, currency,
-                      gross_minor, discount_minor, earning_paid_minor, points_tender,
-                      points_earned, points_reversed, points_restored)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
-"""
-
-# All lines of a receipt in one statement.
-INSERT_LINES = """
-INSERT INTO receipt_lines (brand_id, occurred_at, receipt_id, line_no, sku, name, category,
-                           quantity, unit_price_minor, gross_minor, discount_minor, tax_minor,
-                           voided, gift_card, earns, points_paid, paid_minor, points_earned)
-SELECT $1, $2, $3, l.line_no, l.sku, l.name, l.category, l.quantity, l.unit_price_minor,
-       l.gross_minor, l.discount_minor, l.tax_minor, l.voided, l.gift_card, l.earns,
-       l.points_paid, l.paid_minor, l.points_earned
-FROM unnest($4::int[], $5::text[], $6::text[], $7::text[], $8::numeric[], $9::bigint[],
-            $10::bigint[], $11::bigint[], $12::bigint[], $13::bool[], $14::bool[], $15::bool[],
-            $16::int[], $17::bigint[], $18::int[])
-     AS l(line_no, sku, name, category, quantity, unit_price_minor, gross_minor, discount_minor,
-          tax_minor, voided, gift_card, earns, points_paid, paid_minor, points_earned)
+# A receipt, its lines and the answer stored for replays, in one statement (one round trip):
+# the lines' foreign key is checked at the statement's end, when the receipt row is there.
+WRITE_RECEIPT = """
+WITH receipt AS (
+    INSERT INTO receipts (brand_id, occurred_at, id, integration_id, location_id, external_id,
+                          kind, refund_of_id, refund_of_at, guest_id, pos_customer_id, currency,
+                          gross_minor, discount_minor, earning_paid_minor, points_tender,
+                          points_earned, points_reversed, points_restored)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+), lines AS (
+    INSERT INTO receipt_lines (brand_id, occurred_at, receipt_id, line_no, sku, name, category,
+                               quantity, unit_price_minor, gross_minor, discount_minor,
+                               tax_minor, voided, gift_card, earns, points_paid, paid_minor,
+                               points_earned)
+    SELECT $1, $2, $3, l.line_no, l.sku, l.name, l.category, l.quantity, l.unit_price_minor,
+           l.gross_minor, l.discount_minor, l.tax_minor, l.voided, l.gift_card, l.earns,
+           l.points_paid, l.paid_minor, l.points_earned
+    FROM unnest($20::int[], $21::text[], $22::text[], $23::text[], $24::numeric[],
+                $25::bigint[], $26::bigint[], $27::bigint[], $28::bigint[], $29::bool[],
+                $30::bool[], $31::bool[], $32::int[], $33::bigint[], $34::int[])
+         AS l(line_no, sku, name, category, quantity, unit_price_minor, gross_minor,
+              discount_minor, tax_minor, voided, gift_card, earns, points_paid, paid_minor,
+              points_earned)
+)
+UPDATE receipt_keys SET response = $35 WHERE integration_id = $4 AND external_id = $6
 """
 
 # What the brand's catalog says about the SKUs a receipt names: the menu item (for the guest's
