@@ -9,6 +9,7 @@ from decimal import Decimal
 import asyncpg
 
 from server.auth.tokens import Principal
+from server.guests import identities
 from server.infra.db import Database
 from server.infra.problems import Problem
 from server.loyalty.model import allocate
@@ -75,12 +76,12 @@ class Claims:
             points = earned.points - returned
             await conn.execute(sql.SET_RECEIPT_POINTS, *key, earned.points)
             if receipt["pos_customer_id"]:
-                await conn.execute(
-                    sql.LINK_POS_CUSTOMER,
+                await identities.link_pos_customer(
+                    conn,
                     guest.brand_id,
                     guest.subject_id,
-                    receipt["pos_customer_id"],
                     receipt["integration_id"],
+                    receipt["pos_customer_id"],
                 )
             paid = sum(r["paid_minor"] for r in lines)
             visit = ReceiptVisit(

@@ -22,10 +22,10 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from server.guests.service import normalise_phone
+from server.guests import identities
 from server.infra.db import Database
 from server.infra.problems import Problem
-from server.pos import sql
+from server.pos import identify, sql
 from server.pos.auth import Till
 from server.pos.model import (
     Pricing,
@@ -38,7 +38,6 @@ from server.pos.model import (
 )
 from server.pos.points import Move, PointsPort
 from server.settings import Settings
-from shared import qr
 from shared.pos import ReceiptIn, ReceiptLineIn, ReceiptOut
 
 __all__ = ["Intake", "ReceiptVisit", "Taken", "VisitHook"]
@@ -346,45 +345,26 @@ class Intake:
         guest_id: UUID | None = None
         unresolved: str | None = None
         if named.qr_code:
-            guest_id, unresolved = await self._by_qr(conn, till, receipt, named.qr_code)
+            guest_id, unresolved = await self._by_qr(till, receipt, conn, named.qr_code)
         if guest_id is None and named.card_number:
-            digits = "".join(ch for ch in named.card_number if ch.isdigit())
-            guest_id = await conn.fetchval(sql.GUEST_BY_CARD, till.brand_id, digits)
+            guest_id = await identify.by_card(conn, till.brand_id, named.card_number)
         if guest_id is None and named.phone:
-            try:
-                phone = normalise_phone(named.phone)
-            except Problem:
-                phone = None
-            if phone is not None:
-                guest_id = await conn.fetchval(sql.GUEST_BY_PHONE, till.brand_id, phone)
-        if named.pos_customer_id:
-            if guest_id is None:
-                guest_id = await conn.fetchval(
-                    sql.GUEST_BY_POS_CUSTOMER,
-                    till.brand_id,
-                    named.pos_customer_id,
-                    till.integration_id,
-                )
-            else:
-                await conn.execute(
-                    sql.LINK_POS_CUSTOMER,
-                    till.brand_id,
-                    guest_id,
-                    named.pos_customer_id,
-                    till.integration_id,
-                )
+            guest_id = await identify.by_phone(conn, till.brand_id, named.phone)
+        customer = named.pos_customer_id
+        if customer and guest_id is None:
+            guest_id = await identities.by_pos_customer(
+                conn, till.brand_id, till.integration_id, customer
+            )
+        elif customer and guest_id is not None:
+            await identities.link_pos_customer(
+                conn, till.brand_id, guest_id, till.integration_id, customer
+            )
         return _Guest(guest_id, None if guest_id else unresolved)
 
     async def _by_qr(
-        self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn, code: str
+        self, till: Till, receipt: ReceiptIn, conn: asyncpg.Connection, code: str
     ) -> tuple[UUID | None, str | None]:
-        try:
-            scanned = qr.parse(code)
-        except qr.QrError as exc:
-            return None, exc.reason
-        row = await conn.fetchrow(sql.GUEST_BY_PUBLIC_ID, scanned.public_id, till.brand_id)
-        if row is None:
-            return None, "unknown"
+        """The QR judged at its scan time, which may be at most ``pos_scan_max_age_s`` ago."""
         named = receipt.guest
         at = (named.scanned_at if named and named.scanned_at else None) or receipt.occurred_at
         if at.tzinfo is None:
@@ -393,18 +373,7 @@ class Intake:
         skew = timedelta(seconds=self.settings.scan_clock_skew_s)
         if at > now + skew or at < now - timedelta(seconds=self.settings.pos_scan_max_age_s):
             return None, "expired"
-        try:
-            qr.verify(
-                scanned,
-                bytes(row["qr_secret"]),
-                now_s=at.timestamp(),
-                step_s=self.settings.qr_step_s,
-                valid_steps=self.settings.qr_valid_steps,
-            )
-        except qr.QrError as exc:
-            return None, exc.reason
-        guest_id: UUID = row["id"]
-        return guest_id, None
+        return await identify.by_qr(conn, self.settings, till.brand_id, code, at)
 
     # -- a refund --------------------------------------------------------------------------
 

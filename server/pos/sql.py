@@ -138,32 +138,6 @@ FROM unnest($4::int[], $5::numeric[]) AS l(line_no, quantity)
 WHERE brand_id = $1 AND occurred_at = $2 AND receipt_id = $3 AND receipt_lines.line_no = l.line_no
 """
 
-# -- guests and identities -----------------------------------------------------------------
-
-GUEST_BY_PUBLIC_ID = """
-SELECT id, qr_secret FROM guests WHERE public_id = $1 AND brand_id = $2 AND erased_at IS NULL
-"""
-GUEST_BY_PHONE = """
-SELECT id FROM guests WHERE brand_id = $1 AND phone_e164 = $2 AND erased_at IS NULL
-"""
-GUEST_BY_CARD = """
-SELECT id FROM guests WHERE brand_id = $1 AND card_number = $2 AND erased_at IS NULL
-"""
-GUEST_BY_POS_CUSTOMER = """
-SELECT i.guest_id FROM identities i JOIN guests g ON g.id = i.guest_id
-WHERE i.brand_id = $1 AND i.kind = 'pos_customer' AND i.value = $2 AND i.integration_id = $3
-  AND g.erased_at IS NULL
-"""
-LINK_POS_CUSTOMER = """
-INSERT INTO identities (brand_id, guest_id, kind, value, integration_id)
-VALUES ($1, $2, 'pos_customer', $3, $4)
-ON CONFLICT DO NOTHING
-"""
-GUEST_NAME = """
-SELECT first_name, last_name FROM guests WHERE id = $1 AND brand_id = $2 AND erased_at IS NULL
-"""
-LOCATION_TIMEZONE = "SELECT timezone FROM locations WHERE id = $1"
-
 # -- claims --------------------------------------------------------------------------------
 
 INSERT_CLAIM = """

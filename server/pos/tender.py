@@ -13,7 +13,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from server.guests.service import normalise_phone
+from server.guests import identities
 from server.infra import idempotency
 from server.infra.db import Database
 from server.infra.idempotency import Stored
@@ -21,12 +21,12 @@ from server.infra.problems import Problem
 from server.infra.ratelimit import limit
 from server.infra.redis import RedisGate
 from server.loyalty.repository import AccountState
-from server.pos import sql
+from server.pos import identify
 from server.pos.auth import Till
 from server.pos.model import masked_name
 from server.pos.points import Move, PointsPort
 from server.settings import Settings
-from shared import contract, qr
+from shared import contract
 from shared.pos import PosGuestLookupIn, PosGuestLookupOut, PosRedemptionIn
 
 __all__ = ["Tender"]
@@ -67,13 +67,13 @@ class Tender:
             guest_id = await self._find(conn, till, body)
             if guest_id is None:
                 raise Problem(404, "guest-not-found", "no guest matches")
-            name = await conn.fetchrow(sql.GUEST_NAME, guest_id, till.brand_id)
+            name = await identities.names(conn, till.brand_id, guest_id)
             assert name is not None, "found in this brand just now"
             wallet = await self.points.wallet(conn, till.brand_id, guest_id)
             program = await self.points.program(conn, till.brand_id)
         return PosGuestLookupOut(
             guest_id=guest_id,
-            display_name=masked_name(name["first_name"], name["last_name"]),
+            display_name=masked_name(*name),
             tier=wallet.tier,
             points_available=max(wallet.spendable, 0),
             max_points_share_pct=program.max_points_share_pct,
@@ -83,32 +83,13 @@ class Tender:
         self, conn: asyncpg.Connection, till: Till, body: PosGuestLookupIn
     ) -> UUID | None:
         if body.qr_code:
-            try:
-                scanned = qr.parse(body.qr_code)
-            except qr.QrError:
-                return None
-            row = await conn.fetchrow(sql.GUEST_BY_PUBLIC_ID, scanned.public_id, till.brand_id)
-            if row is None:
-                return None
-            try:
-                qr.verify(
-                    scanned,
-                    bytes(row["qr_secret"]),
-                    step_s=self.settings.qr_step_s,
-                    valid_steps=self.settings.qr_valid_steps,
-                )
-            except qr.QrError:
-                return None
-            found: UUID = row["id"]
-            return found
+            at = datetime.now(UTC)
+            guest_id, _ = await identify.by_qr(conn, self.settings, till.brand_id, body.qr_code, at)
+            return guest_id
         if body.card_number:
-            digits = "".join(ch for ch in body.card_number if ch.isdigit())
-            by_card: UUID | None = await conn.fetchval(sql.GUEST_BY_CARD, till.brand_id, digits)
-            return by_card
+            return await identify.by_card(conn, till.brand_id, body.card_number)
         assert body.phone is not None
-        phone = normalise_phone(body.phone)
-        by_phone: UUID | None = await conn.fetchval(sql.GUEST_BY_PHONE, till.brand_id, phone)
-        return by_phone
+        return await identify.by_phone(conn, till.brand_id, body.phone)
 
     async def reserve(self, till: Till, body: PosRedemptionIn, key: str) -> Stored:
         """Hold ``body.points`` of a guest of the till's brand (pending, voided after
@@ -124,7 +105,9 @@ class Tender:
             60,
             "points redemptions this minute",
         )
-        if await self.db.fetchrow(sql.GUEST_NAME, body.guest_id, till.brand_id) is None:
+        async with self.db.connection() as conn:
+            known = await identities.names(conn, till.brand_id, body.guest_id)
+        if known is None:
             raise Problem(404, "guest-not-found", f"no guest {body.guest_id}")
         transfer_id = uuid.uuid5(_NAMESPACE, f"{scope}:{key}")
 
