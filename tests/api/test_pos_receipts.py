@@ -168,6 +168,10 @@ async def test_a_late_offline_receipt_is_judged_by_when_the_qr_was_scanned(
     assert response.status_code == 201, response.text
     assert response.json()["guest_id"] == str(guest.id)
     assert response.json()["points_earned"] == earned(380)
+    # The till resends it (it never saw our answer): the first answer, no second earning.
+    resent = await till.receipt(body)
+    assert resent.status_code == 201 and resent.content == response.content
+    assert await points_of_receipts(services, guest.id) == earned(380)
 
     # The same three-hour-old code claimed as scanned now is expired: kept anonymous.
     stale = receipt_body(till, guest={"qr_code": code, "scanned_at": datetime.now(UTC).isoformat()})
