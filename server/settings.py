@@ -177,6 +177,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # POST /v1/pos/receipts:batch: lines per batch and bytes per line.
     pos_batch_max_lines: int = 10_000
     pos_batch_line_max_bytes: int = 256 * 1024
+    pos_batch_max_bytes: int = 64 * 1024 * 1024
     # The whole batch must arrive within this; it is spooled to a temporary file past the
     # memory size, and taken in transactions of this many lines once its signature matches.
     pos_batch_timeout_s: float = 300.0

@@ -8,7 +8,9 @@ line at a time and taken in transactions of ``pos_batch_chunk_lines`` lines, eac
 own savepoint: a bad line is refused with its problem and the rest proceeds, and no
 transaction holds guests' rows for longer than one chunk (realtime receipts of the same guests
 wait at most that long). Bounded: ``pos_batch_max_lines`` lines of at most
-``pos_batch_line_max_bytes`` each, ``pos_batch_timeout_s`` for the whole batch.
+``pos_batch_line_max_bytes`` each and ``pos_batch_max_bytes`` in all, ``pos_batch_timeout_s``
+for the whole batch. Chunks taken before a failure (the database going away mid-batch) stay
+taken: sent again, their lines answer ``replayed``.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class BatchIntake:
         pending = await self.auth.open(headers)
         # Remembered before the body is read: two copies of one batch never run side by side.
         await self.auth.remember(pending)
-        limit = self.settings.pos_batch_max_lines * (self.settings.pos_batch_line_max_bytes + 1)
+        limit = self.settings.pos_batch_max_bytes
         with tempfile.SpooledTemporaryFile(self.settings.pos_batch_spool_memory_bytes) as spool:
             try:
                 async with asyncio.timeout(self.settings.pos_batch_timeout_s):
@@ -76,7 +78,11 @@ class BatchIntake:
         size = newlines = 0
         last = b"\n"
         max_lines = self.settings.pos_batch_max_lines
-        too_long = Problem(413, "batch-too-long", f"a batch has at most {max_lines} lines")
+        too_long = Problem(
+            413,
+            "batch-too-long",
+            f"a batch has at most {max_lines} lines and {self.settings.pos_batch_max_bytes} bytes",
+        )
         async for chunk in body:
             if not chunk:
                 continue

@@ -120,6 +120,7 @@ async def test_a_batch_is_bounded_in_lines_and_line_size(
         pos_batch_line_max_bytes=2000,
         pos_batch_spool_memory_bytes=1000,
         pos_batch_chunk_lines=2,
+        pos_batch_max_bytes=20_000,
     )
     async with app_client(bounded, RecordingNotifier()) as small:
         created = await small.app.state.services.pos_integrations.create(
@@ -141,3 +142,5 @@ async def test_a_batch_is_bounded_in_lines_and_line_size(
         assert slug_of(answer.json()[1]) == "line-too-long"
         too_long = await send(till, b"\n".join([good] * 4))
         assert too_long.status_code == 413 and slug(too_long) == "batch-too-long"
+        too_big = await send(till, b" " * 25_000)
+        assert too_big.status_code == 413 and slug(too_big) == "batch-too-long"
