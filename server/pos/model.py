@@ -23,12 +23,15 @@ __all__ = [
     "PricedLine",
     "Pricing",
     "RefundTake",
+    "Returns",
+    "SoldLine",
     "masked_name",
     "match_refund",
     "new_claim_code",
     "normalise_claim_code",
     "price_receipt",
     "refund_share",
+    "returns_of",
     "with_points_earned",
 ]
 
@@ -152,14 +155,22 @@ def refund_share(total: int, quantity: Decimal, before: Decimal, after: Decimal)
 
 
 @dataclass(frozen=True, slots=True)
-class SaleLine:
-    """A line of the sale a refund returns, with what is left to return."""
+class SoldLine:
+    """A line of the sale a refund returns: what it was, what it earned and what points paid
+    for it, and how much of it earlier refunds returned."""
 
     line_no: int
     sku: str | None
     name: str
     unit_price_minor: int
-    remaining: Decimal
+    quantity: Decimal
+    refunded_quantity: Decimal = Decimal(0)
+    points_earned: int = 0
+    points_paid: int = 0
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.quantity - self.refunded_quantity
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,14 +179,23 @@ class RefundTake:
     quantity: Decimal
 
 
-def _same_item(refund: ReceiptLineIn, sale: SaleLine) -> bool:
+@dataclass(frozen=True, slots=True)
+class Returns:
+    """What a refund returns: quantities by sale line, and the points that go with them."""
+
+    quantities: dict[int, Decimal]
+    points_reversed: int
+    points_restored: int
+
+
+def _same_item(refund: ReceiptLineIn, sale: SoldLine) -> bool:
     if refund.sku and sale.sku:
         return refund.sku == sale.sku
     return refund.name.strip().casefold() == sale.name.strip().casefold()
 
 
 def match_refund(
-    refund_lines: Sequence[ReceiptLineIn], sale: Sequence[SaleLine]
+    refund_lines: Sequence[ReceiptLineIn], sale: Sequence[SoldLine]
 ) -> list[RefundTake]:
     """Which sale lines (and how much of each) the refund's lines return.
 
@@ -208,6 +228,23 @@ def match_refund(
                 f"lines[{index}] returns more of {line.name!r} than the sale has left to return",
             )
     return takes
+
+
+def returns_of(refund_lines: Sequence[ReceiptLineIn], sale: Sequence[SoldLine]) -> Returns:
+    """The refund's returns and their points: each returned part of a line takes back its
+    share of what the line earned and gives back its share of the points that paid for it
+    (:func:`refund_share`, so a line returned in parts gives back exactly its whole)."""
+    by_no = {s.line_no: s for s in sale}
+    returned: dict[int, Decimal] = {}
+    reversed_points = restored = 0
+    for take in match_refund(refund_lines, sale):
+        line = by_no[take.sale_line_no]
+        before = line.refunded_quantity + returned.get(take.sale_line_no, Decimal(0))
+        after = before + take.quantity
+        reversed_points += refund_share(line.points_earned, line.quantity, before, after)
+        restored += refund_share(line.points_paid, line.quantity, before, after)
+        returned[take.sale_line_no] = after - line.refunded_quantity
+    return Returns(returned, reversed_points, restored)
 
 
 def new_claim_code() -> str:

@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Literal
 from uuid import UUID
 
@@ -29,11 +28,10 @@ from server.pos import identify, sql
 from server.pos.auth import Till
 from server.pos.model import (
     Pricing,
-    SaleLine,
-    match_refund,
+    SoldLine,
     new_claim_code,
     price_receipt,
-    refund_share,
+    returns_of,
     with_points_earned,
 )
 from server.pos.points import Move, PointsPort
@@ -391,30 +389,17 @@ class Intake:
                 422, "unknown-sale", f"no sale {receipt.refund_of!r} from this till to refund"
             )
         key = (sale["brand_id"], sale["occurred_at"], sale["id"])
-        rows = {r["line_no"]: r for r in await conn.fetch(sql.SALE_LINES_FOR_UPDATE, *key)}
-        sale_lines = [
-            SaleLine(
-                n,
-                r["sku"],
-                r["name"],
-                r["unit_price_minor"],
-                r["quantity"] - r["refunded_quantity"],
+        sold = [
+            SoldLine(
+                r["line_no"], r["sku"], r["name"], r["unit_price_minor"], r["quantity"],
+                r["refunded_quantity"], r["points_earned"], r["points_paid"],
             )
-            for n, r in rows.items()
-        ]
-        takes = match_refund(receipt.lines, sale_lines)
-        reversed_points = restored = 0
-        returned: dict[int, Decimal] = {}
-        for take in takes:
-            row = rows[take.sale_line_no]
-            before = row["refunded_quantity"] + returned.get(take.sale_line_no, Decimal(0))
-            after = before + take.quantity
-            reversed_points += refund_share(row["points_earned"], row["quantity"], before, after)
-            restored += refund_share(row["points_paid"], row["quantity"], before, after)
-            returned[take.sale_line_no] = (
-                returned.get(take.sale_line_no, Decimal(0)) + take.quantity
-            )
-        await conn.execute(sql.MARK_RETURNED, *key, list(returned), list(returned.values()))
+            for r in await conn.fetch(sql.SALE_LINES_FOR_UPDATE, *key)
+        ]  # fmt: skip
+        returns = returns_of(receipt.lines, sold)
+        numbers = list(returns.quantities)
+        await conn.execute(sql.MARK_RETURNED, *key, numbers, list(returns.quantities.values()))
+        reversed_points, restored = returns.points_reversed, returns.points_restored
         pricing = price_receipt(receipt, point_value_minor=1, excluded=lambda _: True)
         guest_id: UUID | None = sale["guest_id"]
         moves: tuple[Move, ...] = ()

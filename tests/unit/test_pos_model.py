@@ -11,12 +11,13 @@ import pytest
 
 from server.infra.problems import Problem
 from server.pos.model import (
-    SaleLine,
+    SoldLine,
     masked_name,
     match_refund,
     normalise_claim_code,
     price_receipt,
     refund_share,
+    returns_of,
     with_points_earned,
 )
 from server.pos.sealing import Sealer, SealError, new_secret
@@ -90,9 +91,9 @@ def test_refunding_a_whole_line_in_any_steps_gives_back_exactly_its_total(steps:
 
 def test_refund_lines_match_by_sku_or_name_and_never_exceed_the_sale() -> None:
     sale = [
-        SaleLine(1, "CAP", "Cappuccino", 380, Decimal(2)),
-        SaleLine(2, None, "Cake", 450, Decimal(1)),
-        SaleLine(3, "CAP", "Cappuccino", 350, Decimal(1)),
+        SoldLine(1, "CAP", "Cappuccino", 380, Decimal(2)),
+        SoldLine(2, None, "Cake", 450, Decimal(1)),
+        SoldLine(3, "CAP", "Cappuccino", 350, Decimal(1)),
     ]
     takes = match_refund(
         [ReceiptLineIn(name="cap", sku="CAP", quantity=Decimal(3), unit_price_minor=350),
@@ -103,6 +104,14 @@ def test_refund_lines_match_by_sku_or_name_and_never_exceed_the_sale() -> None:
     with pytest.raises(Problem) as refused:
         match_refund([ReceiptLineIn(name="Cake", quantity=Decimal(2))], sale)
     assert refused.value.slug == "refund-exceeds-sale"
+
+
+def test_returns_carry_their_share_of_points_earned_and_paid() -> None:
+    sale = [SoldLine(1, "CAP", "Cappuccino", 380, Decimal(3), Decimal(1), 20, 10)]
+    returns = returns_of([ReceiptLineIn(name="Cappuccino", sku="CAP", quantity=Decimal(2))], sale)
+    # Two of the three, one returned before: 20 * 3/3 - 20 * 1/3 = 20 - 6.
+    assert returns.quantities == {1: Decimal(2)}
+    assert (returns.points_reversed, returns.points_restored) == (14, 7)
 
 
 def test_names_and_claim_codes() -> None:
