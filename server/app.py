@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
-from litestar import Litestar, Request, Response, get
+from litestar import Litestar, Request, Response, Router, get
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
@@ -30,9 +30,10 @@ from server.lifespan import Services, lifespan
 from server.loyalty.controller import AdjustmentsController
 from server.orders.controller import OrdersController
 from server.orders.lane import CheckoutLane
-from server.pos.auth import till_of
+from server.pos.auth import requires_till, till_of
 from server.pos.controller import ROUTES as POS_ROUTES
-from server.pos.webhook_controller import WebhookDeliveriesController
+from server.pos.vendors.controller import VendorReceiptsController
+from server.pos.webhook_controller import PosOrdersFeedController, WebhookDeliveriesController
 from server.settings import Settings
 
 __all__ = ["create_app"]
@@ -112,6 +113,13 @@ def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar
     dependencies["principal"] = Provide(_principal, sync_to_thread=False)
     dependencies["client_ip"] = Provide(_client_ip, sync_to_thread=False)
     dependencies["till"] = Provide(till_of, sync_to_thread=False)
+    dependencies["pos_intake"] = _service("intake")
+    # The vendor receipts and the order feed are signed by a till like every POS route.
+    signed_by_till = Router(
+        path="/",
+        route_handlers=[VendorReceiptsController, PosOrdersFeedController],
+        guards=[requires_till],
+    )
     app = Litestar(
         route_handlers=[
             healthz,
@@ -125,6 +133,7 @@ def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar
             WebhookDeliveriesController,
             *STAFF_KIOSK_ROUTES,
             *POS_ROUTES,
+            signed_by_till,
         ],
         dependencies=dependencies,
         middleware=[

@@ -422,6 +422,8 @@ def cmd_integration(args: argparse.Namespace) -> int:
             "key_id": created.key_id,
             "secret": created.secret,
         }
+        if created.webhook_secret:  # the till verifies our webhooks with it
+            line["webhook_secret"] = created.webhook_secret
         print(msgspec.json.encode(line).decode())
         return 0
 

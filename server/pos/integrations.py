@@ -15,6 +15,7 @@ from server.infra.db import Database
 from server.infra.problems import Problem
 from server.pos import sql
 from server.pos.sealing import Sealer, digest, new_key_id, new_secret
+from server.pos.webhook_model import new_webhook_secret
 from server.settings import Settings
 
 __all__ = [
@@ -48,6 +49,9 @@ class IntegrationCreated(Struct, kw_only=True, frozen=True):
     secret: str
     location_id: UUID
     webhook_url: str | None = None
+    # With a webhook_url: the Standard Webhooks secret the till verifies deliveries with
+    # (server/pos/webhooks.py); shown this once, like the key's secret.
+    webhook_secret: str | None = None
 
 
 class KeyView(Struct, kw_only=True, frozen=True):
@@ -74,10 +78,12 @@ class Integrations:
 
     async def create(self, body: IntegrationIn, brand_id: UUID | None = None) -> IntegrationCreated:
         """A new integration for a location of ``brand_id`` (any brand when None: the CLI),
-        with its first key. Refuses 404 ``location-not-found``."""
+        with its first key, and a webhook secret when it has a webhook_url. Refuses 404
+        ``location-not-found``."""
+        webhook_secret = new_webhook_secret() if body.webhook_url else None
         async with self.db.transaction() as conn:
             row = await conn.fetchrow(
-                sql.INSERT_INTEGRATION, body.location_id, body.webhook_url, brand_id
+                sql.INSERT_INTEGRATION, body.location_id, body.webhook_url, brand_id, webhook_secret
             )
             if row is None:
                 raise Problem(404, "location-not-found", f"no location {body.location_id}")
@@ -88,6 +94,7 @@ class Integrations:
             secret=key.secret,
             location_id=row["location_id"],
             webhook_url=row["webhook_url"],
+            webhook_secret=webhook_secret,
         )
 
     async def add_key(self, brand_id: UUID, integration_id: UUID) -> KeyCreated:

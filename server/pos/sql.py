@@ -3,8 +3,9 @@
 # -- integrations and keys -----------------------------------------------------------------
 
 INSERT_INTEGRATION = """
-INSERT INTO pos_integrations (brand_id, location_id, webhook_url)
-SELECT l.brand_id, l.id, $2 FROM locations l WHERE l.id = $1 AND ($3::uuid IS NULL OR l.brand_id = $3)
+INSERT INTO pos_integrations (brand_id, location_id, webhook_url, webhook_secret)
+SELECT l.brand_id, l.id, $2, $4 FROM locations l
+WHERE l.id = $1 AND ($3::uuid IS NULL OR l.brand_id = $3)
 RETURNING id, brand_id, location_id, webhook_url, created_at
 """
 

@@ -41,13 +41,15 @@ async def test_integration_create_prints_a_key_a_till_can_sign_with(
         lines = result.stdout.strip().splitlines()
         assert len(lines) == 1
         printed = json.loads(lines[0])
-        assert set(printed) == {"integration_id", "key_id", "secret"}
+        assert set(printed) == {"integration_id", "key_id", "secret", "webhook_secret"}
+        assert printed["webhook_secret"].startswith("whsec_")
         stored = await services.db.fetchrow(
-            "SELECT secret_sealed, webhook_url FROM pos_keys k"
+            "SELECT secret_sealed, webhook_url, webhook_secret FROM pos_keys k"
             " JOIN pos_integrations i ON i.id = k.integration_id WHERE k.key_id = $1",
             printed["key_id"],
         )
         assert stored["webhook_url"] == "https://till.example/hooks"
+        assert stored["webhook_secret"] == printed["webhook_secret"]
         assert printed["secret"].encode() not in bytes(stored["secret_sealed"])
 
         till = SignedTill(
