@@ -39,6 +39,7 @@ from server.orders.service import Orders
 from server.pos.auth import TillAuth
 from server.pos.batch import BatchIntake
 from server.pos.claims import Claims
+from server.pos.imports import ReceiptImport
 from server.pos.integrations import Integrations
 from server.pos.points import LoyaltyPoints
 from server.pos.receipts import Intake, ReceiptVisit
@@ -94,6 +95,7 @@ class Services:
     batch_intake: BatchIntake
     tender: Tender
     claims: Claims
+    receipt_import: ReceiptImport
 
     async def close(self) -> None:
         await self.live_queues.close()
@@ -164,6 +166,7 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
     till_auth = TillAuth(settings, db, gate, sealer)
     points = LoyaltyPoints(loyalty)
     intake = Intake(settings, db, points, record_receipt_visit)
+    batch_intake = BatchIntake(settings, db, till_auth, intake, points)
     return Services(
         settings,
         db,
@@ -182,9 +185,10 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
         till_auth,
         Integrations(settings, db, sealer),
         intake,
-        BatchIntake(settings, db, till_auth, intake, points),
+        batch_intake,
         Tender(settings, db, gate, points),
         Claims(db, points, record_receipt_visit),
+        ReceiptImport(db, batch_intake),
     )
 
 

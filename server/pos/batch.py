@@ -31,11 +31,11 @@ from server.pos.receipts import Intake
 from server.settings import Settings
 from shared.pos import BatchLineResult, ReceiptIn
 
-__all__ = ["BatchIntake"]
+__all__ = ["BatchIntake", "Item"]
 
 _decode = msgspec.json.Decoder(ReceiptIn).decode
-# A line of the spool: its number, and its bytes or why it is refused unread.
-_Line = tuple[int, bytes | Problem]
+# A receipt to take, by its line number in the batch or file, or why that line is refused.
+Item = tuple[int, ReceiptIn | Problem]
 
 
 def _refused(line: int, problem: Problem) -> BatchLineResult:
@@ -96,8 +96,9 @@ class BatchIntake:
         if newlines + (last != b"\n") > max_lines:
             raise too_long
 
-    def _lines(self, spool: IO[bytes]) -> Iterator[_Line]:
-        """The spool's lines, numbered from 1; a line over the size limit as its problem."""
+    def _lines(self, spool: IO[bytes]) -> Iterator[Item]:
+        """The spool's receipts, numbered by line from 1 (blank lines skipped); a line over
+        the size limit or not a receipt as its problem."""
         max_bytes = self.settings.pos_batch_line_max_bytes
         number = 0
         while raw := spool.readline(max_bytes + 1):
@@ -106,42 +107,51 @@ class BatchIntake:
                 while (rest := spool.readline(max_bytes + 1)) and not rest.endswith(b"\n"):
                     pass
                 yield number, Problem(413, "line-too-long", f"a line has at most {max_bytes} bytes")
-            else:
-                yield number, raw
+            elif raw.strip():
+                yield number, _receipt_of(raw)
 
-    async def _take_lines(self, till: Till, lines: Iterator[_Line]) -> list[BatchLineResult]:
+    async def _take_lines(self, till: Till, items: Iterator[Item]) -> list[BatchLineResult]:
         results: list[BatchLineResult] = []
+        async for chunk in self.take_chunks(till, items):
+            results += chunk
+        return results
+
+    async def take_chunks(
+        self, till: Till, items: Iterator[Item]
+    ) -> AsyncIterator[list[BatchLineResult]]:
+        """Take ``items`` in transactions of ``pos_batch_chunk_lines`` receipts, each in its own
+        savepoint; yields each chunk's results once it committed (the import's progress)."""
         chunk_lines = self.settings.pos_batch_chunk_lines
         exhausted = False
         while not exhausted:
+            results: list[BatchLineResult] = []
             moves: list[Move] = []
             async with self.db.transaction() as conn:
                 taken = 0
                 while taken < chunk_lines:
-                    line = next(lines, None)
-                    if line is None:
+                    item = next(items, None)
+                    if item is None:
                         exhausted = True
                         break
-                    number, raw = line
-                    if isinstance(raw, Problem):
-                        results.append(_refused(number, raw))
-                    elif raw.strip():
-                        results.append(await self._line(conn, till, number, raw, moves))
+                    number, receipt = item
+                    if isinstance(receipt, Problem):
+                        results.append(_refused(number, receipt))
+                    else:
+                        results.append(await self._take(conn, till, number, receipt, moves))
                         taken += 1
             await self.points.mirror(moves)
-        return results
+            yield results
 
-    async def _line(
-        self, conn: asyncpg.Connection, till: Till, number: int, raw: bytes, moves: list[Move]
+    async def _take(
+        self,
+        conn: asyncpg.Connection,
+        till: Till,
+        number: int,
+        receipt: ReceiptIn,
+        moves: list[Move],
     ) -> BatchLineResult:
         try:
-            receipt = _decode(raw)
-        except msgspec.ValidationError as exc:
-            return _refused(number, Problem(422, "validation-error", str(exc)))
-        except msgspec.DecodeError as exc:
-            return _refused(number, Problem(400, "malformed-json", f"not a JSON object: {exc}"))
-        try:
-            async with conn.transaction():  # a savepoint: a refusal undoes this line only
+            async with conn.transaction():  # a savepoint: a refusal undoes this receipt only
                 taken = await self.intake.take_on(conn, till, receipt)
         except Problem as refusal:
             return _refused(number, refusal)
@@ -154,3 +164,12 @@ class BatchIntake:
             return _refused(number, Problem(409, "receipt-busy", detail))
         moves.extend(taken.moves)
         return BatchLineResult(line=number, status=taken.status, receipt_id=taken.receipt_id)
+
+
+def _receipt_of(raw: bytes) -> ReceiptIn | Problem:
+    try:
+        return _decode(raw)
+    except msgspec.ValidationError as exc:
+        return Problem(422, "validation-error", str(exc))
+    except msgspec.DecodeError as exc:
+        return Problem(400, "malformed-json", f"not a JSON object: {exc}")
