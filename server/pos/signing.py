@@ -3,7 +3,8 @@
 ``X-Regulars-Key: <key_id>`` and ``X-Regulars-Signature: t=<unix s>,v1=<hex>`` where the hex is
 HMAC-SHA256 under the key's secret (its UTF-8 bytes) of ``"<t>." + raw body``. Several ``v1``
 values may be sent (a till mid-rotation); one matching is enough. The MAC can be computed
-while the body streams in (:class:`BodyMac`), so a large batch is never held whole.
+while the body streams in (:class:`BodyMac`), so a large batch is never held whole. Clients
+sign with :mod:`shared.pos_signing`; the unit tests check that both agree.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-__all__ = ["BodyMac", "SignatureHeader", "parse_signature", "sign"]
+__all__ = ["BodyMac", "SignatureHeader", "parse_signature"]
 
 MAX_SIGNATURES = 4
 
@@ -42,13 +43,6 @@ def parse_signature(header: str | None) -> SignatureHeader | None:
     if timestamp is None or not signatures or len(signatures) > MAX_SIGNATURES:
         return None
     return SignatureHeader(timestamp, tuple(signatures))
-
-
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """The header value a till sends for ``body`` at ``timestamp`` (tests and tools use it)."""
-    mac = BodyMac(secret, timestamp)
-    mac.update(body)
-    return f"t={timestamp},v1={mac.hexdigest()}"
 
 
 class BodyMac:

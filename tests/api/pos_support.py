@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from server.pos.signing import sign
+from shared.pos_signing import signature as sign
 from tests.conftest import Client, Demo
 
 _external_ids = itertools.count(1)

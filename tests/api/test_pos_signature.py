@@ -8,7 +8,7 @@ import json
 import time
 from typing import Any
 
-from server.pos.signing import sign
+from shared.pos_signing import signature as sign
 from tests.api.pos_support import admin, new_till, receipt_body, slug
 from tests.conftest import Client, Demo, Stack
 

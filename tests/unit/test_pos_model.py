@@ -21,8 +21,9 @@ from server.pos.model import (
     with_points_earned,
 )
 from server.pos.sealing import Sealer, SealError, new_secret
-from server.pos.signing import BodyMac, parse_signature, sign
+from server.pos.signing import BodyMac, parse_signature
 from shared.pos import ReceiptIn, ReceiptLineIn, ReceiptPaymentIn
+from shared.pos_signing import signature as sign
 
 
 def receipt(*lines: ReceiptLineIn, points_minor: int = 0) -> ReceiptIn:
