@@ -117,7 +117,7 @@ class PointsPort(Protocol):
         transfer_id: UUID,
         timeout_s: int,
         request: tuple[str, str, bytes],
-        answer: Callable[[asyncpg.Connection, AccountState], Awaitable[Stored]],
+        answer: Callable[[asyncpg.Connection, int], Awaitable[Stored]],
     ) -> Stored: ...
 
     async def held(self, conn: asyncpg.Connection, transfer_id: UUID) -> Held | None: ...
@@ -256,11 +256,11 @@ class LoyaltyPoints:
         transfer_id: UUID,
         timeout_s: int,
         request: tuple[str, str, bytes],
-        answer: Callable[[asyncpg.Connection, AccountState], Awaitable[Stored]],
+        answer: Callable[[asyncpg.Connection, int], Awaitable[Stored]],
     ) -> Stored:
         """Reserve ``points`` as the counter does: Redis admits (a fast refusal), PostgreSQL's
-        guarded hold decides, Redis is settled after the commit. ``answer`` writes the
-        response in the same transaction (the idempotency row). Refuses 422
+        guarded hold decides, Redis is settled after the commit. ``answer(conn, spendable
+        after the hold)`` makes the response in the same transaction (the idempotency row). Refuses 422
         ``insufficient-points``; a replay of ``request`` answers the stored response."""
         from server.infra import idempotency
 
@@ -288,7 +288,7 @@ class LoyaltyPoints:
                 )
                 if held is None:
                     raise insufficient_points(points, await self.spendable(conn, guest_id))
-                stored = await answer(conn, held)
+                stored = await answer(conn, held.spendable)
                 await idempotency.finish(conn, scope, key, stored.status_code, stored.body)
             state = held
         except BaseException as exc:

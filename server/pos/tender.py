@@ -20,7 +20,6 @@ from server.infra.idempotency import Stored
 from server.infra.problems import Problem
 from server.infra.ratelimit import limit
 from server.infra.redis import RedisGate
-from server.loyalty.repository import AccountState
 from server.pos import identify
 from server.pos.auth import Till
 from server.pos.model import masked_name
@@ -111,7 +110,7 @@ class Tender:
             raise Problem(404, "guest-not-found", f"no guest {body.guest_id}")
         transfer_id = uuid.uuid5(_NAMESPACE, f"{scope}:{key}")
 
-        async def answer(conn: asyncpg.Connection, held: AccountState) -> Stored:
+        async def answer(conn: asyncpg.Connection, spendable: int) -> Stored:
             transfer = contract.Transfer(
                 id=transfer_id,
                 guest_id=body.guest_id,
@@ -119,7 +118,7 @@ class Tender:
                 points=-body.points,
                 state="pending",
                 created_at=datetime.now(UTC),
-                points_available=held.spendable,
+                points_available=spendable,
             )
             return Stored(201, _encode(transfer))
 
