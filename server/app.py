@@ -23,7 +23,7 @@ from server.guests.controller import MeController
 from server.infra.client import client_address
 from server.infra.http import Edge, strict_json_body
 from server.infra.observability import MetricsController, RequestTelemetry
-from server.infra.openapi import SECURITY_SCHEMES, answer, document_problems
+from server.infra.openapi import POS_SIGNED, SECURITY_SCHEMES, answer, document_problems
 from server.infra.problems import exception_handlers
 from server.kiosk.controller import ROUTES as STAFF_KIOSK_ROUTES
 from server.lifespan import Services, lifespan
@@ -31,6 +31,7 @@ from server.loyalty.controller import AdjustmentsController
 from server.orders.controller import OrdersController
 from server.orders.lane import CheckoutLane
 from server.pos.auth import requires_till, till_of
+from server.pos.controller import RECEIPTS_BATCH
 from server.pos.controller import ROUTES as POS_ROUTES
 from server.pos.vendors.controller import VendorReceiptsController
 from server.pos.webhook_controller import PosOrdersFeedController, WebhookDeliveriesController
@@ -119,6 +120,7 @@ def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar
         path="/",
         route_handlers=[VendorReceiptsController, PosOrdersFeedController],
         guards=[requires_till],
+        security=POS_SIGNED,
     )
     app = Litestar(
         route_handlers=[
@@ -164,6 +166,7 @@ def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar
         app.asgi_handler,
         body_limit=_body_limit(settings),
         hsts_max_age_s=None if settings.env == "dev" else settings.hsts_max_age_s,
+        ndjson_paths=frozenset({RECEIPTS_BATCH}),
     )
     return app
 
@@ -176,6 +179,8 @@ def _body_limit(settings: Settings) -> Callable[[str], int]:
             return settings.order_body_max_bytes
         if path.startswith("/v1/auth/"):
             return settings.auth_body_max_bytes
+        if path == RECEIPTS_BATCH:  # bounded as it streams in (server/pos/batch.py)
+            return settings.pos_batch_max_bytes
         return settings.body_max_bytes
 
     return limit

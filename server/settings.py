@@ -186,8 +186,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Per integration: guest lookups (a phone number is guessable) and tender holds.
     pos_lookups_per_minute: int = 120
     pos_redemptions_per_minute: int = 60
-    # A single receipt's body.
-    pos_body_max_bytes: int = 1024 * 1024
 
     # Jobs.
     worker_interval_s: float = 15.0

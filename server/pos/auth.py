@@ -134,13 +134,6 @@ async def requires_till(
 ) -> None:
     """Guard: the request is signed by an active key of an integration (see module doc)."""
     auth: TillAuth = connection.app.state.services.till_auth
-    length = connection.headers.get("content-length", "")
-    if length.isdigit() and int(length) > auth.settings.pos_body_max_bytes:
-        raise Problem(
-            413,
-            "payload-too-large",
-            f"a request body has at most {auth.settings.pos_body_max_bytes} bytes",
-        )
     request: Request[Any, Any, Any] = connection  # type: ignore[assignment]
     body = await request.body()
     connection.state[_STATE_KEY] = await auth.verify(connection.headers, body)

@@ -14,6 +14,7 @@ from server.auth.guards import requires_guest, requires_role
 from server.auth.tokens import Principal
 from server.infra.http import IdempotencyKeyHeader, stored_response
 from server.infra.idempotency import require_key
+from server.infra.openapi import BEARER, POS_SIGNED, answer, problems
 from server.pos.auth import Till, requires_till
 from server.pos.batch import BatchIntake
 from server.pos.claims import Claims
@@ -35,17 +36,28 @@ from shared.pos import (
     PosGuestLookupOut,
     PosRedemptionIn,
     ReceiptIn,
+    ReceiptOut,
 )
 
-__all__ = ["ROUTES"]
+__all__ = ["RECEIPTS_BATCH", "ROUTES"]
+
+RECEIPTS_BATCH = "/v1/pos/receipts:batch"
 
 
 class TillController(Controller):
     path = "/v1/pos"
     guards = [requires_till]
+    security = POS_SIGNED
     tags = ["pos"]
 
-    @post("/receipts", status_code=201)
+    @post(
+        "/receipts",
+        status_code=201,
+        responses={
+            201: answer(ReceiptOut, "The receipt as stored (a replay: the first answer)"),
+            **problems(404, 409),
+        },
+    )
     async def receipt(
         self,
         intake: NamedDependency[Intake],
@@ -56,7 +68,7 @@ class TillController(Controller):
         taken = await intake.take(till, data)
         return Response(content=taken.body, status_code=201, media_type="application/json")
 
-    @post("/guests/lookup", status_code=200)
+    @post("/guests/lookup", status_code=200, responses=problems(404, 429))
     async def lookup(
         self,
         tender: NamedDependency[Tender],
@@ -66,18 +78,22 @@ class TillController(Controller):
         """The guest in front of the till (masked) and the points they can spend."""
         return await tender.lookup(till, data)
 
-    @post("/redemptions", status_code=201)
+    @post(
+        "/redemptions",
+        status_code=201,
+        responses={201: answer(contract.Transfer, "The pending hold"), **problems(404, 429)},
+    )
     async def reserve(
         self,
         tender: NamedDependency[Tender],
         till: NamedDependency[Till],
         data: JSONBody[PosRedemptionIn],
-        idempotency_key: IdempotencyKeyHeader = None,
+        idempotency_key: IdempotencyKeyHeader,
     ) -> Response[bytes]:
         """Hold points as a tender: pending until the till posts or voids it."""
         return stored_response(await tender.reserve(till, data, require_key(idempotency_key)))
 
-    @post("/redemptions/{transfer_id:uuid}/post", status_code=200)
+    @post("/redemptions/{transfer_id:uuid}/post", status_code=200, responses=problems(409))
     async def post_hold(
         self,
         tender: NamedDependency[Tender],
@@ -87,7 +103,7 @@ class TillController(Controller):
         """Take the held points: the sale went through."""
         return await tender.resolve(till, transfer_id, post=True)
 
-    @post("/redemptions/{transfer_id:uuid}/void", status_code=200)
+    @post("/redemptions/{transfer_id:uuid}/void", status_code=200, responses=problems(409))
     async def void_hold(
         self,
         tender: NamedDependency[Tender],
@@ -99,8 +115,16 @@ class TillController(Controller):
 
 
 # Litestar's own body limit is off here: the batch bounds itself (pos_batch_max_bytes) as it
-# streams, and a large batch is its reason to exist.
-@post("/v1/pos/receipts:batch", status_code=200, tags=["pos"], request_max_body_size=None)
+# streams, and a large batch is its reason to exist. Its NDJSON body is read by the handler,
+# so the document does not describe it.
+@post(
+    RECEIPTS_BATCH,
+    status_code=200,
+    tags=["pos"],
+    request_max_body_size=None,
+    security=POS_SIGNED,
+    responses=problems(401, 408, 413),
+)
 async def receipts_batch(
     request: Request[Any, Any, Any], batch_intake: NamedDependency[BatchIntake]
 ) -> list[BatchLineResult]:
@@ -112,9 +136,10 @@ async def receipts_batch(
 class IntegrationsController(Controller):
     path = "/v1/pos/integrations"
     guards = [requires_role("admin")]
+    security = BEARER
     tags = ["pos"]
 
-    @post("/", status_code=201)
+    @post("/", status_code=201, responses=problems(404))
     async def create(
         self,
         pos_integrations: NamedDependency[Integrations],
@@ -131,7 +156,7 @@ class IntegrationsController(Controller):
         """The brand's integrations and their keys (digests, never secrets)."""
         return await pos_integrations.list(principal.brand_id)
 
-    @post("/{integration_id:uuid}/keys", status_code=201)
+    @post("/{integration_id:uuid}/keys", status_code=201, responses=problems(409))
     async def add_key(
         self,
         pos_integrations: NamedDependency[Integrations],
@@ -156,9 +181,10 @@ class IntegrationsController(Controller):
 class ClaimsController(Controller):
     path = "/v1/me/claims"
     guards = [requires_guest]
+    security = BEARER
     tags = ["pos", "guests"]
 
-    @post("/", status_code=201)
+    @post("/", status_code=201, responses=problems(404, 409))
     async def claim(
         self,
         claims: NamedDependency[Claims],

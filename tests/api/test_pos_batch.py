@@ -95,8 +95,12 @@ async def test_a_batch_whose_signature_fails_lands_nothing(
     response = await send(till, tampered, signed=raw)
     assert response.status_code == 401 and slug(response) == "invalid-signature"
     assert await landed(services, [b["external_id"] for b in bodies]) == 0
-    unsigned = await client.post(BATCH, content=raw)
+    ndjson = {"Content-Type": "application/x-ndjson"}
+    unsigned = await client.post(BATCH, content=raw, headers=ndjson)
     assert unsigned.status_code == 401
+    # The edge takes NDJSON on this path only, and nothing but JSON or NDJSON.
+    as_text = await client.post(BATCH, content=raw, headers={"Content-Type": "text/plain"})
+    assert as_text.status_code == 415
 
 
 async def test_a_duplicate_line_in_one_batch_is_replayed_and_a_blank_line_skipped(
@@ -142,5 +146,12 @@ async def test_a_batch_is_bounded_in_lines_and_line_size(
         assert slug_of(answer.json()[1]) == "line-too-long"
         too_long = await send(till, b"\n".join([good] * 4))
         assert too_long.status_code == 413 and slug(too_long) == "batch-too-long"
+        # Refused at the edge by its length; a chunked body is counted as it streams.
         too_big = await send(till, b" " * 25_000)
-        assert too_big.status_code == 413 and slug(too_big) == "batch-too-long"
+        assert too_big.status_code == 413
+        streamed = await till.client.post(
+            BATCH,
+            content=chunks(b" " * 25_000),
+            headers={**till.signed_headers(b" " * 25_000), "Content-Type": "application/x-ndjson"},
+        )
+        assert streamed.status_code == 413

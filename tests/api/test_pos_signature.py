@@ -75,10 +75,11 @@ async def test_a_replayed_signature_is_refused(client: Client, demo: Demo) -> No
 async def test_unsigned_unknown_and_wrong_secret_are_refused(client: Client, demo: Demo) -> None:
     till = await new_till(client, demo)
     raw = json.dumps(receipt_body(till)).encode()
-    unsigned = await client.post("/v1/pos/receipts", content=raw)
+    as_json = {"Content-Type": "application/json"}
+    unsigned = await client.post("/v1/pos/receipts", content=raw, headers=as_json)
     assert unsigned.status_code == 401 and slug(unsigned) == "signature-required"
     # Judged before the body is read as a receipt: garbage unsigned is 401, not 400.
-    garbage = await client.post("/v1/pos/receipts", content=b"{not json")
+    garbage = await client.post("/v1/pos/receipts", content=b"{not json", headers=as_json)
     assert garbage.status_code == 401
     unknown = await client.post(
         "/v1/pos/receipts",
@@ -93,7 +94,7 @@ async def test_unsigned_unknown_and_wrong_secret_are_refused(client: Client, dem
     garbled = await client.post(
         "/v1/pos/receipts",
         content=raw,
-        headers={"X-Regulars-Key": till.key_id, "X-Regulars-Signature": "t=1,v1=zz"},
+        headers={**as_json, "X-Regulars-Key": till.key_id, "X-Regulars-Signature": "t=1,v1=zz"},
     )
     assert garbled.status_code == 401 and slug(garbled) == "signature-required"
 

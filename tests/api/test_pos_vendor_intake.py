@@ -56,7 +56,8 @@ async def test_a_loyverse_sale_and_refund_move_the_linked_guests_points(
 async def test_vendor_routes_and_the_feed_are_signed(client: Client, demo: Demo) -> None:
     till = await new_till(client, demo)
     sale = (DATA / "loyverse" / "sale_discounts_taxes_customer.json").read_bytes()
-    unsigned = await client.post(LOYVERSE, content=sale)
+    as_json = {"Content-Type": "application/json"}
+    unsigned = await client.post(LOYVERSE, content=sale, headers=as_json)
     assert unsigned.status_code == 401 and slug(unsigned) == "signature-required"
     assert (await client.get("/v1/pos/orders")).status_code == 401
     headers = till.signed_headers(b"")
