@@ -1,4 +1,5 @@
-"""The `regulars` command line: dev, serve, worker, migrate, seed, reconcile, token."""
+"""The `regulars` command line: dev, serve, worker, migrate, seed, reconcile, token,
+integration, import."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -397,6 +399,91 @@ def cmd_token(args: argparse.Namespace) -> int:
     return asyncio.run(_with_services(settings, work))
 
 
+def cmd_integration(args: argparse.Namespace) -> int:
+    """Create a till integration for a location; print its first key as one JSON line (the
+    secret is shown this once)."""
+    from server.infra.problems import Problem
+    from server.pos.integrations import IntegrationIn
+
+    try:
+        body = msgspec.convert(
+            {"location_id": args.location_id, "webhook_url": args.webhook_url}, IntegrationIn
+        )
+    except msgspec.ValidationError as exc:
+        raise CliError(f"--location-id or --webhook-url: {exc}") from None
+    settings = _with_urls(_settings(args))
+
+    async def work(services: Any) -> int:
+        try:
+            created = await services.pos_integrations.create(body)
+        except Problem as exc:
+            raise CliError(exc.detail) from None
+        line = {
+            "integration_id": str(created.integration_id),
+            "key_id": created.key_id,
+            "secret": created.secret,
+        }
+        if created.webhook_secret:  # the till verifies our webhooks with it
+            line["webhook_secret"] = created.webhook_secret
+        print(msgspec.json.encode(line).decode())
+        return 0
+
+    return asyncio.run(_with_services(settings, work))
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Import a file of past receipts (NDJSON of ours, or CSV of receipt lines) at a location;
+    a progress bar on a terminal, the refused lines and a summary line at the end."""
+    from server.infra.problems import Problem
+    from server.pos.importing import ImportFileError, parse_column_map
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise CliError(f"no file {args.file}")
+    try:
+        location_id = uuid.UUID(args.location_id)
+        integration_id = uuid.UUID(args.integration) if args.integration else None
+        column_map = parse_column_map(args.map)
+    except ValueError as exc:  # ImportFileError is one
+        raise CliError(str(exc)) from None
+    settings = _with_urls(_settings(args))
+    size = path.stat().st_size
+
+    async def work(services: Any) -> int:
+        with _progress(size) as advance:
+            try:
+                report = await services.receipt_import.run(
+                    path,
+                    location_id=location_id,
+                    integration_id=integration_id,
+                    column_map=column_map,
+                    progress=advance,
+                )
+            except (Problem, ImportFileError) as exc:
+                raise CliError(getattr(exc, "detail", str(exc))) from None
+        for line, detail in report.refused:
+            print(f"line {line}: refused: {detail}")
+        print(report.summary())
+        return 0
+
+    return asyncio.run(_with_services(settings, work))
+
+
+@contextlib.contextmanager
+def _progress(total_bytes: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar over the file's bytes on a terminal; nothing when output is piped."""
+    if not sys.stdout.isatty():
+        yield lambda done: None
+        return
+    from rich.progress import BarColumn, Progress, TransferSpeedColumn
+
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), TransferSpeedColumn()
+    ) as bar:
+        task = bar.add_task("importing", total=total_bytes)
+        yield lambda done: bar.update(task, completed=done)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="regulars", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -445,6 +532,20 @@ def _parser() -> argparse.ArgumentParser:
     staff = kinds.add_parser("staff")
     staff.add_argument("--email", required=True)
     staff.add_argument("--data-dir")
+    integration = command("integration", cmd_integration, "POS integrations of a location")
+    actions = integration.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="a new integration and its first signing key")
+    create.add_argument("--location-id", required=True)
+    create.add_argument("--webhook-url", default=None)
+    create.add_argument("--data-dir")
+    imports = command("import", cmd_import, "import past data")
+    what = imports.add_subparsers(dest="what", required=True)
+    receipts = what.add_parser("receipts", help="NDJSON of our receipts, or CSV of receipt lines")
+    receipts.add_argument("file")
+    receipts.add_argument("--location-id", required=True)
+    receipts.add_argument("--integration", default=None, help="default: the location's oldest")
+    receipts.add_argument("--map", default=None, help="OURS=THEIRS,… to rename the file's columns")
+    receipts.add_argument("--data-dir")
     return parser
 
 

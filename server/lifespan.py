@@ -8,9 +8,12 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
+from zoneinfo import ZoneInfo
 
+import asyncpg
 from litestar import Litestar
 
 from server.auth.notifier import LogNotifier, Notifier
@@ -25,19 +28,37 @@ from server.infra.runtime import freeze_startup_objects
 from server.kiosk import sql as kiosk_sql
 from server.kiosk.counter import Counter
 from server.kiosk.live import LiveQueues
-from server.kiosk.profiles import record_completed_order
+from server.kiosk.model import Visit, VisitItem
+from server.kiosk.profiles import record_completed_order, record_visit
 from server.kiosk.service import Kiosk
 from server.loyalty.hot import HotWallets
 from server.loyalty.repository import Ledger
 from server.loyalty.service import Loyalty, Programs
 from server.orders import sql as orders_sql
 from server.orders.service import Orders
+from server.pos.auth import TillAuth
+from server.pos.batch import BatchIntake
+from server.pos.claims import Claims
+from server.pos.imports import ReceiptImport
+from server.pos.integrations import Integrations
+from server.pos.points import LoyaltyPoints
+from server.pos.receipts import Intake, ReceiptVisit
+from server.pos.sealing import Sealer
+from server.pos.tender import Tender
 from server.pos.webhooks import PosWebhooks
 from server.settings import Settings
 from server.staff import sql as staff_sql
 from server.staff.service import Staff
 
-__all__ = ["HOT_STATEMENTS", "Services", "build_services", "jwt_secret", "lifespan"]
+__all__ = [
+    "HOT_STATEMENTS",
+    "Services",
+    "build_services",
+    "jwt_secret",
+    "lifespan",
+    "pos_seal_key",
+    "record_receipt_visit",
+]
 
 log = logging.getLogger("regulars.lifespan")
 
@@ -68,6 +89,13 @@ class Services:
     counter: Counter
     live_queues: LiveQueues
     pos_webhooks: PosWebhooks
+    till_auth: TillAuth
+    pos_integrations: Integrations
+    intake: Intake
+    batch_intake: BatchIntake
+    tender: Tender
+    claims: Claims
+    receipt_import: ReceiptImport
 
     async def close(self) -> None:
         await self.live_queues.close()
@@ -87,6 +115,27 @@ def jwt_secret(settings: Settings) -> str:
         path.write_text(secrets.token_urlsafe(48))
         path.chmod(0o600)
     return path.read_text().strip()
+
+
+def pos_seal_key(settings: Settings) -> str:
+    """The key till secrets are sealed with (server/pos/sealing.py): its own setting, else
+    derived from the JWT secret under a label of its own."""
+    return settings.pos_seal_key or "pos-seal:" + jwt_secret(settings)
+
+
+async def record_receipt_visit(conn: asyncpg.Connection, visit: ReceiptVisit) -> None:
+    """A till receipt's visit folded into the guest's profile, like a counter accrual."""
+    tz = ZoneInfo(
+        await conn.fetchval("SELECT timezone FROM locations WHERE id = $1", visit.location_id)
+    )
+    folded = Visit(
+        at=visit.at,
+        local_at=visit.at.astimezone(tz),
+        amount_minor=visit.amount_minor,
+        points=visit.points,
+        items=tuple(VisitItem(*item) for item in visit.items),
+    )
+    await record_visit(conn, visit.guest_id, folded, datetime.now(UTC), tz)
 
 
 async def build_services(settings: Settings, notifier: Notifier | None = None) -> Services:
@@ -113,6 +162,11 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
     counter = Counter(settings, db, gate, loyalty, kiosk.locations)
     live_queues = LiveQueues(gate, settings.redis_retry_after_s)
     pos_webhooks = PosWebhooks(settings, db)
+    sealer = Sealer(pos_seal_key(settings))
+    till_auth = TillAuth(settings, db, gate, sealer)
+    points = LoyaltyPoints(loyalty)
+    intake = Intake(settings, db, points, record_receipt_visit)
+    batch_intake = BatchIntake(settings, db, till_auth, intake, points)
     return Services(
         settings,
         db,
@@ -128,6 +182,13 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
         counter,
         live_queues,
         pos_webhooks,
+        till_auth,
+        Integrations(settings, db, sealer),
+        intake,
+        batch_intake,
+        Tender(settings, db, gate, points),
+        Claims(db, points, record_receipt_visit),
+        ReceiptImport(db, batch_intake),
     )
 
 

@@ -157,6 +157,35 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # With the preStop wait, under the pod's terminationGracePeriodSeconds (deploy/k8s), so a
     # pod is never SIGKILLed mid-drain.
     shutdown_grace_s: float = 30.0
+    # POS intake (DESIGN §10). A till's HMAC key must be recoverable to check signatures, so
+    # it is sealed (encrypted and authenticated) with this key, not hashed. Unset, the JWT
+    # secret is used (with its own label): set this in prod so the two rotate separately.
+    pos_seal_key: str | None = None
+    # A signed request older than this (or this far ahead of our clock) is refused.
+    pos_signature_max_age_s: int = 300
+    pos_signature_skew_s: int = 60
+    # A signature is remembered (Redis) this long, so a replay within the window is refused.
+    pos_signature_seen_ttl_s: int = 900
+    # Active keys an integration may hold at once (rotation).
+    pos_keys_active_max: int = 2
+    # How long an anonymous receipt's claim code can be claimed.
+    pos_claim_window_s: int = 30 * 24 * 3600
+    # Points held as a till tender are voided if the till neither posts nor voids them.
+    pos_redemption_timeout_s: int = 300
+    # A QR scanned at the till may reach us this late (an offline till resyncing).
+    pos_scan_max_age_s: int = 7 * 24 * 3600
+    # POST /v1/pos/receipts:batch: lines per batch and bytes per line.
+    pos_batch_max_lines: int = 10_000
+    pos_batch_line_max_bytes: int = 256 * 1024
+    pos_batch_max_bytes: int = 64 * 1024 * 1024
+    # The whole batch must arrive within this; it is spooled to a temporary file past the
+    # memory size, and taken in transactions of this many lines once its signature matches.
+    pos_batch_timeout_s: float = 300.0
+    pos_batch_spool_memory_bytes: int = 1024 * 1024
+    pos_batch_chunk_lines: int = 200
+    # Per integration: guest lookups (a phone number is guessable) and tender holds.
+    pos_lookups_per_minute: int = 120
+    pos_redemptions_per_minute: int = 60
 
     # Jobs.
     worker_interval_s: float = 15.0
