@@ -20,7 +20,7 @@ class StaffAuthController(Controller):
     path = "/v1/auth"
     tags = ["auth"]
 
-    @post("/staff", status_code=200, responses=problems(401, 403, 423))
+    @post("/staff", status_code=200, responses=problems(401, 403, 423, 429))
     async def sign_in(
         self,
         staff: NamedDependency[Staff],
