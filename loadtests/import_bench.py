@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import random
 import re
@@ -121,9 +122,13 @@ def _csv_rows(body: dict[str, Any]) -> Iterator[str]:
         )  # fmt: skip
 
 
-def run_import(path: Path, location_id: str, data_dir: Path) -> dict[str, float]:
-    """The real CLI in its own process; its summary line, parsed, plus wall-clock seconds."""
-    cmd = [sys.executable, "-m", "server", "import", "receipts", str(path)]
+def run_import(
+    path: Path, location_id: str, data_dir: Path, profile: str | None = None
+) -> dict[str, float]:
+    """The real CLI in its own process; its summary line, parsed, plus wall-clock seconds.
+    With ``profile``, under cProfile (its stats written there)."""
+    cmd = [sys.executable, *(["-m", "cProfile", "-o", profile] if profile else [])]
+    cmd += ["-m", "server", "import", "receipts", str(path)]
     cmd += ["--location-id", location_id, "--data-dir", str(data_dir)]
     started = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
@@ -150,8 +155,12 @@ async def copy_floor(dsn: str, import_id: str, copy_id: str) -> tuple[int, float
     try:
         dumps: dict[str, bytes] = {}
         for table, (columns, rekey, where) in COPIED.items():
-            select = ", ".join(rekey.get(c, c) for c in columns).replace("$COPY", f"'{copy_id}'::uuid")
-            query = f"SELECT {select} FROM {table} WHERE {where.replace('$IMPORT', repr(import_id))}"
+            select = ", ".join(rekey.get(c, c) for c in columns).replace(
+                "$COPY", f"'{copy_id}'::uuid"
+            )
+            query = (
+                f"SELECT {select} FROM {table} WHERE {where.replace('$IMPORT', repr(import_id))}"
+            )
             chunks: list[bytes] = []
 
             async def sink(data: bytes, chunks: list[bytes] = chunks) -> None:
@@ -160,31 +169,19 @@ async def copy_floor(dsn: str, import_id: str, copy_id: str) -> tuple[int, float
             await conn.copy_from_query(query, output=sink, format="binary")
             dumps[table] = b"".join(chunks)
         receipts = int(
-            await conn.fetchval("SELECT count(*) FROM receipts WHERE integration_id = $1", import_id)
+            await conn.fetchval(
+                "SELECT count(*) FROM receipts WHERE integration_id = $1", import_id
+            )
         )
         started = time.perf_counter()
         async with conn.transaction():
             for table, (columns, _, _) in COPIED.items():
                 await conn.copy_to_table(
-                    table, source=_Bytes(dumps[table]), columns=columns, format="binary"
+                    table, source=io.BytesIO(dumps[table]), columns=columns, format="binary"
                 )
         return receipts, time.perf_counter() - started
     finally:
         await conn.close()
-
-
-class _Bytes:
-    """An in-memory COPY source (asyncpg takes an async iterable of bytes)."""
-
-    def __init__(self, data: bytes, size: int = 1 << 20) -> None:
-        self.data, self.size = data, size
-
-    def __aiter__(self) -> Iterator[bytes] | Any:
-        return self._chunks()
-
-    async def _chunks(self) -> Any:
-        for i in range(0, len(self.data), self.size):
-            yield self.data[i : i + self.size]
 
 
 def create_integration(data_dir: Path, location_id: str) -> str:
@@ -207,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=23)
     parser.add_argument("--guests", type=int, default=200)
     parser.add_argument("--rerun", action="store_true", help="import again: nothing may change")
+    parser.add_argument("--profile", metavar="FILE", help="cProfile the first import into FILE")
     parser.add_argument("--reports", default=str(HERE / "reports"))
     args = parser.parse_args(argv)
     from loadtests.setup_data import prepare
@@ -233,12 +231,14 @@ def main(argv: list[str] | None = None) -> int:
             copy_id = create_integration(data_dir, location)
             path = data_dir / f"receipts.{args.format}"
             t0 = time.perf_counter()
-            lines = receipts_file(path, args.receipts, location, setup.guests, args.seed, args.format)
+            lines = receipts_file(
+                path, args.receipts, location, setup.guests, args.seed, args.format
+            )
             log(
                 f"file: {args.receipts} receipts, {lines} lines, {path.stat().st_size / 2**20:.1f} MB"
                 f" {args.format} (seed {args.seed}) in {time.perf_counter() - t0:.1f}s"
             )
-            first = run_import(path, location, data_dir)
+            first = run_import(path, location, data_dir, args.profile)
             log(f"I1 import: {json.dumps(first)}")
             problems = []
             if first["imported"] != args.receipts or first["refused"]:

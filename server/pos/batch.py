@@ -27,7 +27,7 @@ from server.infra.db import Database
 from server.infra.problems import Problem
 from server.pos.auth import PendingCheck, Till, TillAuth
 from server.pos.points import Move, PointsPort
-from server.pos.receipts import Intake
+from server.pos.receipts import Intake, Taken
 from server.settings import Settings
 from shared.pos import BatchLineResult, ReceiptIn
 
@@ -119,28 +119,54 @@ class BatchIntake:
     async def take_chunks(
         self, till: Till, items: Iterator[Item]
     ) -> AsyncIterator[list[BatchLineResult]]:
-        """Take ``items`` in transactions of ``pos_batch_chunk_lines`` receipts, each in its own
-        savepoint; yields each chunk's results once it committed (the import's progress)."""
+        """Take ``items`` in transactions of ``pos_batch_chunk_lines`` receipts; yields each
+        chunk's results once it committed (the import's progress).
+
+        A chunk's replays and anonymous sales are taken together (:meth:`Intake.take_many`,
+        in a savepoint); every other receipt, or all of them when the database refuses that,
+        in a savepoint of its own: a refusal undoes that receipt only."""
         chunk_lines = self.settings.pos_batch_chunk_lines
         exhausted = False
         while not exhausted:
-            results: list[BatchLineResult] = []
+            chunk: list[Item] = []
+            while len(chunk) < chunk_lines:
+                item = next(items, None)
+                if item is None:
+                    exhausted = True
+                    break
+                chunk.append(item)
+            if not chunk:
+                break
+            receipts = [(n, r) for n, r in chunk if not isinstance(r, Problem)]
             moves: list[Move] = []
             async with self.db.transaction() as conn:
-                taken = 0
-                while taken < chunk_lines:
-                    item = next(items, None)
-                    if item is None:
-                        exhausted = True
-                        break
-                    number, receipt = item
-                    if isinstance(receipt, Problem):
-                        results.append(_refused(number, receipt))
+                together = await self._take_together(conn, till, [r for _, r in receipts])
+                answers: dict[int, BatchLineResult] = {}
+                for (number, receipt), taken in zip(receipts, together, strict=True):
+                    if taken is None:
+                        answers[number] = await self._take(conn, till, number, receipt, moves)
                     else:
-                        results.append(await self._take(conn, till, number, receipt, moves))
-                        taken += 1
+                        answers[number] = BatchLineResult(
+                            line=number, status=taken.status, receipt_id=taken.receipt_id
+                        )
             await self.points.mirror(moves)
-            yield results
+            yield [
+                _refused(number, item) if isinstance(item, Problem) else answers[number]
+                for number, item in chunk
+            ]
+
+    async def _take_together(
+        self, conn: asyncpg.Connection, till: Till, receipts: list[ReceiptIn]
+    ) -> list[Taken | None]:
+        try:
+            async with conn.transaction():  # a savepoint: a refusal leaves nothing of it
+                return await self.intake.take_many(conn, till, receipts)
+        except (
+            asyncpg.DataError,
+            asyncpg.IntegrityConstraintViolationError,
+            asyncpg.TransactionRollbackError,
+        ):
+            return [None] * len(receipts)
 
     async def _take(
         self,

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -152,6 +153,168 @@ class Intake:
         else:
             body, moves = await self._sale(conn, till, receipt, receipt_id)
         return Taken("created", receipt_id, body, moves)
+
+    async def take_many(
+        self, conn: asyncpg.Connection, till: Till, receipts: Sequence[ReceiptIn]
+    ) -> list[Taken | None]:
+        """What :meth:`take_on` would answer for a chunk of receipts, set-based where that is
+        the same: replays of receipts stored before, and anonymous sales (a handful of
+        statements for the whole chunk instead of several per receipt). None for a receipt
+        the caller takes with :meth:`take_on` (one naming a guest, a refund, one that is
+        refused or conflicts, one whose key another transaction holds, an ``external_id``
+        twice in the chunk). Raises asyncpg's errors for data the database refuses; the caller
+        then takes the chunk one receipt at a time (in a savepoint, so nothing of this stays).
+        """
+        answers: list[Taken | None] = [None] * len(receipts)
+        counts = Counter(r.external_id for r in receipts)
+        digests: dict[int, bytes] = {}
+        for i, receipt in enumerate(receipts):
+            if (
+                receipt.location_id == till.location_id
+                and receipt.occurred_at.tzinfo is not None
+                and counts[receipt.external_id] == 1
+            ):
+                digests[i] = request_digest(receipt)
+        if not digests:
+            return answers
+        stored = {
+            row["external_id"]: row
+            for row in await conn.fetch(
+                sql.RECEIPT_KEYS, till.integration_id, [receipts[i].external_id for i in digests]
+            )
+        }
+        sales: list[tuple[int, Pricing]] = []
+        fresh = [i for i in digests if receipts[i].external_id not in stored]
+        for i in digests:
+            row = stored.get(receipts[i].external_id)
+            if row is not None and bytes(row["request_hash"]) == digests[i]:
+                answers[i] = Taken("replayed", row["receipt_id"], bytes(row["response"]))
+        anonymous = [
+            i for i in fresh if receipts[i].refund_of is None and receipts[i].guest is None
+        ]
+        if not anonymous:
+            return answers
+        currency = await self._currency_of(conn, till)
+        anonymous = [i for i in anonymous if receipts[i].currency in (None, currency)]
+        excluded = await self._exclusions(conn, till, [receipts[i] for i in anonymous])
+        program = await self.points.program(conn, till.brand_id)
+        for i in anonymous:
+            try:
+                pricing = price_receipt(
+                    receipts[i], point_value_minor=program.point_value_minor, excluded=excluded
+                )
+            except Problem:
+                continue  # refused by take_on, with the same problem
+            sales.append((i, pricing))
+        if not sales:
+            return answers
+        ids = {i: uuid.uuid4() for i, _ in sales}
+        claimed = {
+            row["external_id"]
+            for row in await conn.fetch(
+                sql.CLAIM_RECEIPT_KEYS,
+                till.integration_id,
+                till.brand_id,
+                [receipts[i].external_id for i, _ in sales],
+                [digests[i] for i, _ in sales],
+                [receipts[i].occurred_at for i, _ in sales],
+                [ids[i] for i, _ in sales],
+            )
+        }
+        sales = [(i, p) for i, p in sales if receipts[i].external_id in claimed]
+        if not sales:
+            return answers
+        codes = await self._claim_codes(conn, till, [(receipts[i], ids[i]) for i, _ in sales])
+        bodies = {
+            i: _encode(ReceiptOut(receipt_id=ids[i], points_earned=0, claim_code=codes[ids[i]]))
+            for i, _ in sales
+        }
+        lines = [(n, p) for n, (_, pricing) in enumerate(sales) for p in pricing.lines]
+        await conn.execute(
+            sql.WRITE_SALES,
+            till.brand_id, till.integration_id, till.location_id, currency,
+            list(range(len(sales))),
+            [receipts[i].occurred_at for i, _ in sales],
+            [ids[i] for i, _ in sales],
+            [receipts[i].external_id for i, _ in sales],
+            [None for _ in sales],
+            [p.gross_minor for _, p in sales],
+            [p.discount_minor for _, p in sales],
+            [p.earning_paid_minor for _, p in sales],
+            [p.points_tender for _, p in sales],
+            [bodies[i] for i, _ in sales],
+            [n for n, _ in lines],
+            [p.line_no for _, p in lines],
+            [p.line.sku for _, p in lines],
+            [p.line.name for _, p in lines],
+            [p.line.category for _, p in lines],
+            [p.line.quantity for _, p in lines],
+            [p.line.unit_price_minor for _, p in lines],
+            [p.gross_minor for _, p in lines],
+            [p.discount_minor for _, p in lines],
+            [p.line.tax_minor for _, p in lines],
+            [p.line.voided for _, p in lines],
+            [p.line.gift_card for _, p in lines],
+            [p.earns for _, p in lines],
+            [p.points_paid for _, p in lines],
+            [p.paid_minor for _, p in lines],
+            [p.points_earned for _, p in lines],
+        )  # fmt: skip
+        for i, _ in sales:
+            answers[i] = Taken("created", ids[i], bodies[i])
+        return answers
+
+    async def _currency_of(self, conn: asyncpg.Connection, till: Till) -> str:
+        currency = self._currencies.get(till.brand_id)
+        return currency if currency is not None else await self._remember_currency(till, conn)
+
+    async def _exclusions(
+        self, conn: asyncpg.Connection, till: Till, receipts: Sequence[ReceiptIn]
+    ) -> Callable[[ReceiptLineIn], bool]:
+        """Whether a line earns nothing by the catalogue (as :meth:`_price` judges it), read
+        once for all of ``receipts``."""
+        lines = [line for receipt in receipts for line in receipt.lines]
+        skus = sorted({line.sku for line in lines if line.sku})
+        categories = sorted({line.category.lower() for line in lines if line.category})
+        no_sku: set[str] = set()
+        if skus:
+            items = await conn.fetch(sql.ITEMS_BY_SKU, till.brand_id, skus)
+            no_sku = {r["sku"] for r in items if r["excluded"]}
+        no_category: set[str] = set()
+        if categories:
+            rows = await conn.fetch(sql.NON_EARNING_CATEGORIES, till.brand_id, categories)
+            no_category = {r["name"] for r in rows}
+
+        def excluded(line: ReceiptLineIn) -> bool:
+            return (line.sku is not None and line.sku in no_sku) or (
+                line.category is not None and line.category.lower() in no_category
+            )
+
+        return excluded
+
+    async def _claim_codes(
+        self, conn: asyncpg.Connection, till: Till, sales: list[tuple[ReceiptIn, UUID]]
+    ) -> dict[UUID, str]:
+        """A claim code for each sale (receipt id → code), as :meth:`_claim_code` makes one."""
+        expires_at = datetime.now(UTC) + timedelta(seconds=self.settings.pos_claim_window_s)
+        codes: dict[UUID, str] = {}
+        waiting = sales
+        for _ in range(_CLAIM_ATTEMPTS):
+            proposed = {new_claim_code(): (receipt, rid) for receipt, rid in waiting}
+            taken = await conn.fetch(
+                sql.INSERT_CLAIMS,
+                till.brand_id,
+                expires_at,
+                list(proposed),
+                [receipt.occurred_at for receipt, _ in proposed.values()],
+                [rid for _, rid in proposed.values()],
+            )
+            for row in taken:
+                codes[proposed[row["code"]][1]] = row["code"]
+            waiting = [(r, rid) for r, rid in waiting if rid not in codes]
+            if not waiting:
+                return codes
+        raise AssertionError("claim codes keep colliding: the alphabet or length is too small")
 
     async def _replay(
         self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn, digest: bytes

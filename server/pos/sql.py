@@ -182,3 +182,66 @@ WHERE brand_id = $1 AND occurred_at = $2 AND receipt_id = $3 AND receipt_lines.l
 SET_RECEIPT_POINTS = """
 UPDATE receipts SET points_earned = $4 WHERE brand_id = $1 AND occurred_at = $2 AND id = $3
 """
+
+# -- a chunk of anonymous sales at once (the batch and the import; DESIGN §10) ----------------
+
+# The idempotency claims of a chunk's receipts; returns the ones this chunk claimed (the
+# others were sent before, or are being sent now: they are taken one at a time).
+CLAIM_RECEIPT_KEYS = """
+INSERT INTO receipt_keys (integration_id, external_id, request_hash, brand_id, occurred_at,
+                          receipt_id)
+SELECT $1, k.external_id, k.request_hash, $2, k.occurred_at, k.receipt_id
+FROM unnest($3::text[], $4::bytea[], $5::timestamptz[], $6::uuid[])
+     AS k(external_id, request_hash, occurred_at, receipt_id)
+ON CONFLICT (integration_id, external_id) DO NOTHING
+RETURNING external_id
+"""
+
+RECEIPT_KEYS = """
+SELECT external_id, request_hash, response, receipt_id FROM receipt_keys
+WHERE integration_id = $1 AND external_id = ANY($2::text[]) AND response IS NOT NULL
+"""
+
+INSERT_CLAIMS = """
+INSERT INTO receipt_claims (code, brand_id, occurred_at, receipt_id, expires_at)
+SELECT c.code, $1, c.occurred_at, c.receipt_id, $2
+FROM unnest($3::text[], $4::timestamptz[], $5::uuid[]) AS c(code, occurred_at, receipt_id)
+ON CONFLICT (code) DO NOTHING
+RETURNING code
+"""
+
+# WRITE_RECEIPT for many anonymous sales: receipts, their lines (by the receipt's index in
+# the arrays) and the stored answers, in one statement.
+WRITE_SALES = """
+WITH r AS (
+    SELECT * FROM unnest($5::int[], $6::timestamptz[], $7::uuid[], $8::text[], $9::text[],
+                         $10::bigint[], $11::bigint[], $12::bigint[], $13::int[], $14::bytea[])
+         AS r(n, occurred_at, id, external_id, pos_customer_id, gross_minor, discount_minor,
+              earning_paid_minor, points_tender, response)
+), receipt AS (
+    INSERT INTO receipts (brand_id, occurred_at, id, integration_id, location_id, external_id,
+                          kind, guest_id, pos_customer_id, currency, gross_minor,
+                          discount_minor, earning_paid_minor, points_tender, points_earned)
+    SELECT $1, r.occurred_at, r.id, $2, $3, r.external_id, 'sale', NULL, r.pos_customer_id,
+           $4, r.gross_minor, r.discount_minor, r.earning_paid_minor, r.points_tender, 0
+    FROM r
+), lines AS (
+    INSERT INTO receipt_lines (brand_id, occurred_at, receipt_id, line_no, sku, name, category,
+                               quantity, unit_price_minor, gross_minor, discount_minor,
+                               tax_minor, voided, gift_card, earns, points_paid, paid_minor,
+                               points_earned)
+    SELECT $1, r.occurred_at, r.id, l.line_no, l.sku, l.name, l.category, l.quantity,
+           l.unit_price_minor, l.gross_minor, l.discount_minor, l.tax_minor, l.voided,
+           l.gift_card, l.earns, l.points_paid, l.paid_minor, l.points_earned
+    FROM unnest($15::int[], $16::int[], $17::text[], $18::text[], $19::text[], $20::numeric[],
+                $21::bigint[], $22::bigint[], $23::bigint[], $24::bigint[], $25::bool[],
+                $26::bool[], $27::bool[], $28::int[], $29::bigint[], $30::int[])
+         AS l(n, line_no, sku, name, category, quantity, unit_price_minor, gross_minor,
+              discount_minor, tax_minor, voided, gift_card, earns, points_paid, paid_minor,
+              points_earned)
+    JOIN r ON r.n = l.n
+)
+UPDATE receipt_keys k SET response = r.response
+FROM r
+WHERE k.integration_id = $2 AND k.external_id = r.external_id
+"""
