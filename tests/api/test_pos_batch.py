@@ -155,3 +155,60 @@ async def test_a_batch_is_bounded_in_lines_and_line_size(
             headers={**till.signed_headers(b" " * 25_000), "Content-Type": "application/x-ndjson"},
         )
         assert streamed.status_code == 413
+
+
+async def test_a_chunk_taken_together_answers_as_receipts_taken_one_by_one(
+    client: Client, notifier: RecordingNotifier, demo: Demo, services: Any
+) -> None:
+    # One chunk: a sale sent alone before (replayed), another body under that sale's id
+    # (409), fresh anonymous sales, one naming a guest, and a price PostgreSQL cannot store
+    # (which makes the chunk fall back to one receipt at a time, refusing only that line).
+    guest = await sign_in(client, notifier)
+    till = await new_till(client, demo)
+    sent = receipt_body(till)
+    alone = await till.client.post(
+        "/v1/pos/receipts", content=json.dumps(sent).encode(),
+        headers=till.signed_headers(json.dumps(sent).encode()),
+    )  # fmt: skip
+    assert alone.status_code == 201, alone.text
+    other = {**receipt_body(till), "external_id": sent["external_id"]}
+    other["lines"] = [{"name": "Latte", "unit_price_minor": 420}]
+    fresh = [receipt_body(till) for _ in range(3)]
+    named = receipt_body(till, guest={"phone": guest.phone})
+    too_dear = receipt_body(till, {"name": "Gold bar", "unit_price_minor": 2**63})
+    bodies = [sent, other, *fresh, named]
+    raw = b"\n".join(json.dumps(b).encode() for b in bodies) + b"\n"
+
+    results = (await send(till, raw)).json()
+    assert [r["status"] for r in results] == [
+        "replayed", "refused", "created", "created", "created", "created",
+    ]  # fmt: skip
+    assert results[0]["receipt_id"] == alone.json()["receipt_id"]
+    assert slug_of(results[1]) == "receipt-conflict"
+    # What the chunk stored for a fresh anonymous sale is what a till's resend gets back.
+    resend = json.dumps(fresh[0]).encode()
+    again = await till.client.post(
+        "/v1/pos/receipts", content=resend, headers=till.signed_headers(resend)
+    )
+    assert again.json()["receipt_id"] == results[2]["receipt_id"]
+    assert again.json()["claim_code"] and again.json()["points_earned"] == 0
+    claims = await services.db.fetchval(
+        "SELECT count(*) FROM receipt_claims WHERE receipt_id = ANY($1::uuid[])",
+        [r["receipt_id"] for r in results[2:5]],
+    )
+    assert claims == 3
+    assert (
+        results[5]["receipt_id"]
+        and await services.db.fetchval(
+            "SELECT guest_id FROM receipts WHERE id = $1", results[5]["receipt_id"]
+        )
+        == guest.id
+    )
+
+    with_bad = b"\n".join(
+        json.dumps(b).encode() for b in [*fresh[:1], too_dear, receipt_body(till)]
+    )
+    mixed = (await send(till, with_bad + b"\n")).json()
+    assert [r["status"] for r in mixed] == ["replayed", "refused", "created"]
+    assert await landed(services, [too_dear["external_id"]]) == 0
+    await assert_books_balance(services, demo.brand_id)
