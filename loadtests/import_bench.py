@@ -81,7 +81,13 @@ COPIED: dict[str, tuple[list[str], dict[str, str], str]] = {
 
 
 def receipts_file(
-    path: Path, count: int, location_id: str, guests: list[Guest], seed: int, fmt: str
+    path: Path,
+    count: int,
+    location_id: str,
+    guests: list[Guest],
+    seed: int,
+    fmt: str,
+    guest_share: float = 1 / 3,
 ) -> int:
     """Write ``count`` sales (fixed ``seed``) as NDJSON or CSV; returns the receipt lines."""
     rng = random.Random(seed)
@@ -90,8 +96,9 @@ def receipts_file(
     start_s = datetime(2026, 1, 5, 6, 0, tzinfo=UTC).timestamp()
     clock = iter(start_s + 17.0 * n for n in range(count + 1))
     stream = TillStream(
-        location_id, named, rng, refund_p=0, late_p=0, replay_p=0, clock=lambda: next(clock)
-    )
+        location_id, named, rng, guest_share=guest_share, refund_p=0, late_p=0, replay_p=0,
+        clock=lambda: next(clock),
+    )  # fmt: skip
     lines = 0
     with path.open("w", encoding="utf-8", newline="") as out:
         if fmt == "csv":
@@ -203,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=["ndjson", "csv"], default="ndjson")
     parser.add_argument("--seed", type=int, default=23)
     parser.add_argument("--guests", type=int, default=200)
+    parser.add_argument("--guest-share", type=float, default=1 / 3, help="receipts naming a guest")
     parser.add_argument("--rerun", action="store_true", help="import again: nothing may change")
     parser.add_argument("--profile", metavar="FILE", help="cProfile the first import into FILE")
     parser.add_argument("--reports", default=str(HERE / "reports"))
@@ -232,8 +240,9 @@ def main(argv: list[str] | None = None) -> int:
             path = data_dir / f"receipts.{args.format}"
             t0 = time.perf_counter()
             lines = receipts_file(
-                path, args.receipts, location, setup.guests, args.seed, args.format
-            )
+                path, args.receipts, location, setup.guests, args.seed, args.format,
+                args.guest_share,
+            )  # fmt: skip
             log(
                 f"file: {args.receipts} receipts, {lines} lines, {path.stat().st_size / 2**20:.1f} MB"
                 f" {args.format} (seed {args.seed}) in {time.perf_counter() - t0:.1f}s"

@@ -122,7 +122,7 @@ class BatchIntake:
         """Take ``items`` in transactions of ``pos_batch_chunk_lines`` receipts; yields each
         chunk's results once it committed (the import's progress).
 
-        A chunk's replays and anonymous sales are taken together (:meth:`Intake.take_many`,
+        A chunk's replays and sales are taken together (:meth:`Intake.take_many`,
         in a savepoint); every other receipt, or all of them when the database refuses that,
         in a savepoint of its own: a refusal undoes that receipt only."""
         chunk_lines = self.settings.pos_batch_chunk_lines
@@ -146,6 +146,7 @@ class BatchIntake:
                     if taken is None:
                         answers[number] = await self._take(conn, till, number, receipt, moves)
                     else:
+                        moves.extend(taken.moves)
                         answers[number] = BatchLineResult(
                             line=number, status=taken.status, receipt_id=taken.receipt_id
                         )
@@ -162,6 +163,7 @@ class BatchIntake:
             async with conn.transaction():  # a savepoint: a refusal leaves nothing of it
                 return await self.intake.take_many(conn, till, receipts)
         except (
+            Problem,
             asyncpg.DataError,
             asyncpg.IntegrityConstraintViolationError,
             asyncpg.TransactionRollbackError,

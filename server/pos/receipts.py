@@ -78,6 +78,10 @@ class _Guest:
     unresolved: str | None = None
 
 
+def _pos_customer(receipt: ReceiptIn) -> str | None:
+    return receipt.guest.pos_customer_id if receipt.guest else None
+
+
 def request_digest(receipt: ReceiptIn) -> bytes:
     """What the receipt says, independent of JSON spacing and field order."""
     return hashlib.sha256(_encode(receipt)).digest()
@@ -158,12 +162,13 @@ class Intake:
         self, conn: asyncpg.Connection, till: Till, receipts: Sequence[ReceiptIn]
     ) -> list[Taken | None]:
         """What :meth:`take_on` would answer for a chunk of receipts, set-based where that is
-        the same: replays of receipts stored before, and anonymous sales (a handful of
-        statements for the whole chunk instead of several per receipt). None for a receipt
-        the caller takes with :meth:`take_on` (one naming a guest, a refund, one that is
-        refused or conflicts, one whose key another transaction holds, an ``external_id``
-        twice in the chunk). Raises asyncpg's errors for data the database refuses; the caller
-        then takes the chunk one receipt at a time (in a savepoint, so nothing of this stays).
+        the same: replays of receipts stored before, and sales (one key claim, one catalogue read,
+        one claim-code insert and one write for the whole chunk; a named guest's resolution,
+        points and visit still one receipt at a time). None for a receipt the caller takes
+        with :meth:`take_on` (a refund, one that is refused or conflicts, one whose key
+        another transaction holds, an ``external_id`` twice in the chunk). Raises asyncpg's
+        errors for data the database refuses, and a Problem; the caller then takes the chunk
+        one receipt at a time (in a savepoint, so nothing of this stays).
         """
         answers: list[Taken | None] = [None] * len(receipts)
         counts = Counter(r.external_id for r in receipts)
@@ -189,16 +194,14 @@ class Intake:
             row = stored.get(receipts[i].external_id)
             if row is not None and bytes(row["request_hash"]) == digests[i]:
                 answers[i] = Taken("replayed", row["receipt_id"], bytes(row["response"]))
-        anonymous = [
-            i for i in fresh if receipts[i].refund_of is None and receipts[i].guest is None
-        ]
-        if not anonymous:
+        candidates = [i for i in fresh if receipts[i].refund_of is None]
+        if not candidates:
             return answers
         currency = await self._currency_of(conn, till)
-        anonymous = [i for i in anonymous if receipts[i].currency in (None, currency)]
-        excluded = await self._exclusions(conn, till, [receipts[i] for i in anonymous])
+        candidates = [i for i in candidates if receipts[i].currency in (None, currency)]
+        excluded, menu = await self._catalogue(conn, till, [receipts[i] for i in candidates])
         program = await self.points.program(conn, till.brand_id)
-        for i in anonymous:
+        for i in candidates:
             try:
                 pricing = price_receipt(
                     receipts[i], point_value_minor=program.point_value_minor, excluded=excluded
@@ -224,9 +227,40 @@ class Intake:
         sales = [(i, p) for i, p in sales if receipts[i].external_id in claimed]
         if not sales:
             return answers
-        codes = await self._claim_codes(conn, till, [(receipts[i], ids[i]) for i, _ in sales])
+        # The guests, their points and visits one receipt at a time, in file order (a guest's
+        # tier counts what their earlier receipts of this chunk earned), as _sale does.
+        outs: dict[int, ReceiptOut] = {}
+        moves: dict[int, tuple[Move, ...]] = {}
+        priced: list[tuple[int, Pricing]] = []
+        for i, pricing in sales:
+            guest = await self._resolve_guest(conn, till, receipts[i])
+            moves[i] = ()
+            if guest.guest_id is not None:
+                earned = await self.points.earn(
+                    conn,
+                    brand_id=till.brand_id,
+                    guest_id=guest.guest_id,
+                    paid_minor=pricing.earning_paid_minor,
+                    location_id=till.location_id,
+                    reason=f"receipt {receipts[i].external_id}",
+                )
+                pricing = with_points_earned(pricing, earned.points)
+                moves[i] = earned.moves
+            points = sum(p.points_earned for p in pricing.lines)
+            if guest.guest_id is not None:
+                await self._visit(conn, till, receipts[i], guest.guest_id, pricing, points, menu)
+            outs[i] = ReceiptOut(
+                receipt_id=ids[i],
+                points_earned=points,
+                guest_id=guest.guest_id,
+                guest_unresolved=guest.unresolved,
+            )
+            priced.append((i, pricing))
+        sales = priced
+        anonymous = [(receipts[i], ids[i]) for i, _ in sales if outs[i].guest_id is None]
+        codes = await self._claim_codes(conn, till, anonymous) if anonymous else {}
         bodies = {
-            i: _encode(ReceiptOut(receipt_id=ids[i], points_earned=0, claim_code=codes[ids[i]]))
+            i: _encode(msgspec.structs.replace(outs[i], claim_code=codes.get(ids[i])))
             for i, _ in sales
         }
         lines = [(n, p) for n, (_, pricing) in enumerate(sales) for p in pricing.lines]
@@ -237,12 +271,14 @@ class Intake:
             [receipts[i].occurred_at for i, _ in sales],
             [ids[i] for i, _ in sales],
             [receipts[i].external_id for i, _ in sales],
-            [None for _ in sales],
+            [_pos_customer(receipts[i]) for i, _ in sales],
             [p.gross_minor for _, p in sales],
             [p.discount_minor for _, p in sales],
             [p.earning_paid_minor for _, p in sales],
             [p.points_tender for _, p in sales],
             [bodies[i] for i, _ in sales],
+            [outs[i].guest_id for i, _ in sales],
+            [outs[i].points_earned for i, _ in sales],
             [n for n, _ in lines],
             [p.line_no for _, p in lines],
             [p.line.sku for _, p in lines],
@@ -261,25 +297,23 @@ class Intake:
             [p.points_earned for _, p in lines],
         )  # fmt: skip
         for i, _ in sales:
-            answers[i] = Taken("created", ids[i], bodies[i])
+            answers[i] = Taken("created", ids[i], bodies[i], moves[i])
         return answers
 
     async def _currency_of(self, conn: asyncpg.Connection, till: Till) -> str:
         currency = self._currencies.get(till.brand_id)
         return currency if currency is not None else await self._remember_currency(till, conn)
 
-    async def _exclusions(
+    async def _catalogue(
         self, conn: asyncpg.Connection, till: Till, receipts: Sequence[ReceiptIn]
-    ) -> Callable[[ReceiptLineIn], bool]:
-        """Whether a line earns nothing by the catalogue (as :meth:`_price` judges it), read
-        once for all of ``receipts``."""
+    ) -> tuple[Callable[[ReceiptLineIn], bool], dict[str, UUID]]:
+        """Whether a line earns nothing by the catalogue, and the menu items the SKUs name
+        (as :meth:`_price` reads them), read once for all of ``receipts``."""
         lines = [line for receipt in receipts for line in receipt.lines]
         skus = sorted({line.sku for line in lines if line.sku})
         categories = sorted({line.category.lower() for line in lines if line.category})
-        no_sku: set[str] = set()
-        if skus:
-            items = await conn.fetch(sql.ITEMS_BY_SKU, till.brand_id, skus)
-            no_sku = {r["sku"] for r in items if r["excluded"]}
+        items = await conn.fetch(sql.ITEMS_BY_SKU, till.brand_id, skus) if skus else []
+        no_sku = {r["sku"] for r in items if r["excluded"]}
         no_category: set[str] = set()
         if categories:
             rows = await conn.fetch(sql.NON_EARNING_CATEGORIES, till.brand_id, categories)
@@ -290,7 +324,7 @@ class Intake:
                 line.category is not None and line.category.lower() in no_category
             )
 
-        return excluded
+        return excluded, {r["sku"]: r["id"] for r in items}
 
     async def _claim_codes(
         self, conn: asyncpg.Connection, till: Till, sales: list[tuple[ReceiptIn, UUID]]

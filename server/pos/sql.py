@@ -183,7 +183,7 @@ SET_RECEIPT_POINTS = """
 UPDATE receipts SET points_earned = $4 WHERE brand_id = $1 AND occurred_at = $2 AND id = $3
 """
 
-# -- a chunk of anonymous sales at once (the batch and the import; DESIGN §10) ----------------
+# -- a chunk of sales at once (the batch and the import; DESIGN §10) ----------------
 
 # The idempotency claims of a chunk's receipts; returns the ones this chunk claimed (the
 # others were sent before, or are being sent now: they are taken one at a time).
@@ -210,20 +210,22 @@ ON CONFLICT (code) DO NOTHING
 RETURNING code
 """
 
-# WRITE_RECEIPT for many anonymous sales: receipts, their lines (by the receipt's index in
-# the arrays) and the stored answers, in one statement.
+# WRITE_RECEIPT for many sales: receipts, their lines (by the receipt's index in the arrays)
+# and the stored answers, in one statement.
 WRITE_SALES = """
 WITH r AS (
     SELECT * FROM unnest($5::int[], $6::timestamptz[], $7::uuid[], $8::text[], $9::text[],
-                         $10::bigint[], $11::bigint[], $12::bigint[], $13::int[], $14::bytea[])
+                         $10::bigint[], $11::bigint[], $12::bigint[], $13::int[], $14::bytea[],
+                         $15::uuid[], $16::int[])
          AS r(n, occurred_at, id, external_id, pos_customer_id, gross_minor, discount_minor,
-              earning_paid_minor, points_tender, response)
+              earning_paid_minor, points_tender, response, guest_id, points_earned)
 ), receipt AS (
     INSERT INTO receipts (brand_id, occurred_at, id, integration_id, location_id, external_id,
                           kind, guest_id, pos_customer_id, currency, gross_minor,
                           discount_minor, earning_paid_minor, points_tender, points_earned)
-    SELECT $1, r.occurred_at, r.id, $2, $3, r.external_id, 'sale', NULL, r.pos_customer_id,
-           $4, r.gross_minor, r.discount_minor, r.earning_paid_minor, r.points_tender, 0
+    SELECT $1, r.occurred_at, r.id, $2, $3, r.external_id, 'sale', r.guest_id,
+           r.pos_customer_id, $4, r.gross_minor, r.discount_minor, r.earning_paid_minor,
+           r.points_tender, r.points_earned
     FROM r
 ), lines AS (
     INSERT INTO receipt_lines (brand_id, occurred_at, receipt_id, line_no, sku, name, category,
@@ -233,9 +235,9 @@ WITH r AS (
     SELECT $1, r.occurred_at, r.id, l.line_no, l.sku, l.name, l.category, l.quantity,
            l.unit_price_minor, l.gross_minor, l.discount_minor, l.tax_minor, l.voided,
            l.gift_card, l.earns, l.points_paid, l.paid_minor, l.points_earned
-    FROM unnest($15::int[], $16::int[], $17::text[], $18::text[], $19::text[], $20::numeric[],
-                $21::bigint[], $22::bigint[], $23::bigint[], $24::bigint[], $25::bool[],
-                $26::bool[], $27::bool[], $28::int[], $29::bigint[], $30::int[])
+    FROM unnest($17::int[], $18::int[], $19::text[], $20::text[], $21::text[], $22::numeric[],
+                $23::bigint[], $24::bigint[], $25::bigint[], $26::bigint[], $27::bool[],
+                $28::bool[], $29::bool[], $30::int[], $31::bigint[], $32::int[])
          AS l(n, line_no, sku, name, category, quantity, unit_price_minor, gross_minor,
               discount_minor, tax_minor, voided, gift_card, earns, points_paid, paid_minor,
               points_earned)
