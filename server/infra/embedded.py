@@ -181,7 +181,8 @@ class EmbeddedServices:
         if self._pg is not None:
             _terminate(self._pg, signal.SIGINT)
             self._pg = None
-        with contextlib.suppress(FileNotFoundError):
+        # OSError: no state file, or one we may not read (another user's data directory).
+        with contextlib.suppress(OSError):
             state = json.loads((self.data_dir / STATE_FILE).read_text())
             if state.get("owner_pid") == os.getpid():
                 (self.data_dir / STATE_FILE).unlink()
