@@ -58,7 +58,8 @@ def _settings(data_dir: str | None) -> Any:
 async def _enrol_all(
     services: Any, phones: list[str], ttl_s: int, concurrency: int
 ) -> tuple[list[Guest], dict[str, str]]:
-    from server.auth.tokens import Principal, TokenIssuer
+    from server.auth.tokens import TokenIssuer
+    from server.infra.identity import Principal
     from server.lifespan import jwt_secret
 
     issuer = TokenIssuer(jwt_secret(services.settings), services.settings.jwt_issuer, ttl_s)

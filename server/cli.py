@@ -340,8 +340,8 @@ def cmd_token(args: argparse.Namespace) -> int:
     settings = _with_urls(_settings(args))
 
     async def work(services: Any) -> int:
-        from server.auth.tokens import Principal
         from server.guests.service import normalise_phone
+        from server.infra.identity import Principal
         from server.infra.problems import Problem
 
         async with services.db.transaction() as conn:

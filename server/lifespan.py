@@ -18,6 +18,7 @@ from server.auth.service import Auth
 from server.auth.tokens import TokenIssuer
 from server.catalog.service import CATALOG_CHANNEL, Catalog
 from server.guests.service import Guests
+from server.infra.audit import AUDIT
 from server.infra.db import Database, create_pool
 from server.infra.redis import RedisGate, open_redis
 from server.infra.runtime import freeze_startup_objects
@@ -33,7 +34,6 @@ from server.orders import sql as orders_sql
 from server.orders.service import Orders
 from server.pos.webhooks import PosWebhooks
 from server.settings import Settings
-from server.staff import sql as staff_sql
 from server.staff.service import Staff
 
 __all__ = ["HOT_STATEMENTS", "Services", "build_services", "jwt_secret", "lifespan"]
@@ -47,7 +47,7 @@ HOT_STATEMENTS = (
     kiosk_sql.CARD_BY_PUBLIC_ID,
     kiosk_sql.OPEN_ORDERS_OF_GUEST,
     orders_sql.LINES_OF_ORDERS,
-    staff_sql.AUDIT,
+    AUDIT,
 )
 
 

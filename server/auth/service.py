@@ -14,9 +14,10 @@ from uuid import UUID
 import asyncpg
 
 from server.auth.notifier import Notifier
-from server.auth.tokens import Principal, TokenIssuer
+from server.auth.tokens import TokenIssuer
 from server.guests.service import Guests, normalise_phone
 from server.infra.db import Database
+from server.infra.identity import Principal
 from server.infra.problems import Problem
 from server.infra.redis import RedisGate, RedisUnavailable
 from server.settings import Settings

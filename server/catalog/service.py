@@ -11,7 +11,6 @@ from uuid import UUID
 
 import asyncpg
 
-from server.auth.tokens import Principal
 from server.catalog import sql
 from server.catalog.model import (
     BOOKING_HORIZON,
@@ -24,11 +23,12 @@ from server.catalog.model import (
     slot_runs_after_today,
     slots_on,
 )
+from server.infra.audit import audit
 from server.infra.cache import SingleFlightCache
 from server.infra.db import Database
+from server.infra.identity import Principal
 from server.infra.problems import Problem
 from server.infra.redis import RedisGate, RedisUnavailable
-from server.staff.service import audit
 from shared import contract
 
 __all__ = ["CATALOG_CHANNEL", "Catalog"]

@@ -8,9 +8,8 @@ from litestar import Controller, Request, Response, get
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
-from server.auth.guards import requires_guest
-from server.auth.tokens import Principal
 from server.guests.service import Guests
+from server.infra.identity import Principal, requires_guest
 from server.infra.openapi import BEARER, problems
 from server.loyalty.service import Loyalty
 from server.orders.service import Orders

@@ -13,10 +13,10 @@ from litestar.di import NamedDependency
 from litestar.exceptions import WebSocketDisconnect
 from litestar.params import FromPath, JSONBody
 
-from server.auth.guards import requires_staff
-from server.auth.tokens import Principal, TokenIssuer
+from server.auth.tokens import TokenIssuer
 from server.infra.http import IdempotencyKeyHeader, stored_response
 from server.infra.idempotency import require_key
+from server.infra.identity import Principal, requires_staff
 from server.infra.openapi import BEARER, answer, problems
 from server.infra.problems import Problem
 from server.kiosk.counter import Counter

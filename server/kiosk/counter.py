@@ -12,10 +12,11 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from server.auth.tokens import Principal
 from server.infra import idempotency
+from server.infra.audit import audit
 from server.infra.db import Database
 from server.infra.idempotency import Stored
+from server.infra.identity import Principal
 from server.infra.problems import Problem
 from server.infra.ratelimit import limit
 from server.infra.redis import RedisGate
@@ -30,7 +31,6 @@ from server.loyalty.model import earn_points
 from server.loyalty.repository import AccountState
 from server.loyalty.service import Admission, Loyalty, add_months, insufficient_points
 from server.settings import Settings
-from server.staff.service import audit
 from shared import contract
 
 __all__ = ["Counter"]

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
-from server.auth.tokens import Principal
 from server.infra.cache import SingleFlightCache
 from server.infra.db import Database
+from server.infra.identity import Principal
 from server.infra.problems import Problem
 from server.kiosk import sql
 

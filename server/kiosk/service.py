@@ -15,11 +15,12 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from server.auth.tokens import Principal
 from server.guests.service import Guests, normalise_phone
 from server.infra import idempotency
+from server.infra.audit import audit
 from server.infra.db import Database
 from server.infra.idempotency import Stored
+from server.infra.identity import Principal
 from server.infra.problems import Problem
 from server.infra.ratelimit import limit
 from server.infra.redis import RedisGate, RedisUnavailable
@@ -40,7 +41,6 @@ from server.offers.model import OfferFacts, OfferRules, SimpleOfferRules
 from server.orders.service import order_from_rows
 from server.orders.sql import LINES_OF_ORDERS
 from server.settings import Settings
-from server.staff.service import audit
 from shared import contract, qr
 
 __all__ = ["Kiosk"]

@@ -21,11 +21,12 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from server.auth.tokens import Principal
 from server.infra import idempotency
+from server.infra.audit import audit
 from server.infra.cache import SingleFlightCache
 from server.infra.db import Database
 from server.infra.idempotency import Stored
+from server.infra.identity import Principal
 from server.infra.problems import Problem
 from server.infra.redis import RedisUnavailable
 from server.loyalty import sql
@@ -40,10 +41,6 @@ log = logging.getLogger("regulars.loyalty")
 
 PROGRAM = "SELECT rules FROM loyalty_programs WHERE brand_id = $1"
 GUEST_OF_BRAND = "SELECT 1 FROM guests WHERE id = $1 AND brand_id = $2"
-AUDIT = """
-INSERT INTO audit_log (brand_id, actor_kind, actor_id, device_id, action, guest_id, detail)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-"""
 
 
 def add_months(moment: datetime, months: int) -> datetime:
@@ -437,12 +434,9 @@ class Loyalty:
                 points=body.points,
                 reason=body.reason,
             )
-            await conn.execute(
-                AUDIT,
-                manager.brand_id,
-                manager.kind,
-                manager.subject_id,
-                manager.device_id,
+            await audit(
+                conn,
+                manager,
                 "points.adjust",
                 guest_id,
                 {"points": body.points, "reason": body.reason},

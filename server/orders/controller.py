@@ -7,10 +7,9 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
-from server.auth.guards import requires_authenticated, requires_guest, requires_staff
-from server.auth.tokens import Principal
 from server.infra.http import IdempotencyKeyHeader, stored_response
 from server.infra.idempotency import require_key
+from server.infra.identity import Principal, requires_authenticated, requires_guest, requires_staff
 from server.infra.openapi import BEARER, answer, problems
 from server.orders.service import Orders
 from shared import contract

@@ -18,7 +18,6 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from server.auth.tokens import Principal
 from server.catalog.model import (
     BOOKING_HORIZON,
     LocationInfo,
@@ -29,9 +28,11 @@ from server.catalog.model import (
 )
 from server.catalog.service import Catalog
 from server.infra import idempotency
+from server.infra.audit import audit
 from server.infra.cache import SingleFlightCache
 from server.infra.db import Database
 from server.infra.idempotency import Stored
+from server.infra.identity import Principal
 from server.infra.problems import Problem, database_busy
 from server.kiosk.model import display_name
 from server.loyalty.model import Program
@@ -537,7 +538,7 @@ class Orders:
                 {**dict(order), "status": target, "points_earned": earned}, lines
             )
             await self._announce(conn, "order.status", updated)
-            await _audit(
+            await audit(
                 conn,
                 staff,
                 "order.status",
@@ -608,7 +609,7 @@ class Orders:
             )
             await self._announce(conn, "order.status", updated)
             if principal.kind == "staff":
-                await _audit(
+                await audit(
                     conn, principal, "order.cancel", order["guest_id"], {"order_id": str(order_id)}
                 )
         if mirror is not None:
@@ -673,7 +674,7 @@ class Orders:
             after = await conn.fetchrow(sql.ORDER, order_id)
             assert after is not None  # locked above
             updated = order_from_rows(after, await conn.fetch(sql.LINES, order_id))
-            await _audit(
+            await audit(
                 conn,
                 staff,
                 "order.refund",
@@ -766,23 +767,3 @@ class Orders:
         display = display_name(name["first_name"], name["last_name"], full=False) if name else None
         payload = msgspec.to_builtins(msgspec.structs.replace(order, guest_display_name=display))
         await conn.execute(sql.INSERT_OUTBOX, topic, {"event": topic, "order": payload})
-
-
-async def _audit(
-    conn: asyncpg.Connection,
-    staff: Principal,
-    action: str,
-    guest_id: UUID | None,
-    detail: dict[str, Any],
-) -> None:
-    await conn.execute(
-        "INSERT INTO audit_log (brand_id, actor_kind, actor_id, device_id, action, guest_id, detail)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        staff.brand_id,
-        staff.kind,
-        staff.subject_id,
-        staff.device_id,
-        action,
-        guest_id,
-        detail,
-    )

@@ -11,16 +11,16 @@ import hashlib
 import hmac
 import secrets
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import cast
 from uuid import UUID
 
-import asyncpg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from server.auth.service import Auth
-from server.auth.tokens import Principal
+from server.infra.audit import audit, audit_device
 from server.infra.db import Database
+from server.infra.identity import Principal
 from server.infra.problems import Problem
 from server.infra.ratelimit import limit, reset_limit
 from server.infra.redis import RedisGate
@@ -36,31 +36,11 @@ from server.staff.model import (
 from shared import contract
 from shared.contract import DeviceCreated, DeviceIn, DevicePaired, PairIn
 
-__all__ = ["Staff", "audit"]
+__all__ = ["Staff"]
 
 
 def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
-
-
-async def audit(
-    conn: asyncpg.Connection,
-    actor: Principal,
-    action: str,
-    guest_id: UUID | None,
-    detail: dict[str, Any],
-) -> None:
-    """One audit_log row: who (and on which device) did what to whom."""
-    await conn.execute(
-        sql.AUDIT,
-        actor.brand_id,
-        actor.kind,
-        actor.subject_id,
-        actor.device_id,
-        action,
-        guest_id,
-        detail,
-    )
 
 
 class Staff:
@@ -185,15 +165,12 @@ class Staff:
                     "pairing-code-invalid",
                     "this pairing code is unknown, used or expired; ask a manager for a new one",
                 )
-            await conn.execute(
-                sql.AUDIT,
-                row["brand_id"],
-                "device",
-                None,
-                row["id"],
-                "device.pair",
-                None,
-                {"location_id": str(row["location_id"])},
+            await audit_device(
+                conn,
+                brand_id=row["brand_id"],
+                device_id=row["id"],
+                action="device.pair",
+                detail={"location_id": str(row["location_id"])},
             )
         return DevicePaired(
             device_id=row["id"],

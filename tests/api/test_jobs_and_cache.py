@@ -12,7 +12,7 @@ import pytest
 
 from server.app import create_app
 from server.auth.notifier import RecordingNotifier
-from server.auth.tokens import Principal
+from server.infra.identity import Principal
 from server.lifespan import lifespan
 from server.loyalty.jobs import expire_lots, recount_tier_points
 from server.seed.demo import PROGRAM
