@@ -19,18 +19,19 @@ from server.auth.controller import AuthController
 from server.auth.guards import BearerAuth
 from server.auth.notifier import Notifier
 from server.catalog.controller import CatalogController
+from server.counter.controller import ROUTES as COUNTER_ROUTES
 from server.guests.controller import MeController
 from server.infra.http import Edge, strict_json_body
 from server.infra.observability import MetricsController, RequestTelemetry
 from server.infra.openapi import SECURITY_SCHEMES, answer, document_problems
 from server.infra.problems import exception_handlers
-from server.kiosk.controller import ROUTES as STAFF_KIOSK_ROUTES
 from server.lifespan import Services, lifespan
 from server.loyalty.controller import AdjustmentsController
 from server.orders.controller import OrdersController
 from server.orders.lane import CheckoutLane
 from server.pos.webhook_controller import WebhookDeliveriesController
 from server.settings import Settings
+from server.staff.controller import DevicesController, StaffAuthController
 
 __all__ = ["create_app"]
 
@@ -91,8 +92,9 @@ def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar
             "auth",
             "settings",
             "staff",
-            "kiosk",
-            "counter",
+            "locations",
+            "desk",
+            "counter_points",
             "live_queues",
             "pos_webhooks",
         )
@@ -109,7 +111,9 @@ def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar
             OrdersController,
             AdjustmentsController,
             WebhookDeliveriesController,
-            *STAFF_KIOSK_ROUTES,
+            StaffAuthController,
+            DevicesController,
+            *COUNTER_ROUTES,
         ],
         dependencies=dependencies,
         middleware=[

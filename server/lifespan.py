@@ -16,17 +16,18 @@ from litestar import Litestar
 from server.auth.notifier import LogNotifier, Notifier
 from server.auth.service import Auth
 from server.auth.tokens import TokenIssuer
+from server.catalog.locations import Locations
 from server.catalog.service import CATALOG_CHANNEL, Catalog
+from server.counter import sql as counter_sql
+from server.counter.live import LiveQueues
+from server.counter.points import CounterPoints
+from server.counter.profiles import record_completed_order
+from server.counter.service import CounterDesk
 from server.guests.service import Guests
 from server.infra.audit import AUDIT
 from server.infra.db import Database, create_pool
 from server.infra.redis import RedisGate, open_redis
 from server.infra.runtime import freeze_startup_objects
-from server.kiosk import sql as kiosk_sql
-from server.kiosk.counter import Counter
-from server.kiosk.live import LiveQueues
-from server.kiosk.profiles import record_completed_order
-from server.kiosk.service import Kiosk
 from server.loyalty.hot import HotWallets
 from server.loyalty.repository import Ledger
 from server.loyalty.service import Loyalty, Programs
@@ -44,8 +45,8 @@ log = logging.getLogger("regulars.lifespan")
 # Settings.db_warm_up is on: the checkout and the kiosk scan.
 HOT_STATEMENTS = (
     orders_sql.PLACE_ORDER,
-    kiosk_sql.CARD_BY_PUBLIC_ID,
-    kiosk_sql.OPEN_ORDERS_OF_GUEST,
+    counter_sql.CARD_BY_PUBLIC_ID,
+    counter_sql.OPEN_ORDERS_OF_GUEST,
     orders_sql.LINES_OF_ORDERS,
     AUDIT,
 )
@@ -63,8 +64,9 @@ class Services:
     guests: Guests
     auth: Auth
     staff: Staff
-    kiosk: Kiosk
-    counter: Counter
+    locations: Locations
+    desk: CounterDesk
+    counter_points: CounterPoints
     live_queues: LiveQueues
     pos_webhooks: PosWebhooks
 
@@ -108,8 +110,9 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
     guests = Guests(settings, db, loyalty)
     auth = Auth(settings, db, gate, tokens, guests, notifier or LogNotifier())
     staff = Staff(settings, db, gate, auth)
-    kiosk = Kiosk(settings, db, gate, loyalty, guests)
-    counter = Counter(settings, db, gate, loyalty, kiosk.locations)
+    locations = Locations(db, settings.menu_cache_ttl_s)
+    desk = CounterDesk(settings, db, gate, loyalty, guests, locations)
+    counter_points = CounterPoints(settings, db, gate, loyalty, locations)
     live_queues = LiveQueues(gate, settings.redis_retry_after_s)
     pos_webhooks = PosWebhooks(settings, db)
     return Services(
@@ -123,8 +126,9 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
         guests,
         auth,
         staff,
-        kiosk,
-        counter,
+        locations,
+        desk,
+        counter_points,
         live_queues,
         pos_webhooks,
     )

@@ -27,6 +27,7 @@ from server.catalog.model import (
     slot_start,
 )
 from server.catalog.service import Catalog
+from server.guests.model import display_name
 from server.infra import idempotency
 from server.infra.audit import audit
 from server.infra.cache import SingleFlightCache
@@ -34,7 +35,6 @@ from server.infra.db import Database
 from server.infra.idempotency import Stored
 from server.infra.identity import Principal
 from server.infra.problems import Problem, database_busy
-from server.kiosk.model import display_name
 from server.loyalty.model import Program
 from server.loyalty.repository import AccountState
 from server.loyalty.service import Loyalty, add_months, insufficient_points

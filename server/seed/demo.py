@@ -18,7 +18,7 @@ import asyncpg
 import msgspec
 from argon2 import PasswordHasher
 
-from server.kiosk.model import RECENT_VISITS_MAX, TOP_ITEMS_MAX, histogram_from
+from server.counter.model import RECENT_VISITS_MAX, TOP_ITEMS_MAX, histogram_from
 from server.loyalty.model import Program, Tier, allocate, earn_points, tier_for
 from server.loyalty.service import add_months
 from shared import qr
@@ -667,7 +667,7 @@ def _profile(
     now: datetime,
     tz: ZoneInfo,
 ) -> tuple[object, ...]:
-    """The profile row a rebuild from the guest's history would make (server.kiosk.profiles:
+    """The profile row a rebuild from the guest's history would make (server.counter.profiles:
     histograms from the latest visits in the home location's time, the recent visits that the
     card counts ``visits_30d`` from, relative to whenever it is read), so a seeded guest looks
     right before their next visit, and that visit folds onto it."""

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from server.auth.notifier import RecordingNotifier
-from server.kiosk.model import habits_of
+from server.counter.model import habits_of
 from tests.api.helpers import advance, menu_items, order_body, pay, place
 from tests.conftest import Client, Demo, sign_in
 

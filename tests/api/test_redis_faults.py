@@ -379,12 +379,12 @@ async def test_a_failure_after_the_hold_leaves_no_redis_hold(
 async def test_a_failure_after_a_redemption_hold_leaves_no_redis_hold(
     client: Client, guest: GuestHandle, demo: Demo, services: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import server.kiosk.counter
+    import server.counter.points
 
     async def broken_audit(*_: Any, **__: Any) -> None:
         raise RuntimeError("injected failure after the hold")
 
-    monkeypatch.setattr(server.kiosk.counter, "audit", broken_audit)
+    monkeypatch.setattr(server.counter.points, "audit", broken_audit)
     failed = await client.post(
         f"/v1/guests/{guest.id}/redemptions",
         json={"points": 40, "location_id": str(demo.locations["station"])},

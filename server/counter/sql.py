@@ -38,8 +38,6 @@ ORDER BY o.pickup_at, o.created_at
 LIMIT $2
 """
 
-LOCATIONS = "SELECT id, brand_id, name, timezone FROM locations"
-
 GUEST_ACCOUNT = """
 SELECT g.brand_id, a.id AS account_id FROM guests g JOIN accounts a ON a.guest_id = g.id
 WHERE g.id = $1 AND g.erased_at IS NULL

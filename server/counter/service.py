@@ -3,7 +3,7 @@
 The scan is the hot path (≤ 10 ms at demo size): a Redis rate-limit counter, one query for the
 guest with account and profile, one for open pre-orders by partial index, one Redis read of
 the hot wallet. No order history: ``guest_profiles`` is kept current by
-:func:`server.kiosk.profiles.record_visit` as accruals land and orders complete. Points at the
+:func:`server.counter.profiles.record_visit` as accruals land and orders complete. Points at the
 counter are in ``counter.py``, the live queue in ``live.py``.
 """
 
@@ -15,6 +15,17 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
+from server.catalog.locations import Locations
+from server.counter import sql
+from server.counter.model import (
+    CodeKind,
+    classify_code,
+    habits_of,
+    require_scan_time,
+    sees_full_profile,
+    usual_items,
+)
+from server.guests.model import display_name
 from server.guests.service import Guests, normalise_phone
 from server.infra import idempotency
 from server.infra.audit import audit
@@ -24,17 +35,6 @@ from server.infra.identity import Principal
 from server.infra.problems import Problem
 from server.infra.ratelimit import limit
 from server.infra.redis import RedisGate, RedisUnavailable
-from server.kiosk import sql
-from server.kiosk.locations import Locations
-from server.kiosk.model import (
-    CodeKind,
-    classify_code,
-    display_name,
-    habits_of,
-    require_scan_time,
-    sees_full_profile,
-    usual_items,
-)
 from server.loyalty.model import tier_for
 from server.loyalty.service import Loyalty
 from server.offers.model import OfferFacts, OfferRules, SimpleOfferRules
@@ -43,12 +43,14 @@ from server.orders.sql import LINES_OF_ORDERS
 from server.settings import Settings
 from shared import contract, qr
 
-__all__ = ["Kiosk"]
+__all__ = ["CounterDesk"]
 
 _encode = msgspec.json.Encoder().encode
 
 
-class Kiosk:
+class CounterDesk:
+    """What staff do at the counter besides moving points: scan, enrol, the queue."""
+
     def __init__(
         self,
         settings: Settings,
@@ -56,6 +58,7 @@ class Kiosk:
         gate: RedisGate,
         loyalty: Loyalty,
         guests: Guests,
+        locations: Locations,
         offers: OfferRules | None = None,
     ) -> None:
         self.settings = settings
@@ -63,7 +66,7 @@ class Kiosk:
         self.gate = gate
         self.loyalty = loyalty
         self.guests = guests
-        self.locations = Locations(db, settings.menu_cache_ttl_s)
+        self.locations = locations
         self.offers: OfferRules = offers or SimpleOfferRules()
 
     async def scan(self, staff: Principal, body: contract.ScanIn) -> contract.GuestCard:

@@ -10,8 +10,8 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from server.kiosk import sql
-from server.kiosk.model import (
+from server.counter import sql
+from server.counter.model import (
     RECENT_VISITS_MAX,
     Profile,
     Visit,

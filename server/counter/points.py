@@ -12,6 +12,13 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
+from server.catalog.locations import Locations
+from server.counter import sql
+from server.counter.model import (
+    Visit,
+    require_scan_time,
+)
+from server.counter.profiles import record_visit
 from server.infra import idempotency
 from server.infra.audit import audit
 from server.infra.db import Database
@@ -20,27 +27,20 @@ from server.infra.identity import Principal
 from server.infra.problems import Problem
 from server.infra.ratelimit import limit
 from server.infra.redis import RedisGate
-from server.kiosk import sql
-from server.kiosk.locations import Locations
-from server.kiosk.model import (
-    Visit,
-    require_scan_time,
-)
-from server.kiosk.profiles import record_visit
 from server.loyalty.model import earn_points
 from server.loyalty.repository import AccountState
 from server.loyalty.service import Admission, Loyalty, add_months, insufficient_points
 from server.settings import Settings
 from shared import contract
 
-__all__ = ["Counter"]
+__all__ = ["CounterPoints"]
 
 _encode = msgspec.json.Encoder().encode
 # Redemption transfer ids derive from the Idempotency-Key, so a retry reserves the same hold.
 _REDEMPTION_NAMESPACE = uuid.UUID("b1d0c8f4-5a3e-4e0b-8f57-3c2a9e7d6a10")
 
 
-class Counter:
+class CounterPoints:
     """Counter accruals and two-phase redemptions; Redis is mirrored after each commit."""
 
     def __init__(
