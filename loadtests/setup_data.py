@@ -76,8 +76,7 @@ async def _enrol_all(
                 row = await conn.fetchrow(
                     "SELECT public_id, qr_secret FROM guests WHERE id = $1", guest_id
                 )
-            if welcome is not None:
-                await services.loyalty.mirror(guest_id, "credit", *welcome)
+            await services.loyalty.mirror_all([welcome])
         token = issuer.issue(Principal(kind="guest", subject_id=guest_id, brand_id=brand_id))
         return Guest(
             id=str(guest_id),

@@ -367,8 +367,8 @@ def cmd_token(args: argparse.Namespace) -> int:
                 if staff_id is None:
                     raise CliError(f"no staff user {args.email}")
                 principal = await services.auth.principal_for(conn, "staff", staff_id)
-        if args.kind == "guest" and welcome is not None:
-            await services.loyalty.mirror(guest_id, "credit", *welcome)
+        if args.kind == "guest":
+            await services.loyalty.mirror_all([welcome])
         print(services.tokens.issue(principal))
         return 0
 

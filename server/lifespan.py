@@ -28,9 +28,7 @@ from server.infra.audit import AUDIT
 from server.infra.db import Database, create_pool
 from server.infra.redis import RedisGate, open_redis
 from server.infra.runtime import freeze_startup_objects
-from server.loyalty.hot import HotWallets
-from server.loyalty.repository import Ledger
-from server.loyalty.service import Loyalty, Programs
+from server.loyalty.service import Loyalty, build_loyalty
 from server.orders import sql as orders_sql
 from server.orders.service import Orders
 from server.pos.webhooks import PosWebhooks
@@ -104,12 +102,11 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
         settings.verified_tokens_cached,
     )
     catalog = Catalog(db, gate, settings.menu_cache_ttl_s)
-    programs = Programs(db, settings.menu_cache_ttl_s)
-    loyalty = Loyalty(db, Ledger(), HotWallets(gate, settings.reconcile_grace_s), programs)
+    loyalty = build_loyalty(db, gate, settings.reconcile_grace_s, settings.menu_cache_ttl_s)
     orders = Orders(settings, db, catalog, loyalty, on_completed=record_completed_order)
     guests = Guests(settings, db, loyalty)
     auth = Auth(settings, db, gate, tokens, guests, notifier or LogNotifier())
-    staff = Staff(settings, db, gate, auth)
+    staff = Staff(settings, db, gate, auth.issue)
     locations = Locations(db, settings.menu_cache_ttl_s)
     desk = CounterDesk(settings, db, gate, loyalty, guests, locations)
     counter_points = CounterPoints(settings, db, gate, loyalty, locations)

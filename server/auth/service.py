@@ -159,8 +159,7 @@ class Auth:
             # (with a usable name, or once the database answers) rather than ask for another.
             await self._give_back_code(otp_key, stored, attempts, ttl_ms)
             raise
-        if welcome is not None:
-            await self.guests.loyalty.mirror(guest_id, "credit", welcome[0], welcome[1], welcome[2])
+        await self.guests.loyalty.mirror_all([welcome])
         return pair
 
     async def _give_back_code(self, otp_key: str, stored: str, attempts: int, ttl_ms: int) -> None:

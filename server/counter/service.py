@@ -230,8 +230,7 @@ class CounterDesk:
             await audit(conn, staff, action, guest_id, {"via": "enrol", "created": created})
             stored = Stored(201 if created else 200, _encode(card))
             await idempotency.finish(conn, scope, key, stored.status_code, stored.body)
-        if welcome is not None:
-            await self.loyalty.mirror(guest_id, "credit", welcome[0], welcome[1], welcome[2])
+        await self.loyalty.mirror_all([welcome])
         return stored
 
     async def queue(self, staff: Principal, location_id: UUID) -> list[contract.Order]:

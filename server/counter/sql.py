@@ -1,7 +1,6 @@
 """SQL of the counter. The scan reads only precomputed rows: the guest with its account and
 profile in one query, and the guest's open pre-orders through a partial index."""
 
-from server.loyalty.sql import SPENDABLE as SPENDABLE  # the ledger's, for the counter too
 from server.orders.sql import ORDER_COLUMNS
 
 _CARD_COLUMNS = """
@@ -50,15 +49,6 @@ INSERT INTO counter_accruals (location_id, receipt_ref, brand_id, guest_id, tran
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (location_id, receipt_ref) DO NOTHING
 RETURNING 1
-"""
-
-REDEMPTION = """
-SELECT t.id, t.brand_id, t.location_id, t.amount, t.code, t.created_at, t.timeout_at, a.guest_id,
-       r.phase AS resolution, r.created_at AS resolved_at
-FROM transfers t
-JOIN accounts a ON a.id = t.debit_account_id
-LEFT JOIN transfers r ON r.pending_id = t.id
-WHERE t.id = $1 AND t.phase = 'pending'
 """
 
 # -- guest profiles --------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -25,34 +25,44 @@ from server.infra import idempotency
 from server.infra.audit import audit
 from server.infra.cache import SingleFlightCache
 from server.infra.db import Database
-from server.infra.idempotency import Stored
+from server.infra.idempotency import IdempotentRequest, Stored
 from server.infra.identity import Principal
 from server.infra.problems import Problem
-from server.infra.redis import RedisUnavailable
+from server.infra.redis import RedisGate, RedisUnavailable
 from server.loyalty import sql
 from server.loyalty.hot import HotWallets
-from server.loyalty.model import Lot, Program, Tier, remaining_lots, tier_for
-from server.loyalty.repository import AccountState, Ledger
+from server.loyalty.model import (
+    AccountState,
+    AdmissionStatus,
+    Lot,
+    Movement,
+    Outcome,
+    Program,
+    Tier,
+    add_months,
+    remaining_lots,
+    settle_action,
+    tier_for,
+)
+from server.loyalty.repository import Hold, Ledger
 from shared import contract
 
-__all__ = ["Admission", "Loyalty", "Programs", "add_months", "insufficient_points"]
+__all__ = [
+    "Admission",
+    "EarnCode",
+    "Loyalty",
+    "Programs",
+    "Resolution",
+    "Spend",
+    "add_months",
+    "build_loyalty",
+    "insufficient_points",
+]
 
 log = logging.getLogger("regulars.loyalty")
 
 PROGRAM = "SELECT rules FROM loyalty_programs WHERE brand_id = $1"
 GUEST_OF_BRAND = "SELECT 1 FROM guests WHERE id = $1 AND brand_id = $2"
-
-
-def add_months(moment: datetime, months: int) -> datetime:
-    """The same day ``months`` later, clamped to the end of a shorter month."""
-    month_index = moment.month - 1 + months
-    year, month = moment.year + month_index // 12, month_index % 12 + 1
-    for day in (moment.day, 30, 29, 28):
-        try:
-            return moment.replace(year=year, month=month, day=day)
-        except ValueError:
-            continue
-    raise AssertionError("unreachable")
 
 
 class Programs:
@@ -116,12 +126,100 @@ class Admission:
     Redis refused points the ledger has (see :meth:`Loyalty.admit_or_replay`).
     """
 
-    status: Literal["ok", "exists", "insufficient", "skipped", "none", "miss", "overruled"]
+    status: AdmissionStatus
     spendable: int | None = None
 
     @property
     def reserved(self) -> bool:
         return self.status == "ok"
+
+
+EarnCode = Literal["earn", "accrual", "welcome", "spend_returned", "refund_restore", "adjustment"]
+_SOURCE: dict[str, Literal["issued", "redeemed", "adjustments"]] = {
+    "earn": "issued",
+    "accrual": "issued",
+    "welcome": "issued",
+    "spend_returned": "redeemed",
+    "refund_restore": "redeemed",
+    "adjustment": "adjustments",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """What :meth:`Loyalty.resolve` met, the hold it met it on, and the movement to mirror
+    after the commit (None when nothing changed)."""
+
+    outcome: Outcome
+    hold: Hold
+    movement: Movement | None
+
+
+class Spend:
+    """One spend in progress (:meth:`Loyalty.spend`)."""
+
+    def __init__(
+        self,
+        loyalty: Loyalty,
+        guest_id: UUID,
+        transfer_id: UUID,
+        points: int,
+        admission: Admission,
+        replay: Stored | None,
+    ) -> None:
+        self._loyalty = loyalty
+        self.guest_id = guest_id
+        self.transfer_id = transfer_id
+        self.points = points
+        self.admission = admission
+        # The stored response of an Idempotency-Key that already succeeded: answer with it.
+        self.replay = replay
+        # The account after the committed hold (set by committed()); None: not committed.
+        self.state: AccountState | None = None
+        self.posted = False
+
+    async def hold(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        brand_id: UUID,
+        account_id: UUID,
+        code: str,
+        timeout_at: datetime | None,
+        order_id: UUID | None = None,
+        location_id: UUID | None = None,
+    ) -> AccountState:
+        """The guarded hold in the caller's transaction (SQL function ``loyalty_hold``):
+        returns the account after it. Refuses 422 ``insufficient-points`` (also while the
+        balance is negative) and writes nothing then."""
+        held = await self._loyalty.ledger.hold(
+            conn,
+            transfer_id=self.transfer_id,
+            brand_id=brand_id,
+            account_id=account_id,
+            points=self.points,
+            code=code,
+            timeout_at=timeout_at,
+            order_id=order_id,
+            location_id=location_id,
+        )
+        if held is None:
+            raise insufficient_points(
+                self.points, await self._loyalty.spendable(conn, self.guest_id)
+            )
+        return held
+
+    def committed(self, state: AccountState | None, *, posted: bool = False) -> None:
+        """Say that the transaction holding the points committed, with the account ``state``
+        after it (None: nothing was held, e.g. a replay). ``posted``: the same transaction
+        also posted the hold; Redis is told after the settle."""
+        self.state = state
+        self.posted = posted
+
+
+def build_loyalty(db: Database, gate: RedisGate, grace_s: float, programs_ttl_s: float) -> Loyalty:
+    """The loyalty service with its ledger, hot wallets and program cache (for lifespan.py)."""
+    return Loyalty(db, Ledger(), HotWallets(gate, grace_s), Programs(db, programs_ttl_s))
 
 
 class Loyalty:
@@ -157,7 +255,7 @@ class Loyalty:
         guest_id: UUID,
         transfer_id: UUID,
         points: int,
-        request: tuple[str, str, bytes],
+        request: IdempotentRequest,
     ) -> tuple[Admission, Stored | None]:
         """:meth:`admit`, and when Redis refuses: the stored response if this Idempotency-Key
         already succeeded (a replay whose hold Redis no longer shows), else 422
@@ -173,9 +271,8 @@ class Loyalty:
         admission = await self.admit(guest_id, transfer_id, points)
         if admission.status != "insufficient":
             return admission, None
-        scope, key, digest = request
         async with self.db.connection() as conn:
-            replay = await idempotency.lookup(conn, scope, key, digest)
+            replay = await idempotency.lookup(conn, request.scope, request.key, request.digest)
             if replay is not None:
                 return admission, replay
             spendable = await conn.fetchval(sql.SPENDABLE, guest_id)
@@ -204,26 +301,20 @@ class Loyalty:
         hold (a checkout can time out on the client while PostgreSQL goes on to commit it);
         keeping it would refuse spends for one that never committed.
         """
+        action = settle_action(
+            admission.status,
+            committed=state is not None,
+            redis_agrees=state is not None and admission.spendable == state.spendable,
+            answer_lost=isinstance(failure, _ANSWER_LOST),
+        )
         try:
-            if admission.reserved and state is None and isinstance(failure, _ANSWER_LOST):
+            if action == "forget":
                 await self.hot.forget({guest_id})
-            elif admission.reserved and state is None:
+            elif action == "void_and_reload":
                 await self._reload_or_drop(guest_id, void_first=(transfer_id,))
-            elif (
-                admission.status == "miss"
-                # Redis had this transfer already, yet this request committed its hold: a retry
-                # (same Idempotency-Key) of a spend PostgreSQL refused, whose void Redis keeps.
-                or (admission.status == "exists" and state is not None)
-                or (
-                    admission.reserved
-                    and state is not None
-                    and admission.spendable != state.spendable
-                )
-            ):
+            elif action == "reload":
                 await self._reload_or_drop(guest_id)
-            elif admission.status in ("skipped", "overruled"):
-                # Redis failed at admission, or was found wrong, and PostgreSQL has decided
-                # since: what Redis holds for this guest may be wrong either way.
+            elif action == "distrust":
                 await self._distrust(guest_id)
         except RedisUnavailable:
             self._dirty.add(guest_id)
@@ -248,6 +339,14 @@ class Loyalty:
                 await self._reload_or_drop(guest_id)
         except RedisUnavailable:
             self._dirty.add(guest_id)
+
+    async def mirror_all(self, movements: Iterable[Movement | None]) -> None:
+        """:meth:`mirror` each committed movement (None ones are skipped), in order."""
+        for moved in movements:
+            if moved is not None:
+                await self.mirror(
+                    moved.guest_id, moved.op, moved.transfer_id, moved.state, moved.points
+                )
 
     async def reload(self, guest_id: UUID, void_first: Sequence[UUID] = ()) -> None:
         """Load the wallet from PostgreSQL into Redis (unless Redis mirrors a newer version),
@@ -288,6 +387,147 @@ class Loyalty:
             await self.hot.forget(dirty)
         except RedisUnavailable:
             self._dirty |= dirty
+
+    # -- moving points: the API every other domain uses ---------------------------------
+
+    @contextlib.asynccontextmanager
+    async def spend(
+        self, guest_id: UUID, transfer_id: UUID, points: int, request: IdempotentRequest
+    ) -> AsyncIterator[Spend]:
+        """Spend ``points`` of a guest as the pending transfer ``transfer_id``: Redis admits
+        first, the caller's PostgreSQL transaction makes the guarded hold
+        (:meth:`Spend.hold`, or its own statement calling ``loyalty_hold``), and on leaving the
+        block both sides are settled (:meth:`settle_admission`).
+
+        Refuses 422 ``insufficient-points`` before any transaction when Redis and the ledger
+        agree the points are not there; when the Idempotency-Key already succeeded, the block
+        gets ``spend.replay`` to answer with. The caller reports the commit with
+        :meth:`Spend.committed` *after* its transaction committed; until then, leaving the block
+        (normally or by an exception) counts as a refusal and voids the Redis reserve, except
+        after a failure that lost PostgreSQL's answer (the wallet is dropped from Redis).
+        ``transfer_id`` should derive from the Idempotency-Key, so that a retry reserves the
+        same hold. Exceptions of the block propagate unchanged.
+        """
+        admission, replay = await self.admit_or_replay(guest_id, transfer_id, points, request)
+        spend = Spend(self, guest_id, transfer_id, points, admission, replay)
+        failure: BaseException | None = None
+        try:
+            yield spend
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            await self.settle_admission(guest_id, transfer_id, admission, spend.state, failure)
+        if spend.posted and spend.state is not None:
+            await self.mirror(guest_id, "post", transfer_id, spend.state)
+
+    async def redeemed_account(self, conn: asyncpg.Connection, brand_id: UUID) -> UUID:
+        """The brand's ``redeemed`` system account: where a spend's hold goes (for a caller
+        whose own statement calls ``loyalty_hold``)."""
+        return await self.ledger.system_account(conn, brand_id, "redeemed")
+
+    async def open_account(self, conn: asyncpg.Connection, brand_id: UUID, guest_id: UUID) -> UUID:
+        """The guest's points account, opened if it is not there yet (idempotent)."""
+        return await self.ledger.open_account(conn, brand_id, guest_id)
+
+    async def account_of(self, conn: asyncpg.Connection, guest_id: UUID) -> UUID | None:
+        """The guest's points account, or None when the guest has none."""
+        account_id: UUID | None = await conn.fetchval(sql.ACCOUNT_OF_GUEST, guest_id)
+        return account_id
+
+    async def spendable(self, conn: asyncpg.Connection, guest_id: UUID) -> int | None:
+        """Posted minus held points as PostgreSQL has them (None: no such account)."""
+        points: int | None = await conn.fetchval(sql.SPENDABLE, guest_id)
+        return points
+
+    async def earn(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        brand_id: UUID,
+        guest_id: UUID,
+        account_id: UUID,
+        points: int,
+        code: EarnCode,
+        order_id: UUID | None = None,
+        location_id: UUID | None = None,
+        reason: str | None = None,
+        now: datetime | None = None,
+        transfer_id: UUID | None = None,
+    ) -> Movement:
+        """Credit ``points`` (> 0) to the guest as a lot that expires after the brand's
+        ``lot_expiry_months``, in the caller's transaction. The points come from the system
+        account that ``code`` says (``issued`` for what is earned, ``redeemed`` for spent
+        points given back, ``adjustments`` for a manager's correction). Mirror the returned
+        movement after the commit (:meth:`mirror_all`). ``transfer_id`` names the transfer when
+        the caller has recorded it already (a till receipt)."""
+        if points <= 0:
+            raise ValueError("earn credits a positive number of points")
+        program = await self.programs.get(brand_id, conn)
+        transfer_id = transfer_id or uuid.uuid4()
+        state = await self.ledger.credit(
+            conn,
+            transfer_id=transfer_id,
+            brand_id=brand_id,
+            account_id=account_id,
+            points=points,
+            code=code,
+            source=_SOURCE[code],
+            order_id=order_id,
+            location_id=location_id,
+            reason=reason,
+            expires_at=add_months(now or datetime.now(UTC), program.lot_expiry_months),
+        )
+        return Movement(guest_id, "credit", transfer_id, state, points)
+
+    async def reverse_earning(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        brand_id: UUID,
+        guest_id: UUID,
+        account_id: UUID,
+        points: int,
+        order_id: UUID,
+    ) -> Movement:
+        """Take back ``points`` a refunded order earned. Never refused: the balance may go
+        below zero (DESIGN §3), and the guest cannot spend until it is positive again."""
+        transfer_id = uuid.uuid4()
+        state = await self.ledger.debit(
+            conn,
+            transfer_id=transfer_id,
+            brand_id=brand_id,
+            account_id=account_id,
+            points=points,
+            code="refund_reversal",
+            sink="issued",
+            guarded=False,
+            order_id=order_id,
+        )
+        assert state is not None  # an unguarded debit always applies
+        return Movement(guest_id, "credit", transfer_id, state, -points)
+
+    async def hold_of(self, conn: asyncpg.Connection, transfer_id: UUID) -> Hold | None:
+        """A pending transfer (a hold) and how it was resolved, if it was; None if there is
+        no pending transfer ``transfer_id``."""
+        return await self.ledger.pending(conn, transfer_id)
+
+    async def resolve(
+        self, conn: asyncpg.Connection, hold: Hold, *, post: bool, now: datetime | None = None
+    ) -> Resolution:
+        """Post (``post``) or void a hold exactly once, in the caller's transaction.
+
+        With ``now``, a hold whose timeout has passed is voided instead of posted and the
+        outcome is ``expired``. A hold resolved before is left as it is (``already_posted`` /
+        ``already_voided``). Mirror ``resolution.movement`` after the commit."""
+        expired = post and now is not None and hold.timeout_at is not None and hold.timeout_at < now
+        resolved = await self.ledger.resolve(conn, hold, post=post and not expired)
+        outcome: Outcome = "expired" if expired and resolved.state is not None else resolved.outcome
+        movement = None
+        if resolved.state is not None:
+            op: Literal["post", "void"] = "post" if resolved.outcome == "posted" else "void"
+            movement = Movement(hold.guest_id, op, hold.id, resolved.state)
+        return Resolution(outcome, hold, movement)
 
     # -- reading -------------------------------------------------------------------------
 

@@ -32,12 +32,11 @@ from server.infra import idempotency
 from server.infra.audit import audit
 from server.infra.cache import SingleFlightCache
 from server.infra.db import Database
-from server.infra.idempotency import Stored
+from server.infra.idempotency import IdempotentRequest, Stored
 from server.infra.identity import Principal
 from server.infra.problems import Problem, database_busy
-from server.loyalty.model import Program
-from server.loyalty.repository import AccountState
-from server.loyalty.service import Loyalty, add_months, insufficient_points
+from server.loyalty.model import AccountState, Movement, Program
+from server.loyalty.service import Loyalty, insufficient_points
 from server.orders import sql
 from server.orders.model import (
     CANCELLABLE_BY_GUEST,
@@ -61,6 +60,10 @@ _encode = msgspec.json.Encoder().encode
 # Transfer ids of spends derive from the idempotency key, so a retried checkout reserves the
 # same hold in Redis (an 'exists', not a second hold).
 _SPEND_NAMESPACE = uuid.UUID("6f1c1d3e-3f7a-4c35-9a43-2f0b8f2b1e01")
+# The routes whose requests are idempotent, as their hash names them (one source each).
+ORDERS_ROUTE = "POST /v1/orders"
+PAYMENTS_ROUTE = "POST /v1/orders/{order_id}/payments"
+REFUNDS_ROUTE = "POST /v1/orders/{order_id}/refunds"
 
 
 def order_from_rows(
@@ -145,8 +148,7 @@ class Orders:
             self._in_flight.release()
 
     async def _place(self, guest: Principal, body: contract.OrderIn, key: str) -> Stored:
-        scope = f"guest:{guest.subject_id}:orders"
-        digest = idempotency.request_hash("POST /v1/orders", body)
+        request = IdempotentRequest.of(f"guest:{guest.subject_id}:orders", key, ORDERS_ROUTE, body)
         index = await self.catalog.menu(body.location_id)
         if index.location.brand_id != guest.brand_id:
             raise Problem(404, "location-not-found", f"no location {body.location_id}")
@@ -167,34 +169,21 @@ class Orders:
         # place_order, which reads the tier (_create).
         priced = quote(program, program.tiers[0], lines, discount, body.points_to_spend)
 
-        transfer_id = uuid.uuid5(_SPEND_NAMESPACE, f"{scope}:{key}")
-        admission, replay = await self.loyalty.admit_or_replay(
-            guest.subject_id, transfer_id, priced.points_spent, (scope, key, digest)
-        )
-        if replay is not None:
-            return replay
-
-        # Set only once the writes have committed: a refusal voids the Redis hold this request
-        # made; a failure that leaves the commit in doubt reloads the wallet instead.
-        state: AccountState | None = None
-        failure: BaseException | None = None
-        try:
+        transfer_id = uuid.uuid5(_SPEND_NAMESPACE, f"{request.scope}:{key}")
+        points = priced.points_spent
+        async with self.loyalty.spend(guest.subject_id, transfer_id, points, request) as spend:
+            if spend.replay is not None:
+                return spend.replay
             created = await self._create(
                 guest, index, program, priced, promo, transfer_id, (pickup_at, slots), now,
-                (scope, key, digest), asap=body.pickup_at is None,
+                request, asap=body.pickup_at is None,
             )  # fmt: skip
             if isinstance(created, Stored):
                 return created
             state, order, response = created
-        except BaseException as exc:
-            failure = exc
-            raise
-        finally:
-            await self.loyalty.settle_admission(
-                guest.subject_id, transfer_id, admission, state, failure
-            )
-        if order.status == "placed" and state is not None and priced.points_spent:
-            await self.loyalty.mirror(guest.subject_id, "post", transfer_id, state)
+            # Only now: the writes have committed (place_order is one statement, or the
+            # transaction around it has ended).
+            spend.committed(state, posted=order.status == "placed" and points > 0)
         return Stored(201, response)
 
     def _pickup(
@@ -275,7 +264,7 @@ class Orders:
         transfer_id: UUID,
         pickup: tuple[datetime, list[tuple[datetime, datetime]]],
         now: datetime,
-        request: tuple[str, str, bytes],
+        request: IdempotentRequest,
         asap: bool = False,
     ) -> Stored | tuple[AccountState | None, contract.Order, bytes]:
         """The checkout's writes: the key, the hold, the order with its lines, the slot and the
@@ -298,7 +287,7 @@ class Orders:
         adds_statements = promo is not None or drafted.status == "placed"
         async with self.db.connection() as conn:
             redeemed = (
-                await self.loyalty.ledger.system_account(conn, guest.brand_id, "redeemed")
+                await self.loyalty.redeemed_account(conn, guest.brand_id)
                 if priced.points_spent
                 else None
             )
@@ -309,7 +298,9 @@ class Orders:
                     [t.min_points for t in program.tiers], variants, responses,
                 )  # fmt: skip
                 if not row["claimed"]:
-                    return await idempotency.stored(conn, *request)
+                    return await idempotency.stored(
+                        conn, request.scope, request.key, request.digest
+                    )
                 order, response = variants[row["tier"] - 1], responses[row["tier"] - 1]
                 if asap and row["chosen_slot"] != order.pickup_at:  # a later slot had room
                     order = msgspec.structs.replace(order, pickup_at=row["chosen_slot"])
@@ -320,9 +311,11 @@ class Orders:
                 if promo is not None:
                     await self._use_promo(conn, promo, order)
                 if order.status == "placed" and state is not None:
-                    hold = await self.loyalty.ledger.pending(conn, transfer_id)
+                    hold = await self.loyalty.hold_of(conn, transfer_id)
                     assert hold is not None
-                    state = await self.loyalty.ledger.resolve(conn, hold, post=True)
+                    posted = await self.loyalty.resolve(conn, hold, post=True)
+                    assert posted.movement is not None  # held in this very transaction
+                    state = posted.movement.state
                 if order.status == "placed":
                     await self._announce(conn, "order.placed", order)
         return state, order, response
@@ -338,15 +331,15 @@ class Orders:
         redeemed_account_id: UUID | None,
         hold_timeout: datetime,
         slots: tuple[list[tuple[datetime, datetime]], LocationInfo, bool],
-        request: tuple[str, str, bytes],
+        request: IdempotentRequest,
         tier_floors: list[int],
         variants: list[contract.Order],
         responses: list[bytes],
     ) -> asyncpg.Record:
-        """Call place_order (migration 0009) and turn its refusals into problems. ``slots``:
-        the candidate slots (runs of first and last start) at the location, and whether the
-        order goes to the earliest with room (as soon as possible) or to the one asked."""
-        scope, key, digest = request
+        """Call place_order (migrations 0009, 0012) and turn its refusals into problems.
+        ``slots``: the candidate slots (runs of first and last start) at the location, and
+        whether the order goes to the earliest with room (as soon as possible) or to the one
+        asked."""
         runs, location, asap = slots
         lines = [
             {
@@ -362,7 +355,7 @@ class Orders:
         ]  # fmt: skip
         try:
             row = await conn.fetchrow(
-                sql.PLACE_ORDER, scope, key, digest, guest.subject_id, tier_floors,
+                sql.PLACE_ORDER, request.scope, request.key, request.digest, guest.subject_id, tier_floors,
                 [v.points_to_earn for v in variants], responses, order.points_spent, transfer_id,
                 redeemed_account_id, hold_timeout, order.id, guest.brand_id, order.location_id,
                 order.status, order.currency, order.subtotal_minor, order.discount_minor,
@@ -446,11 +439,15 @@ class Orders:
         The built-in ``test`` provider accepts token "ok" and declines anything else; a
         decline leaves the order payable (and is itself replayed for the same key).
         """
-        scope = f"guest:{guest.subject_id}:payments"
-        digest = idempotency.request_hash(f"POST /v1/orders/{order_id}/payments", body)
-        state: AccountState | None = None
+        request = IdempotentRequest.of(
+            f"guest:{guest.subject_id}:payments",
+            key,
+            PAYMENTS_ROUTE.format(order_id=order_id),
+            body,
+        )
+        moved: Movement | None = None
         async with self.db.transaction() as conn:
-            replay = await idempotency.begin(conn, scope, key, digest)
+            replay = await idempotency.begin_request(conn, request)
             if replay is not None:
                 return replay
             order = await self._visible(conn, guest, order_id, lock=True)
@@ -473,9 +470,9 @@ class Orders:
                     402, "payment-declined", "the payment was declined; the order is still payable"
                 )
                 stored = Stored(402, _encode(problem.body(f"/v1/orders/{order_id}/payments")))
-                await idempotency.finish(conn, scope, key, stored.status_code, stored.body)
+                await idempotency.finish_request(conn, request, stored)
             else:
-                state = await self._post_spend(conn, order)
+                moved = await self._post_spend(conn, order)
                 await conn.execute(sql.SET_STATUS, order_id, "placed", 0)
                 placed = order_from_rows(
                     {
@@ -487,28 +484,23 @@ class Orders:
                 )
                 await self._announce(conn, "order.placed", placed)
                 stored = Stored(200, _encode(placed))
-                await idempotency.finish(conn, scope, key, 200, stored.body)
-        if state is not None:
-            await self.loyalty.mirror(guest.subject_id, "post", order["spend_transfer_id"], state)
+                await idempotency.finish_request(conn, request, stored)
+        await self.loyalty.mirror_all([moved])
         return stored
 
-    async def _post_spend(
-        self, conn: asyncpg.Connection, order: asyncpg.Record
-    ) -> AccountState | None:
+    async def _post_spend(self, conn: asyncpg.Connection, order: asyncpg.Record) -> Movement | None:
         if order["spend_transfer_id"] is None:
             return None
-        expired = Problem(
-            409, "order-expired", "the payment window has passed; place the order again"
-        )
-        hold = await self.loyalty.ledger.pending(conn, order["spend_transfer_id"])
-        if hold is None or hold.resolution is not None:
-            raise expired  # the worker voided the hold when the window passed
-        state = await self.loyalty.ledger.resolve(conn, hold, post=True)
-        if state is None:
-            # The worker's void committed after the read above: the order must not be placed
-            # with points it no longer holds (the payment row rolls back with this refusal).
-            raise expired
-        return state
+        hold = await self.loyalty.hold_of(conn, order["spend_transfer_id"])
+        posted = None if hold is None else await self.loyalty.resolve(conn, hold, post=True)
+        if posted is None or posted.outcome != "posted":
+            # The worker voided the hold when the window passed (before this read, or after it
+            # and before this post): the order must not be placed with points it no longer
+            # holds (the payment row rolls back with this refusal).
+            raise Problem(
+                409, "order-expired", "the payment window has passed; place the order again"
+            )
+        return posted.movement
 
     # -- status --------------------------------------------------------------------------
 
@@ -516,7 +508,7 @@ class Orders:
         """Move an order one step forward; completion earns the points (DESIGN §5)."""
         if target == "cancelled":
             return await self.cancel(staff, order_id)
-        credit: tuple[UUID, AccountState, int] | None = None
+        earned: Movement | None = None
         async with self.db.transaction() as conn:
             order = await self._visible(conn, staff, order_id, lock=True)
             if STAFF_TRANSITIONS.get(order["status"]) != target:
@@ -525,17 +517,16 @@ class Orders:
                     "invalid-transition",
                     f"an order that is {order['status']} cannot become {target}",
                 )
-            earned = 0
             if target == "completed":
-                credit = await self._earn(conn, order)
-                earned = credit[2] if credit else 0
-            await conn.execute(sql.SET_STATUS, order_id, target, earned)
+                earned = await self._earn(conn, order)
+            points = earned.points if earned else 0
+            await conn.execute(sql.SET_STATUS, order_id, target, points)
             if target == "completed":
                 # The kiosk's guest card reads precomputed habits: fold this visit in now.
                 await self.on_completed(conn, order_id)
             lines = await conn.fetch(sql.LINES, order_id)
             updated = order_from_rows(
-                {**dict(order), "status": target, "points_earned": earned}, lines
+                {**dict(order), "status": target, "points_earned": points}, lines
             )
             await self._announce(conn, "order.status", updated)
             await audit(
@@ -545,44 +536,33 @@ class Orders:
                 order["guest_id"],
                 {"order_id": str(order_id), "status": target},
             )
-        if credit is not None:
-            await self.loyalty.mirror(order["guest_id"], "credit", credit[0], credit[1], credit[2])
+        await self.loyalty.mirror_all([earned])
         return updated
 
-    async def _earn(
-        self, conn: asyncpg.Connection, order: asyncpg.Record
-    ) -> tuple[UUID, AccountState, int] | None:
+    async def _earn(self, conn: asyncpg.Connection, order: asyncpg.Record) -> Movement | None:
         program = await self.loyalty.programs.get(order["brand_id"], conn)
         account_id = await conn.fetchval(sql.GUEST_ACCOUNT_ID, order["guest_id"])
         tier, _, _ = await self.loyalty.tier(conn, program, account_id)
-        lines = await conn.fetch(
-            "SELECT id, paid_minor, earns_points FROM order_lines WHERE order_id = $1 ORDER BY line_no",
-            order["id"],
-        )
+        lines = await conn.fetch(sql.LINES_TO_EARN, order["id"])
         shares = split_earning(
             program, tier, [(ln["paid_minor"], ln["earns_points"]) for ln in lines]
         )
-        points = sum(shares)
         await conn.executemany(
-            "UPDATE order_lines SET points_earned = $2 WHERE id = $1",
+            sql.SET_LINE_POINTS_EARNED,
             [(ln["id"], share) for ln, share in zip(lines, shares, strict=True)],
         )
-        if points == 0:
+        if sum(shares) == 0:
             return None
-        transfer_id = uuid.uuid4()
-        state = await self.loyalty.ledger.credit(
+        return await self.loyalty.earn(
             conn,
-            transfer_id=transfer_id,
             brand_id=order["brand_id"],
+            guest_id=order["guest_id"],
             account_id=account_id,
-            points=points,
+            points=sum(shares),
             code="earn",
-            source="issued",
             order_id=order["id"],
             location_id=order["location_id"],
-            expires_at=add_months(datetime.now(UTC), program.lot_expiry_months),
         )
-        return transfer_id, state, points
 
     async def cancel(self, principal: Principal, order_id: UUID) -> contract.Order:
         """Cancel before preparation: the hold is voided, or posted points are given back; a
@@ -612,34 +592,30 @@ class Orders:
                 await audit(
                     conn, principal, "order.cancel", order["guest_id"], {"order_id": str(order_id)}
                 )
-        if mirror is not None:
-            await self.loyalty.mirror(order["guest_id"], *mirror)
+        await self.loyalty.mirror_all([mirror])
         return updated
 
-    async def _release_points(self, conn: asyncpg.Connection, order: asyncpg.Record) -> Any:
+    async def _release_points(
+        self, conn: asyncpg.Connection, order: asyncpg.Record
+    ) -> Movement | None:
+        """Void the order's hold, or give back the points it posted (a lot that expires as a
+        new one); None when the order spent no points."""
         if order["spend_transfer_id"] is None:
             return None
-        ledger = self.loyalty.ledger
-        hold = await ledger.pending(conn, order["spend_transfer_id"])
+        hold = await self.loyalty.hold_of(conn, order["spend_transfer_id"])
         assert hold is not None
         if hold.resolution is None:
-            state = await ledger.resolve(conn, hold, post=False)
-            return ("void", hold.id, state) if state else None
+            return (await self.loyalty.resolve(conn, hold, post=False)).movement
         if hold.resolution == "post_pending":
-            program = await self.loyalty.programs.get(order["brand_id"], conn)
-            transfer_id = uuid.uuid4()
-            state = await ledger.credit(
+            return await self.loyalty.earn(
                 conn,
-                transfer_id=transfer_id,
                 brand_id=order["brand_id"],
+                guest_id=order["guest_id"],
                 account_id=hold.debit_account_id,
                 points=hold.amount,
                 code="spend_returned",
-                source="redeemed",
                 order_id=order["id"],
-                expires_at=add_months(datetime.now(UTC), program.lot_expiry_months),
             )
-            return ("credit", transfer_id, state, hold.amount)
         return None
 
     # -- refunds -------------------------------------------------------------------------
@@ -651,11 +627,11 @@ class Orders:
         points that paid for it restored, exactly once per line whatever the retries."""
         if not staff.at_least("shift_lead"):
             raise Problem(403, "insufficient-role", "refunds need a shift lead or above")
-        scope = f"staff:{staff.subject_id}:refunds"
-        digest = idempotency.request_hash(f"POST /v1/orders/{order_id}/refunds", body)
-        mirrors: list[tuple[UUID, AccountState, int]] = []
+        request = IdempotentRequest.of(
+            f"staff:{staff.subject_id}:refunds", key, REFUNDS_ROUTE.format(order_id=order_id), body
+        )
         async with self.db.transaction() as conn:
-            replay = await idempotency.begin(conn, scope, key, digest)
+            replay = await idempotency.begin_request(conn, request)
             if replay is not None:
                 return replay
             order = await self._visible(conn, staff, order_id, lock=True)
@@ -682,63 +658,46 @@ class Orders:
                 {"order_id": str(order_id), "line_ids": [str(x) for x in body.line_ids]},
             )
             stored = Stored(200, _encode(updated))
-            await idempotency.finish(conn, scope, key, 200, stored.body)
-        for transfer_id, state, points in mirrors:
-            await self.loyalty.mirror(order["guest_id"], "credit", transfer_id, state, points)
+            await idempotency.finish_request(conn, request, stored)
+        await self.loyalty.mirror_all(mirrors)
         return stored
 
     async def _refund_rows(
         self, conn: asyncpg.Connection, order: asyncpg.Record, rows: list[asyncpg.Record]
-    ) -> list[tuple[UUID, AccountState, int]]:
-        ledger = self.loyalty.ledger
-        program = await self.loyalty.programs.get(order["brand_id"], conn)
+    ) -> list[Movement]:
         account_id = await conn.fetchval(sql.GUEST_ACCOUNT_ID, order["guest_id"])
-        mirrors: list[tuple[UUID, AccountState, int]] = []
+        moved: list[Movement] = []
         for row in rows:
             if row["refunded"]:
                 continue
-            if (
-                await conn.fetchval(
-                    sql.INSERT_REFUND,
-                    row["id"],
-                    row["paid_minor"],
-                    row["points_spent"],
-                    row["points_earned"],
-                )
-                is None
-            ):
+            refund = (row["id"], row["paid_minor"], row["points_spent"], row["points_earned"])
+            if await conn.fetchval(sql.INSERT_REFUND, *refund) is None:
                 continue  # a concurrent refund of this line won
             await conn.execute(sql.MARK_LINE_REFUNDED, row["id"])
             if row["points_spent"]:
-                transfer_id = uuid.uuid4()
-                state = await ledger.credit(
-                    conn,
-                    transfer_id=transfer_id,
-                    brand_id=order["brand_id"],
-                    account_id=account_id,
-                    points=row["points_spent"],
-                    code="refund_restore",
-                    source="redeemed",
-                    order_id=order["id"],
-                    expires_at=add_months(datetime.now(UTC), program.lot_expiry_months),
+                moved.append(
+                    await self.loyalty.earn(
+                        conn,
+                        brand_id=order["brand_id"],
+                        guest_id=order["guest_id"],
+                        account_id=account_id,
+                        order_id=order["id"],
+                        points=row["points_spent"],
+                        code="refund_restore",
+                    )
                 )
-                mirrors.append((transfer_id, state, row["points_spent"]))
             if row["points_earned"]:
-                transfer_id = uuid.uuid4()
-                debited = await ledger.debit(
-                    conn,
-                    transfer_id=transfer_id,
-                    brand_id=order["brand_id"],
-                    account_id=account_id,
-                    points=row["points_earned"],
-                    code="refund_reversal",
-                    sink="issued",
-                    guarded=False,
-                    order_id=order["id"],
+                moved.append(
+                    await self.loyalty.reverse_earning(
+                        conn,
+                        brand_id=order["brand_id"],
+                        guest_id=order["guest_id"],
+                        account_id=account_id,
+                        order_id=order["id"],
+                        points=row["points_earned"],
+                    )
                 )
-                assert debited is not None
-                mirrors.append((transfer_id, debited, -row["points_earned"]))
-        return mirrors
+        return moved
 
     # -- jobs ----------------------------------------------------------------------------
 
@@ -757,8 +716,7 @@ class Orders:
                 await conn.execute(sql.SET_STATUS, order["id"], "cancelled", 0)
                 await conn.execute(sql.RELEASE_SLOT, order["location_id"], order["slot_start"])
                 expired += 1
-            if mirror is not None:
-                await self.loyalty.mirror(order["guest_id"], *mirror)
+            await self.loyalty.mirror_all([mirror])
         return expired
 
     async def _announce(self, conn: asyncpg.Connection, topic: str, order: contract.Order) -> None:

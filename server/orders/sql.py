@@ -118,3 +118,9 @@ SELECT bool_and(refunded_at IS NOT NULL) FROM order_lines WHERE order_id = $1
 """
 
 GUEST_NAME = "SELECT first_name, last_name FROM guests WHERE id = $1"
+
+LINES_TO_EARN = """
+SELECT id, paid_minor, earns_points FROM order_lines WHERE order_id = $1 ORDER BY line_no
+"""
+
+SET_LINE_POINTS_EARNED = "UPDATE order_lines SET points_earned = $2 WHERE id = $1"

@@ -10,14 +10,15 @@ import asyncio
 import hashlib
 import hmac
 import secrets
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import cast
 from uuid import UUID
 
+import asyncpg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from server.auth.service import Auth
 from server.infra.audit import audit, audit_device
 from server.infra.db import Database
 from server.infra.identity import Principal
@@ -43,12 +44,20 @@ def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
+# Issues an access and refresh token pair for a principal, in the caller's transaction.
+IssueTokens = Callable[[asyncpg.Connection, Principal], Awaitable[contract.TokenPair]]
+
+
 class Staff:
-    def __init__(self, settings: Settings, db: Database, gate: RedisGate, auth: Auth) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, gate: RedisGate, issue_tokens: IssueTokens
+    ) -> None:
+        """``issue_tokens`` signs a staff member in (the auth domain's, wired by lifespan.py:
+        staff owns the users, auth the tokens)."""
         self.settings = settings
         self.db = db
         self.gate = gate
-        self.auth = auth
+        self.issue_tokens = issue_tokens
         self._hasher = PasswordHasher()
         # Verified against when the email is unknown, so timing does not reveal staff emails.
         self._decoy = self._hasher.hash(secrets.token_urlsafe(16))
@@ -108,7 +117,7 @@ class Staff:
         async with self.db.transaction() as conn:
             await conn.execute(sql.RECORD_SUCCESS, user["id"])
             await audit(conn, principal, "staff.sign_in", None, {"method": "password"})
-            return await self.auth.issue(conn, principal)
+            return await self.issue_tokens(conn, principal)
 
     async def _claim_attempt(self, staff_id: UUID, now: datetime) -> datetime | None:
         """Count an attempt before it is checked (a success clears the count): raises 423 when
@@ -237,7 +246,7 @@ class Staff:
         )
         async with self.db.transaction() as conn:
             await audit(conn, principal, "staff.sign_in", None, {"method": "pin"})
-            pair = await self.auth.issue(conn, principal)
+            pair = await self.issue_tokens(conn, principal)
         await reset_limit(self.gate, "pin-attempts", attempts)
         await reset_limit(self.gate, "pin-attempts-daily", email)
         return pair
