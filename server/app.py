@@ -27,7 +27,7 @@ from server.infra.openapi import SECURITY_SCHEMES, answer, document_problems
 from server.infra.problems import exception_handlers
 from server.lifespan import Services, lifespan
 from server.loyalty.controller import AdjustmentsController
-from server.orders.controller import OrdersController
+from server.orders.controller import MyOrdersController, OrdersController
 from server.orders.lane import CheckoutLane
 from server.pos.webhook_controller import WebhookDeliveriesController
 from server.settings import Settings
@@ -109,6 +109,7 @@ def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar
             CatalogController,
             MeController,
             OrdersController,
+            MyOrdersController,
             AdjustmentsController,
             WebhookDeliveriesController,
             StaffAuthController,
