@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from server.catalog import sql
-from server.catalog.model import LocationInfo
+from server.catalog.model import Location
 from server.infra.cache import SingleFlightCache
 from server.infra.db import Database
 from server.infra.identity import Principal
@@ -30,7 +30,7 @@ class Locations:
         self._db = db
         self._cache = SingleFlightCache(self._load, ttl_s, "locations")
 
-    async def _all(self, missing: UUID | None = None) -> dict[UUID, LocationInfo]:
+    async def _all(self, missing: UUID | None = None) -> dict[UUID, Location]:
         places = await self._cache.get(_EVERY)
         # Forget only a loaded map: while its reload runs, other misses wait for it.
         if missing is not None and missing not in places:
@@ -39,14 +39,14 @@ class Locations:
             places = await self._cache.get(_EVERY)
         return places
 
-    async def _load(self, _: str) -> dict[UUID, LocationInfo]:
+    async def _load(self, _: str) -> dict[UUID, Location]:
         rows = await self._db.fetch(sql.LOCATIONS)
-        return {r["id"]: msgspec.convert(dict(r), LocationInfo) for r in rows}
+        return {r["id"]: msgspec.convert(dict(r), Location) for r in rows}
 
-    async def get(self, location_id: UUID) -> LocationInfo | None:
+    async def get(self, location_id: UUID) -> Location | None:
         return (await self._all(location_id)).get(location_id)
 
-    async def of_staff(self, staff: Principal, location_id: UUID) -> LocationInfo:
+    async def of_staff(self, staff: Principal, location_id: UUID) -> Location:
         """The location if ``staff`` works there; 404 otherwise (no probing other brands)."""
         place = await self.get(location_id)
         if place is None or place.brand_id != staff.brand_id or not staff.covers(location_id):

@@ -19,7 +19,7 @@ import msgspec
 
 from server.catalog.model import (
     BOOKING_HORIZON,
-    LocationInfo,
+    Location,
     MenuIndex,
     is_open,
     slot_runs_rest_of_day,
@@ -97,7 +97,7 @@ class PlaceOrderCall:
     redeemed_account_id: UUID | None  # None when no points are spent
     hold_timeout: datetime
     pickup: Pickup
-    location: LocationInfo  # its slot length and how many orders a slot takes
+    location: Location  # its slot length and how many orders a slot takes
     request: IdempotentRequest
     tier_floors: list[int]
     variants: list[contract.Order]  # the order at each tier, lowest first
