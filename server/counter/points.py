@@ -23,8 +23,8 @@ from server.infra.identity import Principal
 from server.infra.problems import Problem
 from server.infra.ratelimit import limit
 from server.infra.redis import RedisGate
-from server.loyalty.model import Movement, earn_points
-from server.loyalty.service import Loyalty, Resolution
+from server.loyalty.model import AccountState, Movement, earn_points
+from server.loyalty.service import Loyalty, Resolution, Spend
 from server.settings import Settings
 from shared import contract
 
@@ -76,35 +76,16 @@ class CounterPoints:
             self.settings.scan_clock_skew_s,
         )
         place = await self.locations.of_staff(staff, body.location_id)
-        moved: Movement | None = None
         async with self.db.transaction() as conn:
             replay = await idempotency.begin_request(conn, request)
             if replay is not None:
                 return replay
             guest = await self._guest(conn, staff, guest_id)
-            program = await self.loyalty.programs.get(staff.brand_id, conn)
-            tier, _, _ = await self.loyalty.tier(conn, program, guest["account_id"])
-            points = earn_points(program, body.amount_paid_minor, tier)
-            transfer_id = uuid.uuid4()
-            await self._claim_receipt(
-                conn, staff, guest_id, body, transfer_id if points else None, points
-            )
-            if points:
-                moved = await self.loyalty.earn(
-                    conn,
-                    brand_id=staff.brand_id,
-                    guest_id=guest_id,
-                    account_id=guest["account_id"],
-                    points=points,
-                    code="accrual",
-                    location_id=body.location_id,
-                    now=now,
-                    transfer_id=transfer_id,
-                )
+            moved, transfer = await self._credit_receipt(conn, staff, guest, body, now)
             at = body.scanned_at or now
             visit = Visit(
                 at=at, local_at=at.astimezone(place.tz), amount_minor=body.amount_paid_minor,
-                points=points,
+                points=transfer.points,
             )  # fmt: skip
             await record_visit(conn, guest_id, visit, now, place.tz)
             await audit(
@@ -113,23 +94,54 @@ class CounterPoints:
                 "points.accrue",
                 guest_id,
                 {
-                    "points": points,
+                    "points": transfer.points,
                     "amount_paid_minor": body.amount_paid_minor,
                     "location_id": str(body.location_id),
                     "receipt_ref": body.receipt_ref,
                 },
             )
-            available = (
-                moved.state.spendable if moved else await self.loyalty.spendable(conn, guest_id)
-            )
-            transfer = contract.Transfer(
-                id=transfer_id, guest_id=guest_id, code="accrual", points=points, state="posted",
-                created_at=now, points_available=available,
-            )  # fmt: skip
             stored = Stored(201, _encode(transfer))
             await idempotency.finish_request(conn, request, stored)
         await self.loyalty.mirror_all([moved])
         return stored
+
+    async def _credit_receipt(
+        self,
+        conn: asyncpg.Connection,
+        staff: Principal,
+        guest: asyncpg.Record,
+        body: contract.AccrualIn,
+        now: datetime,
+    ) -> tuple[Movement | None, contract.Transfer]:
+        """Claim the receipt and earn what it pays for at the guest's tier (nothing for a
+        receipt that earns 0 points, but the claim all the same)."""
+        guest_id = guest["guest_id"]
+        program = await self.loyalty.programs.get(staff.brand_id, conn)
+        tier, _, _ = await self.loyalty.tier(conn, program, guest["account_id"])
+        points = earn_points(program, body.amount_paid_minor, tier)
+        transfer_id = uuid.uuid4()
+        await self._claim_receipt(
+            conn, staff, guest_id, body, transfer_id if points else None, points
+        )
+        moved = None
+        if points:
+            moved = await self.loyalty.earn(
+                conn,
+                brand_id=staff.brand_id,
+                guest_id=guest_id,
+                account_id=guest["account_id"],
+                points=points,
+                code="accrual",
+                location_id=body.location_id,
+                now=now,
+                transfer_id=transfer_id,
+            )
+        available = moved.state.spendable if moved else await self.loyalty.spendable(conn, guest_id)
+        transfer = contract.Transfer(
+            id=transfer_id, guest_id=guest_id, code="accrual", points=points, state="posted",
+            created_at=now, points_available=available,
+        )  # fmt: skip
+        return moved, transfer
 
     async def _guest(
         self, conn: asyncpg.Connection, staff: Principal, guest_id: UUID
@@ -187,7 +199,6 @@ class CounterPoints:
         if guest is None or guest["brand_id"] != staff.brand_id:
             raise Problem(404, "guest-not-found", f"no guest {guest_id}")
         transfer_id = uuid.uuid5(_REDEMPTION_NAMESPACE, f"{request.scope}:{key}")
-        now = datetime.now(UTC)
         async with self.loyalty.spend(guest_id, transfer_id, body.points, request) as spend:
             if spend.replay is not None:
                 return spend.replay
@@ -195,33 +206,41 @@ class CounterPoints:
                 replay = await idempotency.begin_request(conn, request)
                 if replay is not None:
                     return replay
-                held = await spend.hold(
-                    conn,
-                    brand_id=staff.brand_id,
-                    account_id=guest["account_id"],
-                    code="redemption",
-                    location_id=body.location_id,
-                    timeout_at=now + timedelta(seconds=self.settings.redemption_timeout_s),
-                )
-                await audit(
-                    conn,
-                    staff,
-                    "points.redeem.reserve",
-                    guest_id,
-                    {
-                        "transfer_id": str(transfer_id),
-                        "points": body.points,
-                        "location_id": str(body.location_id),
-                    },
-                )
-                transfer = contract.Transfer(
-                    id=transfer_id, guest_id=guest_id, code="redemption", points=-body.points,
-                    state="pending", created_at=now, points_available=held.spendable,
-                )  # fmt: skip
-                stored = Stored(201, _encode(transfer))
+                held, stored = await self._hold(conn, staff, guest, body, spend)
                 await idempotency.finish_request(conn, request, stored)
             spend.committed(held)
         return stored
+
+    async def _hold(
+        self,
+        conn: asyncpg.Connection,
+        staff: Principal,
+        guest: asyncpg.Record,
+        body: contract.RedemptionIn,
+        spend: Spend,
+    ) -> tuple[AccountState, Stored]:
+        """The redemption's hold and its audit entry; the response to store."""
+        now = datetime.now(UTC)
+        held = await spend.hold(
+            conn,
+            brand_id=staff.brand_id,
+            account_id=guest["account_id"],
+            code="redemption",
+            location_id=body.location_id,
+            timeout_at=now + timedelta(seconds=self.settings.redemption_timeout_s),
+        )
+        detail = {
+            "transfer_id": str(spend.transfer_id),
+            "points": body.points,
+            "location_id": str(body.location_id),
+        }
+        await audit(conn, staff, "points.redeem.reserve", spend.guest_id, detail)
+        transfer = contract.Transfer(
+            id=spend.transfer_id, guest_id=spend.guest_id, code="redemption",
+            points=-body.points, state="pending", created_at=now,
+            points_available=held.spendable,
+        )  # fmt: skip
+        return held, Stored(201, _encode(transfer))
 
     async def resolve(
         self, staff: Principal, transfer_id: UUID, *, post: bool

@@ -30,7 +30,7 @@ from server.guests.service import Guests, normalise_phone
 from server.infra import idempotency
 from server.infra.audit import audit
 from server.infra.db import Database
-from server.infra.idempotency import Stored
+from server.infra.idempotency import IdempotentRequest, Stored
 from server.infra.identity import Principal
 from server.infra.problems import Problem
 from server.infra.ratelimit import limit
@@ -46,6 +46,7 @@ from shared import contract, qr
 __all__ = ["CounterDesk"]
 
 _encode = msgspec.json.Encoder().encode
+ENROL_ROUTE = "POST /v1/kiosk/guests"
 
 
 class CounterDesk:
@@ -211,12 +212,13 @@ class CounterDesk:
         """Enrol a guest by phone at the counter (welcome bonus included) and answer their
         card: 201 for a new guest, 200 when the phone was already a guest's."""
         phone = normalise_phone(body.phone)
-        scope = f"staff:{staff.subject_id}:enrolments"
-        digest = idempotency.request_hash("POST /v1/kiosk/guests", body)
+        request = IdempotentRequest.of(
+            f"staff:{staff.subject_id}:enrolments", key, ENROL_ROUTE, body
+        )
         now = datetime.now(UTC)
         local_now = now.astimezone(await self.locations.home_tz(staff))
         async with self.db.transaction() as conn:
-            replay = await idempotency.begin(conn, scope, key, digest)
+            replay = await idempotency.begin_request(conn, request)
             if replay is not None:
                 return replay
             guest_id, created, welcome = await self.guests.enrol(
@@ -229,7 +231,7 @@ class CounterDesk:
             action = "guest.enrol" if created else _view_action(staff)
             await audit(conn, staff, action, guest_id, {"via": "enrol", "created": created})
             stored = Stored(201 if created else 200, _encode(card))
-            await idempotency.finish(conn, scope, key, stored.status_code, stored.body)
+            await idempotency.finish_request(conn, request, stored)
         await self.loyalty.mirror_all([welcome])
         return stored
 

@@ -38,7 +38,7 @@ LIMIT $2
 """
 
 GUEST_ACCOUNT = """
-SELECT g.brand_id, a.id AS account_id FROM guests g JOIN accounts a ON a.guest_id = g.id
+SELECT g.id AS guest_id, g.brand_id, a.id AS account_id FROM guests g JOIN accounts a ON a.guest_id = g.id
 WHERE g.id = $1 AND g.erased_at IS NULL
 """
 
