@@ -1,9 +1,16 @@
-"""Loyalty use cases, and the one place that keeps Redis in step with the PostgreSQL ledger.
+"""Loyalty: the only way points move (DESIGN §6), and the one place that keeps Redis in step
+with the PostgreSQL ledger (DESIGN §4).
 
-The order of a spend (DESIGN §4): :meth:`Loyalty.admit` reserves in Redis (a fast refusal),
-the caller's PostgreSQL transaction makes the guarded hold, and after commit
-:meth:`Loyalty.settle_admission` either keeps the Redis hold (success) or voids it (refusal).
-Every other change is committed in PostgreSQL first and mirrored with :meth:`Loyalty.mirror`.
+For the other domains (checkout, counter, tills), all on the caller's connection and inside
+its transaction unless said otherwise:
+
+- spend: ``async with loyalty.spend(guest, transfer_id, points, request) as spend`` admits in
+  Redis, ``spend.hold(conn, ...)`` makes the guarded hold, ``spend.committed(state)`` after
+  the commit; leaving the block settles Redis (keeps, voids or reloads; settle_action).
+- resolve a hold: ``hold_of``, then ``post`` / ``void`` (or ``resolve``), typed outcomes.
+- earn: ``earn`` (a lot with the program's expiry), ``reverse_earning`` for refunds,
+  ``adjust`` for a manager's correction.
+- after the commit: ``mirror_all`` the returned movements.
 """
 
 from __future__ import annotations
@@ -14,8 +21,8 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Literal
 from uuid import UUID
 
 import asyncpg
@@ -23,7 +30,6 @@ import msgspec
 
 from server.infra import idempotency
 from server.infra.audit import audit
-from server.infra.cache import SingleFlightCache
 from server.infra.db import Database
 from server.infra.idempotency import IdempotentRequest, Stored
 from server.infra.identity import Principal
@@ -34,17 +40,14 @@ from server.loyalty.hot import HotWallets
 from server.loyalty.model import (
     AccountState,
     AdmissionStatus,
-    Lot,
     Movement,
     Outcome,
-    Program,
-    Tier,
     add_months,
-    remaining_lots,
     settle_action,
-    tier_for,
 )
+from server.loyalty.programs import Programs
 from server.loyalty.repository import Hold, Ledger
+from server.loyalty.wallets import WalletReads
 from shared import contract
 
 __all__ = [
@@ -61,38 +64,7 @@ __all__ = [
 
 log = logging.getLogger("regulars.loyalty")
 
-PROGRAM = "SELECT rules FROM loyalty_programs WHERE brand_id = $1"
-GUEST_OF_BRAND = "SELECT 1 FROM guests WHERE id = $1 AND brand_id = $2"
-
-
-class Programs:
-    """Loyalty programs by brand, cached for a short while (they change rarely)."""
-
-    def __init__(self, db: Database, ttl_s: float) -> None:
-        self._db = db
-        self._cache = SingleFlightCache(self._load, ttl_s, "program")
-
-    async def get(self, brand_id: UUID, conn: asyncpg.Connection | None = None) -> Program:
-        """The brand's program. A caller that holds a connection passes it as ``conn``: a
-        program that is not fresh is then read on it (see SingleFlightCache.get)."""
-        if conn is None:
-            return await self._cache.get(brand_id)
-        program = self._cache.fresh(brand_id)
-        if program is None:
-            program = _program(await conn.fetchval(PROGRAM, brand_id))
-            self._cache.put(brand_id, program)
-        return program
-
-    def forget(self, brand_id: UUID) -> None:
-        self._cache.forget(brand_id)
-
-    async def _load(self, brand_id: UUID) -> Program:
-        async with self._db.connection() as conn:
-            return _program(await conn.fetchval(PROGRAM, brand_id))
-
-
-def _program(rules: Any) -> Program:
-    return msgspec.convert(rules or {}, Program)
+ADJUSTMENTS_ROUTE = "POST /v1/guests/{guest_id}/adjustments"
 
 
 # Failures after which PostgreSQL may or may not have committed: its answer was lost.
@@ -222,7 +194,9 @@ def build_loyalty(db: Database, gate: RedisGate, grace_s: float, programs_ttl_s:
     return Loyalty(db, Ledger(), HotWallets(gate, grace_s), Programs(db, programs_ttl_s))
 
 
-class Loyalty:
+class Loyalty(WalletReads):
+    """Every points movement, and Redis kept in step with the ledger (module docstring)."""
+
     def __init__(self, db: Database, ledger: Ledger, hot: HotWallets, programs: Programs) -> None:
         self.db = db
         self.ledger = ledger
@@ -255,7 +229,7 @@ class Loyalty:
         guest_id: UUID,
         transfer_id: UUID,
         points: int,
-        request: IdempotentRequest,
+        request: IdempotentRequest | None,
     ) -> tuple[Admission, Stored | None]:
         """:meth:`admit`, and when Redis refuses: the stored response if this Idempotency-Key
         already succeeded (a replay whose hold Redis no longer shows), else 422
@@ -272,9 +246,10 @@ class Loyalty:
         if admission.status != "insufficient":
             return admission, None
         async with self.db.connection() as conn:
-            replay = await idempotency.lookup(conn, request.scope, request.key, request.digest)
-            if replay is not None:
-                return admission, replay
+            if request is not None:
+                replay = await idempotency.lookup(conn, request.scope, request.key, request.digest)
+                if replay is not None:
+                    return admission, replay
             spendable = await conn.fetchval(sql.SPENDABLE, guest_id)
         if spendable is not None and spendable >= points:
             return Admission("overruled"), None
@@ -392,7 +367,11 @@ class Loyalty:
 
     @contextlib.asynccontextmanager
     async def spend(
-        self, guest_id: UUID, transfer_id: UUID, points: int, request: IdempotentRequest
+        self,
+        guest_id: UUID,
+        transfer_id: UUID,
+        points: int,
+        request: IdempotentRequest | None = None,
     ) -> AsyncIterator[Spend]:
         """Spend ``points`` of a guest as the pending transfer ``transfer_id``: Redis admits
         first, the caller's PostgreSQL transaction makes the guarded hold
@@ -401,7 +380,8 @@ class Loyalty:
 
         Refuses 422 ``insufficient-points`` before any transaction when Redis and the ledger
         agree the points are not there; when the Idempotency-Key already succeeded, the block
-        gets ``spend.replay`` to answer with. The caller reports the commit with
+        gets ``spend.replay`` to answer with (only with ``request``: a caller with its own
+        idempotency, such as a till's receipt id, passes None). The caller reports the commit with
         :meth:`Spend.committed` *after* its transaction committed; until then, leaving the block
         (normally or by an exception) counts as a refusal and voids the Redis reserve, except
         after a failure that lost PostgreSQL's answer (the wallet is dropped from Redis).
@@ -529,145 +509,67 @@ class Loyalty:
             movement = Movement(hold.guest_id, op, hold.id, resolved.state)
         return Resolution(outcome, hold, movement)
 
-    # -- reading -------------------------------------------------------------------------
+    async def post(
+        self, conn: asyncpg.Connection, hold: Hold, *, now: datetime | None = None
+    ) -> Resolution:
+        """:meth:`resolve` to post: ``posted``, or ``expired`` (with ``now``, past its timeout:
+        voided instead), or ``already_posted`` / ``already_voided``."""
+        return await self.resolve(conn, hold, post=True, now=now)
 
-    async def tier(
-        self, conn: asyncpg.Connection, program: Program, account_id: UUID
-    ) -> tuple[Tier, Tier | None, int]:
-        since = datetime.now(UTC) - timedelta(days=program.tier_window_days)
-        earned = int(await conn.fetchval(sql.POINTS_EARNED_SINCE, account_id, since))
-        current, following = tier_for(program, earned)
-        return current, following, earned
-
-    async def wallet(self, guest_id: UUID, brand_id: UUID) -> contract.Wallet:
-        """Spendable and held points (from Redis when it has them), tier and expiring lots."""
-        program = await self.programs.get(brand_id)
-        async with self.db.connection() as conn:
-            account = await conn.fetchrow(sql.GUEST_ACCOUNT, guest_id)
-            if account is None:
-                raise Problem(404, "guest-not-found", "no such guest")
-            current, following, earned = await self.tier(conn, program, account["id"])
-            lots = [
-                Lot(r["amount"], r["expires_at"])
-                for r in await conn.fetch(sql.GUEST_LOTS, account["id"])
-            ]
-            consumed = int(await conn.fetchval(sql.CONSUMED, account["id"]))
-        posted, pending = account["posted"], account["pending"]
-        try:
-            hot = await self.hot.read(guest_id)
-            if hot is not None:
-                posted, pending = hot[0].posted, hot[0].pending
-        except RedisUnavailable:
-            pass
-        expiring = [
-            contract.ExpiringPoints(points=lot.points, expires_at=lot.expires_at)
-            for lot in remaining_lots(lots, consumed)[:3]
-        ]
-        return contract.Wallet(
-            points_available=posted - pending,
-            points_pending=pending,
-            tier=current.name,
-            next_tier=following.name if following else None,
-            points_to_next_tier=(following.min_points - earned) if following else None,
-            point_value_minor=program.point_value_minor,
-            expiring=expiring,
-        )
-
-    async def ledger_page(
-        self, guest_id: UUID, cursor: str | None, limit: int
-    ) -> contract.LedgerPage:
-        after_at, after_id = _parse_cursor(cursor)
-        async with self.db.connection() as conn:
-            account_id = await conn.fetchval(
-                "SELECT id FROM accounts WHERE guest_id = $1", guest_id
-            )
-            rows = await conn.fetch(sql.LEDGER_PAGE, account_id, after_at, after_id, limit + 1)
-        entries = []
-        for row in rows[:limit]:
-            state: Literal["pending", "posted", "voided"] = "posted"
-            if row["phase"] == "pending":
-                state = {"post_pending": "posted", "void_pending": "voided"}.get(
-                    row["resolution"] or "", "pending"
-                )  # type: ignore[assignment]
-            sign = 1 if row["is_credit"] else -1
-            entries.append(
-                contract.LedgerEntry(
-                    id=row["id"],
-                    code=row["code"],
-                    points=sign * row["amount"],
-                    state=state,
-                    created_at=row["created_at"],
-                    order_id=row["order_id"],
-                    reason=row["reason"],
-                )
-            )
-        next_cursor = None
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            # Microseconds since the epoch: a cursor that needs no URL escaping.
-            micros = (last["created_at"] - _EPOCH) // timedelta(microseconds=1)
-            next_cursor = f"{micros}_{last['id']}"
-        return contract.LedgerPage(entries=entries, next_cursor=next_cursor)
+    async def void(self, conn: asyncpg.Connection, hold: Hold) -> Resolution:
+        """:meth:`resolve` to void: ``voided``, or ``already_posted`` / ``already_voided``."""
+        return await self.resolve(conn, hold, post=False)
 
     # -- writing -------------------------------------------------------------------------
 
     async def adjust(
         self, conn: asyncpg.Connection, *, brand_id: UUID, guest_id: UUID, points: int, reason: str
-    ) -> tuple[UUID, AccountState]:
-        """A manager's correction: positive points are a credit, negative a guarded debit."""
-        account_id = await conn.fetchval("SELECT id FROM accounts WHERE guest_id = $1", guest_id)
+    ) -> Movement:
+        """A manager's correction in the caller's transaction: positive points are a credit
+        (a lot that expires like any other), negative a guarded debit. Refuses 422
+        ``invalid-adjustment`` for 0 points or a guest with no account, 422
+        ``insufficient-points`` for a debit beyond what is spendable."""
+        account_id = await self.account_of(conn, guest_id)
         if account_id is None or points == 0:
             raise Problem(
                 422, "invalid-adjustment", "points must be non-zero for an existing guest"
             )
-        program = await self.programs.get(brand_id, conn)
-        transfer_id = uuid.uuid4()
-        state: AccountState | None
         if points > 0:
-            state = await self.ledger.credit(
-                conn,
-                transfer_id=transfer_id,
-                brand_id=brand_id,
-                account_id=account_id,
-                points=points,
-                code="adjustment",
-                source="adjustments",
-                reason=reason,
-                expires_at=add_months(datetime.now(UTC), program.lot_expiry_months),
+            return await self.earn(
+                conn, brand_id=brand_id, guest_id=guest_id, account_id=account_id,
+                points=points, code="adjustment", reason=reason,
+            )  # fmt: skip
+        transfer_id = uuid.uuid4()
+        state = await self.ledger.debit(
+            conn, transfer_id=transfer_id, brand_id=brand_id, account_id=account_id,
+            points=-points, code="adjustment", sink="adjustments", guarded=True, reason=reason,
+        )  # fmt: skip
+        if state is None:
+            raise Problem(
+                422,
+                "insufficient-points",
+                f"the guest does not have {-points} spendable points to take away",
             )
-        else:
-            state = await self.ledger.debit(
-                conn,
-                transfer_id=transfer_id,
-                brand_id=brand_id,
-                account_id=account_id,
-                points=-points,
-                code="adjustment",
-                sink="adjustments",
-                guarded=True,
-                reason=reason,
-            )
-            if state is None:
-                raise Problem(
-                    422,
-                    "insufficient-points",
-                    f"the guest does not have {-points} spendable points to take away",
-                )
-        return transfer_id, state
+        return Movement(guest_id, "credit", transfer_id, state, points)
 
     async def manager_adjustment(
         self, manager: Principal, guest_id: UUID, body: contract.AdjustmentIn, key: str
     ) -> Stored:
-        """Adjust a guest of the manager's brand, once per key, with an audit entry."""
-        scope = f"staff:{manager.subject_id}:adjustments"
-        digest = idempotency.request_hash(f"POST /v1/guests/{guest_id}/adjustments", body)
+        """Adjust a guest of the manager's brand, once per key, with an audit entry. Refuses
+        404 ``guest-not-found`` for a guest of another brand, and what :meth:`adjust` refuses."""
+        request = IdempotentRequest.of(
+            f"staff:{manager.subject_id}:adjustments",
+            key,
+            ADJUSTMENTS_ROUTE.format(guest_id=guest_id),
+            body,
+        )
         async with self.db.transaction() as conn:
-            replay = await idempotency.begin(conn, scope, key, digest)
+            replay = await idempotency.begin_request(conn, request)
             if replay is not None:
                 return replay
-            if await conn.fetchval(GUEST_OF_BRAND, guest_id, manager.brand_id) is None:
+            if await conn.fetchval(sql.GUEST_OF_BRAND, guest_id, manager.brand_id) is None:
                 raise Problem(404, "guest-not-found", f"no guest {guest_id}")
-            transfer_id, state = await self.adjust(
+            moved = await self.adjust(
                 conn,
                 brand_id=manager.brand_id,
                 guest_id=guest_id,
@@ -682,17 +584,17 @@ class Loyalty:
                 {"points": body.points, "reason": body.reason},
             )
             transfer = contract.Transfer(
-                id=transfer_id,
+                id=moved.transfer_id,
                 guest_id=guest_id,
                 code="adjustment",
                 points=body.points,
                 state="posted",
                 created_at=datetime.now(UTC),
-                points_available=state.spendable,
+                points_available=moved.state.spendable,
             )
             stored = Stored(201, msgspec.json.encode(transfer))
-            await idempotency.finish(conn, scope, key, 201, stored.body)
-        await self.mirror(guest_id, "credit", transfer_id, state, body.points)
+            await idempotency.finish_request(conn, request, stored)
+        await self.mirror_all([moved])
         return stored
 
 
@@ -705,16 +607,3 @@ def insufficient_points(wanted: int, spendable: int | None) -> Problem:
         f"{wanted} were asked",
         points_available=spendable,
     )
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _parse_cursor(cursor: str | None) -> tuple[datetime | None, UUID | None]:
-    if not cursor:
-        return None, None
-    try:
-        micros, _, ident = cursor.partition("_")
-        return _EPOCH + timedelta(microseconds=int(micros)), UUID(ident)
-    except (ValueError, OverflowError):
-        raise Problem(422, "invalid-cursor", "the cursor is not one this API handed out") from None

@@ -19,6 +19,8 @@ ON CONFLICT (guest_id) DO UPDATE SET guest_id = EXCLUDED.guest_id
 RETURNING id
 """
 
+GUEST_OF_BRAND = "SELECT 1 FROM guests WHERE id = $1 AND brand_id = $2"
+
 ACCOUNT_OF_GUEST = "SELECT id FROM accounts WHERE guest_id = $1"
 
 SPENDABLE = """
