@@ -34,7 +34,7 @@ from server.infra.idempotency import IdempotentRequest, Stored
 from server.infra.identity import Principal
 from server.infra.problems import Problem
 from server.infra.ratelimit import limit
-from server.infra.redis import RedisGate, RedisUnavailable
+from server.infra.redis import RedisGate
 from server.loyalty.model import tier_for
 from server.loyalty.service import Loyalty
 from server.offers.model import OfferFacts, OfferRules, SimpleOfferRules
@@ -157,12 +157,9 @@ class CounterDesk:
         current, following = tier_for(program, row["points_earned_12m"] or 0)
         to_next = following.min_points - (row["points_earned_12m"] or 0) if following else None
         posted, pending = row["posted"] or 0, row["pending"] or 0
-        try:
-            hot = await self.loyalty.hot.read(row["id"])
-            if hot is not None:
-                posted, pending = hot[0].posted, hot[0].pending
-        except RedisUnavailable:
-            pass
+        hot = await self.loyalty.mirrored(row["id"])
+        if hot is not None:
+            posted, pending = hot.posted, hot.pending
         locations = sorted(staff.location_ids) or None
         orders = await conn.fetch(
             sql.OPEN_ORDERS_OF_GUEST, row["id"], locations, self.settings.open_orders_per_card

@@ -13,7 +13,7 @@ from server.infra.problems import Problem
 from server.infra.redis import RedisUnavailable
 from server.loyalty import sql
 from server.loyalty.hot import HotWallets
-from server.loyalty.model import Lot, Program, Tier, remaining_lots, tier_for
+from server.loyalty.model import AccountState, Lot, Program, Tier, remaining_lots, tier_for
 from server.loyalty.programs import Programs
 from shared import contract
 
@@ -37,6 +37,16 @@ class WalletReads:
         current, following = tier_for(program, earned)
         return current, following, earned
 
+    async def mirrored(self, guest_id: UUID) -> AccountState | None:
+        """The wallet's balances as Redis mirrors them (fresher than a read of PostgreSQL
+        outside the spend's transaction); None when Redis has not loaded the wallet or does
+        not answer. For display only: PostgreSQL decides every spend."""
+        try:
+            hot = await self.hot.read(guest_id)
+        except RedisUnavailable:
+            return None
+        return None if hot is None else hot[0]
+
     async def wallet(self, guest_id: UUID, brand_id: UUID) -> contract.Wallet:
         """Spendable and held points (from Redis when it has them), tier and expiring lots."""
         program = await self.programs.get(brand_id)
@@ -51,12 +61,9 @@ class WalletReads:
             ]
             consumed = int(await conn.fetchval(sql.CONSUMED, account["id"]))
         posted, pending = account["posted"], account["pending"]
-        try:
-            hot = await self.hot.read(guest_id)
-            if hot is not None:
-                posted, pending = hot[0].posted, hot[0].pending
-        except RedisUnavailable:
-            pass
+        hot = await self.mirrored(guest_id)
+        if hot is not None:
+            posted, pending = hot.posted, hot.pending
         expiring = [
             contract.ExpiringPoints(points=lot.points, expires_at=lot.expires_at)
             for lot in remaining_lots(lots, consumed)[:3]
