@@ -179,7 +179,8 @@ class Lifecycle:
 
     async def _earn(self, conn: asyncpg.Connection, order: asyncpg.Record) -> Movement | None:
         program = await self.loyalty.programs.get(order["brand_id"], conn)
-        account_id = await conn.fetchval(sql.GUEST_ACCOUNT_ID, order["guest_id"])
+        account_id = await self.loyalty.account_of(conn, order["guest_id"])
+        assert account_id is not None  # enrolment opens it with the guest
         tier, _, _ = await self.loyalty.tier(conn, program, account_id)
         lines = await conn.fetch(sql.LINES_TO_EARN, order["id"])
         shares = split_earning(

@@ -76,7 +76,8 @@ class Refunds:
     async def _refund_rows(
         self, conn: asyncpg.Connection, order: asyncpg.Record, rows: list[asyncpg.Record]
     ) -> list[Movement]:
-        account_id = await conn.fetchval(sql.GUEST_ACCOUNT_ID, order["guest_id"])
+        account_id = await self.loyalty.account_of(conn, order["guest_id"])
+        assert account_id is not None  # enrolment opens it with the guest
         moved: list[Movement] = []
         for row in rows:
             if row["refunded"]:

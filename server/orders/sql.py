@@ -5,7 +5,6 @@ SELECT id, code, kind, value, valid_from, valid_until, per_guest_limit, total_li
 FROM promo_codes WHERE brand_id = $1
 """
 
-GUEST_ACCOUNT_ID = "SELECT id FROM accounts WHERE guest_id = $1"
 
 # The whole checkout in one round trip: a PL/pgSQL function (migrations 0007, 0009) because
 # its statements depend on each other's results (the claim, the guarded hold, the slot with
