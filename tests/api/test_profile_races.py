@@ -40,7 +40,7 @@ async def test_two_first_visits_at_once_both_count(
 
     async def complete(conn: Any, order_id: uuid.UUID) -> None:
         await conn.execute("UPDATE orders SET status = 'completed' WHERE id = $1", order_id)
-        await services.orders.on_completed(conn, order_id)
+        await services.orders.lifecycle.on_completed(conn, order_id)
 
     started = asyncio.Event()
     pid: list[int] = []
