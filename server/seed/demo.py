@@ -19,7 +19,6 @@ import msgspec
 from argon2 import PasswordHasher
 
 from server.counter.model import RECENT_VISITS_MAX, TOP_ITEMS_MAX, histogram_from
-from server.counter.model import RECENT_VISITS_MAX, TOP_ITEMS_MAX, histogram_from
 from server.loyalty.model import Program, Tier, add_months, allocate, earn_points, tier_for
 from shared import qr
 
