@@ -20,7 +20,6 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 from uuid import UUID
@@ -39,7 +38,6 @@ from server.loyalty import sql
 from server.loyalty.hot import HotWallets
 from server.loyalty.model import (
     AccountState,
-    AdmissionStatus,
     Movement,
     Outcome,
     add_months,
@@ -47,6 +45,7 @@ from server.loyalty.model import (
 )
 from server.loyalty.programs import Programs
 from server.loyalty.repository import Hold, Ledger
+from server.loyalty.spend import Admission, Resolution, Spend, insufficient_points
 from server.loyalty.wallets import WalletReads
 from shared import contract
 
@@ -89,23 +88,6 @@ _UNREADABLE = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """What Redis said about a spend before PostgreSQL was asked.
-
-    ``reserved`` means this request put the hold in Redis, so this request must void it if
-    PostgreSQL refuses. ``status`` 'skipped' means Redis was not available; 'overruled' that
-    Redis refused points the ledger has (see :meth:`Loyalty.admit_or_replay`).
-    """
-
-    status: AdmissionStatus
-    spendable: int | None = None
-
-    @property
-    def reserved(self) -> bool:
-        return self.status == "ok"
-
-
 EarnCode = Literal["earn", "accrual", "welcome", "spend_returned", "refund_restore", "adjustment"]
 _SOURCE: dict[str, Literal["issued", "redeemed", "adjustments"]] = {
     "earn": "issued",
@@ -115,78 +97,6 @@ _SOURCE: dict[str, Literal["issued", "redeemed", "adjustments"]] = {
     "refund_restore": "redeemed",
     "adjustment": "adjustments",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Resolution:
-    """What :meth:`Loyalty.resolve` met, the hold it met it on, and the movement to mirror
-    after the commit (None when nothing changed)."""
-
-    outcome: Outcome
-    hold: Hold
-    movement: Movement | None
-
-
-class Spend:
-    """One spend in progress (:meth:`Loyalty.spend`)."""
-
-    def __init__(
-        self,
-        loyalty: Loyalty,
-        guest_id: UUID,
-        transfer_id: UUID,
-        points: int,
-        admission: Admission,
-        replay: Stored | None,
-    ) -> None:
-        self._loyalty = loyalty
-        self.guest_id = guest_id
-        self.transfer_id = transfer_id
-        self.points = points
-        self.admission = admission
-        # The stored response of an Idempotency-Key that already succeeded: answer with it.
-        self.replay = replay
-        # The account after the committed hold (set by committed()); None: not committed.
-        self.state: AccountState | None = None
-        self.posted = False
-
-    async def hold(
-        self,
-        conn: asyncpg.Connection,
-        *,
-        brand_id: UUID,
-        account_id: UUID,
-        code: str,
-        timeout_at: datetime | None,
-        order_id: UUID | None = None,
-        location_id: UUID | None = None,
-    ) -> AccountState:
-        """The guarded hold in the caller's transaction (SQL function ``loyalty_hold``):
-        returns the account after it. Refuses 422 ``insufficient-points`` (also while the
-        balance is negative) and writes nothing then."""
-        held = await self._loyalty.ledger.hold(
-            conn,
-            transfer_id=self.transfer_id,
-            brand_id=brand_id,
-            account_id=account_id,
-            points=self.points,
-            code=code,
-            timeout_at=timeout_at,
-            order_id=order_id,
-            location_id=location_id,
-        )
-        if held is None:
-            raise insufficient_points(
-                self.points, await self._loyalty.spendable(conn, self.guest_id)
-            )
-        return held
-
-    def committed(self, state: AccountState | None, *, posted: bool = False) -> None:
-        """Say that the transaction holding the points committed, with the account ``state``
-        after it (None: nothing was held, e.g. a replay). ``posted``: the same transaction
-        also posted the hold; Redis is told after the settle."""
-        self.state = state
-        self.posted = posted
 
 
 def build_loyalty(db: Database, gate: RedisGate, grace_s: float, programs_ttl_s: float) -> Loyalty:
@@ -389,7 +299,7 @@ class Loyalty(WalletReads):
         same hold. Exceptions of the block propagate unchanged.
         """
         admission, replay = await self.admit_or_replay(guest_id, transfer_id, points, request)
-        spend = Spend(self, guest_id, transfer_id, points, admission, replay)
+        spend = Spend(self.ledger, guest_id, transfer_id, points, admission, replay)
         failure: BaseException | None = None
         try:
             yield spend
@@ -596,14 +506,3 @@ class Loyalty(WalletReads):
             await idempotency.finish_request(conn, request, stored)
         await self.mirror_all([moved])
         return stored
-
-
-def insufficient_points(wanted: int, spendable: int | None) -> Problem:
-    """The refusal of a spend the balance does not cover (checkout and counter alike)."""
-    return Problem(
-        422,
-        "insufficient-points",
-        f"the guest has {spendable if spendable is not None else 'fewer'} spendable points, "
-        f"{wanted} were asked",
-        points_available=spendable,
-    )
