@@ -208,6 +208,7 @@ class Ledger:
         sink: SystemAccount,
         guarded: bool,
         order_id: UUID | None = None,
+        location_id: UUID | None = None,
         reason: str | None = None,
     ) -> AccountState | None:
         """Take ``points`` from a guest into a system account.
@@ -232,7 +233,7 @@ class Ledger:
             None,
             code,
             order_id,
-            None,
+            location_id,
             None,
             None,
             reason,

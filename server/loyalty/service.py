@@ -378,9 +378,11 @@ class Loyalty(WalletReads):
         guest_id: UUID,
         account_id: UUID,
         points: int,
-        order_id: UUID,
+        order_id: UUID | None = None,
+        location_id: UUID | None = None,
+        reason: str | None = None,
     ) -> Movement:
-        """Take back ``points`` a refunded order earned. Never refused: the balance may go
+        """Take back ``points`` a refunded order (or till receipt) earned. Never refused: the balance may go
         below zero (DESIGN §3), and the guest cannot spend until it is positive again."""
         transfer_id = uuid.uuid4()
         state = await self.ledger.debit(
@@ -393,6 +395,8 @@ class Loyalty(WalletReads):
             sink="issued",
             guarded=False,
             order_id=order_id,
+            location_id=location_id,
+            reason=reason,
         )
         assert state is not None  # an unguarded debit always applies
         return Movement(guest_id, "credit", transfer_id, state, -points)
