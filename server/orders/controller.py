@@ -129,6 +129,7 @@ class MyOrdersController(Controller):
 
     path = "/v1/me"
     guards = [requires_guest]
+    security = BEARER
     tags = ["guests"]
 
     @get("/orders")
