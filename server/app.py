@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
-from litestar import Litestar, Request, Response, get
+from litestar import Litestar, Request, Response, Router, get
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
@@ -21,15 +21,20 @@ from server.auth.notifier import Notifier
 from server.catalog.controller import CatalogController
 from server.counter.controller import ROUTES as COUNTER_ROUTES
 from server.guests.controller import MeController
+from server.infra.client import client_address
 from server.infra.http import Edge, strict_json_body
 from server.infra.observability import MetricsController, RequestTelemetry
-from server.infra.openapi import SECURITY_SCHEMES, answer, document_problems
+from server.infra.openapi import POS_SIGNED, SECURITY_SCHEMES, answer, document_problems
 from server.infra.problems import exception_handlers
 from server.lifespan import Services, lifespan
 from server.loyalty.controller import AdjustmentsController
 from server.orders.controller import MyOrdersController, OrdersController
 from server.orders.lane import CheckoutLane
-from server.pos.webhook_controller import WebhookDeliveriesController
+from server.pos.auth import requires_till, till_of
+from server.pos.controller import RECEIPTS_BATCH
+from server.pos.controller import ROUTES as POS_ROUTES
+from server.pos.vendors.controller import VendorReceiptsController
+from server.pos.webhook_controller import PosOrdersFeedController, WebhookDeliveriesController
 from server.settings import Settings
 from server.staff.controller import DevicesController, StaffAuthController
 
@@ -80,6 +85,10 @@ def _principal(request: Request[Any, Any, Any]) -> Any:
     return request.scope.get("user")
 
 
+def _client_ip(request: Request[Any, Any, Any]) -> str:
+    return client_address(request.scope, request.app.state.settings.trusted_proxies)
+
+
 def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar:
     """The Litestar app for ``settings``; the lifespan opens the pool and Redis."""
     dependencies = {
@@ -97,9 +106,24 @@ def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar
             "counter_points",
             "live_queues",
             "pos_webhooks",
+            "pos_integrations",
+            "intake",
+            "batch_intake",
+            "tender",
+            "claims",
         )
     }
     dependencies["principal"] = Provide(_principal, sync_to_thread=False)
+    dependencies["client_ip"] = Provide(_client_ip, sync_to_thread=False)
+    dependencies["till"] = Provide(till_of, sync_to_thread=False)
+    dependencies["pos_intake"] = _service("intake")
+    # The vendor receipts and the order feed are signed by a till like every POS route.
+    signed_by_till = Router(
+        path="/",
+        route_handlers=[VendorReceiptsController, PosOrdersFeedController],
+        guards=[requires_till],
+        security=POS_SIGNED,
+    )
     app = Litestar(
         route_handlers=[
             healthz,
@@ -115,6 +139,8 @@ def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar
             StaffAuthController,
             DevicesController,
             *COUNTER_ROUTES,
+            *POS_ROUTES,
+            signed_by_till,
         ],
         dependencies=dependencies,
         middleware=[
@@ -145,6 +171,7 @@ def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar
         app.asgi_handler,
         body_limit=_body_limit(settings),
         hsts_max_age_s=None if settings.env == "dev" else settings.hsts_max_age_s,
+        ndjson_paths=frozenset({RECEIPTS_BATCH}),
     )
     return app
 
@@ -157,6 +184,8 @@ def _body_limit(settings: Settings) -> Callable[[str], int]:
             return settings.order_body_max_bytes
         if path.startswith("/v1/auth/"):
             return settings.auth_body_max_bytes
+        if path == RECEIPTS_BATCH:  # bounded as it streams in (server/pos/batch.py)
+            return settings.pos_batch_max_bytes
         return settings.body_max_bytes
 
     return limit

@@ -1,15 +1,18 @@
-"""The `regulars` command line: dev, serve, worker, migrate, seed, reconcile, token."""
+"""The `regulars` command line: dev, serve, worker, migrate, seed, reconcile, token,
+integration, import."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import shutil
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -214,6 +217,8 @@ async def _serve_dev(settings: Settings, host: str, port: int) -> None:
             http=OneWriteHttpToolsProtocol,
             log_config=None,
             access_log=False,
+            # X-Forwarded-For is read by the app, from REGULARS_TRUSTED_PROXIES only.
+            proxy_headers=False,
         )
     )
     worker_services = await build_services(settings)
@@ -229,12 +234,29 @@ async def _serve_dev(settings: Settings, host: str, port: int) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Production: given database and Redis URLs, N worker processes with uvloop."""
+    """Production: given database and Redis URLs, N worker processes with uvloop; metrics
+    summed over all of them; on SIGTERM, stop accepting, let what is in flight finish within
+    ``shutdown_grace_s``, exit."""
+    from server.infra import multiprocess_metrics
+
     settings = _with_urls(_settings(args, log_format="json"))
     assert settings.database_url
     asyncio.run(_migrate(settings.database_url, quiet=True))
     if not port_is_free(args.host, args.port):
         raise CliError(f"port {args.port} on {args.host} is in use; pass --port")
+    # Before anything imports prometheus_client (it picks its storage at import).
+    metrics_dir, ours = multiprocess_metrics.fresh_directory(os.environ)
+    os.environ[multiprocess_metrics.ENV] = str(metrics_dir)
+    try:
+        _serve(args, settings)
+    finally:
+        if ours:
+            multiprocess_metrics.remove_directory(metrics_dir)
+    return 0
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> None:
+    assert settings.database_url
     os.environ["REGULARS_DATABASE_URL"] = settings.database_url
     os.environ["REGULARS_REDIS_URL"] = settings.redis_url or ""
     # Worker processes read settings from the environment: the data dir holds the dev JWT secret.
@@ -255,6 +277,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             workers=workers,
             loop=Loops.uvloop,
             log_access=False,
+            workers_kill_timeout=math.ceil(settings.shutdown_grace_s),
         ).serve()
     else:
         import uvicorn
@@ -270,9 +293,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             http=OneWriteHttpToolsProtocol,
             access_log=False,
             log_config=None,
-            timeout_graceful_shutdown=30,
+            # X-Forwarded-For is read by the app, from REGULARS_TRUSTED_PROXIES only.
+            proxy_headers=False,
+            timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
         )
-    return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -375,6 +399,91 @@ def cmd_token(args: argparse.Namespace) -> int:
     return asyncio.run(_with_services(settings, work))
 
 
+def cmd_integration(args: argparse.Namespace) -> int:
+    """Create a till integration for a location; print its first key as one JSON line (the
+    secret is shown this once)."""
+    from server.infra.problems import Problem
+    from server.pos.integrations import IntegrationIn
+
+    try:
+        body = msgspec.convert(
+            {"location_id": args.location_id, "webhook_url": args.webhook_url}, IntegrationIn
+        )
+    except msgspec.ValidationError as exc:
+        raise CliError(f"--location-id or --webhook-url: {exc}") from None
+    settings = _with_urls(_settings(args))
+
+    async def work(services: Any) -> int:
+        try:
+            created = await services.pos_integrations.create(body)
+        except Problem as exc:
+            raise CliError(exc.detail) from None
+        line = {
+            "integration_id": str(created.integration_id),
+            "key_id": created.key_id,
+            "secret": created.secret,
+        }
+        if created.webhook_secret:  # the till verifies our webhooks with it
+            line["webhook_secret"] = created.webhook_secret
+        print(msgspec.json.encode(line).decode())
+        return 0
+
+    return asyncio.run(_with_services(settings, work))
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Import a file of past receipts (NDJSON of ours, or CSV of receipt lines) at a location;
+    a progress bar on a terminal, the refused lines and a summary line at the end."""
+    from server.infra.problems import Problem
+    from server.pos.importing import ImportFileError, parse_column_map
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise CliError(f"no file {args.file}")
+    try:
+        location_id = uuid.UUID(args.location_id)
+        integration_id = uuid.UUID(args.integration) if args.integration else None
+        column_map = parse_column_map(args.map)
+    except ValueError as exc:  # ImportFileError is one
+        raise CliError(str(exc)) from None
+    settings = _with_urls(_settings(args))
+    size = path.stat().st_size
+
+    async def work(services: Any) -> int:
+        with _progress(size) as advance:
+            try:
+                report = await services.receipt_import.run(
+                    path,
+                    location_id=location_id,
+                    integration_id=integration_id,
+                    column_map=column_map,
+                    progress=advance,
+                )
+            except (Problem, ImportFileError) as exc:
+                raise CliError(getattr(exc, "detail", str(exc))) from None
+        for line, detail in report.refused:
+            print(f"line {line}: refused: {detail}")
+        print(report.summary())
+        return 0
+
+    return asyncio.run(_with_services(settings, work))
+
+
+@contextlib.contextmanager
+def _progress(total_bytes: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar over the file's bytes on a terminal; nothing when output is piped."""
+    if not sys.stdout.isatty():
+        yield lambda done: None
+        return
+    from rich.progress import BarColumn, Progress, TransferSpeedColumn
+
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), TransferSpeedColumn()
+    ) as bar:
+        task = bar.add_task("importing", total=total_bytes)
+        yield lambda done: bar.update(task, completed=done)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="regulars", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -423,6 +532,20 @@ def _parser() -> argparse.ArgumentParser:
     staff = kinds.add_parser("staff")
     staff.add_argument("--email", required=True)
     staff.add_argument("--data-dir")
+    integration = command("integration", cmd_integration, "POS integrations of a location")
+    actions = integration.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="a new integration and its first signing key")
+    create.add_argument("--location-id", required=True)
+    create.add_argument("--webhook-url", default=None)
+    create.add_argument("--data-dir")
+    imports = command("import", cmd_import, "import past data")
+    what = imports.add_subparsers(dest="what", required=True)
+    receipts = what.add_parser("receipts", help="NDJSON of our receipts, or CSV of receipt lines")
+    receipts.add_argument("file")
+    receipts.add_argument("--location-id", required=True)
+    receipts.add_argument("--integration", default=None, help="default: the location's oldest")
+    receipts.add_argument("--map", default=None, help="OURS=THEIRS,… to rename the file's columns")
+    receipts.add_argument("--data-dir")
     return parser
 
 

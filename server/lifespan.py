@@ -8,9 +8,12 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
+from zoneinfo import ZoneInfo
 
+import asyncpg
 from litestar import Litestar
 
 from server.auth.notifier import LogNotifier, Notifier
@@ -20,22 +23,41 @@ from server.catalog.locations import Locations
 from server.catalog.service import CATALOG_CHANNEL, Catalog
 from server.counter import sql as counter_sql
 from server.counter.live import LiveQueues
+from server.counter.model import Visit, VisitItem
 from server.counter.points import CounterPoints
-from server.counter.profiles import record_completed_order
+from server.counter.profiles import record_completed_order, record_visit
 from server.counter.service import CounterDesk
 from server.guests.service import Guests
 from server.infra.audit import AUDIT
 from server.infra.db import Database, create_pool
+from server.infra.multiprocess_metrics import forget_dead_processes, forget_process
 from server.infra.redis import RedisGate, open_redis
 from server.infra.runtime import freeze_startup_objects
 from server.loyalty.service import Loyalty, build_loyalty
 from server.orders import sql as orders_sql
 from server.orders.service import Orders
+from server.pos.auth import TillAuth
+from server.pos.batch import BatchIntake
+from server.pos.claims import Claims
+from server.pos.imports import ReceiptImport
+from server.pos.integrations import Integrations
+from server.pos.points import LoyaltyPoints
+from server.pos.receipts import Intake, ReceiptVisit
+from server.pos.sealing import Sealer
+from server.pos.tender import Tender
 from server.pos.webhooks import PosWebhooks
 from server.settings import Settings
 from server.staff.service import Staff
 
-__all__ = ["HOT_STATEMENTS", "Services", "build_services", "jwt_secret", "lifespan"]
+__all__ = [
+    "HOT_STATEMENTS",
+    "Services",
+    "build_services",
+    "jwt_secret",
+    "lifespan",
+    "pos_seal_key",
+    "record_receipt_visit",
+]
 
 log = logging.getLogger("regulars.lifespan")
 
@@ -67,6 +89,13 @@ class Services:
     counter_points: CounterPoints
     live_queues: LiveQueues
     pos_webhooks: PosWebhooks
+    till_auth: TillAuth
+    pos_integrations: Integrations
+    intake: Intake
+    batch_intake: BatchIntake
+    tender: Tender
+    claims: Claims
+    receipt_import: ReceiptImport
 
     async def close(self) -> None:
         await self.live_queues.close()
@@ -86,6 +115,27 @@ def jwt_secret(settings: Settings) -> str:
         path.write_text(secrets.token_urlsafe(48))
         path.chmod(0o600)
     return path.read_text().strip()
+
+
+def pos_seal_key(settings: Settings) -> str:
+    """The key till secrets are sealed with (server/pos/sealing.py): its own setting, else
+    derived from the JWT secret under a label of its own."""
+    return settings.pos_seal_key or "pos-seal:" + jwt_secret(settings)
+
+
+async def record_receipt_visit(conn: asyncpg.Connection, visit: ReceiptVisit) -> None:
+    """A till receipt's visit folded into the guest's profile, like a counter accrual."""
+    tz = ZoneInfo(
+        await conn.fetchval("SELECT timezone FROM locations WHERE id = $1", visit.location_id)
+    )
+    folded = Visit(
+        at=visit.at,
+        local_at=visit.at.astimezone(tz),
+        amount_minor=visit.amount_minor,
+        points=visit.points,
+        items=tuple(VisitItem(*item) for item in visit.items),
+    )
+    await record_visit(conn, visit.guest_id, folded, datetime.now(UTC), tz)
 
 
 async def build_services(settings: Settings, notifier: Notifier | None = None) -> Services:
@@ -112,6 +162,11 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
     counter_points = CounterPoints(settings, db, gate, loyalty, locations)
     live_queues = LiveQueues(gate, settings.redis_retry_after_s)
     pos_webhooks = PosWebhooks(settings, db)
+    sealer = Sealer(pos_seal_key(settings))
+    till_auth = TillAuth(settings, db, gate, sealer)
+    points = LoyaltyPoints(loyalty)
+    intake = Intake(settings, db, points, record_receipt_visit)
+    batch_intake = BatchIntake(settings, db, till_auth, intake, points)
     return Services(
         settings,
         db,
@@ -128,6 +183,13 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
         counter_points,
         live_queues,
         pos_webhooks,
+        till_auth,
+        Integrations(settings, db, sealer),
+        intake,
+        batch_intake,
+        Tender(settings, db, gate, points),
+        Claims(db, points, record_receipt_visit),
+        ReceiptImport(db, batch_intake),
     )
 
 
@@ -168,6 +230,7 @@ async def _follow_catalog_changes(services: Services) -> None:
 @contextlib.asynccontextmanager
 async def lifespan(app: Litestar) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    forget_dead_processes()  # a worker that died before this one started
     services = await build_services(settings, app.state.get("notifier"))
     app.state.services = services
     app.state.tokens = services.tokens
@@ -188,3 +251,4 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await follower
         await services.close()
+        forget_process()

@@ -75,7 +75,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Guest sign-in.
     otp_ttl_s: int = 300
     otp_max_attempts: int = 5
-    otp_sends_per_hour: int = 5
+    otp_sends_per_hour: int = 5  # per phone
+    # SMS pumping (issue 21): the chain pays per message, so sends are also limited per client
+    # address and per brand, under one global budget that fails closed (no Redis, no SMS).
+    otp_sends_per_client_per_hour: int = 20
+    otp_sends_per_brand_per_hour: int = 2_000
+    otp_sends_global_per_hour: int = 5_000
+    # Wrong codes from one client address, whichever phones they were for.
+    otp_wrong_codes_per_client_per_hour: int = 30
+    # Proxies whose X-Forwarded-For is believed (comma-separated CIDRs, e.g. "10.0.0.0/8");
+    # from any other peer the header is ignored and the peer's own address is the client.
+    trusted_proxies: str = ""
 
     # Rotating QR codes (DESIGN §5): one step is a minute, a code is valid for a few steps.
     qr_step_s: int = 60
@@ -106,8 +116,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     metrics_token: str | None = None
 
     # Staff.
-    staff_max_failed_logins: int = 5
+    # Failed sign-ins on one staff email (from anywhere) lock its password sign-in for
+    # staff_lockout_s; the right password plus a TOTP code still gets through the lock.
+    staff_max_failed_logins: int = 10
     staff_lockout_s: int = 900
+    # Per client address (issue 21, finding 5): the first staff_sign_in_free_failures wrong
+    # passwords cost nothing; each one after makes the client wait twice as long as the last
+    # (staff_sign_in_first_delay_s, then 2x, 4x, ... at most staff_sign_in_max_delay_s), and
+    # staff_sign_in_failures_per_client in staff_sign_in_window_s stop it for the window.
+    staff_sign_in_free_failures: int = 3
+    staff_sign_in_first_delay_s: int = 1
+    staff_sign_in_max_delay_s: int = 60
+    staff_sign_in_failures_per_client: int = 20
+    staff_sign_in_window_s: int = 900
+    # Wrong PINs per paired device, every email together: past pin_attempts_per_window the
+    # device is slowed down like a client address above; pin_failures_per_device in
+    # pin_window_s stop it for the window.
+    pin_failures_per_device: int = 30
+    # POST /v1/kiosk/devices/pair per client address per pin_window_s (a code has 31^8 values
+    # but is valid for pairing_ttl_s: guessing must stay hopeless).
+    pair_attempts_per_window: int = 10
     pin_attempts_per_window: int = 5
     pin_attempts_per_day: int = 20  # per email, on all devices together
     pin_window_s: int = 300
@@ -116,10 +144,48 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     pairing_ttl_s: int = 15 * 60
     redemption_timeout_s: int = 600
     open_orders_per_card: int = 20
+    # One guest may not hold a pickup slot hostage with unpaid orders (issue 21, finding 3).
+    unpaid_orders_per_guest: int = 3
+    slot_places_per_guest: int = 2
     # An offline kiosk replays scans with their scan time: how old, and how far ahead of the
     # server's clock, that time may be.
     scan_replay_max_age_s: int = 24 * 3600
     scan_clock_skew_s: int = 120
+
+    # `regulars serve` on SIGTERM stops accepting at once, then gives the requests in flight this
+    # long to finish before it cancels them (a cancelled checkout rolls back whole) and exits.
+    # With the preStop wait, under the pod's terminationGracePeriodSeconds (deploy/k8s), so a
+    # pod is never SIGKILLed mid-drain.
+    shutdown_grace_s: float = 30.0
+    # POS intake (DESIGN §10). A till's HMAC key must be recoverable to check signatures, so
+    # it is sealed (encrypted and authenticated) with this key, not hashed. Unset, the JWT
+    # secret is used (with its own label): set this in prod so the two rotate separately.
+    pos_seal_key: str | None = None
+    # A signed request older than this (or this far ahead of our clock) is refused.
+    pos_signature_max_age_s: int = 300
+    pos_signature_skew_s: int = 60
+    # A signature is remembered (Redis) this long, so a replay within the window is refused.
+    pos_signature_seen_ttl_s: int = 900
+    # Active keys an integration may hold at once (rotation).
+    pos_keys_active_max: int = 2
+    # How long an anonymous receipt's claim code can be claimed.
+    pos_claim_window_s: int = 30 * 24 * 3600
+    # Points held as a till tender are voided if the till neither posts nor voids them.
+    pos_redemption_timeout_s: int = 300
+    # A QR scanned at the till may reach us this late (an offline till resyncing).
+    pos_scan_max_age_s: int = 7 * 24 * 3600
+    # POST /v1/pos/receipts:batch: lines per batch and bytes per line.
+    pos_batch_max_lines: int = 10_000
+    pos_batch_line_max_bytes: int = 256 * 1024
+    pos_batch_max_bytes: int = 64 * 1024 * 1024
+    # The whole batch must arrive within this; it is spooled to a temporary file past the
+    # memory size, and taken in transactions of this many lines once its signature matches.
+    pos_batch_timeout_s: float = 300.0
+    pos_batch_spool_memory_bytes: int = 1024 * 1024
+    pos_batch_chunk_lines: int = 200
+    # Per integration: guest lookups (a phone number is guessable) and tender holds.
+    pos_lookups_per_minute: int = 120
+    pos_redemptions_per_minute: int = 60
 
     # Jobs.
     worker_interval_s: float = 15.0
@@ -166,10 +232,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             )
         if self.pos_webhook_max_attempts < 1 or self.pos_webhook_batch_size < 1:
             raise ValueError(f"{PREFIX}POS_WEBHOOK_MAX_ATTEMPTS and _BATCH_SIZE must be >= 1")
+        if self.shutdown_grace_s <= 0:
+            raise ValueError(f"{PREFIX}SHUTDOWN_GRACE_S must be above 0")
         if not 0 < self.worker_duty <= 1:
             raise ValueError(f"{PREFIX}WORKER_DUTY must be above 0 and at most 1")
         if self.db_pool_min > self.db_pool_max:
             raise ValueError(f"{PREFIX}DB_POOL_MIN must not exceed {PREFIX}DB_POOL_MAX")
+        for cidr in filter(None, (part.strip() for part in self.trusted_proxies.split(","))):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{PREFIX}TRUSTED_PROXIES: {cidr!r} is not a CIDR") from None
         if self.env == "prod" and not self.jwt_secret:
             raise ValueError(f"{PREFIX}JWT_SECRET is required when {PREFIX}ENV=prod")
         try:

@@ -1,4 +1,12 @@
-"""`regulars worker`: scheduled jobs and the outbox relay, in a loop with a bounded batch."""
+"""`regulars worker`: scheduled jobs and the outbox relay, in a loop with a bounded batch.
+
+Any number of workers may run on one PostgreSQL (DESIGN §8); each job's pass is claimed, so
+two never run the same job at once: the jobs under a PostgreSQL advisory lock per job
+(:class:`JobClaims`), the relay under one taken in its own transaction. A worker that finds a
+job claimed skips it this pass. Under the claims each job still re-reads what it changes under
+a row lock and skips what changed since (an order paid, a hold already voided), so a claim lost
+with its connection costs duplicate reads, never a duplicate effect.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +14,30 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+import asyncpg
 import msgspec
 
+from server.infra.db import connect_once
 from server.infra.redis import RedisUnavailable, publish_many
 from server.lifespan import Services
 from server.loyalty.jobs import expire_lots, recount_tier_points, void_timed_out_holds
 from server.loyalty.reconcile import RollingReconcile
 
-__all__ = ["QUEUE_CHANNEL", "Pacer", "relay_outbox", "run_forever", "run_once"]
+__all__ = ["QUEUE_CHANNEL", "JobClaims", "Pacer", "relay_outbox", "run_forever", "run_once"]
 
 log = logging.getLogger("regulars.worker")
 QUEUE_CHANNEL = "rg:queue:{location_id}"
+
+# Advisory lock keys are (class, object): this class is the worker's jobs ('RGJB'), the object
+# the job's name hashed, so `SELECT objid FROM pg_locks WHERE classid = 1380403778` shows them.
+JOB_LOCK_CLASS = 0x52474A42
+TRY_CLAIM = "SELECT pg_try_advisory_lock($1::int, hashtext($2))"
+UNCLAIM = "SELECT pg_advisory_unlock($1::int, hashtext($2))"
+# Relaying in order needs one relay at a time: two claiming batches side by side (SKIP LOCKED)
+# would publish them in either order. Held until the claim's transaction ends.
+TRY_CLAIM_RELAY = "SELECT pg_try_advisory_xact_lock($1::int, hashtext('relay_outbox'))"
 
 CLAIM_OUTBOX = """
 SELECT id, topic, payload FROM outbox WHERE published_at IS NULL
@@ -30,6 +49,8 @@ MARK_PUBLISHED = "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigi
 async def relay_outbox(services: Services, batch_size: int) -> int:
     """Publish outbox events to Redis pub/sub (live queues); at least once, in order."""
     async with services.db.transaction() as conn:
+        if not await conn.fetchval(TRY_CLAIM_RELAY, JOB_LOCK_CLASS):
+            return 0  # another worker is relaying
         rows = await conn.fetch(CLAIM_OUTBOX, batch_size)
         if not rows:
             return 0
@@ -49,6 +70,55 @@ async def relay_outbox(services: Services, batch_size: int) -> int:
         await services.gate.run(publish)
         await conn.execute(MARK_PUBLISHED, [row["id"] for row in rows])
     return len(rows)
+
+
+class JobClaims:
+    """Which jobs this worker runs now: a session advisory lock per job name, on a connection
+    of its own. Never on a pooled connection: the pool does not reset connections (a lock
+    left on one would outlive the job), and a job holding a pooled connection for its lock
+    could not take another for its work (server/infra/db.py, NestedAcquire). Used by one
+    task at a time."""
+
+    def __init__(self, database_url: str, timeout_s: float) -> None:
+        """``timeout_s`` bounds connecting and each claim or release."""
+        self._url = database_url
+        self._timeout_s = timeout_s
+        self._conn: asyncpg.Connection | None = None
+
+    @contextlib.asynccontextmanager
+    async def claim(self, job: str) -> AsyncIterator[bool]:
+        """Yields whether this worker holds ``job`` now (False: another worker runs it, or the
+        database is unreachable); released on exit."""
+        conn = await self._connection()
+        held = conn is not None and bool(await self._call(conn, TRY_CLAIM, job))
+        try:
+            yield held
+        finally:
+            if held and conn is not None:
+                await self._call(conn, UNCLAIM, job)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def _connection(self) -> asyncpg.Connection | None:
+        if self._conn is None or self._conn.is_closed():
+            try:
+                self._conn = await connect_once(self._url, self._timeout_s)
+            except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+                log.warning("job claims: no database connection: %s", exc)
+                return None
+        return self._conn
+
+    async def _call(self, conn: asyncpg.Connection, statement: str, job: str) -> object:
+        try:
+            return await conn.fetchval(statement, JOB_LOCK_CLASS, job, timeout=self._timeout_s)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # The session (and every lock it held) is gone or unusable: start a new one.
+            log.warning("job claims: connection lost: %s", exc)
+            conn.terminate()
+            return None
 
 
 class Pacer:
@@ -97,11 +167,23 @@ async def run_once(
     reconciler: RollingReconcile | None = None,
     pacer: Pacer | None = None,
     relay: bool = True,
+    claims: JobClaims | None = None,
 ) -> dict[str, int]:
     """One pass of every job (``slow``: also the day-scale ones, lot expiry and tier recount;
     ``reconciler``: also a page of wallets compared with the ledger; ``pacer``: the backlog
     jobs drained at its share of the time; ``relay``: the outbox relay too); each job's failure
-    is logged and does not stop the others."""
+    is logged and does not stop the others. A job another worker holds is skipped (0);
+    ``claims`` are this worker's (a pass without them opens its own)."""
+    if claims is None:
+        settings = services.settings
+        assert settings.database_url
+        claims = JobClaims(settings.database_url, settings.db_connect_timeout_s)
+        try:
+            return await run_once(
+                services, slow=slow, reconciler=reconciler, pacer=pacer, relay=relay, claims=claims
+            )
+        finally:
+            await claims.close()
     batch = services.settings.job_batch_size
 
     async def backlog(job: Callable[[int], Awaitable[int]]) -> int:
@@ -111,6 +193,7 @@ async def run_once(
     jobs: dict[str, Callable[[], Awaitable[int]]] = {
         "expired_orders": lambda: backlog(services.orders.expire_unpaid),
         "voided_holds": lambda: backlog(lambda n: void_timed_out_holds(services.loyalty, n)),
+        "revoked_sessions": lambda: services.auth.revocations.resync(batch),
     }
     if relay:
         jobs["relayed_events"] = lambda: relay_outbox(services, batch)
@@ -125,7 +208,8 @@ async def run_once(
         jobs["recounted_tiers"] = lambda: recount_tier_points(services.loyalty, batch)
     for name, job in jobs.items():
         try:
-            done[name] = await job()
+            async with claims.claim(name) as mine:
+                done[name] = await job() if mine else 0
         except RedisUnavailable:
             done[name] = 0
         except Exception:
@@ -178,19 +262,26 @@ async def _jobs_until(services: Services, stop: asyncio.Event) -> None:
         services.loyalty, settings.reconcile_grace_s, settings.job_batch_size
     )
     pacer = Pacer(settings.worker_duty, settings.job_chunk_size, lambda s: _rest(stop, s))
+    assert settings.database_url
+    claims = JobClaims(settings.database_url, settings.db_connect_timeout_s)
     next_slow = 0.0
-    while True:
-        started = loop.time()
-        # Lots expire by the day and tiers move slowly: their scans run far less often than
-        # the payment window and hold timeouts need.
-        slow = started >= next_slow
-        done = await run_once(services, slow=slow, reconciler=reconciler, pacer=pacer, relay=False)
-        if any(done.values()):
-            log.info("worker pass in %.1f s: %s", loop.time() - started, done)
-        if slow:
-            next_slow = started + settings.slow_jobs_interval_s
-        if not await _rest(stop, started + settings.worker_interval_s - loop.time()):
-            return
+    try:
+        while True:
+            started = loop.time()
+            # Lots expire by the day and tiers move slowly: their scans run far less often than
+            # the payment window and hold timeouts need.
+            slow = started >= next_slow
+            done = await run_once(
+                services, slow=slow, reconciler=reconciler, pacer=pacer, relay=False, claims=claims
+            )
+            if any(done.values()):
+                log.info("worker pass in %.1f s: %s", loop.time() - started, done)
+            if slow:
+                next_slow = started + settings.slow_jobs_interval_s
+            if not await _rest(stop, started + settings.worker_interval_s - loop.time()):
+                return
+    finally:
+        await claims.close()
 
 
 async def _rest(stop: asyncio.Event, seconds: float) -> bool:

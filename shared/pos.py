@@ -102,6 +102,11 @@ class ReceiptOut(_Wire, kw_only=True, frozen=True):
     points_reversed: int | None = None
     # Printed on an anonymous receipt; the guest claims the points in the app.
     claim_code: str | None = None
+    # Points given back to the guest because they had paid for returned lines (a refund).
+    points_restored: int | None = None
+    # Why the guest the till named was not recognised ('expired', 'forged', 'malformed',
+    # 'unknown' for a QR): the receipt was kept anonymous, with a claim code.
+    guest_unresolved: str | None = None
 
 
 class BatchLineResult(_Wire, kw_only=True, frozen=True):

@@ -78,6 +78,21 @@ def stack() -> Iterator[Stack]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+# Abuse limits lifted for the suite (issue 21): every test signs its guests in and its staff
+# fail sign-ins from one address, and places many unpaid orders per guest. The tests of these
+# limits (tests/api/test_abuse_limits.py, test_order_caps.py) open an app with small ones.
+TEST_LIMITS: dict[str, object] = {
+    "otp_sends_per_client_per_hour": 1_000_000,
+    "otp_sends_per_brand_per_hour": 1_000_000,
+    "otp_sends_global_per_hour": 1_000_000,
+    "otp_wrong_codes_per_client_per_hour": 1_000_000,
+    "staff_sign_in_free_failures": 1_000_000,
+    "staff_sign_in_failures_per_client": 1_000_000,
+    "unpaid_orders_per_guest": 1_000_000,
+    "slot_places_per_guest": 1_000_000,
+}
+
+
 @pytest.fixture(scope="session")
 def settings(stack: Stack) -> Settings:
     return load_settings(
@@ -90,6 +105,7 @@ def settings(stack: Stack) -> Settings:
         redis_retry_after_s=0.2,
         db_pool_max=20,
         otp_sends_per_hour=1000,
+        **TEST_LIMITS,
     )
 
 

@@ -15,10 +15,11 @@ from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
+from server.auth.revocation import Revocations
 from server.auth.tokens import TokenIssuer
-from server.infra.identity import TokenError
+from server.infra.identity import Principal, TokenError
 
-__all__ = ["BearerAuth", "bearer_token"]
+__all__ = ["BearerAuth", "bearer_token", "refuse_revoked"]
 
 
 class BearerAuth(AbstractAuthenticationMiddleware):
@@ -35,11 +36,20 @@ class BearerAuth(AbstractAuthenticationMiddleware):
             return AuthenticationResult(user=None, auth=None)
         issuer: TokenIssuer = connection.app.state.tokens
         try:
-            return AuthenticationResult(user=issuer.verify(token), auth=token)
+            principal = issuer.verify(token)
+            await refuse_revoked(principal, connection.app.state.services.auth.revocations)
+            return AuthenticationResult(user=principal, auth=token)
         except TokenError as exc:
             # Refused by the routes that need a user (_principal), not here: a client that
             # sends its expired access token along must still reach /v1/auth/refresh.
             return AuthenticationResult(user=None, auth=exc)
+
+
+async def refuse_revoked(principal: Principal, revocations: Revocations) -> None:
+    """TokenError when the principal's session (refresh-token family) was revoked: signed out,
+    or a reused refresh token. The checkout's lane calls this too."""
+    if principal.family_id is not None and await revocations.is_denied(principal.family_id):
+        raise TokenError("this session was signed out; sign in again")
 
 
 def bearer_token(header: str | None) -> str | None:

@@ -14,11 +14,13 @@ from uuid import UUID
 import asyncpg
 
 from server.auth.notifier import Notifier
+from server.auth.revocation import Revocations
 from server.auth.tokens import TokenIssuer
 from server.guests.service import Guests, normalise_phone
 from server.infra.db import Database
 from server.infra.identity import Principal
 from server.infra.problems import Problem
+from server.infra.ratelimit import count_failure, limit_all, refuse_if_over
 from server.infra.redis import RedisGate, RedisUnavailable
 from server.settings import Settings
 from server.staff.model import needs_totp
@@ -74,10 +76,15 @@ class Auth:
         self.tokens = tokens
         self.guests = guests
         self.notifier = notifier
+        self.revocations = Revocations(db, gate, settings.access_ttl_s)
 
-    async def send_code(self, body: contract.OtpRequest) -> contract.OtpSent:
-        """Send a 6-digit code; at most ``otp_sends_per_hour`` per phone."""
+    async def send_code(self, body: contract.OtpRequest, client_ip: str) -> contract.OtpSent:
+        """Send a 6-digit code; at most ``otp_sends_per_hour`` per phone, and per hour
+        ``otp_sends_per_client_per_hour`` per client address, ``otp_sends_per_brand_per_hour``
+        per brand and ``otp_sends_global_per_hour`` in all (429 ``too-many-codes``). Every
+        send costs the chain money, so without Redis no code is sent (503)."""
         phone = normalise_phone(body.phone)
+        await self._limit_sends(client_ip)
         code = f"{secrets.randbelow(1_000_000):06d}"
         sends_key, otp_key = f"rg:otp-sends:{phone}", f"rg:otp:{phone}"
 
@@ -114,10 +121,35 @@ class Auth:
         await self.notifier.send_code(phone, code)
         return contract.OtpSent(phone=phone, expires_in_s=self.settings.otp_ttl_s)
 
-    async def verify_code(self, body: contract.OtpVerify) -> contract.TokenPair:
-        """Exchange a valid code (single use, limited attempts) for tokens; enrols new guests."""
+    async def _limit_sends(self, client_ip: str) -> None:
+        """The SMS budget: per client address first (so one client cannot spend the brand's
+        budget), then per brand, then the global hourly budget. Fails closed."""
+        async with self.db.connection() as conn:
+            brand_id = await self.guests.brand_id(conn)
+        await limit_all(
+            self.gate,
+            "codes",
+            [
+                (f"client:{client_ip}", self.settings.otp_sends_per_client_per_hour,
+                 "codes from this address"),
+                (f"brand:{brand_id}", self.settings.otp_sends_per_brand_per_hour, "codes right now"),
+                ("global", self.settings.otp_sends_global_per_hour, "codes right now"),
+            ],
+            3600,
+        )  # fmt: skip
+
+    async def verify_code(self, body: contract.OtpVerify, client_ip: str) -> contract.TokenPair:
+        """Exchange a valid code (single use, limited attempts) for tokens; enrols new guests.
+
+        Wrong or unknown codes from one client address, whichever phones they name, are
+        limited to ``otp_wrong_codes_per_client_per_hour`` (429 ``too-many-wrong-codes``).
+        """
         phone = normalise_phone(body.phone)
         otp_key = f"rg:otp:{phone}"
+        await refuse_if_over(
+            self.gate, "wrong-codes", client_ip, self.settings.otp_wrong_codes_per_client_per_hour,
+            "wrong codes from this address", when_down="refuse",
+        )  # fmt: skip
 
         async def check() -> tuple[str | None, int, int]:
             async with self.gate.client.pipeline(transaction=True) as pipe:
@@ -135,11 +167,13 @@ class Auth:
             ) from None
         if stored is None:
             await self.gate.run(lambda: self.gate.client.delete(otp_key))
+            await count_failure(self.gate, "wrong-codes", client_ip, 3600)
             raise Problem(401, "code-expired", "no valid code for this phone; ask for a new one")
         if attempts > self.settings.otp_max_attempts:
             await self.gate.run(lambda: self.gate.client.delete(otp_key))
             raise Problem(429, "too-many-attempts", "too many wrong codes; ask for a new one")
         if not hmac.compare_digest(stored, _hash(phone + body.code).hex()):
+            await count_failure(self.gate, "wrong-codes", client_ip, 3600)
             raise Problem(401, "wrong-code", "the code is not right")
         # Deleting is the claim: of two concurrent verifications of one code, one deletes it.
         if not await self.gate.run(lambda: self.gate.client.delete(otp_key)):
@@ -180,10 +214,12 @@ class Auth:
     ) -> contract.TokenPair:
         """An access token plus a new refresh token in ``family_id`` (a new family if None)."""
         refresh = secrets.token_urlsafe(32)
+        family_id = family_id or uuid.uuid4()
+        principal = replace(principal, family_id=family_id)
         await conn.execute(
             INSERT_REFRESH,
             uuid.uuid4(),
-            family_id or uuid.uuid4(),
+            family_id,
             principal.kind,
             principal.subject_id,
             _hash(refresh),
@@ -235,8 +271,25 @@ class Auth:
             else:
                 pair = await self.issue(conn, principal, row["family_id"])
         if refused is not None:
+            await self.revocations.deny(row["family_id"])
             raise refused
         return pair
+
+    async def sign_out(self, principal: Principal) -> None:
+        """End the caller's session: its refresh tokens and its access tokens, at once.
+
+        Refuses 409 ``no-session`` for a token issued outside a session (``regulars token``),
+        which only its expiry ends.
+        """
+        if principal.family_id is None:
+            raise Problem(
+                409,
+                "no-session",
+                "this access token belongs to no session; it ends when it expires",
+            )
+        async with self.db.transaction() as conn:
+            await conn.execute(REVOKE_FAMILY, principal.family_id)
+        await self.revocations.deny(principal.family_id)
 
     async def _kiosk_session_ended(
         self, conn: asyncpg.Connection, principal: Principal

@@ -36,6 +36,8 @@ class TokenIssuer:
             "iat": now,
             "exp": now + self.access_ttl_s,
         }
+        if principal.family_id is not None:
+            claims["fam"] = str(principal.family_id)
         if principal.kind == "staff":
             claims["rol"] = principal.role
             claims["loc"] = sorted(str(x) for x in principal.location_ids)
@@ -78,6 +80,7 @@ class TokenIssuer:
                 role=claims.get("rol", "guest"),
                 location_ids=frozenset(UUID(x) for x in claims.get("loc", [])),
                 device_id=UUID(claims["dev"]) if claims.get("dev") else None,
+                family_id=UUID(claims["fam"]) if claims.get("fam") else None,
             )
             return principal, float(claims["exp"])
         except jwt.ExpiredSignatureError:

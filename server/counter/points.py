@@ -19,22 +19,61 @@ from server.infra import idempotency
 from server.infra.audit import audit
 from server.infra.db import Database
 from server.infra.idempotency import IdempotentRequest, Stored
-from server.infra.identity import Principal
+from server.infra.identity import ROLE_RANK, Principal
 from server.infra.problems import Problem
 from server.infra.ratelimit import limit
 from server.infra.redis import RedisGate
-from server.loyalty.model import AccountState, Movement, earn_points
+from server.loyalty.model import AccountState, Movement, Program, accrual_over_limit, earn_points
 from server.loyalty.service import Loyalty, Resolution, Spend
 from server.settings import Settings
 from shared import contract
 
-__all__ = ["CounterPoints"]
+__all__ = ["CounterPoints", "require_within_limits"]
 
 _encode = msgspec.json.Encoder().encode
 # Redemption transfer ids derive from the Idempotency-Key, so a retry reserves the same hold.
 _REDEMPTION_NAMESPACE = uuid.UUID("b1d0c8f4-5a3e-4e0b-8f57-3c2a9e7d6a10")
 ACCRUALS_ROUTE = "POST /v1/guests/{guest_id}/accruals"
 REDEMPTIONS_ROUTE = "POST /v1/guests/{guest_id}/redemptions"
+
+
+async def require_within_limits(
+    conn: asyncpg.Connection, staff: Principal, program: Program, guest_id: UUID, points: int
+) -> None:
+    """403 ``accrual-needs-approval`` when an accrual of ``points`` passes a limit of the staff
+    member's role (the programme's ``accrual_limits``: largest accrual, accruals per staff
+    member per hour, per guest per day).
+
+    Approval is simply someone of a higher role making the accrual: a shift lead or manager
+    signs in on the same kiosk (their PIN or password) and sends it with their own token, so
+    the audit entry names them, and their own role's limits apply. The problem lists who may.
+    Two accruals at the same instant may both pass a count limit by one; the amount limit holds.
+    """
+    limits = program.accrual_limits.get(staff.role)
+    if limits is None:
+        return
+    counts = await conn.fetchrow(sql.ACCRUAL_COUNTS, staff.subject_id, guest_id)
+    assert counts is not None  # an aggregate always has its row
+    over = accrual_over_limit(
+        limits, points, counts["by_staff_last_hour"], counts["for_guest_last_day"]
+    )
+    if over is None:
+        return
+    approvers = [
+        role
+        for role, rank in sorted(ROLE_RANK.items(), key=lambda item: item[1])
+        if rank > ROLE_RANK.get(staff.role, 0)
+        and accrual_over_limit(program.accrual_limits.get(role), points, 0, 0) is None
+    ]
+    raise Problem(
+        403,
+        "accrual-needs-approval",
+        f"this accrual is over the {staff.role} limit {over}; "
+        f"a {' or '.join(approvers)} must make it",
+        limit=over,
+        approver_roles=approvers,
+        points=points,
+    )
 
 
 class CounterPoints:
@@ -60,7 +99,9 @@ class CounterPoints:
         """Credit the points a till receipt earns, once per key and once per receipt.
 
         Refuses 404 for a location or guest the staff may not touch, 409
-        ``receipt-already-accrued`` for a receipt already accrued at this location.
+        ``receipt-already-accrued`` for a receipt already accrued in this brand, and 403
+        ``accrual-needs-approval`` above the staff member's role limits (see
+        :func:`require_within_limits`).
         """
         request = IdempotentRequest.of(
             f"staff:{staff.subject_id}:accruals",
@@ -95,6 +136,7 @@ class CounterPoints:
                 guest_id,
                 {
                     "points": transfer.points,
+                    "role": staff.role,
                     "amount_paid_minor": body.amount_paid_minor,
                     "location_id": str(body.location_id),
                     "receipt_ref": body.receipt_ref,
@@ -119,6 +161,7 @@ class CounterPoints:
         program = await self.loyalty.programs.get(staff.brand_id, conn)
         tier, _, _ = await self.loyalty.tier(conn, program, guest["account_id"])
         points = earn_points(program, body.amount_paid_minor, tier)
+        await require_within_limits(conn, staff, program, guest_id, points)
         transfer_id = uuid.uuid4()
         await self._claim_receipt(
             conn, staff, guest_id, body, transfer_id if points else None, points
@@ -169,7 +212,7 @@ class CounterPoints:
             raise Problem(
                 409,
                 "receipt-already-accrued",
-                f"receipt {body.receipt_ref!r} was already accrued at this location",
+                f"receipt {body.receipt_ref!r} was already accrued in this brand",
             )
 
     async def reserve(

@@ -47,8 +47,17 @@ CLAIM_RECEIPT = """
 INSERT INTO counter_accruals (location_id, receipt_ref, brand_id, guest_id, transfer_id,
                               amount_paid_minor, points, staff_id, device_id, scanned_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-ON CONFLICT (location_id, receipt_ref) DO NOTHING
+ON CONFLICT DO NOTHING  -- (location_id, receipt_ref), or (brand_id, receipt_ref): migration 0011
 RETURNING 1
+"""
+
+# What the role limits of an accrual count (Program.accrual_limits): the staff member's
+# accruals in the last hour, the guest's in the last day.
+ACCRUAL_COUNTS = """
+SELECT (SELECT count(*) FROM counter_accruals
+        WHERE staff_id = $1 AND created_at > now() - interval '1 hour') AS by_staff_last_hour,
+       (SELECT count(*) FROM counter_accruals
+        WHERE guest_id = $2 AND created_at > now() - interval '1 day') AS for_guest_last_day
 """
 
 # -- guest profiles --------------------------------------------------------------------------

@@ -64,6 +64,7 @@ _DOCS_CSP = (
 )
 # Request bodies the API reads, by media type: JSON, and JSON-based types (application/*+json).
 _JSON = "application/json"
+_NDJSON = "application/x-ndjson"
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -118,12 +119,19 @@ class Edge:
     body is read, and a problem+json 500 for an error that escaped everything else."""
 
     def __init__(
-        self, app: ASGIApp, *, body_limit: Callable[[str], int], hsts_max_age_s: int | None
+        self,
+        app: ASGIApp,
+        *,
+        body_limit: Callable[[str], int],
+        hsts_max_age_s: int | None,
+        ndjson_paths: frozenset[str] = frozenset(),
     ) -> None:
         """``body_limit`` gives the largest body a path takes; ``hsts_max_age_s`` None sends
-        no Strict-Transport-Security (development over plain HTTP)."""
+        no Strict-Transport-Security (development over plain HTTP); ``ndjson_paths`` take
+        newline-delimited JSON (``application/x-ndjson``) as well as JSON."""
         self.app = app
         self.body_limit = body_limit
+        self.ndjson_paths = ndjson_paths
         common: Headers = [
             (b"x-content-type-options", b"nosniff"),
             (b"referrer-policy", b"no-referrer"),
@@ -183,7 +191,8 @@ class Edge:
         limit = self.body_limit(scope["path"])
         if length is not None and length > limit:
             return _too_large(limit), receive
-        if (chunked or length) and not _is_json(media_type):
+        ndjson = media_type == _NDJSON and scope["path"] in self.ndjson_paths
+        if (chunked or length) and not (_is_json(media_type) or ndjson):
             return _not_json(media_type), receive
         if length is None:
             return None, _limited(receive, limit)

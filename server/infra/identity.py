@@ -42,6 +42,9 @@ class Principal:
     # Empty for staff means every location of the brand.
     location_ids: frozenset[UUID] = field(default_factory=frozenset)
     device_id: UUID | None = None
+    # The refresh-token family (the session) the access token was issued in: signing out, or
+    # a reused refresh token, denies the whole family (server/auth/revocation.py).
+    family_id: UUID | None = None
 
     def at_least(self, role: str) -> bool:
         return self.kind == "staff" and ROLE_RANK.get(self.role, 0) >= ROLE_RANK[role]

@@ -61,8 +61,12 @@ _LABELS = ("method", "path", "status_code", "app_name")
 _REQUESTS = Counter("regulars_requests_total", "Total requests", _LABELS)
 _ERRORS = Counter("regulars_requests_error_total", "Requests answered with a 5xx", _LABELS)
 _DURATION = Histogram("regulars_request_duration_seconds", "Request duration", _LABELS)
+# Summed over the live worker processes under `serve --workers N` (server/infra/multiprocess_metrics.py).
 _IN_PROGRESS = Gauge(
-    "regulars_requests_in_progress", "Requests being handled", ("method", "path", "app_name")
+    "regulars_requests_in_progress",
+    "Requests being handled",
+    ("method", "path", "app_name"),
+    multiprocess_mode="livesum",
 )
 
 
@@ -233,6 +237,9 @@ class _JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
             "request_id": getattr(record, "request_id", "-"),
         }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):  # logger.warning(..., extra={"fields": {...}})
+            entry.update(fields)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return self._encoder.encode(entry).decode()

@@ -12,6 +12,7 @@ import msgspec
 
 __all__ = [
     "AccountState",
+    "AccrualLimits",
     "AdmissionStatus",
     "Lot",
     "Movement",
@@ -19,6 +20,7 @@ __all__ = [
     "Program",
     "SettleAction",
     "Tier",
+    "accrual_over_limit",
     "add_months",
     "allocate",
     "earn_points",
@@ -37,6 +39,26 @@ class Tier(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     multiplier_pct: int = 100
 
 
+class AccrualLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What one role may credit at the counter on its own; None is no limit. Above any of
+    them the accrual needs someone of a higher role (issue 21, finding 2)."""
+
+    # The largest single accrual, in points.
+    max_points: int | None = None
+    # Accruals by one staff member in the last hour, and for one guest in the last 24 hours.
+    per_staff_per_hour: int | None = None
+    per_guest_per_day: int | None = None
+
+
+def _default_accrual_limits() -> dict[str, AccrualLimits]:
+    # A barista's 500 points are a 100.00 receipt at 5 points per 1.00; managers and admins
+    # approve, so they have none.
+    return {
+        "barista": AccrualLimits(max_points=500, per_staff_per_hour=60, per_guest_per_day=5),
+        "shift_lead": AccrualLimits(max_points=2_000, per_staff_per_hour=120, per_guest_per_day=10),
+    }
+
+
 class Program(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A brand's loyalty rules, stored as jsonb in ``loyalty_programs.rules``."""
 
@@ -48,6 +70,10 @@ class Program(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     max_points_share_pct: int = 30
     lot_expiry_months: int = 12
     welcome_bonus_points: int = 0
+    # Per staff role; a role not named here accrues without limit.
+    accrual_limits: dict[str, AccrualLimits] = msgspec.field(
+        default_factory=_default_accrual_limits
+    )
 
     def __post_init__(self) -> None:
         if self.point_value_minor < 1:
@@ -62,6 +88,22 @@ class Program(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
             a.min_points >= b.min_points for a, b in zip(self.tiers, self.tiers[1:], strict=False)
         ):
             raise ValueError("tiers must be ordered by min_points, strictly increasing")
+
+
+def accrual_over_limit(
+    limits: AccrualLimits | None, points: int, by_staff_last_hour: int, for_guest_last_day: int
+) -> str | None:
+    """Which of the role's limits this accrual would pass (the name of the setting), or None.
+    The counts are the accruals before this one."""
+    if limits is None:
+        return None
+    if limits.max_points is not None and points > limits.max_points:
+        return "max_points"
+    if limits.per_staff_per_hour is not None and by_staff_last_hour >= limits.per_staff_per_hour:
+        return "per_staff_per_hour"
+    if limits.per_guest_per_day is not None and for_guest_last_day >= limits.per_guest_per_day:
+        return "per_guest_per_day"
+    return None
 
 
 def tier_for(program: Program, points_earned_in_window: int) -> tuple[Tier, Tier | None]:

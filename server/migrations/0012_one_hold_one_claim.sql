@@ -56,8 +56,9 @@ BEGIN
 END;
 $$;
 
--- The checkout in one statement, as in 0009 (same signature, same result, same order of
--- statements), with the claim, the hold and the finish above.
+-- The checkout in one statement, as in 0010 (same signature, so this replaces that one and
+-- no second overload is left; same result, same order of statements, the guest's caps
+-- included), with the claim, the hold and the finish above.
 CREATE OR REPLACE FUNCTION place_order(
     p_scope text, p_key text, p_request_hash bytea, p_guest_id uuid,
     -- the program's tiers, lowest first: each one's floor of points earned in the window, and
@@ -74,7 +75,9 @@ CREATE OR REPLACE FUNCTION place_order(
     p_payment_expires_at timestamptz, p_created_at timestamptz, p_lines jsonb,
     -- the candidate slots, earliest first; each takes one more order only while it has room
     p_slot_first timestamptz[], p_slot_last timestamptz[], p_slot_minutes integer,
-    p_slot_capacity integer
+    p_slot_capacity integer,
+    -- one guest's share: open unpaid orders in all, open orders in the chosen pickup slot
+    p_unpaid_orders_per_guest integer, p_slot_places_per_guest integer
 ) RETURNS TABLE (claimed boolean, tier integer, posted bigint, pending bigint, version bigint,
                  chosen_slot timestamptz)
 LANGUAGE plpgsql AS $$
@@ -116,9 +119,18 @@ BEGIN
         v_guess := p_slot_first[1];
     END IF;
 
+    -- FOR UPDATE: a guest's checkouts take turns from here, so two at once cannot both pass
+    -- the guest's caps with one place left.
     SELECT a.id, coalesce(p.points_earned_12m, 0) INTO STRICT v_account_id, v_earned
     FROM accounts a LEFT JOIN guest_profiles p ON p.guest_id = a.guest_id
-    WHERE a.guest_id = p_guest_id;
+    WHERE a.guest_id = p_guest_id
+    FOR UPDATE OF a;
+    IF p_status = 'awaiting_payment' AND (
+        SELECT count(*) FROM orders o
+        WHERE o.guest_id = p_guest_id AND o.status = 'awaiting_payment'
+    ) >= p_unpaid_orders_per_guest THEN
+        RAISE EXCEPTION 'too-many-unpaid-orders' USING DETAIL = p_unpaid_orders_per_guest::text;
+    END IF;
     -- the highest tier whose floor the guest has reached (tier_for in loyalty/model.py)
     tier := coalesce(
         (SELECT max(i) FROM generate_subscripts(p_tier_floors, 1) AS i
@@ -183,6 +195,16 @@ BEGIN
     END LOOP;
     IF chosen_slot IS NULL THEN
         RAISE EXCEPTION 'slot-full';
+    END IF;
+    -- The guest's own places in the chosen slot, this order left out (an ASAP checkout is
+    -- refused too rather than moved on: the guest chose to hold that many already).
+    IF (
+        SELECT count(*) FROM orders o
+        WHERE o.guest_id = p_guest_id AND o.slot_start = chosen_slot
+          AND o.location_id = p_location_id AND o.id <> p_order_id
+          AND o.status IN ('awaiting_payment', 'placed', 'accepted', 'preparing', 'ready')
+    ) >= p_slot_places_per_guest THEN
+        RAISE EXCEPTION 'too-many-orders-in-slot' USING DETAIL = p_slot_places_per_guest::text;
     END IF;
     IF chosen_slot <> v_guess THEN
         UPDATE orders SET pickup_at = chosen_slot, slot_start = chosen_slot

@@ -55,6 +55,7 @@ __all__ = [
     "Pickup",
     "PlaceOrderCall",
     "PlaceOrderStatement",
+    "guest_cap_reached",
 ]
 
 _encode = msgspec.json.Encoder().encode
@@ -102,6 +103,21 @@ class PlaceOrderCall:
     tier_floors: list[int]
     variants: list[contract.Order]  # the order at each tier, lowest first
     responses: list[bytes]  # each variant encoded
+    # One guest's share (migration 0010): unpaid orders at once, orders in one pickup slot.
+    unpaid_orders_per_guest: int
+    slot_places_per_guest: int
+
+
+_GUEST_CAPS = frozenset({"too-many-unpaid-orders", "too-many-orders-in-slot"})
+
+
+def guest_cap_reached(slug: str) -> Problem:
+    """409 for a checkout over one guest's share (place_order's caps, migration 0010)."""
+    if slug == "too-many-unpaid-orders":
+        detail = "you have too many orders waiting for payment; pay or cancel one first"
+    else:
+        detail = "you already hold the most orders allowed in this pickup slot; choose another"
+    return Problem(409, slug, detail)
 
 
 class PlaceOrderStatement:
@@ -110,7 +126,7 @@ class PlaceOrderStatement:
 
     async def run(self, conn: asyncpg.Connection, call: PlaceOrderCall) -> asyncpg.Record:
         """Call place_order and turn its refusals into problems: 422 ``insufficient-points``,
-        409 ``slot-full``. Returns its one row (``claimed``, ``tier``, the account after the
+        409 ``slot-full``, 409 for a guest over their share (:func:`guest_cap_reached`). Returns its one row (``claimed``, ``tier``, the account after the
         hold)."""
         order, priced, guest = call.order, call.priced, call.guest
         lines = [
@@ -138,12 +154,15 @@ class PlaceOrderStatement:
                 None if call.pickup.asap else order.pickup_at, order.payment_expires_at,
                 order.created_at, lines, [first for first, _ in call.pickup.runs],
                 [last for _, last in call.pickup.runs], call.location.slot_minutes,
-                call.location.orders_per_slot,
+                call.location.orders_per_slot, call.unpaid_orders_per_guest,
+                call.slot_places_per_guest,
             )  # fmt: skip
         except asyncpg.RaiseError as refused:
             if refused.message == "insufficient-points":
                 spendable = int(refused.detail) if refused.detail else None
                 raise insufficient_points(order.points_spent, spendable) from None
+            if refused.message in _GUEST_CAPS:
+                raise guest_cap_reached(refused.message) from None
             if refused.message == "slot-full":
                 raise Problem(
                     409,
@@ -332,6 +351,8 @@ class Checkout:
                     request=request,
                     tier_floors=[t.min_points for t in program.tiers], variants=variants,
                     responses=[_encode(v) for v in variants],
+                    unpaid_orders_per_guest=self.settings.unpaid_orders_per_guest,
+                    slot_places_per_guest=self.settings.slot_places_per_guest,
                 )  # fmt: skip
                 row = await self.statement.run(conn, call)
                 if not row["claimed"]:

@@ -31,7 +31,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import Counter
 
-from server.auth.guards import bearer_token
+from server.auth.guards import bearer_token, refuse_revoked
 from server.auth.tokens import TokenIssuer
 from server.infra.http import stored_media_type
 from server.infra.idempotency import Stored, require_key
@@ -71,6 +71,8 @@ class CheckoutLane:
             return
         app_state = scope["app"].state
         admitted = _admit(scope, app_state.tokens, app_state.settings.order_body_max_bytes)
+        if admitted is not None and await _revoked(admitted.principal, app_state):
+            admitted = None  # Litestar's authentication refuses it, with the reason
         if admitted is None:
             await self._pass_on(scope, receive, send)
             return
@@ -128,6 +130,14 @@ def _admit(scope: Scope, tokens: TokenIssuer, max_body_bytes: int) -> _Admitted 
     if principal.kind != "guest":
         return None
     return _Admitted(principal, token, key, int(length))
+
+
+async def _revoked(principal: Principal, app_state: Any) -> bool:
+    try:
+        await refuse_revoked(principal, app_state.services.auth.revocations)
+    except TokenError:
+        return True
+    return False
 
 
 async def _read_body(receive: Receive, length: int) -> bytes | None:

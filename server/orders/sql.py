@@ -12,7 +12,7 @@ FROM promo_codes WHERE brand_id = $1
 PLACE_ORDER = """
 SELECT claimed, tier, posted, pending, version, chosen_slot
 FROM place_order($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                 $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)
+                 $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31)
 """
 
 RELEASE_SLOT = """

@@ -19,12 +19,16 @@ class StaffAuthController(Controller):
     path = "/v1/auth"
     tags = ["auth"]
 
-    @post("/staff", status_code=200, responses=problems(401, 403, 423))
+    @post("/staff", status_code=200, responses=problems(401, 403, 423, 429))
     async def sign_in(
-        self, staff: NamedDependency[Staff], data: JSONBody[contract.StaffLogin]
+        self,
+        staff: NamedDependency[Staff],
+        data: JSONBody[contract.StaffLogin],
+        client_ip: NamedDependency[str],
     ) -> contract.TokenPair:
-        """Email and password (plus a TOTP code for managers and admins); locks after failures."""
-        return await staff.sign_in(data)
+        """Email and password (plus a TOTP code for managers and admins); failures are slowed
+        per client address, and lock the email (the second factor gets through the lock)."""
+        return await staff.sign_in(data, client_ip)
 
     @post("/pin", status_code=200, responses=problems(401, 403, 423, 429))
     async def pin(
@@ -54,7 +58,10 @@ class DevicesController(Controller):
         """Register a kiosk tablet at a location; answers a pairing code shown only once."""
         return await staff.create_device(principal, data)
 
-    @post("/pair", status_code=200, responses=problems(404))
-    async def pair(self, staff: NamedDependency[Staff], data: JSONBody[PairIn]) -> DevicePaired:
-        """The tablet trades its pairing code (single use, expiring) for a device secret."""
-        return await staff.pair(data)
+    @post("/pair", status_code=200, responses=problems(404, 429))
+    async def pair(
+        self, staff: NamedDependency[Staff], data: JSONBody[PairIn], client_ip: NamedDependency[str]
+    ) -> DevicePaired:
+        """The tablet trades its pairing code (single use, expiring) for a device secret;
+        unknown codes are rate-limited per client address."""
+        return await staff.pair(data, client_ip)

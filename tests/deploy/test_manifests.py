@@ -17,7 +17,8 @@ import pytest
 import yaml
 from kubernetes_validate.utils import SchemaNotFoundError
 
-from tests.deploy.helpers import DEPLOY, ROOT, is_setting
+from server.settings import load_settings
+from tests.deploy.helpers import DEPLOY, is_setting
 
 # The oldest minor version still supported by the large managed offerings when this was
 # written; the manifests use nothing newer.
@@ -132,9 +133,8 @@ def test_the_api_probes_drains_and_scales(production: list[Manifest]) -> None:
 
     # preStop, then SIGTERM and `regulars serve`'s drain, must end before SIGKILL.
     pre_stop_s = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
-    drain = re.search(r"timeout_graceful_shutdown=(\d+)", (ROOT / "server/cli.py").read_text())
-    assert drain, "serve's drain bound moved: read it from where it lives now"
-    assert pod["terminationGracePeriodSeconds"] > pre_stop_s + int(drain[1])
+    drain_s = load_settings(environ={}).shutdown_grace_s  # REGULARS_SHUTDOWN_GRACE_S
+    assert pod["terminationGracePeriodSeconds"] > pre_stop_s + drain_s
 
     hpa = by_kind(production, "HorizontalPodAutoscaler")["regulars-api"]
     assert hpa["apiVersion"] == "autoscaling/v2"

@@ -25,9 +25,12 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from kiosk.live import LiveQueue
+from server.infra.db import connect_once
 from server.infra.embedded import EmbeddedRedisCluster
+from server.infra.migrate import apply_migrations
 from server.infra.redis import ClusterLine
 from server.loyalty.hot import wallet_keys
+from server.seed.demo import seed_demo
 from server.settings import Settings
 from tests.api.helpers import (
     assert_books_balance,
@@ -41,7 +44,16 @@ from tests.api.test_checkout import (  # run here unchanged, against the cluster
     test_fifty_concurrent_spends_from_one_wallet,
     test_full_journey,
 )
-from tests.conftest import TEST_JWT_SECRET, Client, Demo, LiveServer, Stack, give_points, sign_in
+from tests.conftest import (
+    TEST_JWT_SECRET,
+    TEST_LIMITS,
+    Client,
+    Demo,
+    LiveServer,
+    Stack,
+    give_points,
+    sign_in,
+)
 from tests.integration.test_kiosk_live_queue import FAST, Seen, place_and_pay, station_id, until
 
 __all__ = ["test_fifty_concurrent_spends_from_one_wallet", "test_full_journey"]
@@ -58,13 +70,41 @@ def cluster() -> Iterator[EmbeddedRedisCluster]:
 
 
 @pytest.fixture(scope="module")
-def settings(stack: Stack, cluster: EmbeddedRedisCluster) -> Settings:
-    """The session's PostgreSQL, the cluster's first node as the only Redis address."""
+def cluster_database(stack: Stack) -> str:
+    """A database of its own on the session's PostgreSQL, migrated and seeded.
+
+    The cluster's workers and the session's other live servers must not share an outbox:
+    a worker publishing on the single Redis would take the cluster's live events.
+    """
+    name = f"regulars_cluster_{uuid.uuid4().hex[:8]}"
+    admin_url = stack.running.database_url.rsplit("/", 1)[0] + "/postgres"
+    url = stack.running.database_url.rsplit("/", 1)[0] + f"/{name}"
+
+    async def prepare() -> None:
+        admin = await connect_once(admin_url)
+        try:
+            await admin.execute(f"CREATE DATABASE {name}")
+        finally:
+            await admin.close()
+        conn = await connect_once(url)
+        try:
+            await apply_migrations(conn)
+            await seed_demo(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(prepare())
+    return url
+
+
+@pytest.fixture(scope="module")
+def settings(stack: Stack, cluster: EmbeddedRedisCluster, cluster_database: str) -> Settings:
+    """A PostgreSQL database of its own, the cluster's first node as the only Redis address."""
     from server.settings import load_settings
 
     return load_settings(
         environ={},
-        database_url=stack.running.database_url,
+        database_url=cluster_database,
         redis_url=cluster.url,
         data_dir=str(stack.embedded.data_dir),
         env="test",
@@ -72,6 +112,7 @@ def settings(stack: Stack, cluster: EmbeddedRedisCluster) -> Settings:
         redis_retry_after_s=0.2,
         db_pool_max=20,
         otp_sends_per_hour=1000,
+        **TEST_LIMITS,
     )
 
 

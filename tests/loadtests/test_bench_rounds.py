@@ -39,14 +39,20 @@ def test_r1_pairs_each_rounds_f5_with_the_f1_of_the_same_round(bench: Bench) -> 
         order.append(("F5", n))
         return f5_rps[n]
 
+    def pos_round(n: int, server: Server) -> None:
+        order.append(("POS", n))
+
     fakes: Any = bench
-    fakes.pgbench, fakes.http_round = pgbench, http_round
+    fakes.pgbench, fakes.http_round, fakes.pos_round = pgbench, http_round, pos_round
     for n in (0, 1):
         now["round"] = n
         bench.round(n)
 
-    # Rounds alternate which comes first, so each F5 sits right beside its round's F1 ...
-    assert order == [("F1", 0), ("F1", 0), ("F5", 0), ("F5", 1), ("F1", 1), ("F1", 1)]
+    # Rounds alternate which comes first, so each F5 sits right beside its round's F1 (the
+    # POS round, with its own floor inside, comes after both) ...
+    assert order == [
+        ("F1", 0), ("F1", 0), ("F5", 0), ("POS", 0), ("F5", 1), ("F1", 1), ("F1", 1), ("POS", 1),
+    ]  # fmt: skip
     # ... and R1 divides by that one, the best of its 8 and 16 clients (not round 0's F1).
     assert bench.results["R1 = F5/F1 [uvicorn:1]"] == [1000.0 / 2016.0, 500.0 / 1016.0]
 

@@ -6,9 +6,11 @@ import msgspec
 import pytest
 
 from server.loyalty.model import (
+    AccrualLimits,
     Lot,
     Program,
     Tier,
+    accrual_over_limit,
     earn_points,
     points_cap,
     remaining_lots,
@@ -77,3 +79,13 @@ def test_bad_programs_are_refused(rules: dict[str, object]) -> None:
 def test_add_months_clamps_to_month_end() -> None:
     assert add_months(datetime(2026, 1, 31, tzinfo=UTC), 1) == datetime(2026, 2, 28, tzinfo=UTC)
     assert add_months(datetime(2026, 11, 15, tzinfo=UTC), 12) == datetime(2027, 11, 15, tzinfo=UTC)
+
+
+def test_accrual_limits_name_the_limit_passed() -> None:
+    limits = AccrualLimits(max_points=500, per_staff_per_hour=2, per_guest_per_day=1)
+    assert accrual_over_limit(limits, 500, 1, 0) is None
+    assert accrual_over_limit(limits, 501, 0, 0) == "max_points"
+    assert accrual_over_limit(limits, 10, 2, 0) == "per_staff_per_hour"
+    assert accrual_over_limit(limits, 10, 0, 1) == "per_guest_per_day"
+    assert accrual_over_limit(None, 10**9, 10**6, 10**6) is None
+    assert accrual_over_limit(AccrualLimits(), 10**9, 10**6, 10**6) is None

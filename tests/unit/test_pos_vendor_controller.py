@@ -4,6 +4,7 @@ nothing is handed on."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -79,7 +80,13 @@ def test_square_order_is_adapted_and_handed_to_intake(
 def test_loyverse_envelope_answers_one_per_receipt(
     http: TestClient[Litestar], intake: FakeIntake
 ) -> None:
-    body = (DATA / "loyverse" / "webhook_receipts_update.json").read_bytes()
+    # The published envelope carries one receipt; two show the answer is one per receipt.
+    envelope = json.loads((DATA / "loyverse" / "webhook_receipts_update.json").read_bytes())
+    envelope["receipts"] = [
+        json.loads((DATA / "loyverse" / name).read_bytes())
+        for name in ("receipt_2_7336.json", "refund.json")
+    ]
+    body = json.dumps(envelope).encode()
     response = http.post("/v1/pos/vendors/loyverse/receipts", content=body)
     assert response.status_code == 201, response.text
     assert [a["points_earned"] for a in response.json()] == [1, 2]

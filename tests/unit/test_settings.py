@@ -31,3 +31,10 @@ def test_a_bad_value_names_the_variable(environ: dict[str, str], named: str) -> 
     with pytest.raises(SettingsError) as refused:
         load_settings(environ)
     assert named in str(refused.value)
+
+
+def test_trusted_proxies_must_be_cidrs() -> None:
+    settings = load_settings({"REGULARS_TRUSTED_PROXIES": "10.0.0.0/8, fd00::/8"})
+    assert settings.trusted_proxies == "10.0.0.0/8, fd00::/8"
+    with pytest.raises(SettingsError, match="REGULARS_TRUSTED_PROXIES"):
+        load_settings({"REGULARS_TRUSTED_PROXIES": "10.0.0.0/8, not-a-network"})

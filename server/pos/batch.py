@@ -1,0 +1,203 @@
+"""``POST /v1/pos/receipts:batch``: NDJSON receipts, streamed, one answer per line.
+
+The body is never held whole in memory: as it streams in, each chunk goes through the
+signature's MAC and into a spool (memory up to ``pos_batch_spool_memory_bytes``, a temporary
+file beyond). Only once the last byte is in and the signature matches is any line taken, so a
+forged or tampered batch costs no database work and stores nothing. The spool is then read a
+line at a time and taken in transactions of ``pos_batch_chunk_lines`` lines, each line in its
+own savepoint: a bad line is refused with its problem and the rest proceeds, and no
+transaction holds guests' rows for longer than one chunk (realtime receipts of the same guests
+wait at most that long). Bounded: ``pos_batch_max_lines`` lines of at most
+``pos_batch_line_max_bytes`` each and ``pos_batch_max_bytes`` in all, ``pos_batch_timeout_s``
+for the whole batch. Chunks taken before a failure (the database going away mid-batch) stay
+taken: sent again, their lines answer ``replayed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from typing import IO, Any
+
+import asyncpg
+import msgspec
+
+from server.infra.db import Database
+from server.infra.problems import Problem
+from server.pos.auth import PendingCheck, Till, TillAuth
+from server.pos.points import Move, PointsPort
+from server.pos.receipts import Intake, Taken
+from server.settings import Settings
+from shared.pos import BatchLineResult, ReceiptIn
+
+__all__ = ["BatchIntake", "Item"]
+
+_decode = msgspec.json.Decoder(ReceiptIn).decode
+# A receipt to take, by its line number in the batch or file, or why that line is refused.
+Item = tuple[int, ReceiptIn | Problem]
+
+
+def _refused(line: int, problem: Problem) -> BatchLineResult:
+    return BatchLineResult(line=line, status="refused", problem=problem.body())
+
+
+class BatchIntake:
+    def __init__(
+        self, settings: Settings, db: Database, auth: TillAuth, intake: Intake, points: PointsPort
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.auth = auth
+        self.intake = intake
+        self.points = points
+
+    async def take(self, headers: Any, body: AsyncIterator[bytes]) -> list[BatchLineResult]:
+        """Receive and verify the whole batch, then take it line by line.
+
+        Refuses the whole batch with 401 (signature), 413 ``batch-too-long`` or 408
+        ``batch-too-slow``, before any line is taken.
+        """
+        pending = await self.auth.open(headers)
+        # Remembered before the body is read: two copies of one batch never run side by side.
+        await self.auth.remember(pending)
+        limit = self.settings.pos_batch_max_bytes
+        with tempfile.SpooledTemporaryFile(self.settings.pos_batch_spool_memory_bytes) as spool:
+            try:
+                async with asyncio.timeout(self.settings.pos_batch_timeout_s):
+                    await self._receive(pending, body, spool, limit)
+            except TimeoutError:
+                raise Problem(408, "batch-too-slow", "the batch did not arrive in time") from None
+            till = await self.auth.close(pending)
+            spool.seek(0)
+            return await self._take_lines(till, self._lines(spool))
+
+    async def _receive(
+        self, pending: PendingCheck, body: AsyncIterator[bytes], spool: IO[bytes], limit: int
+    ) -> None:
+        size = newlines = 0
+        last = b"\n"
+        max_lines = self.settings.pos_batch_max_lines
+        too_long = Problem(
+            413,
+            "batch-too-long",
+            f"a batch has at most {max_lines} lines and {self.settings.pos_batch_max_bytes} bytes",
+        )
+        async for chunk in body:
+            if not chunk:
+                continue
+            pending.mac.update(chunk)
+            size += len(chunk)
+            newlines += chunk.count(b"\n")
+            last = chunk[-1:]
+            if newlines > max_lines or size > limit:
+                raise too_long
+            spool.write(chunk)
+        if newlines + (last != b"\n") > max_lines:
+            raise too_long
+
+    def _lines(self, spool: IO[bytes]) -> Iterator[Item]:
+        """The spool's receipts, numbered by line from 1 (blank lines skipped); a line over
+        the size limit or not a receipt as its problem."""
+        max_bytes = self.settings.pos_batch_line_max_bytes
+        number = 0
+        while raw := spool.readline(max_bytes + 1):
+            number += 1
+            if len(raw) > max_bytes and not raw.endswith(b"\n"):
+                while (rest := spool.readline(max_bytes + 1)) and not rest.endswith(b"\n"):
+                    pass
+                yield number, Problem(413, "line-too-long", f"a line has at most {max_bytes} bytes")
+            elif raw.strip():
+                yield number, _receipt_of(raw)
+
+    async def _take_lines(self, till: Till, items: Iterator[Item]) -> list[BatchLineResult]:
+        results: list[BatchLineResult] = []
+        async for chunk in self.take_chunks(till, items):
+            results += chunk
+        return results
+
+    async def take_chunks(
+        self, till: Till, items: Iterator[Item]
+    ) -> AsyncIterator[list[BatchLineResult]]:
+        """Take ``items`` in transactions of ``pos_batch_chunk_lines`` receipts; yields each
+        chunk's results once it committed (the import's progress).
+
+        A chunk's replays and sales are taken together (:meth:`Intake.take_many`,
+        in a savepoint); every other receipt, or all of them when the database refuses that,
+        in a savepoint of its own: a refusal undoes that receipt only."""
+        chunk_lines = self.settings.pos_batch_chunk_lines
+        exhausted = False
+        while not exhausted:
+            chunk: list[Item] = []
+            while len(chunk) < chunk_lines:
+                item = next(items, None)
+                if item is None:
+                    exhausted = True
+                    break
+                chunk.append(item)
+            if not chunk:
+                break
+            receipts = [(n, r) for n, r in chunk if not isinstance(r, Problem)]
+            moves: list[Move] = []
+            async with self.db.transaction() as conn:
+                together = await self._take_together(conn, till, [r for _, r in receipts])
+                answers: dict[int, BatchLineResult] = {}
+                for (number, receipt), taken in zip(receipts, together, strict=True):
+                    if taken is None:
+                        answers[number] = await self._take(conn, till, number, receipt, moves)
+                    else:
+                        moves.extend(taken.moves)
+                        answers[number] = BatchLineResult(
+                            line=number, status=taken.status, receipt_id=taken.receipt_id
+                        )
+            await self.points.mirror(moves)
+            yield [
+                _refused(number, item) if isinstance(item, Problem) else answers[number]
+                for number, item in chunk
+            ]
+
+    async def _take_together(
+        self, conn: asyncpg.Connection, till: Till, receipts: list[ReceiptIn]
+    ) -> list[Taken | None]:
+        try:
+            async with conn.transaction():  # a savepoint: a refusal leaves nothing of it
+                return await self.intake.take_many(conn, till, receipts)
+        except (
+            Problem,
+            asyncpg.DataError,
+            asyncpg.IntegrityConstraintViolationError,
+            asyncpg.TransactionRollbackError,
+        ):
+            return [None] * len(receipts)
+
+    async def _take(
+        self,
+        conn: asyncpg.Connection,
+        till: Till,
+        number: int,
+        receipt: ReceiptIn,
+        moves: list[Move],
+    ) -> BatchLineResult:
+        try:
+            async with conn.transaction():  # a savepoint: a refusal undoes this receipt only
+                taken = await self.intake.take_on(conn, till, receipt)
+        except Problem as refusal:
+            return _refused(number, refusal)
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            detail = f"the receipt cannot be stored: {exc}"
+            return _refused(number, Problem(422, "invalid-receipt", detail))
+        except asyncpg.TransactionRollbackError:
+            # A deadlock with another writer of the same guest: this line only; send it again.
+            detail = "the receipt met a concurrent change; send it again"
+            return _refused(number, Problem(409, "receipt-busy", detail))
+        moves.extend(taken.moves)
+        return BatchLineResult(line=number, status=taken.status, receipt_id=taken.receipt_id)
+
+
+def _receipt_of(raw: bytes) -> ReceiptIn | Problem:
+    try:
+        return _decode(raw)
+    except msgspec.ValidationError as exc:
+        return Problem(422, "validation-error", str(exc))
+    except msgspec.DecodeError as exc:
+        return Problem(400, "malformed-json", f"not a JSON object: {exc}")

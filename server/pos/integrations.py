@@ -1,0 +1,141 @@
+"""POS integrations and their signing keys: created by an admin (API or CLI), a secret shown
+once, at most ``pos_keys_active_max`` active keys for rotation, revocation immediate."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+from uuid import UUID
+
+import asyncpg
+import msgspec
+from msgspec import Meta, Struct
+
+from server.infra.db import Database
+from server.infra.problems import Problem
+from server.pos import sql
+from server.pos.sealing import Sealer, digest, new_key_id, new_secret
+from server.pos.webhook_model import new_webhook_secret
+from server.settings import Settings
+
+__all__ = [
+    "IntegrationCreated",
+    "IntegrationIn",
+    "IntegrationView",
+    "Integrations",
+    "KeyCreated",
+    "KeyView",
+]
+
+WebhookUrl = Annotated[str, Meta(max_length=2000, pattern=r"^https?://")]
+
+
+class IntegrationIn(Struct, kw_only=True, frozen=True):
+    location_id: UUID
+    webhook_url: WebhookUrl | None = None
+
+
+class KeyCreated(Struct, kw_only=True, frozen=True):
+    """A new key: ``secret`` is shown this once and never again."""
+
+    integration_id: UUID
+    key_id: str
+    secret: str
+
+
+class IntegrationCreated(Struct, kw_only=True, frozen=True):
+    integration_id: UUID
+    key_id: str
+    secret: str
+    location_id: UUID
+    webhook_url: str | None = None
+    # With a webhook_url: the Standard Webhooks secret the till verifies deliveries with
+    # (server/pos/webhooks.py); shown this once, like the key's secret.
+    webhook_secret: str | None = None
+
+
+class KeyView(Struct, kw_only=True, frozen=True):
+    key_id: str
+    # SHA-256 of the secret: tells keys apart without revealing them.
+    digest: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+class IntegrationView(Struct, kw_only=True, frozen=True):
+    id: UUID
+    location_id: UUID
+    webhook_url: str | None
+    created_at: datetime
+    keys: list[KeyView]
+
+
+class Integrations:
+    def __init__(self, settings: Settings, db: Database, sealer: Sealer) -> None:
+        self.settings = settings
+        self.db = db
+        self.sealer = sealer
+
+    async def create(self, body: IntegrationIn, brand_id: UUID | None = None) -> IntegrationCreated:
+        """A new integration for a location of ``brand_id`` (any brand when None: the CLI),
+        with its first key, and a webhook secret when it has a webhook_url. Refuses 404
+        ``location-not-found``."""
+        webhook_secret = new_webhook_secret() if body.webhook_url else None
+        async with self.db.transaction() as conn:
+            row = await conn.fetchrow(
+                sql.INSERT_INTEGRATION, body.location_id, body.webhook_url, brand_id, webhook_secret
+            )
+            if row is None:
+                raise Problem(404, "location-not-found", f"no location {body.location_id}")
+            key = await self._new_key(conn, row["id"])
+        return IntegrationCreated(
+            integration_id=row["id"],
+            key_id=key.key_id,
+            secret=key.secret,
+            location_id=row["location_id"],
+            webhook_url=row["webhook_url"],
+            webhook_secret=webhook_secret,
+        )
+
+    async def add_key(self, brand_id: UUID, integration_id: UUID) -> KeyCreated:
+        """A second key for rotation. Refuses 409 ``too-many-keys`` while the integration has
+        ``pos_keys_active_max`` active keys (revoke one first)."""
+        async with self.db.transaction() as conn:
+            if await conn.fetchrow(sql.INTEGRATION_FOR_UPDATE, integration_id, brand_id) is None:
+                raise Problem(404, "integration-not-found", f"no integration {integration_id}")
+            return await self._new_key(conn, integration_id)
+
+    async def _new_key(self, conn: asyncpg.Connection, integration_id: UUID) -> KeyCreated:
+        active = await conn.fetchval(sql.ACTIVE_KEYS, integration_id)
+        if active >= self.settings.pos_keys_active_max:
+            raise Problem(
+                409,
+                "too-many-keys",
+                f"an integration has at most {self.settings.pos_keys_active_max} active keys;"
+                " revoke one first",
+            )
+        key_id, secret = new_key_id(), new_secret()
+        await conn.execute(
+            sql.INSERT_KEY, key_id, integration_id, self.sealer.seal(secret), digest(secret)
+        )
+        return KeyCreated(integration_id=integration_id, key_id=key_id, secret=secret)
+
+    async def revoke(self, brand_id: UUID, integration_id: UUID, key_id: str) -> None:
+        """Revoke a key: the next request signed with it is refused. 404 ``key-not-found``
+        for a key that is not an active key of this integration."""
+        async with self.db.transaction() as conn:
+            if await conn.fetchval(sql.REVOKE_KEY, key_id, integration_id, brand_id) is None:
+                raise Problem(404, "key-not-found", f"no active key {key_id} on this integration")
+
+    async def list(self, brand_id: UUID) -> list[IntegrationView]:
+        rows = await self.db.fetch(sql.INTEGRATIONS_OF_BRAND, brand_id)
+        return [
+            IntegrationView(
+                id=r["id"],
+                location_id=r["location_id"],
+                webhook_url=r["webhook_url"],
+                created_at=r["created_at"],
+                keys=msgspec.convert(r["keys"], list[KeyView]),
+            )
+            for r in rows
+        ]

@@ -1,0 +1,626 @@
+"""Receipt intake (DESIGN §10): one receipt, one transaction, idempotent on the till's id.
+
+:meth:`Intake.take` is the use case of ``POST /v1/pos/receipts`` (and of the vendor adapters'
+routes, which turn a vendor's object into a :class:`~shared.pos.ReceiptIn` first);
+:meth:`Intake.take_on` is the same on a caller's connection, for the batch. The effects, all in
+the caller's transaction: the idempotency row, the receipt and its lines, the guest resolved
+(or a claim code), points earned or reversed through :class:`~server.pos.points.PointsPort`,
+the guest's aggregates folded forward.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+from server.guests import identities
+from server.infra.db import Database
+from server.infra.problems import Problem
+from server.pos import identify, sql
+from server.pos.auth import Till
+from server.pos.model import (
+    Pricing,
+    SoldLine,
+    new_claim_code,
+    price_receipt,
+    returns_of,
+    with_points_earned,
+)
+from server.pos.points import Move, PointsPort
+from server.settings import Settings
+from shared.pos import ReceiptIn, ReceiptLineIn, ReceiptOut
+
+__all__ = ["Intake", "ReceiptVisit", "Taken", "VisitHook"]
+
+_encode = msgspec.json.Encoder().encode
+_CLAIM_ATTEMPTS = 5
+_DEADLOCK_RETRIES = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptVisit:
+    """A guest's visit seen on a till, for their aggregates (DESIGN §11)."""
+
+    guest_id: UUID
+    location_id: UUID
+    at: datetime
+    amount_minor: int
+    points: int
+    # (menu item id, name, quantity, unit price) of the lines whose SKU the menu knows.
+    items: tuple[tuple[UUID, str, int, int], ...] = ()
+
+
+# Folds a visit into the guest's aggregates, in the caller's transaction (wired in lifespan).
+VisitHook = Callable[[asyncpg.Connection, ReceiptVisit], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    status: Literal["created", "replayed"]
+    receipt_id: UUID
+    body: bytes
+    moves: tuple[Move, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Guest:
+    guest_id: UUID | None
+    # Why a named guest was not resolved (an expired or forged QR): kept anonymous.
+    unresolved: str | None = None
+
+
+def _pos_customer(receipt: ReceiptIn) -> str | None:
+    return receipt.guest.pos_customer_id if receipt.guest else None
+
+
+def request_digest(receipt: ReceiptIn) -> bytes:
+    """What the receipt says, independent of JSON spacing and field order."""
+    return hashlib.sha256(_encode(receipt)).digest()
+
+
+class Intake:
+    def __init__(
+        self, settings: Settings, db: Database, points: PointsPort, on_visit: VisitHook
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.points = points
+        self.on_visit = on_visit
+        self._currencies: dict[UUID, str] = {}
+
+    async def take(self, till: Till, receipt: ReceiptIn) -> Taken:
+        """Store ``receipt`` from ``till`` and earn (or reverse) its points, once.
+
+        A replay of the same receipt answers the first answer; another receipt under the same
+        ``external_id`` is 409 ``receipt-conflict``. Refuses 404 ``location-not-found`` for a
+        location that is not the till's, 422 for a receipt that cannot be priced.
+        """
+        for attempt in range(_DEADLOCK_RETRIES + 1):
+            try:
+                async with self.db.transaction() as conn:
+                    taken = await self.take_on(conn, till, receipt)
+                break
+            except asyncpg.TransactionRollbackError:
+                # A deadlock with a batch writing the same receipt or guest; PostgreSQL rolled
+                # this one back whole, so taking it again is safe (and idempotent).
+                if attempt == _DEADLOCK_RETRIES:
+                    raise Problem(
+                        409, "receipt-busy", "the receipt met a concurrent change; send it again"
+                    ) from None
+        await self.points.mirror(taken.moves)
+        return taken
+
+    async def ingest(self, till: Till, receipt: ReceiptIn) -> ReceiptOut:
+        """:meth:`take`, answered as a Struct (the vendor routes' port onto intake)."""
+        return msgspec.json.decode((await self.take(till, receipt)).body, type=ReceiptOut)
+
+    async def currency_of(self, till: Till) -> str:
+        """The brand's ISO 4217 currency (a vendor receipt may not carry one)."""
+        currency = self._currencies.get(till.brand_id)
+        if currency is None:
+            async with self.db.connection() as conn:
+                currency = await self._remember_currency(till, conn)
+        return currency
+
+    async def take_on(self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn) -> Taken:
+        """:meth:`take` in the caller's transaction; the caller mirrors ``moves`` after commit."""
+        if receipt.location_id != till.location_id:
+            raise Problem(
+                404, "location-not-found", f"no location {receipt.location_id} for this key"
+            )
+        if receipt.occurred_at.tzinfo is None:
+            raise Problem(422, "validation-error", "occurred_at needs a UTC offset")
+        digest = request_digest(receipt)
+        receipt_id = uuid.uuid4()
+        claimed = await conn.fetchval(
+            sql.CLAIM_RECEIPT_KEY,
+            till.integration_id,
+            receipt.external_id,
+            digest,
+            till.brand_id,
+            receipt.occurred_at,
+            receipt_id,
+        )
+        if not claimed:
+            return await self._replay(conn, till, receipt, digest)
+        if receipt.refund_of is not None:
+            body, moves = await self._refund(conn, till, receipt, receipt_id)
+        else:
+            body, moves = await self._sale(conn, till, receipt, receipt_id)
+        return Taken("created", receipt_id, body, moves)
+
+    async def take_many(
+        self, conn: asyncpg.Connection, till: Till, receipts: Sequence[ReceiptIn]
+    ) -> list[Taken | None]:
+        """What :meth:`take_on` would answer for a chunk of receipts, set-based where that is
+        the same: replays of receipts stored before, and sales (one key claim, one catalogue read,
+        one claim-code insert and one write for the whole chunk; a named guest's resolution,
+        points and visit still one receipt at a time). None for a receipt the caller takes
+        with :meth:`take_on` (a refund, one that is refused or conflicts, one whose key
+        another transaction holds, an ``external_id`` twice in the chunk). Raises asyncpg's
+        errors for data the database refuses, and a Problem; the caller then takes the chunk
+        one receipt at a time (in a savepoint, so nothing of this stays).
+        """
+        answers: list[Taken | None] = [None] * len(receipts)
+        counts = Counter(r.external_id for r in receipts)
+        digests: dict[int, bytes] = {}
+        for i, receipt in enumerate(receipts):
+            if (
+                receipt.location_id == till.location_id
+                and receipt.occurred_at.tzinfo is not None
+                and counts[receipt.external_id] == 1
+            ):
+                digests[i] = request_digest(receipt)
+        if not digests:
+            return answers
+        stored = {
+            row["external_id"]: row
+            for row in await conn.fetch(
+                sql.RECEIPT_KEYS, till.integration_id, [receipts[i].external_id for i in digests]
+            )
+        }
+        sales: list[tuple[int, Pricing]] = []
+        fresh = [i for i in digests if receipts[i].external_id not in stored]
+        for i in digests:
+            row = stored.get(receipts[i].external_id)
+            if row is not None and bytes(row["request_hash"]) == digests[i]:
+                answers[i] = Taken("replayed", row["receipt_id"], bytes(row["response"]))
+        candidates = [i for i in fresh if receipts[i].refund_of is None]
+        if not candidates:
+            return answers
+        currency = await self._currency_of(conn, till)
+        candidates = [i for i in candidates if receipts[i].currency in (None, currency)]
+        excluded, menu = await self._catalogue(conn, till, [receipts[i] for i in candidates])
+        program = await self.points.program(conn, till.brand_id)
+        for i in candidates:
+            try:
+                pricing = price_receipt(
+                    receipts[i], point_value_minor=program.point_value_minor, excluded=excluded
+                )
+            except Problem:
+                continue  # refused by take_on, with the same problem
+            sales.append((i, pricing))
+        if not sales:
+            return answers
+        ids = {i: uuid.uuid4() for i, _ in sales}
+        claimed = {
+            row["external_id"]
+            for row in await conn.fetch(
+                sql.CLAIM_RECEIPT_KEYS,
+                till.integration_id,
+                till.brand_id,
+                [receipts[i].external_id for i, _ in sales],
+                [digests[i] for i, _ in sales],
+                [receipts[i].occurred_at for i, _ in sales],
+                [ids[i] for i, _ in sales],
+            )
+        }
+        sales = [(i, p) for i, p in sales if receipts[i].external_id in claimed]
+        if not sales:
+            return answers
+        # The guests, their points and visits one receipt at a time, in file order (a guest's
+        # tier counts what their earlier receipts of this chunk earned), as _sale does.
+        outs: dict[int, ReceiptOut] = {}
+        moves: dict[int, tuple[Move, ...]] = {}
+        priced: list[tuple[int, Pricing]] = []
+        for i, pricing in sales:
+            guest = await self._resolve_guest(conn, till, receipts[i])
+            moves[i] = ()
+            if guest.guest_id is not None:
+                earned = await self.points.earn(
+                    conn,
+                    brand_id=till.brand_id,
+                    guest_id=guest.guest_id,
+                    paid_minor=pricing.earning_paid_minor,
+                    location_id=till.location_id,
+                    reason=f"receipt {receipts[i].external_id}",
+                )
+                pricing = with_points_earned(pricing, earned.points)
+                moves[i] = earned.moves
+            points = sum(p.points_earned for p in pricing.lines)
+            if guest.guest_id is not None:
+                await self._visit(conn, till, receipts[i], guest.guest_id, pricing, points, menu)
+            outs[i] = ReceiptOut(
+                receipt_id=ids[i],
+                points_earned=points,
+                guest_id=guest.guest_id,
+                guest_unresolved=guest.unresolved,
+            )
+            priced.append((i, pricing))
+        sales = priced
+        anonymous = [(receipts[i], ids[i]) for i, _ in sales if outs[i].guest_id is None]
+        codes = await self._claim_codes(conn, till, anonymous) if anonymous else {}
+        bodies = {
+            i: _encode(msgspec.structs.replace(outs[i], claim_code=codes.get(ids[i])))
+            for i, _ in sales
+        }
+        lines = [(n, p) for n, (_, pricing) in enumerate(sales) for p in pricing.lines]
+        await conn.execute(
+            sql.WRITE_SALES,
+            till.brand_id, till.integration_id, till.location_id, currency,
+            list(range(len(sales))),
+            [receipts[i].occurred_at for i, _ in sales],
+            [ids[i] for i, _ in sales],
+            [receipts[i].external_id for i, _ in sales],
+            [_pos_customer(receipts[i]) for i, _ in sales],
+            [p.gross_minor for _, p in sales],
+            [p.discount_minor for _, p in sales],
+            [p.earning_paid_minor for _, p in sales],
+            [p.points_tender for _, p in sales],
+            [bodies[i] for i, _ in sales],
+            [outs[i].guest_id for i, _ in sales],
+            [outs[i].points_earned for i, _ in sales],
+            [n for n, _ in lines],
+            [p.line_no for _, p in lines],
+            [p.line.sku for _, p in lines],
+            [p.line.name for _, p in lines],
+            [p.line.category for _, p in lines],
+            [p.line.quantity for _, p in lines],
+            [p.line.unit_price_minor for _, p in lines],
+            [p.gross_minor for _, p in lines],
+            [p.discount_minor for _, p in lines],
+            [p.line.tax_minor for _, p in lines],
+            [p.line.voided for _, p in lines],
+            [p.line.gift_card for _, p in lines],
+            [p.earns for _, p in lines],
+            [p.points_paid for _, p in lines],
+            [p.paid_minor for _, p in lines],
+            [p.points_earned for _, p in lines],
+        )  # fmt: skip
+        for i, _ in sales:
+            answers[i] = Taken("created", ids[i], bodies[i], moves[i])
+        return answers
+
+    async def _currency_of(self, conn: asyncpg.Connection, till: Till) -> str:
+        currency = self._currencies.get(till.brand_id)
+        return currency if currency is not None else await self._remember_currency(till, conn)
+
+    async def _catalogue(
+        self, conn: asyncpg.Connection, till: Till, receipts: Sequence[ReceiptIn]
+    ) -> tuple[Callable[[ReceiptLineIn], bool], dict[str, UUID]]:
+        """Whether a line earns nothing by the catalogue, and the menu items the SKUs name
+        (as :meth:`_price` reads them), read once for all of ``receipts``."""
+        lines = [line for receipt in receipts for line in receipt.lines]
+        skus = sorted({line.sku for line in lines if line.sku})
+        categories = sorted({line.category.lower() for line in lines if line.category})
+        items = await conn.fetch(sql.ITEMS_BY_SKU, till.brand_id, skus) if skus else []
+        no_sku = {r["sku"] for r in items if r["excluded"]}
+        no_category: set[str] = set()
+        if categories:
+            rows = await conn.fetch(sql.NON_EARNING_CATEGORIES, till.brand_id, categories)
+            no_category = {r["name"] for r in rows}
+
+        def excluded(line: ReceiptLineIn) -> bool:
+            return (line.sku is not None and line.sku in no_sku) or (
+                line.category is not None and line.category.lower() in no_category
+            )
+
+        return excluded, {r["sku"]: r["id"] for r in items}
+
+    async def _claim_codes(
+        self, conn: asyncpg.Connection, till: Till, sales: list[tuple[ReceiptIn, UUID]]
+    ) -> dict[UUID, str]:
+        """A claim code for each sale (receipt id → code), as :meth:`_claim_code` makes one."""
+        expires_at = datetime.now(UTC) + timedelta(seconds=self.settings.pos_claim_window_s)
+        codes: dict[UUID, str] = {}
+        waiting = sales
+        for _ in range(_CLAIM_ATTEMPTS):
+            proposed = {new_claim_code(): (receipt, rid) for receipt, rid in waiting}
+            taken = await conn.fetch(
+                sql.INSERT_CLAIMS,
+                till.brand_id,
+                expires_at,
+                list(proposed),
+                [receipt.occurred_at for receipt, _ in proposed.values()],
+                [rid for _, rid in proposed.values()],
+            )
+            for row in taken:
+                codes[proposed[row["code"]][1]] = row["code"]
+            waiting = [(r, rid) for r, rid in waiting if rid not in codes]
+            if not waiting:
+                return codes
+        raise AssertionError("claim codes keep colliding: the alphabet or length is too small")
+
+    async def _replay(
+        self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn, digest: bytes
+    ) -> Taken:
+        row = await conn.fetchrow(sql.RECEIPT_KEY, till.integration_id, receipt.external_id)
+        assert row is not None, "the key row is committed or ours"
+        if bytes(row["request_hash"]) != digest:
+            raise Problem(
+                409,
+                "receipt-conflict",
+                f"receipt {receipt.external_id!r} was already sent with different content",
+            )
+        assert row["response"] is not None, "a claimed key is finished in its transaction"
+        return Taken("replayed", row["receipt_id"], bytes(row["response"]))
+
+    # -- a sale ----------------------------------------------------------------------------
+
+    async def _price(
+        self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn
+    ) -> tuple[Pricing, dict[str, UUID]]:
+        """The receipt priced by the brand's rules, and the menu items its SKUs name."""
+        skus = sorted({line.sku for line in receipt.lines if line.sku})
+        # lower(), as the SQL compares: casefold() would turn 'ß' into 'ss', which lower() keeps.
+        categories = sorted({line.category.lower() for line in receipt.lines if line.category})
+        items = await conn.fetch(sql.ITEMS_BY_SKU, till.brand_id, skus) if skus else []
+        no_sku = {r["sku"] for r in items if r["excluded"]}
+        no_category: set[str] = set()
+        if categories:
+            rows = await conn.fetch(sql.NON_EARNING_CATEGORIES, till.brand_id, categories)
+            no_category = {r["name"] for r in rows}
+
+        def excluded(line: ReceiptLineIn) -> bool:
+            return (line.sku is not None and line.sku in no_sku) or (
+                line.category is not None and line.category.lower() in no_category
+            )
+
+        program = await self.points.program(conn, till.brand_id)
+        pricing = price_receipt(
+            receipt, point_value_minor=program.point_value_minor, excluded=excluded
+        )
+        return pricing, {r["sku"]: r["id"] for r in items}
+
+    async def _sale(
+        self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn, receipt_id: UUID
+    ) -> tuple[bytes, tuple[Move, ...]]:
+        currency = await self._currency(conn, till, receipt)
+        pricing, menu = await self._price(conn, till, receipt)
+        guest = await self._resolve_guest(conn, till, receipt)
+        moves: tuple[Move, ...] = ()
+        if guest.guest_id is not None:
+            earned = await self.points.earn(
+                conn,
+                brand_id=till.brand_id,
+                guest_id=guest.guest_id,
+                paid_minor=pricing.earning_paid_minor,
+                location_id=till.location_id,
+                reason=f"receipt {receipt.external_id}",
+            )
+            pricing = with_points_earned(pricing, earned.points)
+            moves = earned.moves
+        points = sum(p.points_earned for p in pricing.lines)
+        claim_code = None
+        if guest.guest_id is None:
+            claim_code = await self._claim_code(conn, till, receipt, receipt_id)
+        else:
+            await self._visit(conn, till, receipt, guest.guest_id, pricing, points, menu)
+        out = ReceiptOut(
+            receipt_id=receipt_id,
+            points_earned=points,
+            guest_id=guest.guest_id,
+            claim_code=claim_code,
+            guest_unresolved=guest.unresolved,
+        )
+        pos_customer = receipt.guest.pos_customer_id if receipt.guest else None
+        body = await self._write(
+            conn, till, receipt, receipt_id, pricing, currency, out,
+            pos_customer_id=pos_customer, kind="sale",
+        )  # fmt: skip
+        return body, moves
+
+    async def _currency(self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn) -> str:
+        """The brand's currency; 422 ``currency-mismatch`` for a receipt in another one."""
+        currency = self._currencies.get(till.brand_id)
+        if currency is None:
+            currency = await self._remember_currency(till, conn)
+        if receipt.currency is not None and receipt.currency != currency:
+            raise Problem(
+                422, "currency-mismatch", f"this brand takes {currency}, not {receipt.currency}"
+            )
+        return currency
+
+    async def _remember_currency(self, till: Till, conn: asyncpg.Connection) -> str:
+        # A brand's currency never changes, so it is kept once read.
+        currency = self._currencies[till.brand_id] = str(
+            await conn.fetchval(sql.BRAND_CURRENCY, till.brand_id)
+        )
+        return currency
+
+    async def _write(
+        self,
+        conn: asyncpg.Connection,
+        till: Till,
+        receipt: ReceiptIn,
+        receipt_id: UUID,
+        pricing: Pricing,
+        currency: str,
+        out: ReceiptOut,
+        *,
+        pos_customer_id: str | None,
+        kind: Literal["sale", "refund"],
+        refund_of: tuple[UUID, datetime] | None = None,
+    ) -> bytes:
+        """The receipt, its lines and the stored answer, in one statement; returns the answer."""
+        body = _encode(out)
+        lines = pricing.lines
+        await conn.execute(
+            sql.WRITE_RECEIPT,
+            till.brand_id, receipt.occurred_at, receipt_id, till.integration_id,
+            till.location_id, receipt.external_id, kind,
+            refund_of[0] if refund_of else None, refund_of[1] if refund_of else None,
+            out.guest_id, pos_customer_id, currency, pricing.gross_minor, pricing.discount_minor,
+            pricing.earning_paid_minor, pricing.points_tender, out.points_earned,
+            out.points_reversed or 0, out.points_restored or 0,
+            [p.line_no for p in lines],
+            [p.line.sku for p in lines],
+            [p.line.name for p in lines],
+            [p.line.category for p in lines],
+            [p.line.quantity for p in lines],
+            [p.line.unit_price_minor for p in lines],
+            [p.gross_minor for p in lines],
+            [p.discount_minor for p in lines],
+            [p.line.tax_minor for p in lines],
+            [p.line.voided for p in lines],
+            [p.line.gift_card for p in lines],
+            [p.earns for p in lines],
+            [p.points_paid for p in lines],
+            [p.paid_minor for p in lines],
+            [p.points_earned for p in lines],
+            body,
+        )  # fmt: skip
+        return body
+
+    async def _claim_code(
+        self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn, receipt_id: UUID
+    ) -> str:
+        expires_at = datetime.now(UTC) + timedelta(seconds=self.settings.pos_claim_window_s)
+        for _ in range(_CLAIM_ATTEMPTS):
+            code = new_claim_code()
+            if await conn.fetchval(
+                sql.INSERT_CLAIM, code, till.brand_id, receipt.occurred_at, receipt_id, expires_at
+            ):
+                return code
+        raise AssertionError("claim codes keep colliding: the alphabet or length is too small")
+
+    async def _visit(
+        self,
+        conn: asyncpg.Connection,
+        till: Till,
+        receipt: ReceiptIn,
+        guest_id: UUID,
+        pricing: Pricing,
+        points: int,
+        menu: dict[str, UUID],
+    ) -> None:
+        items = tuple(
+            (menu[p.line.sku], p.line.name, max(1, int(p.line.quantity)), p.line.unit_price_minor)
+            for p in pricing.lines
+            if p.line.sku in menu and not p.line.voided
+        )
+        paid = sum(p.paid_minor for p in pricing.lines if not p.line.voided)
+        visit = ReceiptVisit(guest_id, till.location_id, receipt.occurred_at, paid, points, items)
+        await self.on_visit(conn, visit)
+
+    # -- who the guest is ------------------------------------------------------------------
+
+    async def _resolve_guest(
+        self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn
+    ) -> _Guest:
+        """The guest the till named, tried QR, card, phone, then the till's customer id.
+
+        A QR is checked against its validity when it was scanned (``scanned_at``, else when
+        the sale happened), so an offline till's receipt hours late still counts. A QR that
+        is forged or was already expired keeps the receipt anonymous (with a claim code), and
+        the answer says why: the sale happened, the till cannot ask the guest again.
+        """
+        named = receipt.guest
+        if named is None:
+            return _Guest(None)
+        guest_id: UUID | None = None
+        unresolved: str | None = None
+        if named.qr_code:
+            guest_id, unresolved = await self._by_qr(till, receipt, conn, named.qr_code)
+        if guest_id is None and named.card_number:
+            guest_id = await identify.by_card(conn, till.brand_id, named.card_number)
+        if guest_id is None and named.phone:
+            guest_id = await identify.by_phone(conn, till.brand_id, named.phone)
+        customer = named.pos_customer_id
+        if customer and guest_id is None:
+            guest_id = await identities.by_pos_customer(
+                conn, till.brand_id, till.integration_id, customer
+            )
+        elif customer and guest_id is not None:
+            await identities.link_pos_customer(
+                conn, till.brand_id, guest_id, till.integration_id, customer
+            )
+        return _Guest(guest_id, None if guest_id else unresolved)
+
+    async def _by_qr(
+        self, till: Till, receipt: ReceiptIn, conn: asyncpg.Connection, code: str
+    ) -> tuple[UUID | None, str | None]:
+        """The QR judged at its scan time, which may be at most ``pos_scan_max_age_s`` ago."""
+        named = receipt.guest
+        at = (named.scanned_at if named and named.scanned_at else None) or receipt.occurred_at
+        if at.tzinfo is None:
+            return None, "malformed"
+        now = datetime.now(UTC)
+        skew = timedelta(seconds=self.settings.scan_clock_skew_s)
+        if at > now + skew or at < now - timedelta(seconds=self.settings.pos_scan_max_age_s):
+            return None, "expired"
+        return await identify.by_qr(conn, self.settings, till.brand_id, code, at)
+
+    # -- a refund --------------------------------------------------------------------------
+
+    async def _refund(
+        self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn, receipt_id: UUID
+    ) -> tuple[bytes, tuple[Move, ...]]:
+        """Return lines of the sale ``refund_of`` names: each returned part of a line gives
+        back its share of the points that paid for it and takes back its share of the points
+        it earned (:func:`~server.pos.model.refund_share`), exactly once per unit returned.
+        Refuses 422 ``unknown-sale`` and ``refund-exceeds-sale``."""
+        currency = await self._currency(conn, till, receipt)
+        sale = await conn.fetchrow(sql.SALE_OF_INTEGRATION, till.integration_id, receipt.refund_of)
+        if sale is None or sale["kind"] != "sale":
+            raise Problem(
+                422, "unknown-sale", f"no sale {receipt.refund_of!r} from this till to refund"
+            )
+        key = (sale["brand_id"], sale["occurred_at"], sale["id"])
+        sold = [
+            SoldLine(
+                r["line_no"], r["sku"], r["name"], r["unit_price_minor"], r["quantity"],
+                r["refunded_quantity"], r["points_earned"], r["points_paid"],
+            )
+            for r in await conn.fetch(sql.SALE_LINES_FOR_UPDATE, *key)
+        ]  # fmt: skip
+        returns = returns_of(receipt.lines, sold)
+        numbers = list(returns.quantities)
+        await conn.execute(sql.MARK_RETURNED, *key, numbers, list(returns.quantities.values()))
+        reversed_points, restored = returns.points_reversed, returns.points_restored
+        pricing = price_receipt(receipt, point_value_minor=1, excluded=lambda _: True)
+        guest_id: UUID | None = sale["guest_id"]
+        moves: tuple[Move, ...] = ()
+        if guest_id is not None:
+            moves = await self.points.reverse(
+                conn,
+                brand_id=till.brand_id,
+                guest_id=guest_id,
+                points_reversed=reversed_points,
+                points_restored=restored,
+                location_id=till.location_id,
+                reason=f"refund {receipt.external_id} of {receipt.refund_of}",
+            )
+        else:
+            reversed_points = restored = 0
+        out = ReceiptOut(
+            receipt_id=receipt_id,
+            points_earned=0,
+            guest_id=guest_id,
+            points_reversed=reversed_points,
+            points_restored=restored,
+        )
+        body = await self._write(
+            conn, till, receipt, receipt_id, pricing, currency, out,
+            pos_customer_id=None, kind="refund", refund_of=(sale["id"], sale["occurred_at"]),
+        )  # fmt: skip
+        return body, moves

@@ -1,0 +1,171 @@
+"""Till requests are signed (DESIGN §10): accepted, tampered, expired, replayed, revoked, from
+another location, unsigned; and keys: two active at most, revocation at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from shared.pos_signing import signature as sign
+from tests.api.pos_support import admin, new_till, receipt_body, slug
+from tests.conftest import Client, Demo, Stack
+
+
+async def stored_keys(services: Any, external_id: str) -> int:
+    return int(
+        await services.db.fetchval(
+            "SELECT count(*) FROM receipt_keys WHERE external_id = $1", external_id
+        )
+    )
+
+
+async def test_a_signed_receipt_is_accepted(client: Client, demo: Demo, services: Any) -> None:
+    till = await new_till(client, demo)
+    body = receipt_body(till)
+    response = await till.receipt(body)
+    assert response.status_code == 201, response.text
+    assert response.json()["points_earned"] == 0  # anonymous
+    assert await stored_keys(services, body["external_id"]) == 1
+
+
+async def test_a_tampered_body_is_refused_and_nothing_stored(
+    client: Client, demo: Demo, services: Any
+) -> None:
+    till = await new_till(client, demo)
+    body = receipt_body(till)
+    signed = json.dumps(body).encode()
+    tampered = json.dumps({**body, "external_id": body["external_id"] + "X"}).encode()
+    response = await client.post(
+        "/v1/pos/receipts", content=tampered, headers=till.signed_headers(signed)
+    )
+    assert response.status_code == 401 and slug(response) == "invalid-signature"
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert await stored_keys(services, body["external_id"] + "X") == 0
+
+
+async def test_an_expired_or_future_signature_is_refused(
+    client: Client, demo: Demo, services: Any
+) -> None:
+    till = await new_till(client, demo)
+    body = receipt_body(till)
+    old = await till.receipt(body, t=int(time.time()) - 301)
+    assert old.status_code == 401 and slug(old) == "invalid-signature"
+    future = await till.receipt(body, t=int(time.time()) + 600)
+    assert future.status_code == 401
+    assert await stored_keys(services, body["external_id"]) == 0
+    fresh = await till.receipt(body, t=int(time.time()) - 200)
+    assert fresh.status_code == 201, fresh.text
+
+
+async def test_a_replayed_signature_is_refused(client: Client, demo: Demo) -> None:
+    till = await new_till(client, demo)
+    raw = json.dumps(receipt_body(till)).encode()
+    headers = till.signed_headers(raw)
+    first = await client.post("/v1/pos/receipts", content=raw, headers=headers)
+    assert first.status_code == 201, first.text
+    again = await client.post("/v1/pos/receipts", content=raw, headers=headers)
+    assert again.status_code == 401 and slug(again) == "signature-replayed"
+    # Signed afresh, the same receipt is an idempotent replay: the first answer.
+    resent = await client.post("/v1/pos/receipts", content=raw, headers=till.signed_headers(raw))
+    assert resent.status_code == 201 and resent.content == first.content
+
+
+async def test_unsigned_unknown_and_wrong_secret_are_refused(client: Client, demo: Demo) -> None:
+    till = await new_till(client, demo)
+    raw = json.dumps(receipt_body(till)).encode()
+    as_json = {"Content-Type": "application/json"}
+    unsigned = await client.post("/v1/pos/receipts", content=raw, headers=as_json)
+    assert unsigned.status_code == 401 and slug(unsigned) == "signature-required"
+    # Judged before the body is read as a receipt: garbage unsigned is 401, not 400.
+    garbage = await client.post("/v1/pos/receipts", content=b"{not json", headers=as_json)
+    assert garbage.status_code == 401
+    unknown = await client.post(
+        "/v1/pos/receipts",
+        content=raw,
+        headers={**till.signed_headers(raw), "X-Regulars-Key": "rpk_nope"},
+    )
+    assert unknown.status_code == 401 and slug(unknown) == "invalid-key"
+    wrong = await client.post(
+        "/v1/pos/receipts", content=raw, headers=till.signed_headers(raw, secret="rps_guess")
+    )
+    assert wrong.status_code == 401 and slug(wrong) == "invalid-signature"
+    garbled = await client.post(
+        "/v1/pos/receipts",
+        content=raw,
+        headers={**as_json, "X-Regulars-Key": till.key_id, "X-Regulars-Signature": "t=1,v1=zz"},
+    )
+    assert garbled.status_code == 401 and slug(garbled) == "signature-required"
+
+
+async def test_keys_rotate_two_at_a_time_and_revocation_is_immediate(
+    client: Client, demo: Demo
+) -> None:
+    till = await new_till(client, demo)
+    base = f"/v1/pos/integrations/{till.integration_id}/keys"
+    second = await client.post(base, headers=admin(demo))
+    assert second.status_code == 201, second.text
+    third = await client.post(base, headers=admin(demo))
+    assert third.status_code == 409 and slug(third) == "too-many-keys"
+
+    revoked = await client.delete(f"{base}/{till.key_id}", headers=admin(demo))
+    assert revoked.status_code == 204, revoked.text
+    refused = await till.receipt(receipt_body(till))
+    assert refused.status_code == 401 and slug(refused) == "invalid-key"
+    again = await client.delete(f"{base}/{till.key_id}", headers=admin(demo))
+    assert again.status_code == 404
+
+    till.key_id, till.secret = second.json()["key_id"], second.json()["secret"]
+    assert (await till.receipt(receipt_body(till))).status_code == 201
+
+    listed = await client.get("/v1/pos/integrations", headers=admin(demo))
+    assert listed.status_code == 200
+    mine = next(i for i in listed.json() if i["id"] == till.integration_id)
+    assert [k["revoked_at"] is not None for k in mine["keys"]] == [True, False]
+    assert "secret" not in json.dumps(mine)
+
+
+async def test_a_key_of_one_location_cannot_write_for_another(
+    client: Client, demo: Demo, services: Any
+) -> None:
+    till = await new_till(client, demo, "station")
+    body = receipt_body(till, location_id=str(demo.locations["mitte"]))
+    response = await till.receipt(body)
+    assert response.status_code == 404 and slug(response) == "location-not-found"
+    assert await stored_keys(services, body["external_id"]) == 0
+
+
+async def test_only_admins_manage_integrations(client: Client, demo: Demo) -> None:
+    response = await client.post(
+        "/v1/pos/integrations",
+        json={"location_id": str(demo.locations["station"])},
+        headers={"Authorization": f"Bearer {demo.staff['manager']}"},
+    )
+    assert response.status_code == 403
+
+
+def test_the_signature_covers_time_and_body() -> None:
+    assert sign("s", 1, b"a") != sign("s", 2, b"a") != sign("s", 1, b"b")
+    assert sign("s", 1, b"a").startswith("t=1,v1=")
+
+
+async def test_without_redis_signed_requests_fail_closed(
+    client: Client, demo: Demo, services: Any, stack: Stack
+) -> None:
+    till = await new_till(client, demo)
+    body = receipt_body(till)
+    stack.stop_redis()
+    try:
+        refused = await till.receipt(body)
+        assert refused.status_code == 503 and slug(refused) == "signature-check-unavailable"
+        assert refused.headers["retry-after"]
+        assert await stored_keys(services, body["external_id"]) == 0
+    finally:
+        stack.start_redis()
+    for _ in range(100):
+        if await services.gate.ping():
+            break
+        await asyncio.sleep(0.05)
+    accepted = await till.receipt(body)
+    assert accepted.status_code == 201, accepted.text

@@ -1,0 +1,74 @@
+"""`regulars integration create`: one JSON line with a secret that a till can sign with at once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+from server.auth.notifier import RecordingNotifier
+from server.settings import Settings
+from tests.api.pos_support import SignedTill, receipt_body
+from tests.conftest import TEST_JWT_SECRET, Stack, app_client
+
+REGULARS = [sys.executable, "-m", "server"]
+
+
+def regulars(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "REGULARS_DATABASE_URL": stack.running.database_url,
+        "REGULARS_REDIS_URL": stack.running.redis_url,
+        "REGULARS_JWT_SECRET": TEST_JWT_SECRET,
+    }
+    return subprocess.run([*REGULARS, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+async def test_integration_create_prints_a_key_a_till_can_sign_with(
+    stack: Stack, settings: Settings
+) -> None:
+    async with app_client(settings, RecordingNotifier()) as client:
+        services: Any = client.app.state.services
+        station = await services.db.fetchval("SELECT id FROM locations WHERE slug = 'station'")
+        result = regulars(
+            stack,
+            "integration", "create", "--location-id", str(station),
+            "--webhook-url", "https://till.example/hooks",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.strip().splitlines()
+        assert len(lines) == 1
+        printed = json.loads(lines[0])
+        assert set(printed) == {"integration_id", "key_id", "secret", "webhook_secret"}
+        assert printed["webhook_secret"].startswith("whsec_")
+        stored = await services.db.fetchrow(
+            "SELECT secret_sealed, webhook_url, webhook_secret FROM pos_keys k"
+            " JOIN pos_integrations i ON i.id = k.integration_id WHERE k.key_id = $1",
+            printed["key_id"],
+        )
+        assert stored["webhook_url"] == "https://till.example/hooks"
+        assert stored["webhook_secret"] == printed["webhook_secret"]
+        assert printed["secret"].encode() not in bytes(stored["secret_sealed"])
+
+        try:
+            till = SignedTill(
+                client, printed["integration_id"], printed["key_id"], printed["secret"], station
+            )
+            response = await till.receipt(receipt_body(till))
+            assert response.status_code == 201, response.text
+        finally:
+            # Its webhook URL leads nowhere: retired, so no other test's deliveries go to it.
+            await services.db.fetchval(
+                "UPDATE pos_integrations SET disabled_at = now() WHERE id = $1 RETURNING id",
+                uuid.UUID(printed["integration_id"]),
+            )
+
+
+def test_integration_create_for_an_unknown_location_is_a_one_line_error(stack: Stack) -> None:
+    result = regulars(stack, "integration", "create", "--location-id", str(uuid.uuid4()))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("regulars: ") and "location" in result.stderr
+    bad = regulars(stack, "integration", "create", "--location-id", "nope")
+    assert bad.returncode == 2 and "--location-id" in bad.stderr
