@@ -14,6 +14,7 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components
+from litestar.types import ControllerRouterHandler
 
 from server.auth.controller import AuthController
 from server.auth.guards import BearerAuth
@@ -89,8 +90,8 @@ def _client_ip(request: Request[Any, Any, Any]) -> str:
     return client_address(request.scope, request.app.state.settings.trusted_proxies)
 
 
-def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar:
-    """The Litestar app for ``settings``; the lifespan opens the pool and Redis."""
+def _dependencies() -> dict[str, Provide]:
+    """What the handlers ask for by name: the services, the caller, the signing till."""
     dependencies = {
         name: _service(name)
         for name in (
@@ -117,6 +118,10 @@ def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar
     dependencies["client_ip"] = Provide(_client_ip, sync_to_thread=False)
     dependencies["till"] = Provide(till_of, sync_to_thread=False)
     dependencies["pos_intake"] = _service("intake")
+    return dependencies
+
+
+def _route_handlers() -> list[ControllerRouterHandler]:
     # The vendor receipts and the order feed are signed by a till like every POS route.
     signed_by_till = Router(
         path="/",
@@ -124,25 +129,30 @@ def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar
         guards=[requires_till],
         security=POS_SIGNED,
     )
+    return [
+        healthz,
+        readyz,
+        MetricsController,
+        AuthController,
+        CatalogController,
+        MeController,
+        OrdersController,
+        MyOrdersController,
+        AdjustmentsController,
+        WebhookDeliveriesController,
+        StaffAuthController,
+        DevicesController,
+        *COUNTER_ROUTES,
+        *POS_ROUTES,
+        signed_by_till,
+    ]
+
+
+def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar:
+    """The Litestar app for ``settings``; the lifespan opens the pool and Redis."""
     app = Litestar(
-        route_handlers=[
-            healthz,
-            readyz,
-            MetricsController,
-            AuthController,
-            CatalogController,
-            MeController,
-            OrdersController,
-            MyOrdersController,
-            AdjustmentsController,
-            WebhookDeliveriesController,
-            StaffAuthController,
-            DevicesController,
-            *COUNTER_ROUTES,
-            *POS_ROUTES,
-            signed_by_till,
-        ],
-        dependencies=dependencies,
+        route_handlers=_route_handlers(),
+        dependencies=_dependencies(),
         middleware=[
             RequestTelemetry,
             DefineMiddleware(BearerAuth, exclude=["/healthz", "/readyz", "/metrics", "/schema"]),

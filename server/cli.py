@@ -532,6 +532,14 @@ def _parser() -> argparse.ArgumentParser:
     staff = kinds.add_parser("staff")
     staff.add_argument("--email", required=True)
     staff.add_argument("--data-dir")
+    _pos_commands(command)
+    return parser
+
+
+def _pos_commands(
+    command: Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser],
+) -> None:
+    """``regulars integration`` and ``regulars import``: the POS side's commands."""
     integration = command("integration", cmd_integration, "POS integrations of a location")
     actions = integration.add_subparsers(dest="action", required=True)
     create = actions.add_parser("create", help="a new integration and its first signing key")
@@ -546,7 +554,6 @@ def _parser() -> argparse.ArgumentParser:
     receipts.add_argument("--integration", default=None, help="default: the location's oldest")
     receipts.add_argument("--map", default=None, help="OURS=THEIRS,… to rename the file's columns")
     receipts.add_argument("--data-dir")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

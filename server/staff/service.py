@@ -262,6 +262,17 @@ class Staff:
 
     # -- PIN sign-in on a paired device ----------------------------------------------------
 
+    async def _paired_device(self, body: contract.PinLogin) -> asyncpg.Record:
+        """The device row, if its secret is right (401 ``device-not-paired``) and the device
+        is not slowed down for wrong PINs (server/staff/throttle.py)."""
+        device = await self.db.fetchrow(sql.DEVICE, body.device_id)
+        if device is None or not hmac.compare_digest(
+            bytes(device["device_secret_hash"]), _digest(body.device_secret)
+        ):
+            raise Problem(401, "device-not-paired", "this device is not paired; pair it again")
+        await self.device_throttle.check(str(body.device_id))
+        return device
+
     async def pin_sign_in(self, body: contract.PinLogin) -> contract.TokenPair:
         """Tokens scoped to the device's location, for a staff member of that location.
 
@@ -277,12 +288,7 @@ class Staff:
         are refused (403 ``second-factor-required``): their roles need a second factor.
         """
         email = normalise_email(body.email)
-        device = await self.db.fetchrow(sql.DEVICE, body.device_id)
-        if device is None or not hmac.compare_digest(
-            bytes(device["device_secret_hash"]), _digest(body.device_secret)
-        ):
-            raise Problem(401, "device-not-paired", "this device is not paired; pair it again")
-        await self.device_throttle.check(str(body.device_id))
+        device = await self._paired_device(body)
         attempts = f"{body.device_id}:{email}"
         await limit(
             self.gate, "pin-attempts", attempts, self.settings.pin_attempts_per_window,
