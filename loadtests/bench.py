@@ -169,11 +169,10 @@ def pos_pgbench_scripts() -> tuple[str, str]:
     + stored answer; a sale naming a guest by phone: the same less the claim code, plus the
     guest's account, tier window, earn transfer, credit, location time zone and profile
     fold). Two lines, like most of loadtests/pos_receipts.py's receipts."""
+    from server.counter import sql as counter_sql
     from server.guests.identities import BY_PHONE
-    from server.kiosk import sql as kiosk_sql
     from server.loyalty import sql as loyalty_sql
     from server.pos import sql as pos_sql
-    from server.pos.points import GUEST_ACCOUNT
 
     head = [
         r"\set r random(1, 4000000000000000000)",
@@ -218,7 +217,7 @@ def pos_pgbench_scripts() -> tuple[str, str]:
     named = [
         *head, claim, *reads,
         _bind(BY_PHONE, ":brand::uuid", "(SELECT phone FROM bench.pos_guests WHERE n = :g)"),
-        _bind(GUEST_ACCOUNT, guest),
+        _bind(loyalty_sql.ACCOUNT_OF_GUEST, guest),
         _bind(loyalty_sql.POINTS_EARNED_SINCE, account, "now() - interval '365 days'"),
         _bind(
             loyalty_sql.INSERT_TRANSFER, f"md5('t' || {ext})::uuid", ":brand::uuid",
@@ -227,9 +226,9 @@ def pos_pgbench_scripts() -> tuple[str, str]:
         ),
         _bind(loyalty_sql.CREDIT_GUEST, account, "7"),
         "SELECT timezone FROM locations WHERE id = :loc::uuid;",
-        _bind(kiosk_sql.PROFILE_FOR_UPDATE, guest),
+        _bind(counter_sql.PROFILE_FOR_UPDATE, guest),
         _bind(
-            kiosk_sql.UPSERT_PROFILE, guest, "1", "1", "700", "700", "1", "8", "now()",
+            counter_sql.UPSERT_PROFILE, guest, "1", "1", "700", "700", "1", "8", "now()",
             """'[{"item_id": "00000000-0000-0000-0000-000000000000", "name": "Cappuccino", "count": 1}]'::jsonb""",
             "7", "'{0,1,0,0,0,0,0}'::int[]", "array_fill(0, ARRAY[24])", "ARRAY[now()]",
         ),
