@@ -25,7 +25,7 @@ __all__ = ["Backoff", "LiveEvent", "LiveQueue"]
 
 log = logging.getLogger("kiosk.live")
 # The close code the server sends when the socket's access token is missing or has expired
-# (WS_UNAUTHENTICATED in server/kiosk/controller.py).
+# (WS_UNAUTHENTICATED in server/counter/controller.py).
 _TOKEN_REFUSED = 4401
 
 

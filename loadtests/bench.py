@@ -6,9 +6,10 @@ interleaved rounds (A B A B …; the order inside a round alternates too), so th
 of a shared machine hits every figure alike, and reports median and min-max per figure:
 
 F1  PostgreSQL floor: the SQL of one checkout with points as the server sends it — one call
-    of place_order (migration 0009: idempotency claim, account and tier, guarded hold +
-    pending transfer, order + lines, slot + stored response), one round trip, no BEGIN/COMMIT —
-    by pgbench -M prepared at 8 and 16 clients, synchronous_commit on, same database.
+    of place_order (migrations 0010 and 0012: idempotency claim, account, guest caps and tier,
+    guarded hold + pending transfer, order + lines, slot + stored response), one round trip,
+    no BEGIN/COMMIT — by pgbench -M prepared at 8 and 16 clients, synchronous_commit on,
+    same database.
 F4  framework ceiling: GET /healthz under wrk (closed loop).
 F5  checkout closed loop: wrk with unique Idempotency-Keys and rotating guest tokens at 8, 16
     and 32 connections: max rps and p99.
@@ -119,7 +120,7 @@ PGBENCH_SQL = r"""
 \set r random(1, 4000000000000000000)
 \set slot random(0, :nslots - 1)
 \set pts random(20, 100)
-SELECT claimed, tier, posted, pending, version, chosen_slot FROM place_order('bench-f1-orders', (:client_id::text || '-' || :r::text), '\x0102'::bytea, (SELECT guest_id FROM bench.f1_guests WHERE n = :g), '{0,500,2000}'::bigint[], '{30,37,45}'::int[], ARRAY[convert_to(repeat('x', 900), 'UTF8'), convert_to(repeat('y', 900), 'UTF8'), convert_to(repeat('z', 900), 'UTF8')], :pts, md5('t' || (:client_id::text || '-' || :r::text))::uuid, :redeemed::uuid, now() + interval '900 seconds', md5('o' || (:client_id::text || '-' || :r::text))::uuid, :brand::uuid, :loc::uuid, 'awaiting_payment', 'EUR', 620, 0, :pts, 620 - :pts, NULL, to_timestamp(:base::bigint + 300 * :slot::bigint + 120), now() + interval '900 seconds', now(), jsonb_build_array(jsonb_build_object('id', md5('l0' || (:client_id::text || '-' || :r::text))::uuid, 'line_no', 0, 'item_id', :item1::uuid, 'sku', 'CAP', 'name', 'Cappuccino', 'quantity', 1, 'unit_price_minor', 380, 'modifier_ids', '[]'::jsonb, 'modifier_names', '[]'::jsonb, 'gross_minor', 380, 'discount_minor', 0, 'points_spent', 10, 'paid_minor', 370, 'earns_points', true), jsonb_build_object('id', md5('l1' || (:client_id::text || '-' || :r::text))::uuid, 'line_no', 1, 'item_id', :item2::uuid, 'sku', 'CRO', 'name', 'Croissant', 'quantity', 1, 'unit_price_minor', 240, 'modifier_ids', '[]'::jsonb, 'modifier_names', '[]'::jsonb, 'gross_minor', 240, 'discount_minor', 0, 'points_spent', 10, 'paid_minor', 230, 'earns_points', true)), ARRAY[to_timestamp(:base::bigint + 300 * :slot::bigint)], ARRAY[to_timestamp(:base::bigint + 300 * :slot::bigint)], 5, 500);
+SELECT claimed, tier, posted, pending, version, chosen_slot FROM place_order('bench-f1-orders', (:client_id::text || '-' || :r::text), '\x0102'::bytea, (SELECT guest_id FROM bench.f1_guests WHERE n = :g), '{0,500,2000}'::bigint[], '{30,37,45}'::int[], ARRAY[convert_to(repeat('x', 900), 'UTF8'), convert_to(repeat('y', 900), 'UTF8'), convert_to(repeat('z', 900), 'UTF8')], :pts, md5('t' || (:client_id::text || '-' || :r::text))::uuid, :redeemed::uuid, now() + interval '900 seconds', md5('o' || (:client_id::text || '-' || :r::text))::uuid, :brand::uuid, :loc::uuid, 'awaiting_payment', 'EUR', 620, 0, :pts, 620 - :pts, NULL, to_timestamp(:base::bigint + 300 * :slot::bigint + 120), now() + interval '900 seconds', now(), jsonb_build_array(jsonb_build_object('id', md5('l0' || (:client_id::text || '-' || :r::text))::uuid, 'line_no', 0, 'item_id', :item1::uuid, 'sku', 'CAP', 'name', 'Cappuccino', 'quantity', 1, 'unit_price_minor', 380, 'modifier_ids', '[]'::jsonb, 'modifier_names', '[]'::jsonb, 'gross_minor', 380, 'discount_minor', 0, 'points_spent', 10, 'paid_minor', 370, 'earns_points', true), jsonb_build_object('id', md5('l1' || (:client_id::text || '-' || :r::text))::uuid, 'line_no', 1, 'item_id', :item2::uuid, 'sku', 'CRO', 'name', 'Croissant', 'quantity', 1, 'unit_price_minor', 240, 'modifier_ids', '[]'::jsonb, 'modifier_names', '[]'::jsonb, 'gross_minor', 240, 'discount_minor', 0, 'points_spent', 10, 'paid_minor', 230, 'earns_points', true)), ARRAY[to_timestamp(:base::bigint + 300 * :slot::bigint)], ARRAY[to_timestamp(:base::bigint + 300 * :slot::bigint)], 5, 500, 1000000, 1000000);
 """
 
 
@@ -168,11 +169,10 @@ def pos_pgbench_scripts() -> tuple[str, str]:
     + stored answer; a sale naming a guest by phone: the same less the claim code, plus the
     guest's account, tier window, earn transfer, credit, location time zone and profile
     fold). Two lines, like most of loadtests/pos_receipts.py's receipts."""
+    from server.counter import sql as counter_sql
     from server.guests.identities import BY_PHONE
-    from server.kiosk import sql as kiosk_sql
     from server.loyalty import sql as loyalty_sql
     from server.pos import sql as pos_sql
-    from server.pos.points import GUEST_ACCOUNT
 
     head = [
         r"\set r random(1, 4000000000000000000)",
@@ -217,7 +217,7 @@ def pos_pgbench_scripts() -> tuple[str, str]:
     named = [
         *head, claim, *reads,
         _bind(BY_PHONE, ":brand::uuid", "(SELECT phone FROM bench.pos_guests WHERE n = :g)"),
-        _bind(GUEST_ACCOUNT, guest),
+        _bind(loyalty_sql.ACCOUNT_OF_GUEST, guest),
         _bind(loyalty_sql.POINTS_EARNED_SINCE, account, "now() - interval '365 days'"),
         _bind(
             loyalty_sql.INSERT_TRANSFER, f"md5('t' || {ext})::uuid", ":brand::uuid",
@@ -226,9 +226,9 @@ def pos_pgbench_scripts() -> tuple[str, str]:
         ),
         _bind(loyalty_sql.CREDIT_GUEST, account, "7"),
         "SELECT timezone FROM locations WHERE id = :loc::uuid;",
-        _bind(kiosk_sql.PROFILE_FOR_UPDATE, guest),
+        _bind(counter_sql.PROFILE_FOR_UPDATE, guest),
         _bind(
-            kiosk_sql.UPSERT_PROFILE, guest, "1", "1", "700", "700", "1", "8", "now()",
+            counter_sql.UPSERT_PROFILE, guest, "1", "1", "700", "700", "1", "8", "now()",
             """'[{"item_id": "00000000-0000-0000-0000-000000000000", "name": "Cappuccino", "count": 1}]'::jsonb""",
             "7", "'{0,1,0,0,0,0,0}'::int[]", "array_fill(0, ARRAY[24])", "ARRAY[now()]",
         ),

@@ -58,7 +58,8 @@ def _settings(data_dir: str | None) -> Any:
 async def _enrol_all(
     services: Any, phones: list[str], ttl_s: int, concurrency: int
 ) -> tuple[list[Guest], dict[str, str]]:
-    from server.auth.tokens import Principal, TokenIssuer
+    from server.auth.tokens import TokenIssuer
+    from server.infra.identity import Principal
     from server.lifespan import jwt_secret
 
     issuer = TokenIssuer(jwt_secret(services.settings), services.settings.jwt_issuer, ttl_s)
@@ -75,8 +76,7 @@ async def _enrol_all(
                 row = await conn.fetchrow(
                     "SELECT public_id, qr_secret FROM guests WHERE id = $1", guest_id
                 )
-            if welcome is not None:
-                await services.loyalty.mirror(guest_id, "credit", *welcome)
+            await services.loyalty.mirror_all([welcome])
         token = issuer.issue(Principal(kind="guest", subject_id=guest_id, brand_id=brand_id))
         return Guest(
             id=str(guest_id),

@@ -14,21 +14,22 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components
+from litestar.types import ControllerRouterHandler
 
 from server.auth.controller import AuthController
 from server.auth.guards import BearerAuth
 from server.auth.notifier import Notifier
 from server.catalog.controller import CatalogController
+from server.counter.controller import ROUTES as COUNTER_ROUTES
 from server.guests.controller import MeController
 from server.infra.client import client_address
 from server.infra.http import Edge, strict_json_body
 from server.infra.observability import MetricsController, RequestTelemetry
 from server.infra.openapi import POS_SIGNED, SECURITY_SCHEMES, answer, document_problems
 from server.infra.problems import exception_handlers
-from server.kiosk.controller import ROUTES as STAFF_KIOSK_ROUTES
 from server.lifespan import Services, lifespan
 from server.loyalty.controller import AdjustmentsController
-from server.orders.controller import OrdersController
+from server.orders.controller import MyOrdersController, OrdersController
 from server.orders.lane import CheckoutLane
 from server.pos.auth import requires_till, till_of
 from server.pos.controller import RECEIPTS_BATCH
@@ -36,6 +37,7 @@ from server.pos.controller import ROUTES as POS_ROUTES
 from server.pos.vendors.controller import VendorReceiptsController
 from server.pos.webhook_controller import PosOrdersFeedController, WebhookDeliveriesController
 from server.settings import Settings
+from server.staff.controller import DevicesController, StaffAuthController
 
 __all__ = ["create_app"]
 
@@ -88,8 +90,8 @@ def _client_ip(request: Request[Any, Any, Any]) -> str:
     return client_address(request.scope, request.app.state.settings.trusted_proxies)
 
 
-def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar:
-    """The Litestar app for ``settings``; the lifespan opens the pool and Redis."""
+def _dependencies() -> dict[str, Provide]:
+    """What the handlers ask for by name: the services, the caller, the signing till."""
     dependencies = {
         name: _service(name)
         for name in (
@@ -100,8 +102,9 @@ def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar
             "auth",
             "settings",
             "staff",
-            "kiosk",
-            "counter",
+            "locations",
+            "desk",
+            "counter_points",
             "live_queues",
             "pos_webhooks",
             "pos_integrations",
@@ -115,6 +118,10 @@ def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar
     dependencies["client_ip"] = Provide(_client_ip, sync_to_thread=False)
     dependencies["till"] = Provide(till_of, sync_to_thread=False)
     dependencies["pos_intake"] = _service("intake")
+    return dependencies
+
+
+def _route_handlers() -> list[ControllerRouterHandler]:
     # The vendor receipts and the order feed are signed by a till like every POS route.
     signed_by_till = Router(
         path="/",
@@ -122,22 +129,30 @@ def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar
         guards=[requires_till],
         security=POS_SIGNED,
     )
+    return [
+        healthz,
+        readyz,
+        MetricsController,
+        AuthController,
+        CatalogController,
+        MeController,
+        OrdersController,
+        MyOrdersController,
+        AdjustmentsController,
+        WebhookDeliveriesController,
+        StaffAuthController,
+        DevicesController,
+        *COUNTER_ROUTES,
+        *POS_ROUTES,
+        signed_by_till,
+    ]
+
+
+def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar:
+    """The Litestar app for ``settings``; the lifespan opens the pool and Redis."""
     app = Litestar(
-        route_handlers=[
-            healthz,
-            readyz,
-            MetricsController,
-            AuthController,
-            CatalogController,
-            MeController,
-            OrdersController,
-            AdjustmentsController,
-            WebhookDeliveriesController,
-            *STAFF_KIOSK_ROUTES,
-            *POS_ROUTES,
-            signed_by_till,
-        ],
-        dependencies=dependencies,
+        route_handlers=_route_handlers(),
+        dependencies=_dependencies(),
         middleware=[
             RequestTelemetry,
             DefineMiddleware(BearerAuth, exclude=["/healthz", "/readyz", "/metrics", "/schema"]),

@@ -364,8 +364,8 @@ def cmd_token(args: argparse.Namespace) -> int:
     settings = _with_urls(_settings(args))
 
     async def work(services: Any) -> int:
-        from server.auth.tokens import Principal
         from server.guests.service import normalise_phone
+        from server.infra.identity import Principal
         from server.infra.problems import Problem
 
         async with services.db.transaction() as conn:
@@ -391,8 +391,8 @@ def cmd_token(args: argparse.Namespace) -> int:
                 if staff_id is None:
                     raise CliError(f"no staff user {args.email}")
                 principal = await services.auth.principal_for(conn, "staff", staff_id)
-        if args.kind == "guest" and welcome is not None:
-            await services.loyalty.mirror(guest_id, "credit", *welcome)
+        if args.kind == "guest":
+            await services.loyalty.mirror_all([welcome])
         print(services.tokens.issue(principal))
         return 0
 
@@ -532,6 +532,14 @@ def _parser() -> argparse.ArgumentParser:
     staff = kinds.add_parser("staff")
     staff.add_argument("--email", required=True)
     staff.add_argument("--data-dir")
+    _pos_commands(command)
+    return parser
+
+
+def _pos_commands(
+    command: Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser],
+) -> None:
+    """``regulars integration`` and ``regulars import``: the POS side's commands."""
     integration = command("integration", cmd_integration, "POS integrations of a location")
     actions = integration.add_subparsers(dest="action", required=True)
     create = actions.add_parser("create", help="a new integration and its first signing key")
@@ -546,7 +554,6 @@ def _parser() -> argparse.ArgumentParser:
     receipts.add_argument("--integration", default=None, help="default: the location's oldest")
     receipts.add_argument("--map", default=None, help="OURS=THEIRS,… to rename the file's columns")
     receipts.add_argument("--data-dir")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,21 +19,21 @@ from litestar import Litestar
 from server.auth.notifier import LogNotifier, Notifier
 from server.auth.service import Auth
 from server.auth.tokens import TokenIssuer
+from server.catalog.locations import Locations
 from server.catalog.service import CATALOG_CHANNEL, Catalog
+from server.counter import sql as counter_sql
+from server.counter.live import LiveQueues
+from server.counter.model import Visit, VisitItem
+from server.counter.points import CounterPoints
+from server.counter.profiles import record_completed_order, record_visit
+from server.counter.service import CounterDesk
 from server.guests.service import Guests
+from server.infra.audit import AUDIT
 from server.infra.db import Database, create_pool
 from server.infra.multiprocess_metrics import forget_dead_processes, forget_process
 from server.infra.redis import RedisGate, open_redis
 from server.infra.runtime import freeze_startup_objects
-from server.kiosk import sql as kiosk_sql
-from server.kiosk.counter import Counter
-from server.kiosk.live import LiveQueues
-from server.kiosk.model import Visit, VisitItem
-from server.kiosk.profiles import record_completed_order, record_visit
-from server.kiosk.service import Kiosk
-from server.loyalty.hot import HotWallets
-from server.loyalty.repository import Ledger
-from server.loyalty.service import Loyalty, Programs
+from server.loyalty.service import Loyalty, build_loyalty
 from server.orders import sql as orders_sql
 from server.orders.service import Orders
 from server.pos.auth import TillAuth
@@ -47,7 +47,6 @@ from server.pos.sealing import Sealer
 from server.pos.tender import Tender
 from server.pos.webhooks import PosWebhooks
 from server.settings import Settings
-from server.staff import sql as staff_sql
 from server.staff.service import Staff
 
 __all__ = [
@@ -66,10 +65,10 @@ log = logging.getLogger("regulars.lifespan")
 # Settings.db_warm_up is on: the checkout and the kiosk scan.
 HOT_STATEMENTS = (
     orders_sql.PLACE_ORDER,
-    kiosk_sql.CARD_BY_PUBLIC_ID,
-    kiosk_sql.OPEN_ORDERS_OF_GUEST,
+    counter_sql.CARD_BY_PUBLIC_ID,
+    counter_sql.OPEN_ORDERS_OF_GUEST,
     orders_sql.LINES_OF_ORDERS,
-    staff_sql.AUDIT,
+    AUDIT,
 )
 
 
@@ -85,8 +84,9 @@ class Services:
     guests: Guests
     auth: Auth
     staff: Staff
-    kiosk: Kiosk
-    counter: Counter
+    locations: Locations
+    desk: CounterDesk
+    counter_points: CounterPoints
     live_queues: LiveQueues
     pos_webhooks: PosWebhooks
     till_auth: TillAuth
@@ -152,14 +152,14 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
         settings.verified_tokens_cached,
     )
     catalog = Catalog(db, gate, settings.menu_cache_ttl_s)
-    programs = Programs(db, settings.menu_cache_ttl_s)
-    loyalty = Loyalty(db, Ledger(), HotWallets(gate, settings.reconcile_grace_s), programs)
+    loyalty = build_loyalty(db, gate, settings.reconcile_grace_s, settings.menu_cache_ttl_s)
     orders = Orders(settings, db, catalog, loyalty, on_completed=record_completed_order)
     guests = Guests(settings, db, loyalty)
     auth = Auth(settings, db, gate, tokens, guests, notifier or LogNotifier())
-    staff = Staff(settings, db, gate, auth)
-    kiosk = Kiosk(settings, db, gate, loyalty, guests)
-    counter = Counter(settings, db, gate, loyalty, kiosk.locations)
+    staff = Staff(settings, db, gate, auth.issue)
+    locations = Locations(db, settings.menu_cache_ttl_s)
+    desk = CounterDesk(settings, db, gate, loyalty, guests, locations)
+    counter_points = CounterPoints(settings, db, gate, loyalty, locations)
     live_queues = LiveQueues(gate, settings.redis_retry_after_s)
     pos_webhooks = PosWebhooks(settings, db)
     sealer = Sealer(pos_seal_key(settings))
@@ -178,8 +178,9 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
         guests,
         auth,
         staff,
-        kiosk,
-        counter,
+        locations,
+        desk,
+        counter_points,
         live_queues,
         pos_webhooks,
         till_auth,

@@ -27,9 +27,10 @@ from litestar import Litestar
 
 from server.app import create_app
 from server.auth.notifier import RecordingNotifier
-from server.auth.tokens import Principal, TokenIssuer
+from server.auth.tokens import TokenIssuer
 from server.infra.db import connect_once
 from server.infra.embedded import EmbeddedServices, RunningServices, free_port
+from server.infra.identity import Principal
 from server.infra.migrate import apply_migrations
 from server.lifespan import lifespan
 from server.seed.demo import DEMO_BRAND, seed_demo

@@ -98,7 +98,7 @@ def main() -> int:
     install()
     gui_libraries()
     failures = []
-    checks = {
+    checks: dict[str, list[str | Path]] = {
         "ruff check": ["-m", "ruff", "check", "server", "shared", "kiosk", "loadtests", "tests"],
         "ruff format": [
             "-m",
@@ -111,10 +111,13 @@ def main() -> int:
             "loadtests",
             "tests",
         ],
+        # The import contracts in pyproject.toml ([tool.importlinter]): DESIGN §6's layers.
+        "import layers": [VENV / "bin" / "lint-imports"],
         "mypy": ["-m", "mypy"],
     }
     for name, args in checks.items():
-        if run(PYTHON, *args) != 0:
+        command = args if name == "import layers" else [PYTHON, *args]
+        if run(*command) != 0:
             failures.append(name)
     # The kiosk's GUI tests run under Xvfb when it is there (else SDL renders offscreen).
     display = XVFB if shutil.which("xvfb-run") and not os.environ.get("DISPLAY") else []

@@ -4,9 +4,8 @@ from litestar import Controller, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from server.auth.guards import requires_authenticated
 from server.auth.service import Auth
-from server.auth.tokens import Principal
+from server.infra.identity import Principal, requires_authenticated
 from server.infra.openapi import problems
 from shared import contract
 

@@ -13,22 +13,13 @@ from typing import Any
 
 from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
-from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
 from server.auth.revocation import Revocations
-from server.auth.tokens import Principal, TokenError, TokenIssuer
-from server.infra.problems import Problem
+from server.auth.tokens import TokenIssuer
+from server.infra.identity import Principal, TokenError
 
-__all__ = [
-    "BearerAuth",
-    "bearer_token",
-    "refuse_revoked",
-    "requires_authenticated",
-    "requires_guest",
-    "requires_role",
-    "requires_staff",
-]
+__all__ = ["BearerAuth", "bearer_token", "refuse_revoked"]
 
 
 class BearerAuth(AbstractAuthenticationMiddleware):
@@ -68,44 +59,3 @@ def bearer_token(header: str | None) -> str | None:
     if header and header[:7].lower() == "bearer ":
         return header[7:].strip()
     return None
-
-
-def _principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
-    user = connection.scope.get("user")
-    if not isinstance(user, Principal):
-        error = connection.scope.get("auth")
-        if isinstance(error, TokenError):
-            raise Problem(401, "invalid-token", str(error))
-        raise Problem(401, "unauthenticated", "sign in first: send an Authorization: Bearer token")
-    return user
-
-
-async def requires_guest(
-    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
-) -> None:
-    if _principal(connection).kind != "guest":
-        raise Problem(403, "guests-only", "this call is for signed-in guests")
-
-
-async def requires_staff(
-    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
-) -> None:
-    if _principal(connection).kind != "staff":
-        raise Problem(403, "staff-only", "this call is for staff")
-
-
-def requires_role(role: str) -> Any:
-    """A guard that admits staff of ``role`` or above."""
-
-    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        principal = _principal(connection)
-        if not principal.at_least(role):
-            raise Problem(403, "insufficient-role", f"this call needs the {role} role or above")
-
-    return guard
-
-
-async def requires_authenticated(
-    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
-) -> None:
-    _principal(connection)

@@ -15,9 +15,10 @@ import asyncpg
 
 from server.auth.notifier import Notifier
 from server.auth.revocation import Revocations
-from server.auth.tokens import Principal, TokenIssuer
+from server.auth.tokens import TokenIssuer
 from server.guests.service import Guests, normalise_phone
 from server.infra.db import Database
+from server.infra.identity import Principal
 from server.infra.problems import Problem
 from server.infra.ratelimit import count_failure, limit_all, refuse_if_over
 from server.infra.redis import RedisGate, RedisUnavailable
@@ -192,8 +193,7 @@ class Auth:
             # (with a usable name, or once the database answers) rather than ask for another.
             await self._give_back_code(otp_key, stored, attempts, ttl_ms)
             raise
-        if welcome is not None:
-            await self.guests.loyalty.mirror(guest_id, "credit", welcome[0], welcome[1], welcome[2])
+        await self.guests.loyalty.mirror_all([welcome])
         return pair
 
     async def _give_back_code(self, otp_key: str, stored: str, attempts: int, ttl_ms: int) -> None:

@@ -3,40 +3,13 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Literal
 from uuid import UUID
 
 import jwt
 
+from server.infra.identity import Principal, TokenError
+
 __all__ = ["Principal", "TokenError", "TokenIssuer"]
-
-ROLE_RANK = {"barista": 1, "shift_lead": 2, "manager": 3, "admin": 4}
-
-
-class TokenError(Exception):
-    """The token is missing, malformed, expired or signed by someone else."""
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    kind: Literal["guest", "staff"]
-    subject_id: UUID
-    brand_id: UUID
-    role: str = "guest"
-    # Empty for staff means every location of the brand.
-    location_ids: frozenset[UUID] = field(default_factory=frozenset)
-    device_id: UUID | None = None
-    # The refresh-token family (the session) the access token was issued in: signing out, or
-    # a reused refresh token, denies the whole family (server/auth/revocation.py).
-    family_id: UUID | None = None
-
-    def at_least(self, role: str) -> bool:
-        return self.kind == "staff" and ROLE_RANK.get(self.role, 0) >= ROLE_RANK[role]
-
-    def covers(self, location_id: UUID) -> bool:
-        """Whether this staff member may act for ``location_id``."""
-        return self.kind == "staff" and (not self.location_ids or location_id in self.location_ids)
 
 
 class TokenIssuer:

@@ -9,9 +9,8 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from server.auth.guards import requires_role
-from server.auth.tokens import Principal
 from server.catalog.service import Catalog
+from server.infra.identity import Principal, requires_role
 from server.infra.openapi import BEARER
 from shared import contract
 

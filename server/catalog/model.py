@@ -11,7 +11,7 @@ from shared import contract
 
 __all__ = [
     "BOOKING_HORIZON",
-    "LocationInfo",
+    "Location",
     "MenuIndex",
     "PricedItem",
     "PricedModifier",
@@ -28,7 +28,9 @@ BOOKING_HORIZON = timedelta(days=14)  # how far ahead a pickup may be booked
 
 
 @dataclass(frozen=True, slots=True)
-class LocationInfo:
+class Location:
+    """A location's facts as the server uses them (the API shows them as contract.Location)."""
+
     id: UUID
     brand_id: UUID
     name: str
@@ -67,7 +69,7 @@ class PricedItem:
 class MenuIndex:
     """Everything checkout needs to price an order, keyed for O(1) lookups per line."""
 
-    location: LocationInfo
+    location: Location
     currency: str
     items: dict[UUID, PricedItem]
     menu: contract.Menu
@@ -80,7 +82,7 @@ def _parse(hhmm: str) -> time | None:
     return time(int(hour), int(minute))
 
 
-def is_open(location: LocationInfo, moment: datetime) -> bool:
+def is_open(location: Location, moment: datetime) -> bool:
     """Whether ``moment`` falls inside one of the location's opening intervals."""
     local = moment.astimezone(location.tz)
     for start, end in location.opening_hours.get(WEEKDAYS[local.weekday()], []):
@@ -91,7 +93,7 @@ def is_open(location: LocationInfo, moment: datetime) -> bool:
     return False
 
 
-def slot_start(location: LocationInfo, moment: datetime) -> datetime:
+def slot_start(location: Location, moment: datetime) -> datetime:
     """The start of the pickup slot containing ``moment`` (slots are aligned in local time)."""
     local = moment.astimezone(location.tz)
     midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -100,7 +102,7 @@ def slot_start(location: LocationInfo, moment: datetime) -> datetime:
     return start.astimezone(UTC)
 
 
-def earliest_pickup(location: LocationInfo, now: datetime) -> datetime:
+def earliest_pickup(location: Location, now: datetime) -> datetime:
     """The first slot start at or after now + lead time."""
     ready = now + timedelta(minutes=location.lead_time_min)
     start = slot_start(location, ready)
@@ -108,7 +110,7 @@ def earliest_pickup(location: LocationInfo, now: datetime) -> datetime:
 
 
 def slot_runs(
-    location: LocationInfo, day: datetime, after: datetime
+    location: Location, day: datetime, after: datetime
 ) -> list[tuple[datetime, datetime]]:
     """The open slots of the location's local day of ``day`` starting at or after ``after``
     (a slot start), as runs of (first, last) slot starts, each run stepping by
@@ -136,14 +138,14 @@ def slot_runs(
     return runs
 
 
-def slot_runs_rest_of_day(location: LocationInfo, now: datetime) -> list[tuple[datetime, datetime]]:
+def slot_runs_rest_of_day(location: Location, now: datetime) -> list[tuple[datetime, datetime]]:
     """The open slots left in the location's day, from the earliest pickup (lead time) on: the
     candidates of an "as soon as possible" checkout."""
     return slot_runs(location, now, earliest_pickup(location, now))
 
 
 def slot_runs_after_today(
-    location: LocationInfo, now: datetime, days: int
+    location: Location, now: datetime, days: int
 ) -> list[tuple[datetime, datetime]]:
     """The open slots of the ``days`` local days after the location's today, as runs."""
     today = local_date(location, now)
@@ -155,13 +157,13 @@ def slot_runs_after_today(
     return runs
 
 
-def local_date(location: LocationInfo, moment: datetime) -> date:
+def local_date(location: Location, moment: datetime) -> date:
     """The calendar day at the location at ``moment``: its "today" is not UTC's (a Berlin
     café's day starts at 23:00 UTC in winter)."""
     return moment.astimezone(location.tz).date()
 
 
-def slots_on(location: LocationInfo, day: datetime) -> list[datetime]:
+def slots_on(location: Location, day: datetime) -> list[datetime]:
     """Every slot start (UTC) on the local calendar day of ``day`` while the location is open."""
     local_day = day.astimezone(location.tz).replace(hour=0, minute=0, second=0, microsecond=0)
     starts = []

@@ -10,12 +10,12 @@ from datetime import UTC, date, datetime, timedelta
 from uuid import UUID
 
 import asyncpg
+import msgspec
 
-from server.auth.tokens import Principal
 from server.catalog import sql
 from server.catalog.model import (
     BOOKING_HORIZON,
-    LocationInfo,
+    Location,
     MenuIndex,
     PricedItem,
     PricedModifier,
@@ -24,11 +24,12 @@ from server.catalog.model import (
     slot_runs_after_today,
     slots_on,
 )
+from server.infra.audit import audit
 from server.infra.cache import SingleFlightCache
 from server.infra.db import Database
+from server.infra.identity import Principal
 from server.infra.problems import Problem
 from server.infra.redis import RedisGate, RedisUnavailable
-from server.staff.service import audit
 from shared import contract
 
 __all__ = ["CATALOG_CHANNEL", "Catalog"]
@@ -36,8 +37,8 @@ __all__ = ["CATALOG_CHANNEL", "Catalog"]
 CATALOG_CHANNEL = "rg:catalog-changed"
 
 
-def _location(row: asyncpg.Record) -> LocationInfo:
-    return LocationInfo(**{name: row[name] for name in LocationInfo.__dataclass_fields__})
+def _location(row: asyncpg.Record) -> Location:
+    return msgspec.convert(dict(row), Location)
 
 
 class Catalog:
@@ -183,7 +184,7 @@ class Catalog:
             ],
         )
 
-    async def next_free_slot(self, location: LocationInfo, now: datetime) -> datetime | None:
+    async def next_free_slot(self, location: Location, now: datetime) -> datetime | None:
         """The first slot with room after the location's today, within the booking horizon
         (None: every one is full, or the location is closed until then). For a refusal: it
         names the next time an "as soon as possible" checkout would get."""

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 import qrcode
@@ -8,12 +7,10 @@ from litestar import Controller, Request, Response, get
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
-from server.auth.guards import requires_guest
-from server.auth.tokens import Principal
 from server.guests.service import Guests
+from server.infra.identity import Principal, requires_guest
 from server.infra.openapi import BEARER, problems
 from server.loyalty.service import Loyalty
-from server.orders.service import Orders
 from server.settings import Settings
 from shared import contract
 
@@ -53,17 +50,6 @@ class MeController(Controller):
         return await loyalty.ledger_page(
             principal.subject_id, cursor, min(limit, settings.page_size_max)
         )
-
-    @get("/orders")
-    async def orders(
-        self,
-        orders: NamedDependency[Orders],
-        principal: NamedDependency[Principal],
-        before: Annotated[datetime | None, QueryParameter()] = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
-    ) -> list[contract.Order]:
-        """The guest's orders, newest first."""
-        return await orders.list_for_guest(principal.subject_id, before, limit)
 
     @get("/qr", media_type="application/json")
     async def qr(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import uuid
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -13,8 +12,8 @@ import phonenumbers
 from server.guests import sql
 from server.infra.db import Database
 from server.infra.problems import Problem
-from server.loyalty.repository import AccountState
-from server.loyalty.service import Loyalty, add_months
+from server.loyalty.model import Movement
+from server.loyalty.service import Loyalty
 from server.settings import Settings
 from shared import contract, qr
 
@@ -56,7 +55,7 @@ class Guests:
         first_name: str = "",
         last_name: str = "",
         email: str | None = None,
-    ) -> tuple[UUID, bool, tuple[UUID, AccountState, int] | None]:
+    ) -> tuple[UUID, bool, Movement | None]:
         """The guest with this phone, created with an account and welcome bonus if new.
 
         Returns (guest id, created, the welcome credit to mirror in Redis after commit).
@@ -78,23 +77,18 @@ class Guests:
         )
         if guest_id is None:  # a concurrent sign-in created it first
             return await conn.fetchval(sql.FIND_BY_PHONE, brand_id, phone_e164), False, None
-        ledger = self.loyalty.ledger
-        account_id = await ledger.open_account(conn, brand_id, guest_id)
+        account_id = await self.loyalty.open_account(conn, brand_id, guest_id)
         program = await self.loyalty.programs.get(brand_id, conn)
         welcome = None
         if program.welcome_bonus_points:
-            transfer_id = uuid.uuid4()
-            state = await ledger.credit(
+            welcome = await self.loyalty.earn(
                 conn,
-                transfer_id=transfer_id,
                 brand_id=brand_id,
+                guest_id=guest_id,
                 account_id=account_id,
                 points=program.welcome_bonus_points,
                 code="welcome",
-                source="issued",
-                expires_at=add_months(datetime.now(UTC), program.lot_expiry_months),
             )
-            welcome = (transfer_id, state, program.welcome_bonus_points)
         return guest_id, True, welcome
 
     async def profile(self, guest_id: UUID) -> asyncpg.Record:

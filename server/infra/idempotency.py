@@ -22,19 +22,26 @@ from server.infra.problems import (
     idempotency_key_required,
 )
 
-__all__ = ["CLAIM", "Stored", "begin", "finish", "request_hash", "require_key", "stored"]
+__all__ = [
+    "CLAIM",
+    "IdempotentRequest",
+    "Stored",
+    "begin",
+    "begin_request",
+    "finish",
+    "finish_request",
+    "request_hash",
+    "require_key",
+    "stored",
+]
 
-CLAIM = """
-INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3)
-ON CONFLICT (scope, key) DO NOTHING
-RETURNING 1
-"""
+# The claim and the finish are SQL functions (migration 0012), which the checkout's one
+# statement (place_order) calls as well: one implementation of each.
+CLAIM = "SELECT idempotency_claim($1, $2, $3)"
 STORED = """
 SELECT request_hash, status_code, response FROM idempotency_keys WHERE scope = $1 AND key = $2
 """
-FINISH = """
-UPDATE idempotency_keys SET status_code = $3, response = $4 WHERE scope = $1 AND key = $2
-"""
+FINISH = "SELECT idempotency_finish($1, $2, $3, $4)"
 LOOKUP = STORED
 MAX_KEY_LEN = MAX_IDEMPOTENCY_KEY_LEN
 
@@ -43,6 +50,21 @@ MAX_KEY_LEN = MAX_IDEMPOTENCY_KEY_LEN
 class Stored:
     status_code: int
     body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotentRequest:
+    """One state-changing request as the idempotency table knows it: whose keys it is among
+    (``scope``), the client's Idempotency-Key, and the hash of what it asks for."""
+
+    scope: str
+    key: str
+    digest: bytes
+
+    @classmethod
+    def of(cls, scope: str, key: str, route: str, payload: object) -> IdempotentRequest:
+        """The request ``payload`` to ``route`` (e.g. ``POST /v1/orders``) under ``key``."""
+        return cls(scope, key, request_hash(route, payload))
 
 
 def require_key(key: str | None) -> str:
@@ -93,4 +115,17 @@ def _judge(row: asyncpg.Record | None, digest: bytes) -> Stored:
 
 
 async def finish(conn: asyncpg.Connection, scope: str, key: str, status: int, body: bytes) -> None:
+    """Store the response of a key claimed in this transaction (:func:`begin`)."""
     await conn.execute(FINISH, scope, key, status, body)
+
+
+async def begin_request(conn: asyncpg.Connection, request: IdempotentRequest) -> Stored | None:
+    """:func:`begin` for an :class:`IdempotentRequest`."""
+    return await begin(conn, request.scope, request.key, request.digest)
+
+
+async def finish_request(
+    conn: asyncpg.Connection, request: IdempotentRequest, stored: Stored
+) -> None:
+    """:func:`finish` for an :class:`IdempotentRequest`."""
+    await finish(conn, request.scope, request.key, stored.status_code, stored.body)

@@ -6,10 +6,9 @@ from litestar import Controller, Response, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
-from server.auth.guards import requires_role
-from server.auth.tokens import Principal
 from server.infra.http import IdempotencyKeyHeader, stored_response
 from server.infra.idempotency import require_key
+from server.infra.identity import Principal, requires_role
 from server.infra.openapi import BEARER, answer
 from server.loyalty.service import Loyalty
 from shared import contract

@@ -13,7 +13,8 @@ from typing import Literal
 from uuid import UUID
 
 from server.infra.redis import RedisGate, script_sha
-from server.loyalty.repository import AccountState, Snapshot
+from server.loyalty.model import AccountState
+from server.loyalty.repository import Snapshot
 
 __all__ = ["HotWallets", "Status", "wallet_keys"]
 

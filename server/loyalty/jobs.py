@@ -96,10 +96,10 @@ async def void_timed_out_holds(loyalty: Loyalty, batch_size: int) -> int:
     for row in rows:
         async with loyalty.db.transaction() as conn:
             hold = await loyalty.ledger.pending(conn, row["id"])
-            state = await loyalty.ledger.resolve(conn, hold, post=False) if hold else None
-        if hold is not None and state is not None:
+            resolved = await loyalty.ledger.resolve(conn, hold, post=False) if hold else None
+        if hold is not None and resolved is not None and resolved.state is not None:
             voided += 1
-            await loyalty.mirror(hold.guest_id, "void", hold.id, state)
+            await loyalty.mirror(hold.guest_id, "void", hold.id, resolved.state)
     return voided
 
 

@@ -5,19 +5,28 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
+from uuid import UUID
 
 import msgspec
 
 __all__ = [
+    "AccountState",
     "AccrualLimits",
+    "AdmissionStatus",
     "Lot",
+    "Movement",
+    "Outcome",
     "Program",
+    "SettleAction",
     "Tier",
     "accrual_over_limit",
+    "add_months",
     "allocate",
     "earn_points",
     "points_cap",
     "remaining_lots",
+    "settle_action",
     "tier_for",
 ]
 
@@ -157,3 +166,92 @@ def remaining_lots(credits: Iterable[Lot], consumed: int) -> list[Lot]:
         if lot.points > take:
             left.append(Lot(lot.points - take, lot.expires_at))
     return left
+
+
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    """A guest account after a change: what Redis must mirror."""
+
+    posted: int
+    pending: int
+    version: int
+
+    @property
+    def spendable(self) -> int:
+        return self.posted - self.pending
+
+
+# What Redis said about a spend before PostgreSQL was asked (see Loyalty.admit):
+# ok: this request reserved; exists: Redis had this transfer already; insufficient: refused;
+# miss: the wallet is not loaded; none: nothing to spend; skipped: Redis did not answer;
+# overruled: Redis refused points the ledger has.
+AdmissionStatus = Literal["ok", "exists", "insufficient", "skipped", "none", "miss", "overruled"]
+
+# What to do to Redis once PostgreSQL has decided a spend:
+# keep: Redis is right; forget: drop the wallet (PostgreSQL's answer was lost, it may or may not
+# have committed); void_and_reload: undo this request's reserve and reload; reload: load the
+# wallet afresh; distrust: drop the wallet now, or when Redis is back.
+SettleAction = Literal["keep", "forget", "void_and_reload", "reload", "distrust"]
+
+
+def settle_action(
+    status: AdmissionStatus, *, committed: bool, redis_agrees: bool, answer_lost: bool
+) -> SettleAction:
+    """How Redis follows a spend PostgreSQL has decided.
+
+    ``committed``: the hold committed in PostgreSQL (False for a refusal, an error or a replay);
+    ``redis_agrees``: Redis's spendable after the reserve equals PostgreSQL's after the hold
+    (only read when this request reserved and committed); ``answer_lost``: the request failed in
+    a way that leaves it unknown whether PostgreSQL committed (a client-side timeout, a lost
+    connection, a cancelled task).
+
+    A refusal or an error voids this request's reserve. A lost answer drops the wallet instead:
+    voiding would lose a hold PostgreSQL goes on to commit; keeping it would refuse spends for a
+    hold that never committed.
+    """
+    reserved = status == "ok"
+    if reserved and not committed:
+        return "forget" if answer_lost else "void_and_reload"
+    if (
+        status == "miss"
+        # Redis had this transfer already, yet this request committed its hold: a retry (same
+        # Idempotency-Key) of a spend PostgreSQL refused, whose void Redis keeps.
+        or (status == "exists" and committed)
+        or (reserved and not redis_agrees)
+    ):
+        return "reload"
+    if status in ("skipped", "overruled"):
+        # Redis failed at admission, or was found wrong, and PostgreSQL has decided since: what
+        # Redis holds for this guest may be wrong either way.
+        return "distrust"
+    return "keep"
+
+
+@dataclass(frozen=True, slots=True)
+class Movement:
+    """A committed change of one guest's points, which Redis mirrors after the commit
+    (``Loyalty.mirror_all``). ``points`` is signed for a credit (negative: a debit)."""
+
+    guest_id: UUID
+    op: Literal["post", "void", "credit"]
+    transfer_id: UUID
+    state: AccountState
+    points: int = 0
+
+
+# What resolving a pending transfer met: this call posted or voided it; it had passed its
+# timeout and this call voided it instead of posting (only when the caller asked for expiry);
+# or another call had resolved it already.
+Outcome = Literal["posted", "voided", "expired", "already_posted", "already_voided"]
+
+
+def add_months(moment: datetime, months: int) -> datetime:
+    """The same day ``months`` later, clamped to the end of a shorter month."""
+    month_index = moment.month - 1 + months
+    year, month = moment.year + month_index // 12, month_index % 12 + 1
+    for day in (moment.day, 30, 29, 28):
+        try:
+            return moment.replace(year=year, month=month, day=day)
+        except ValueError:
+            continue
+    raise AssertionError("unreachable")

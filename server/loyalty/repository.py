@@ -11,25 +11,14 @@ from typing import Literal
 from uuid import UUID
 
 import asyncpg
+import msgspec
 
 from server.loyalty import sql
+from server.loyalty.model import AccountState
 
-__all__ = ["AccountState", "Hold", "Ledger", "Snapshot"]
+__all__ = ["Hold", "Ledger", "Resolved", "Snapshot"]
 
 SystemAccount = Literal["issued", "redeemed", "expired", "adjustments"]
-
-
-@dataclass(frozen=True, slots=True)
-class AccountState:
-    """A guest account after a change: what Redis must mirror."""
-
-    posted: int
-    pending: int
-    version: int
-
-    @property
-    def spendable(self) -> int:
-        return self.posted - self.pending
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +41,24 @@ class Hold:
     code: str
     order_id: UUID | None
     location_id: UUID | None
+    created_at: datetime
+    timeout_at: datetime | None
+    # How it was resolved, and when: 'post_pending', 'void_pending', or None while open.
     resolution: str | None
+    resolved_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """What :meth:`Ledger.resolve` met: it posted or voided the hold (``state`` is the account
+    after), or the hold had been posted or voided already (``state`` is None)."""
+
+    outcome: Literal["posted", "voided", "already_posted", "already_voided"]
+    state: AccountState | None
+
+
+def _already(resolution: str) -> Literal["already_posted", "already_voided"]:
+    return "already_posted" if resolution == "post_pending" else "already_voided"
 
 
 def _state(row: asyncpg.Record) -> AccountState:
@@ -115,18 +121,17 @@ class Ledger:
         row = await conn.fetchrow(sql.PENDING_TRANSFER, transfer_id)
         if row is None:
             return None
-        return Hold(**{name: row[name] for name in Hold.__dataclass_fields__})
+        return msgspec.convert(dict(row), Hold)
 
-    async def resolve(
-        self, conn: asyncpg.Connection, hold: Hold, *, post: bool
-    ) -> AccountState | None:
-        """Post or void a pending transfer exactly once; None if it was already resolved.
+    async def resolve(self, conn: asyncpg.Connection, hold: Hold, *, post: bool) -> Resolved:
+        """Post or void a pending transfer exactly once, and say what happened.
 
-        The unique index on ``pending_id`` makes a concurrent second resolution fail rather
-        than apply twice.
+        A hold resolved before (by an earlier call, or by a concurrent one whose insert wins
+        the unique index on ``pending_id``) is left as it is: the outcome says how it was
+        resolved, and ``state`` is None.
         """
         if hold.resolution is not None:
-            return None
+            return Resolved(_already(hold.resolution), None)
         try:
             async with conn.transaction():
                 await conn.execute(
@@ -146,12 +151,13 @@ class Ledger:
                     None,
                 )
         except asyncpg.UniqueViolationError:
-            return None
+            winner = await conn.fetchval(sql.RESOLUTION_OF, hold.id)
+            return Resolved(_already(winner), None)
         row = await conn.fetchrow(
             sql.SETTLE_HOLD, hold.debit_account_id, hold.amount, post, hold.id
         )
         assert row is not None
-        return _state(row)
+        return Resolved("posted" if post else "voided", _state(row))
 
     async def credit(
         self,
@@ -202,6 +208,7 @@ class Ledger:
         sink: SystemAccount,
         guarded: bool,
         order_id: UUID | None = None,
+        location_id: UUID | None = None,
         reason: str | None = None,
     ) -> AccountState | None:
         """Take ``points`` from a guest into a system account.
@@ -226,7 +233,7 @@ class Ledger:
             None,
             code,
             order_id,
-            None,
+            location_id,
             None,
             None,
             reason,

@@ -1,9 +1,16 @@
-"""Loyalty use cases, and the one place that keeps Redis in step with the PostgreSQL ledger.
+"""Loyalty: the only way points move (DESIGN §6), and the one place that keeps Redis in step
+with the PostgreSQL ledger (DESIGN §4).
 
-The order of a spend (DESIGN §4): :meth:`Loyalty.admit` reserves in Redis (a fast refusal),
-the caller's PostgreSQL transaction makes the guarded hold, and after commit
-:meth:`Loyalty.settle_admission` either keeps the Redis hold (success) or voids it (refusal).
-Every other change is committed in PostgreSQL first and mirrored with :meth:`Loyalty.mirror`.
+For the other domains (checkout, counter, tills), all on the caller's connection and inside
+its transaction unless said otherwise:
+
+- spend: ``async with loyalty.spend(guest, transfer_id, points, request) as spend`` admits in
+  Redis, ``spend.hold(conn, ...)`` makes the guarded hold, ``spend.committed(state)`` after
+  the commit; leaving the block settles Redis (keeps, voids or reloads; settle_action).
+- resolve a hold: ``hold_of``, then ``post`` / ``void`` (or ``resolve``), typed outcomes.
+- earn: ``earn`` (a lot with the program's expiry), ``reverse_earning`` for refunds,
+  ``adjust`` for a manager's correction.
+- after the commit: ``mirror_all`` the returned movements.
 """
 
 from __future__ import annotations
@@ -12,80 +19,51 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Literal
 from uuid import UUID
 
 import asyncpg
 import msgspec
 
-from server.auth.tokens import Principal
 from server.infra import idempotency
-from server.infra.cache import SingleFlightCache
+from server.infra.audit import audit
 from server.infra.db import Database
-from server.infra.idempotency import Stored
+from server.infra.idempotency import IdempotentRequest, Stored
+from server.infra.identity import Principal
 from server.infra.problems import Problem
-from server.infra.redis import RedisUnavailable
+from server.infra.redis import RedisGate, RedisUnavailable
 from server.loyalty import sql
 from server.loyalty.hot import HotWallets
-from server.loyalty.model import Lot, Program, Tier, remaining_lots, tier_for
-from server.loyalty.repository import AccountState, Ledger
+from server.loyalty.model import (
+    AccountState,
+    Movement,
+    Outcome,
+    add_months,
+    settle_action,
+)
+from server.loyalty.programs import Programs
+from server.loyalty.repository import Hold, Ledger
+from server.loyalty.spend import Admission, Resolution, Spend, insufficient_points
+from server.loyalty.wallets import WalletReads
 from shared import contract
 
-__all__ = ["Admission", "Loyalty", "Programs", "add_months", "insufficient_points"]
+__all__ = [
+    "Admission",
+    "EarnCode",
+    "Loyalty",
+    "Programs",
+    "Resolution",
+    "Spend",
+    "add_months",
+    "build_loyalty",
+    "insufficient_points",
+]
 
 log = logging.getLogger("regulars.loyalty")
 
-PROGRAM = "SELECT rules FROM loyalty_programs WHERE brand_id = $1"
-GUEST_OF_BRAND = "SELECT 1 FROM guests WHERE id = $1 AND brand_id = $2"
-AUDIT = """
-INSERT INTO audit_log (brand_id, actor_kind, actor_id, device_id, action, guest_id, detail)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-"""
-
-
-def add_months(moment: datetime, months: int) -> datetime:
-    """The same day ``months`` later, clamped to the end of a shorter month."""
-    month_index = moment.month - 1 + months
-    year, month = moment.year + month_index // 12, month_index % 12 + 1
-    for day in (moment.day, 30, 29, 28):
-        try:
-            return moment.replace(year=year, month=month, day=day)
-        except ValueError:
-            continue
-    raise AssertionError("unreachable")
-
-
-class Programs:
-    """Loyalty programs by brand, cached for a short while (they change rarely)."""
-
-    def __init__(self, db: Database, ttl_s: float) -> None:
-        self._db = db
-        self._cache = SingleFlightCache(self._load, ttl_s, "program")
-
-    async def get(self, brand_id: UUID, conn: asyncpg.Connection | None = None) -> Program:
-        """The brand's program. A caller that holds a connection passes it as ``conn``: a
-        program that is not fresh is then read on it (see SingleFlightCache.get)."""
-        if conn is None:
-            return await self._cache.get(brand_id)
-        program = self._cache.fresh(brand_id)
-        if program is None:
-            program = _program(await conn.fetchval(PROGRAM, brand_id))
-            self._cache.put(brand_id, program)
-        return program
-
-    def forget(self, brand_id: UUID) -> None:
-        self._cache.forget(brand_id)
-
-    async def _load(self, brand_id: UUID) -> Program:
-        async with self._db.connection() as conn:
-            return _program(await conn.fetchval(PROGRAM, brand_id))
-
-
-def _program(rules: Any) -> Program:
-    return msgspec.convert(rules or {}, Program)
+ADJUSTMENTS_ROUTE = "POST /v1/guests/{guest_id}/adjustments"
 
 
 # Failures after which PostgreSQL may or may not have committed: its answer was lost.
@@ -110,24 +88,25 @@ _UNREADABLE = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """What Redis said about a spend before PostgreSQL was asked.
-
-    ``reserved`` means this request put the hold in Redis, so this request must void it if
-    PostgreSQL refuses. ``status`` 'skipped' means Redis was not available; 'overruled' that
-    Redis refused points the ledger has (see :meth:`Loyalty.admit_or_replay`).
-    """
-
-    status: Literal["ok", "exists", "insufficient", "skipped", "none", "miss", "overruled"]
-    spendable: int | None = None
-
-    @property
-    def reserved(self) -> bool:
-        return self.status == "ok"
+EarnCode = Literal["earn", "accrual", "welcome", "spend_returned", "refund_restore", "adjustment"]
+_SOURCE: dict[str, Literal["issued", "redeemed", "adjustments"]] = {
+    "earn": "issued",
+    "accrual": "issued",
+    "welcome": "issued",
+    "spend_returned": "redeemed",
+    "refund_restore": "redeemed",
+    "adjustment": "adjustments",
+}
 
 
-class Loyalty:
+def build_loyalty(db: Database, gate: RedisGate, grace_s: float, programs_ttl_s: float) -> Loyalty:
+    """The loyalty service with its ledger, hot wallets and program cache (for lifespan.py)."""
+    return Loyalty(db, Ledger(), HotWallets(gate, grace_s), Programs(db, programs_ttl_s))
+
+
+class Loyalty(WalletReads):
+    """Every points movement, and Redis kept in step with the ledger (module docstring)."""
+
     def __init__(self, db: Database, ledger: Ledger, hot: HotWallets, programs: Programs) -> None:
         self.db = db
         self.ledger = ledger
@@ -160,7 +139,7 @@ class Loyalty:
         guest_id: UUID,
         transfer_id: UUID,
         points: int,
-        request: tuple[str, str, bytes],
+        request: IdempotentRequest | None,
     ) -> tuple[Admission, Stored | None]:
         """:meth:`admit`, and when Redis refuses: the stored response if this Idempotency-Key
         already succeeded (a replay whose hold Redis no longer shows), else 422
@@ -176,11 +155,11 @@ class Loyalty:
         admission = await self.admit(guest_id, transfer_id, points)
         if admission.status != "insufficient":
             return admission, None
-        scope, key, digest = request
         async with self.db.connection() as conn:
-            replay = await idempotency.lookup(conn, scope, key, digest)
-            if replay is not None:
-                return admission, replay
+            if request is not None:
+                replay = await idempotency.lookup(conn, request.scope, request.key, request.digest)
+                if replay is not None:
+                    return admission, replay
             spendable = await conn.fetchval(sql.SPENDABLE, guest_id)
         if spendable is not None and spendable >= points:
             return Admission("overruled"), None
@@ -207,26 +186,20 @@ class Loyalty:
         hold (a checkout can time out on the client while PostgreSQL goes on to commit it);
         keeping it would refuse spends for one that never committed.
         """
+        action = settle_action(
+            admission.status,
+            committed=state is not None,
+            redis_agrees=state is not None and admission.spendable == state.spendable,
+            answer_lost=isinstance(failure, _ANSWER_LOST),
+        )
         try:
-            if admission.reserved and state is None and isinstance(failure, _ANSWER_LOST):
+            if action == "forget":
                 await self.hot.forget({guest_id})
-            elif admission.reserved and state is None:
+            elif action == "void_and_reload":
                 await self._reload_or_drop(guest_id, void_first=(transfer_id,))
-            elif (
-                admission.status == "miss"
-                # Redis had this transfer already, yet this request committed its hold: a retry
-                # (same Idempotency-Key) of a spend PostgreSQL refused, whose void Redis keeps.
-                or (admission.status == "exists" and state is not None)
-                or (
-                    admission.reserved
-                    and state is not None
-                    and admission.spendable != state.spendable
-                )
-            ):
+            elif action == "reload":
                 await self._reload_or_drop(guest_id)
-            elif admission.status in ("skipped", "overruled"):
-                # Redis failed at admission, or was found wrong, and PostgreSQL has decided
-                # since: what Redis holds for this guest may be wrong either way.
+            elif action == "distrust":
                 await self._distrust(guest_id)
         except RedisUnavailable:
             self._dirty.add(guest_id)
@@ -251,6 +224,14 @@ class Loyalty:
                 await self._reload_or_drop(guest_id)
         except RedisUnavailable:
             self._dirty.add(guest_id)
+
+    async def mirror_all(self, movements: Iterable[Movement | None]) -> None:
+        """:meth:`mirror` each committed movement (None ones are skipped), in order."""
+        for moved in movements:
+            if moved is not None:
+                await self.mirror(
+                    moved.guest_id, moved.op, moved.transfer_id, moved.state, moved.points
+                )
 
     async def reload(self, guest_id: UUID, void_first: Sequence[UUID] = ()) -> None:
         """Load the wallet from PostgreSQL into Redis (unless Redis mirrors a newer version),
@@ -292,195 +273,240 @@ class Loyalty:
         except RedisUnavailable:
             self._dirty |= dirty
 
-    # -- reading -------------------------------------------------------------------------
+    # -- moving points: the API every other domain uses ---------------------------------
 
-    async def tier(
-        self, conn: asyncpg.Connection, program: Program, account_id: UUID
-    ) -> tuple[Tier, Tier | None, int]:
-        since = datetime.now(UTC) - timedelta(days=program.tier_window_days)
-        earned = int(await conn.fetchval(sql.POINTS_EARNED_SINCE, account_id, since))
-        current, following = tier_for(program, earned)
-        return current, following, earned
+    @contextlib.asynccontextmanager
+    async def spend(
+        self,
+        guest_id: UUID,
+        transfer_id: UUID,
+        points: int,
+        request: IdempotentRequest | None = None,
+    ) -> AsyncIterator[Spend]:
+        """Spend ``points`` of a guest as the pending transfer ``transfer_id``: Redis admits
+        first, the caller's PostgreSQL transaction makes the guarded hold
+        (:meth:`Spend.hold`, or its own statement calling ``loyalty_hold``), and on leaving the
+        block both sides are settled (:meth:`settle_admission`).
 
-    async def wallet(self, guest_id: UUID, brand_id: UUID) -> contract.Wallet:
-        """Spendable and held points (from Redis when it has them), tier and expiring lots."""
-        program = await self.programs.get(brand_id)
-        async with self.db.connection() as conn:
-            account = await conn.fetchrow(sql.GUEST_ACCOUNT, guest_id)
-            if account is None:
-                raise Problem(404, "guest-not-found", "no such guest")
-            current, following, earned = await self.tier(conn, program, account["id"])
-            lots = [
-                Lot(r["amount"], r["expires_at"])
-                for r in await conn.fetch(sql.GUEST_LOTS, account["id"])
-            ]
-            consumed = int(await conn.fetchval(sql.CONSUMED, account["id"]))
-        posted, pending = account["posted"], account["pending"]
+        Refuses 422 ``insufficient-points`` before any transaction when Redis and the ledger
+        agree the points are not there; when the Idempotency-Key already succeeded, the block
+        gets ``spend.replay`` to answer with (only with ``request``: a caller with its own
+        idempotency, such as a till's receipt id, passes None). The caller reports the commit with
+        :meth:`Spend.committed` *after* its transaction committed; until then, leaving the block
+        (normally or by an exception) counts as a refusal and voids the Redis reserve, except
+        after a failure that lost PostgreSQL's answer (the wallet is dropped from Redis).
+        ``transfer_id`` should derive from the Idempotency-Key, so that a retry reserves the
+        same hold. Exceptions of the block propagate unchanged.
+        """
+        admission, replay = await self.admit_or_replay(guest_id, transfer_id, points, request)
+        spend = Spend(self.ledger, guest_id, transfer_id, points, admission, replay)
+        failure: BaseException | None = None
         try:
-            hot = await self.hot.read(guest_id)
-            if hot is not None:
-                posted, pending = hot[0].posted, hot[0].pending
-        except RedisUnavailable:
-            pass
-        expiring = [
-            contract.ExpiringPoints(points=lot.points, expires_at=lot.expires_at)
-            for lot in remaining_lots(lots, consumed)[:3]
-        ]
-        return contract.Wallet(
-            points_available=posted - pending,
-            points_pending=pending,
-            tier=current.name,
-            next_tier=following.name if following else None,
-            points_to_next_tier=(following.min_points - earned) if following else None,
-            point_value_minor=program.point_value_minor,
-            expiring=expiring,
-        )
+            yield spend
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            await self.settle_admission(guest_id, transfer_id, admission, spend.state, failure)
+        if spend.posted and spend.state is not None:
+            await self.mirror(guest_id, "post", transfer_id, spend.state)
 
-    async def ledger_page(
-        self, guest_id: UUID, cursor: str | None, limit: int
-    ) -> contract.LedgerPage:
-        after_at, after_id = _parse_cursor(cursor)
-        async with self.db.connection() as conn:
-            account_id = await conn.fetchval(
-                "SELECT id FROM accounts WHERE guest_id = $1", guest_id
-            )
-            rows = await conn.fetch(sql.LEDGER_PAGE, account_id, after_at, after_id, limit + 1)
-        entries = []
-        for row in rows[:limit]:
-            state: Literal["pending", "posted", "voided"] = "posted"
-            if row["phase"] == "pending":
-                state = {"post_pending": "posted", "void_pending": "voided"}.get(
-                    row["resolution"] or "", "pending"
-                )  # type: ignore[assignment]
-            sign = 1 if row["is_credit"] else -1
-            entries.append(
-                contract.LedgerEntry(
-                    id=row["id"],
-                    code=row["code"],
-                    points=sign * row["amount"],
-                    state=state,
-                    created_at=row["created_at"],
-                    order_id=row["order_id"],
-                    reason=row["reason"],
-                )
-            )
-        next_cursor = None
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            # Microseconds since the epoch: a cursor that needs no URL escaping.
-            micros = (last["created_at"] - _EPOCH) // timedelta(microseconds=1)
-            next_cursor = f"{micros}_{last['id']}"
-        return contract.LedgerPage(entries=entries, next_cursor=next_cursor)
+    async def redeemed_account(self, conn: asyncpg.Connection, brand_id: UUID) -> UUID:
+        """The brand's ``redeemed`` system account: where a spend's hold goes (for a caller
+        whose own statement calls ``loyalty_hold``)."""
+        return await self.ledger.system_account(conn, brand_id, "redeemed")
+
+    async def open_account(self, conn: asyncpg.Connection, brand_id: UUID, guest_id: UUID) -> UUID:
+        """The guest's points account, opened if it is not there yet (idempotent)."""
+        return await self.ledger.open_account(conn, brand_id, guest_id)
+
+    async def account_of(self, conn: asyncpg.Connection, guest_id: UUID) -> UUID | None:
+        """The guest's points account, or None when the guest has none."""
+        account_id: UUID | None = await conn.fetchval(sql.ACCOUNT_OF_GUEST, guest_id)
+        return account_id
+
+    async def spendable(self, conn: asyncpg.Connection, guest_id: UUID) -> int | None:
+        """Posted minus held points as PostgreSQL has them (None: no such account)."""
+        points: int | None = await conn.fetchval(sql.SPENDABLE, guest_id)
+        return points
+
+    async def earn(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        brand_id: UUID,
+        guest_id: UUID,
+        account_id: UUID,
+        points: int,
+        code: EarnCode,
+        order_id: UUID | None = None,
+        location_id: UUID | None = None,
+        reason: str | None = None,
+        now: datetime | None = None,
+        transfer_id: UUID | None = None,
+    ) -> Movement:
+        """Credit ``points`` (> 0) to the guest as a lot that expires after the brand's
+        ``lot_expiry_months``, in the caller's transaction. The points come from the system
+        account that ``code`` says (``issued`` for what is earned, ``redeemed`` for spent
+        points given back, ``adjustments`` for a manager's correction). Mirror the returned
+        movement after the commit (:meth:`mirror_all`). ``transfer_id`` names the transfer when
+        the caller has recorded it already (a till receipt)."""
+        if points <= 0:
+            raise ValueError("earn credits a positive number of points")
+        program = await self.programs.get(brand_id, conn)
+        transfer_id = transfer_id or uuid.uuid4()
+        state = await self.ledger.credit(
+            conn,
+            transfer_id=transfer_id,
+            brand_id=brand_id,
+            account_id=account_id,
+            points=points,
+            code=code,
+            source=_SOURCE[code],
+            order_id=order_id,
+            location_id=location_id,
+            reason=reason,
+            expires_at=add_months(now or datetime.now(UTC), program.lot_expiry_months),
+        )
+        return Movement(guest_id, "credit", transfer_id, state, points)
+
+    async def reverse_earning(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        brand_id: UUID,
+        guest_id: UUID,
+        account_id: UUID,
+        points: int,
+        order_id: UUID | None = None,
+        location_id: UUID | None = None,
+        reason: str | None = None,
+    ) -> Movement:
+        """Take back ``points`` a refunded order (or till receipt) earned. Never refused: the balance may go
+        below zero (DESIGN §3), and the guest cannot spend until it is positive again."""
+        transfer_id = uuid.uuid4()
+        state = await self.ledger.debit(
+            conn,
+            transfer_id=transfer_id,
+            brand_id=brand_id,
+            account_id=account_id,
+            points=points,
+            code="refund_reversal",
+            sink="issued",
+            guarded=False,
+            order_id=order_id,
+            location_id=location_id,
+            reason=reason,
+        )
+        assert state is not None  # an unguarded debit always applies
+        return Movement(guest_id, "credit", transfer_id, state, -points)
+
+    async def hold_of(self, conn: asyncpg.Connection, transfer_id: UUID) -> Hold | None:
+        """A pending transfer (a hold) and how it was resolved, if it was; None if there is
+        no pending transfer ``transfer_id``."""
+        return await self.ledger.pending(conn, transfer_id)
+
+    async def resolve(
+        self, conn: asyncpg.Connection, hold: Hold, *, post: bool, now: datetime | None = None
+    ) -> Resolution:
+        """Post (``post``) or void a hold exactly once, in the caller's transaction.
+
+        With ``now``, a hold whose timeout has passed is voided instead of posted and the
+        outcome is ``expired``. A hold resolved before is left as it is (``already_posted`` /
+        ``already_voided``). Mirror ``resolution.movement`` after the commit."""
+        expired = post and now is not None and hold.timeout_at is not None and hold.timeout_at < now
+        resolved = await self.ledger.resolve(conn, hold, post=post and not expired)
+        outcome: Outcome = "expired" if expired and resolved.state is not None else resolved.outcome
+        movement = None
+        if resolved.state is not None:
+            op: Literal["post", "void"] = "post" if resolved.outcome == "posted" else "void"
+            movement = Movement(hold.guest_id, op, hold.id, resolved.state)
+        return Resolution(outcome, hold, movement)
+
+    async def post(
+        self, conn: asyncpg.Connection, hold: Hold, *, now: datetime | None = None
+    ) -> Resolution:
+        """:meth:`resolve` to post: ``posted``, or ``expired`` (with ``now``, past its timeout:
+        voided instead), or ``already_posted`` / ``already_voided``."""
+        return await self.resolve(conn, hold, post=True, now=now)
+
+    async def void(self, conn: asyncpg.Connection, hold: Hold) -> Resolution:
+        """:meth:`resolve` to void: ``voided``, or ``already_posted`` / ``already_voided``."""
+        return await self.resolve(conn, hold, post=False)
 
     # -- writing -------------------------------------------------------------------------
 
     async def adjust(
         self, conn: asyncpg.Connection, *, brand_id: UUID, guest_id: UUID, points: int, reason: str
-    ) -> tuple[UUID, AccountState]:
-        """A manager's correction: positive points are a credit, negative a guarded debit."""
-        account_id = await conn.fetchval("SELECT id FROM accounts WHERE guest_id = $1", guest_id)
+    ) -> Movement:
+        """A manager's correction in the caller's transaction: positive points are a credit
+        (a lot that expires like any other), negative a guarded debit. Refuses 422
+        ``invalid-adjustment`` for 0 points or a guest with no account, 422
+        ``insufficient-points`` for a debit beyond what is spendable."""
+        account_id = await self.account_of(conn, guest_id)
         if account_id is None or points == 0:
             raise Problem(
                 422, "invalid-adjustment", "points must be non-zero for an existing guest"
             )
-        program = await self.programs.get(brand_id, conn)
-        transfer_id = uuid.uuid4()
-        state: AccountState | None
         if points > 0:
-            state = await self.ledger.credit(
-                conn,
-                transfer_id=transfer_id,
-                brand_id=brand_id,
-                account_id=account_id,
-                points=points,
-                code="adjustment",
-                source="adjustments",
-                reason=reason,
-                expires_at=add_months(datetime.now(UTC), program.lot_expiry_months),
+            return await self.earn(
+                conn, brand_id=brand_id, guest_id=guest_id, account_id=account_id,
+                points=points, code="adjustment", reason=reason,
+            )  # fmt: skip
+        transfer_id = uuid.uuid4()
+        state = await self.ledger.debit(
+            conn, transfer_id=transfer_id, brand_id=brand_id, account_id=account_id,
+            points=-points, code="adjustment", sink="adjustments", guarded=True, reason=reason,
+        )  # fmt: skip
+        if state is None:
+            raise Problem(
+                422,
+                "insufficient-points",
+                f"the guest does not have {-points} spendable points to take away",
             )
-        else:
-            state = await self.ledger.debit(
-                conn,
-                transfer_id=transfer_id,
-                brand_id=brand_id,
-                account_id=account_id,
-                points=-points,
-                code="adjustment",
-                sink="adjustments",
-                guarded=True,
-                reason=reason,
-            )
-            if state is None:
-                raise Problem(
-                    422,
-                    "insufficient-points",
-                    f"the guest does not have {-points} spendable points to take away",
-                )
-        return transfer_id, state
+        return Movement(guest_id, "credit", transfer_id, state, points)
 
     async def manager_adjustment(
         self, manager: Principal, guest_id: UUID, body: contract.AdjustmentIn, key: str
     ) -> Stored:
-        """Adjust a guest of the manager's brand, once per key, with an audit entry."""
-        scope = f"staff:{manager.subject_id}:adjustments"
-        digest = idempotency.request_hash(f"POST /v1/guests/{guest_id}/adjustments", body)
+        """Adjust a guest of the manager's brand, once per key, with an audit entry. Refuses
+        404 ``guest-not-found`` for a guest of another brand, and what :meth:`adjust` refuses."""
+        request = IdempotentRequest.of(
+            f"staff:{manager.subject_id}:adjustments",
+            key,
+            ADJUSTMENTS_ROUTE.format(guest_id=guest_id),
+            body,
+        )
         async with self.db.transaction() as conn:
-            replay = await idempotency.begin(conn, scope, key, digest)
+            replay = await idempotency.begin_request(conn, request)
             if replay is not None:
                 return replay
-            if await conn.fetchval(GUEST_OF_BRAND, guest_id, manager.brand_id) is None:
+            if await conn.fetchval(sql.GUEST_OF_BRAND, guest_id, manager.brand_id) is None:
                 raise Problem(404, "guest-not-found", f"no guest {guest_id}")
-            transfer_id, state = await self.adjust(
+            moved = await self.adjust(
                 conn,
                 brand_id=manager.brand_id,
                 guest_id=guest_id,
                 points=body.points,
                 reason=body.reason,
             )
-            await conn.execute(
-                AUDIT,
-                manager.brand_id,
-                manager.kind,
-                manager.subject_id,
-                manager.device_id,
+            await audit(
+                conn,
+                manager,
                 "points.adjust",
                 guest_id,
                 {"points": body.points, "reason": body.reason},
             )
             transfer = contract.Transfer(
-                id=transfer_id,
+                id=moved.transfer_id,
                 guest_id=guest_id,
                 code="adjustment",
                 points=body.points,
                 state="posted",
                 created_at=datetime.now(UTC),
-                points_available=state.spendable,
+                points_available=moved.state.spendable,
             )
             stored = Stored(201, msgspec.json.encode(transfer))
-            await idempotency.finish(conn, scope, key, 201, stored.body)
-        await self.mirror(guest_id, "credit", transfer_id, state, body.points)
+            await idempotency.finish_request(conn, request, stored)
+        await self.mirror_all([moved])
         return stored
-
-
-def insufficient_points(wanted: int, spendable: int | None) -> Problem:
-    """The refusal of a spend the balance does not cover (checkout and counter alike)."""
-    return Problem(
-        422,
-        "insufficient-points",
-        f"the guest has {spendable if spendable is not None else 'fewer'} spendable points, "
-        f"{wanted} were asked",
-        points_available=spendable,
-    )
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _parse_cursor(cursor: str | None) -> tuple[datetime | None, UUID | None]:
-    if not cursor:
-        return None, None
-    try:
-        micros, _, ident = cursor.partition("_")
-        return _EPOCH + timedelta(microseconds=int(micros)), UUID(ident)
-    except (ValueError, OverflowError):
-        raise Problem(422, "invalid-cursor", "the cursor is not one this API handed out") from None

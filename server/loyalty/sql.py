@@ -19,6 +19,10 @@ ON CONFLICT (guest_id) DO UPDATE SET guest_id = EXCLUDED.guest_id
 RETURNING id
 """
 
+GUEST_OF_BRAND = "SELECT 1 FROM guests WHERE id = $1 AND brand_id = $2"
+
+ACCOUNT_OF_GUEST = "SELECT id FROM accounts WHERE guest_id = $1"
+
 SPENDABLE = """
 SELECT credits_posted - debits_posted - debits_pending FROM accounts WHERE guest_id = $1
 """
@@ -40,23 +44,11 @@ WHERE a.guest_id = $1
 GROUP BY a.id
 """
 
-# The guard: a spend may never take the spendable balance below zero. The pending transfer
-# is written by the same statement, only when the guard let the hold through (one round trip).
+# The guard: a spend may never take the spendable balance below zero. The guard, the pending
+# transfer and its open_holds row are one SQL function (migration 0012), which the checkout's
+# place_order calls too; no row when the points are not spendable.
 HOLD_POINTS = """
-WITH held AS (
-    UPDATE accounts
-    SET debits_pending = debits_pending + $2, version = version + 1
-    WHERE id = $1 AND credits_posted - debits_posted - debits_pending >= $2
-    RETURNING credits_posted - debits_posted AS posted, debits_pending AS pending, version
-), transfer AS (
-    INSERT INTO transfers (id, brand_id, debit_account_id, credit_account_id, amount, phase,
-                           code, order_id, location_id, timeout_at)
-    SELECT $3, $4, $1, $5, $2, 'pending', $6, $7, $8, $9 FROM held
-), opened AS (
-    INSERT INTO open_holds (transfer_id, account_id, amount, timeout_at)
-    SELECT $3, $1, $2, $9 FROM held
-)
-SELECT posted, pending, version FROM held
+SELECT posted, pending, version FROM loyalty_hold($1, $2, $3, $4, $5, $6, $7, $8, $9)
 """
 
 SETTLE_HOLD = """
@@ -98,12 +90,16 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
 # The pending transfer and whether (and how) it was resolved, locked for resolution.
 PENDING_TRANSFER = """
 SELECT t.id, t.brand_id, t.debit_account_id, t.credit_account_id, t.amount, t.code,
-       t.order_id, t.location_id, r.phase AS resolution,
+       t.order_id, t.location_id, t.created_at, t.timeout_at, r.phase AS resolution,
+       r.created_at AS resolved_at,
        (SELECT guest_id FROM accounts WHERE id = t.debit_account_id) AS guest_id
 FROM transfers t
 LEFT JOIN transfers r ON r.pending_id = t.id
 WHERE t.id = $1 AND t.phase = 'pending'
 """
+
+# How a pending transfer was resolved, once a concurrent resolution won.
+RESOLUTION_OF = "SELECT phase FROM transfers WHERE pending_id = $1"
 
 LEDGER_PAGE = """
 SELECT t.id, t.code, t.amount, t.phase, t.created_at, t.order_id, t.reason,

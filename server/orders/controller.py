@@ -1,21 +1,22 @@
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Annotated
 from uuid import UUID
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, QueryParameter
 
-from server.auth.guards import requires_authenticated, requires_guest, requires_staff
-from server.auth.tokens import Principal
 from server.infra.http import IdempotencyKeyHeader, stored_response
 from server.infra.idempotency import require_key
+from server.infra.identity import Principal, requires_authenticated, requires_guest, requires_staff
 from server.infra.openapi import BEARER, answer, problems
 from server.orders.service import Orders
 from shared import contract
 
-__all__ = ["OrdersController"]
+__all__ = ["MyOrdersController", "OrdersController"]
 
 _ORDER = answer(contract.Order, "The order")
 
@@ -121,3 +122,23 @@ class OrdersController(Controller):
         return stored_response(
             await orders.refund_lines(principal, order_id, data, require_key(idempotency_key))
         )
+
+
+class MyOrdersController(Controller):
+    """The signed-in guest's own orders (beside the rest of ``/v1/me``, which guests serve)."""
+
+    path = "/v1/me"
+    guards = [requires_guest]
+    security = BEARER
+    tags = ["guests"]
+
+    @get("/orders")
+    async def orders(
+        self,
+        orders: NamedDependency[Orders],
+        principal: NamedDependency[Principal],
+        before: Annotated[datetime | None, QueryParameter()] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+    ) -> list[contract.Order]:
+        """The guest's orders, newest first."""
+        return await orders.list_for_guest(principal.subject_id, before, limit)

@@ -32,9 +32,10 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import Counter
 
 from server.auth.guards import bearer_token, refuse_revoked
-from server.auth.tokens import Principal, TokenError, TokenIssuer
+from server.auth.tokens import TokenIssuer
 from server.infra.http import stored_media_type
 from server.infra.idempotency import Stored, require_key
+from server.infra.identity import Principal, TokenError
 from server.infra.observability import RequestTelemetry
 from server.infra.problems import Problem, exception_handlers
 from shared import contract

@@ -5,7 +5,6 @@ SELECT id, code, kind, value, valid_from, valid_until, per_guest_limit, total_li
 FROM promo_codes WHERE brand_id = $1
 """
 
-GUEST_ACCOUNT_ID = "SELECT id FROM accounts WHERE guest_id = $1"
 
 # The whole checkout in one round trip: a PL/pgSQL function (migrations 0007, 0009) because
 # its statements depend on each other's results (the claim, the guarded hold, the slot with
@@ -118,3 +117,9 @@ SELECT bool_and(refunded_at IS NOT NULL) FROM order_lines WHERE order_id = $1
 """
 
 GUEST_NAME = "SELECT first_name, last_name FROM guests WHERE id = $1"
+
+LINES_TO_EARN = """
+SELECT id, paid_minor, earns_points FROM order_lines WHERE order_id = $1 ORDER BY line_no
+"""
+
+SET_LINE_POINTS_EARNED = "UPDATE order_lines SET points_earned = $2 WHERE id = $1"

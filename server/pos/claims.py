@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 
-from server.auth.tokens import Principal
 from server.guests import identities
 from server.infra.db import Database
+from server.infra.identity import Principal
 from server.infra.problems import Problem
 from server.loyalty.model import allocate
 from server.pos import sql
@@ -27,6 +28,37 @@ class Claims:
         self.db = db
         self.points = points
         self.on_visit = on_visit
+
+    async def _take_back_returned(
+        self,
+        conn: asyncpg.Connection,
+        guest: Principal,
+        receipt: asyncpg.Record,
+        key: tuple[Any, ...],
+        lines: list[asyncpg.Record],
+        points: int,
+        moves: list[Move],
+    ) -> int:
+        """Spread ``points`` over the receipt's lines and reverse the share of lines returned
+        before the claim (appending its moves to ``moves``); returns the points reversed."""
+        weights = [r["paid_minor"] if r["earns"] else 0 for r in lines]
+        shares = allocate(points, weights)
+        await conn.execute(sql.SET_LINE_POINTS, *key, [r["line_no"] for r in lines], shares)
+        returned = sum(
+            refund_share(s, r["quantity"], Decimal(0), r["refunded_quantity"])
+            for s, r in zip(shares, lines, strict=True)
+        )
+        if returned:
+            moves += await self.points.reverse(
+                conn,
+                brand_id=guest.brand_id,
+                guest_id=guest.subject_id,
+                points_reversed=returned,
+                points_restored=0,
+                location_id=receipt["location_id"],
+                reason=f"lines of receipt {receipt['external_id']} returned before its claim",
+            )
+        return returned
 
     async def claim(self, guest: Principal, body: ClaimIn) -> ClaimResult:
         """Attribute the receipt of ``body.code`` to ``guest`` and earn its points.
@@ -57,22 +89,9 @@ class Claims:
                 reason=f"claimed receipt {receipt['external_id']}",
             )
             moves += earned.moves
-            shares = allocate(earned.points, weights)
-            await conn.execute(sql.SET_LINE_POINTS, *key, [r["line_no"] for r in lines], shares)
-            returned = sum(
-                refund_share(s, r["quantity"], Decimal(0), r["refunded_quantity"])
-                for s, r in zip(shares, lines, strict=True)
+            returned = await self._take_back_returned(
+                conn, guest, receipt, key, lines, earned.points, moves
             )
-            if returned:
-                moves += await self.points.reverse(
-                    conn,
-                    brand_id=guest.brand_id,
-                    guest_id=guest.subject_id,
-                    points_reversed=returned,
-                    points_restored=0,
-                    location_id=receipt["location_id"],
-                    reason=f"lines of receipt {receipt['external_id']} returned before its claim",
-                )
             points = earned.points - returned
             await conn.execute(sql.SET_RECEIPT_POINTS, *key, earned.points)
             if receipt["pos_customer_id"]:

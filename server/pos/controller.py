@@ -10,10 +10,9 @@ from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
-from server.auth.guards import requires_guest, requires_role
-from server.auth.tokens import Principal
 from server.infra.http import IdempotencyKeyHeader, stored_response
 from server.infra.idempotency import require_key
+from server.infra.identity import Principal, requires_guest, requires_role
 from server.infra.openapi import BEARER, POS_SIGNED, answer, problems
 from server.pos.auth import Till, requires_till
 from server.pos.batch import BatchIntake

@@ -2,8 +2,7 @@
 points move). Intake earns and reverses; the till tender holds, posts and voids.
 
 :class:`PointsPort` is all that the POS use cases know; :class:`LoyaltyPoints` implements it
-over today's loyalty service (its ledger, tiers and Redis mirror). When loyalty grows its own
-spend and earn API, only this adapter changes.
+over loyalty's spend and earn API (server/loyalty/service.py).
 
 Every write runs on the caller's connection inside the caller's transaction and returns the
 :class:`Move` objects to mirror in Redis once that transaction has committed (:meth:`mirror`).
@@ -11,7 +10,6 @@ Every write runs on the caller's connection inside the caller's transaction and 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,24 +18,16 @@ from uuid import UUID
 
 import asyncpg
 
-from server.infra.idempotency import Stored
-from server.loyalty import sql as loyalty_sql
-from server.loyalty.model import Program, earn_points
-from server.loyalty.repository import AccountState
-from server.loyalty.service import Loyalty, add_months, insufficient_points
+from server.infra import idempotency
+from server.infra.idempotency import IdempotentRequest, Stored
+from server.loyalty.model import Movement, Program, earn_points
+from server.loyalty.service import Loyalty
 
 __all__ = ["Earned", "Held", "LoyaltyPoints", "Move", "PointsPort", "Resolved", "WalletView"]
 
 
-@dataclass(frozen=True, slots=True)
-class Move:
-    """A committed change to mirror in Redis."""
-
-    guest_id: UUID
-    op: Literal["post", "void", "credit"]
-    transfer_id: UUID
-    state: AccountState
-    points: int = 0
+# A committed change to mirror in Redis: loyalty's own.
+Move = Movement
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,19 +121,8 @@ class PointsPort(Protocol):
     async def mirror(self, moves: Sequence[Move]) -> None: ...
 
 
-HELD = """
-SELECT t.id, t.brand_id, t.location_id, t.amount, t.code, t.created_at, t.timeout_at,
-       a.guest_id, r.phase AS resolution, r.created_at AS resolved_at
-FROM transfers t
-JOIN accounts a ON a.id = t.debit_account_id
-LEFT JOIN transfers r ON r.pending_id = t.id
-WHERE t.id = $1 AND t.phase = 'pending'
-"""
-GUEST_ACCOUNT = "SELECT id FROM accounts WHERE guest_id = $1"
-
-
 class LoyaltyPoints:
-    """:class:`PointsPort` over the loyalty service of today."""
+    """:class:`PointsPort` over loyalty's spend and earn API."""
 
     def __init__(self, loyalty: Loyalty) -> None:
         self.loyalty = loyalty
@@ -152,7 +131,7 @@ class LoyaltyPoints:
         return await self.loyalty.programs.get(brand_id, conn)
 
     async def _account(self, conn: asyncpg.Connection, guest_id: UUID) -> UUID:
-        account_id: UUID | None = await conn.fetchval(GUEST_ACCOUNT, guest_id)
+        account_id = await self.loyalty.account_of(conn, guest_id)
         assert account_id is not None, "every guest has an account"
         return account_id
 
@@ -162,7 +141,7 @@ class LoyaltyPoints:
         return WalletView(spendable=await self.spendable(conn, guest_id), tier=tier.name)
 
     async def spendable(self, conn: asyncpg.Connection, guest_id: UUID) -> int:
-        return int(await conn.fetchval(loyalty_sql.SPENDABLE, guest_id) or 0)
+        return await self.loyalty.spendable(conn, guest_id) or 0
 
     async def earn(
         self,
@@ -182,20 +161,11 @@ class LoyaltyPoints:
         points = earn_points(program, paid_minor, tier)
         if points <= 0:
             return Earned(0, None, ())
-        transfer_id = uuid.uuid4()
-        state = await self.loyalty.ledger.credit(
-            conn,
-            transfer_id=transfer_id,
-            brand_id=brand_id,
-            account_id=account_id,
-            points=points,
-            code="earn",
-            source="issued",
-            location_id=location_id,
-            reason=reason,
-            expires_at=add_months(datetime.now(UTC), program.lot_expiry_months),
-        )
-        return Earned(points, transfer_id, (Move(guest_id, "credit", transfer_id, state, points),))
+        moved = await self.loyalty.earn(
+            conn, brand_id=brand_id, guest_id=guest_id, account_id=account_id, points=points,
+            code="earn", location_id=location_id, reason=reason,
+        )  # fmt: skip
+        return Earned(points, moved.transfer_id, (moved,))
 
     async def reverse(
         self,
@@ -210,40 +180,31 @@ class LoyaltyPoints:
     ) -> tuple[Move, ...]:
         """Give back the points that paid for returned goods and take back what they earned
         (DESIGN §3: the clawback may take the balance below zero)."""
-        ledger = self.loyalty.ledger
         account_id = await self._account(conn, guest_id)
         moves: list[Move] = []
         if points_restored > 0:
-            program = await self.program(conn, brand_id)
-            transfer_id = uuid.uuid4()
-            state = await ledger.credit(
+            restored = await self.loyalty.earn(
                 conn,
-                transfer_id=transfer_id,
                 brand_id=brand_id,
+                guest_id=guest_id,
                 account_id=account_id,
                 points=points_restored,
                 code="refund_restore",
-                source="redeemed",
                 location_id=location_id,
                 reason=reason,
-                expires_at=add_months(datetime.now(UTC), program.lot_expiry_months),
             )
-            moves.append(Move(guest_id, "credit", transfer_id, state, points_restored))
+            moves.append(restored)
         if points_reversed > 0:
-            transfer_id = uuid.uuid4()
-            debited = await ledger.debit(
+            reversed_ = await self.loyalty.reverse_earning(
                 conn,
-                transfer_id=transfer_id,
                 brand_id=brand_id,
+                guest_id=guest_id,
                 account_id=account_id,
                 points=points_reversed,
-                code="refund_reversal",
-                sink="issued",
-                guarded=False,
+                location_id=location_id,
                 reason=reason,
             )
-            assert debited is not None
-            moves.append(Move(guest_id, "credit", transfer_id, debited, -points_reversed))
+            moves.append(reversed_)
         return tuple(moves)
 
     async def hold(
@@ -258,61 +219,47 @@ class LoyaltyPoints:
         request: tuple[str, str, bytes],
         answer: Callable[[asyncpg.Connection, int], Awaitable[Stored]],
     ) -> Stored:
-        """Reserve ``points`` as the counter does: Redis admits (a fast refusal), PostgreSQL's
-        guarded hold decides, Redis is settled after the commit. ``answer(conn, spendable
-        after the hold)`` makes the response in the same transaction (the idempotency row). Refuses 422
-        ``insufficient-points``; a replay of ``request`` answers the stored response."""
-        from server.infra import idempotency
-
-        loyalty = self.loyalty
-        admission, replay = await loyalty.admit_or_replay(guest_id, transfer_id, points, request)
-        if replay is not None:
-            return replay
-        scope, key, digest = request
-        state: AccountState | None = None
-        failure: BaseException | None = None
-        try:
-            async with loyalty.db.transaction() as conn:
-                replay = await idempotency.begin(conn, scope, key, digest)
+        """Reserve ``points`` through loyalty's spend: Redis admits (a fast refusal),
+        PostgreSQL's guarded hold decides, Redis is settled after the commit. ``answer(conn,
+        spendable after the hold)`` makes the response in the same transaction (the
+        idempotency row). Refuses 422 ``insufficient-points``; a replay of ``request`` answers
+        the stored response."""
+        keyed = IdempotentRequest(*request)
+        async with self.loyalty.spend(guest_id, transfer_id, points, keyed) as spend:
+            if spend.replay is not None:
+                return spend.replay
+            async with self.loyalty.db.transaction() as conn:
+                replay = await idempotency.begin_request(conn, keyed)
                 if replay is not None:
                     return replay
-                held = await loyalty.ledger.hold(
+                held = await spend.hold(
                     conn,
-                    transfer_id=transfer_id,
                     brand_id=brand_id,
                     account_id=await self._account(conn, guest_id),
-                    points=points,
                     code="pos_redemption",
                     location_id=location_id,
                     timeout_at=datetime.now(UTC) + timedelta(seconds=timeout_s),
                 )
-                if held is None:
-                    raise insufficient_points(points, await self.spendable(conn, guest_id))
                 stored = await answer(conn, held.spendable)
-                await idempotency.finish(conn, scope, key, stored.status_code, stored.body)
-            state = held
-        except BaseException as exc:
-            failure = exc
-            raise
-        finally:
-            await loyalty.settle_admission(guest_id, transfer_id, admission, state, failure)
+                await idempotency.finish_request(conn, keyed, stored)
+            spend.committed(held)
         return stored
 
     async def held(self, conn: asyncpg.Connection, transfer_id: UUID) -> Held | None:
-        row = await conn.fetchrow(HELD, transfer_id)
-        if row is None:
+        hold = await self.loyalty.hold_of(conn, transfer_id)
+        if hold is None:
             return None
         return Held(
-            transfer_id=row["id"],
-            guest_id=row["guest_id"],
-            brand_id=row["brand_id"],
-            location_id=row["location_id"],
-            points=row["amount"],
-            code=row["code"],
-            created_at=row["created_at"],
-            timeout_at=row["timeout_at"],
-            resolution=row["resolution"],
-            resolved_at=row["resolved_at"],
+            transfer_id=hold.id,
+            guest_id=hold.guest_id,
+            brand_id=hold.brand_id,
+            location_id=hold.location_id,
+            points=hold.amount,
+            code=hold.code,
+            created_at=hold.created_at,
+            timeout_at=hold.timeout_at,
+            resolution=hold.resolution,
+            resolved_at=hold.resolved_at,
         )
 
     async def resolve(
@@ -320,23 +267,17 @@ class LoyaltyPoints:
     ) -> Resolved | None:
         """Post or void a hold exactly once; a post past the hold's timeout voids it
         (``expired``). None when it was already resolved (by anyone)."""
-        ledger = self.loyalty.ledger
-        hold = await ledger.pending(conn, transfer_id)
-        if hold is None or hold.resolution is not None:
+        hold = await self.loyalty.hold_of(conn, transfer_id)
+        if hold is None:
             return None
-        timeout_at = await conn.fetchval(
-            "SELECT timeout_at FROM transfers WHERE id = $1", transfer_id
+        resolution = await self.loyalty.resolve(conn, hold, post=post, now=datetime.now(UTC))
+        if resolution.movement is None:
+            return None
+        posted = resolution.outcome == "posted"
+        expired = resolution.outcome == "expired"
+        return Resolved(
+            "post_pending" if posted else "void_pending", (resolution.movement,), expired
         )
-        expired = post and timeout_at is not None and timeout_at < datetime.now(UTC)
-        state = await ledger.resolve(conn, hold, post=post and not expired)
-        if state is None:
-            return None
-        posted = post and not expired
-        move = Move(hold.guest_id, "post" if posted else "void", transfer_id, state)
-        return Resolved("post_pending" if posted else "void_pending", (move,), expired)
 
     async def mirror(self, moves: Sequence[Move]) -> None:
-        for move in moves:
-            await self.loyalty.mirror(
-                move.guest_id, move.op, move.transfer_id, move.state, move.points
-            )
+        await self.loyalty.mirror_all(moves)

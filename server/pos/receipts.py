@@ -171,46 +171,14 @@ class Intake:
         one receipt at a time (in a savepoint, so nothing of this stays).
         """
         answers: list[Taken | None] = [None] * len(receipts)
-        counts = Counter(r.external_id for r in receipts)
-        digests: dict[int, bytes] = {}
-        for i, receipt in enumerate(receipts):
-            if (
-                receipt.location_id == till.location_id
-                and receipt.occurred_at.tzinfo is not None
-                and counts[receipt.external_id] == 1
-            ):
-                digests[i] = request_digest(receipt)
+        digests = _chunk_digests(till, receipts)
         if not digests:
             return answers
-        stored = {
-            row["external_id"]: row
-            for row in await conn.fetch(
-                sql.RECEIPT_KEYS, till.integration_id, [receipts[i].external_id for i in digests]
-            )
-        }
-        sales: list[tuple[int, Pricing]] = []
-        fresh = [i for i in digests if receipts[i].external_id not in stored]
-        for i in digests:
-            row = stored.get(receipts[i].external_id)
-            if row is not None and bytes(row["request_hash"]) == digests[i]:
-                answers[i] = Taken("replayed", row["receipt_id"], bytes(row["response"]))
-        candidates = [i for i in fresh if receipts[i].refund_of is None]
-        if not candidates:
+        fresh = await self._replays(conn, till, receipts, digests, answers)
+        priced = await self._priced_sales(conn, till, receipts, fresh)
+        if priced is None:
             return answers
-        currency = await self._currency_of(conn, till)
-        candidates = [i for i in candidates if receipts[i].currency in (None, currency)]
-        excluded, menu = await self._catalogue(conn, till, [receipts[i] for i in candidates])
-        program = await self.points.program(conn, till.brand_id)
-        for i in candidates:
-            try:
-                pricing = price_receipt(
-                    receipts[i], point_value_minor=program.point_value_minor, excluded=excluded
-                )
-            except Problem:
-                continue  # refused by take_on, with the same problem
-            sales.append((i, pricing))
-        if not sales:
-            return answers
+        currency, menu, sales = priced
         ids = {i: uuid.uuid4() for i, _ in sales}
         claimed = {
             row["external_id"]
@@ -227,8 +195,69 @@ class Intake:
         sales = [(i, p) for i, p in sales if receipts[i].external_id in claimed]
         if not sales:
             return answers
-        # The guests, their points and visits one receipt at a time, in file order (a guest's
-        # tier counts what their earlier receipts of this chunk earned), as _sale does.
+        outs, moves, sales = await self._earn_and_visit(conn, till, receipts, sales, ids, menu)
+        bodies = await self._write_sales(conn, till, currency, receipts, sales, ids, outs)
+        for i, _ in sales:
+            answers[i] = Taken("created", ids[i], bodies[i], moves[i])
+        return answers
+
+    async def _replays(
+        self,
+        conn: asyncpg.Connection,
+        till: Till,
+        receipts: Sequence[ReceiptIn],
+        digests: dict[int, bytes],
+        answers: list[Taken | None],
+    ) -> list[int]:
+        """Answer the chunk's replays of receipts stored before (into ``answers``); returns
+        the receipts whose key is not stored yet."""
+        stored = {
+            row["external_id"]: row
+            for row in await conn.fetch(
+                sql.RECEIPT_KEYS, till.integration_id, [receipts[i].external_id for i in digests]
+            )
+        }
+        fresh = [i for i in digests if receipts[i].external_id not in stored]
+        for i in digests:
+            row = stored.get(receipts[i].external_id)
+            if row is not None and bytes(row["request_hash"]) == digests[i]:
+                answers[i] = Taken("replayed", row["receipt_id"], bytes(row["response"]))
+        return fresh
+
+    async def _priced_sales(
+        self, conn: asyncpg.Connection, till: Till, receipts: Sequence[ReceiptIn], fresh: list[int]
+    ) -> tuple[str, dict[str, UUID], list[tuple[int, Pricing]]] | None:
+        """The fresh sales of the chunk priced (currency, menu items, sales), or None when
+        there are none; a sale that take_on would refuse is left to it."""
+        candidates = [i for i in fresh if receipts[i].refund_of is None]
+        if not candidates:
+            return None
+        currency = await self._currency_of(conn, till)
+        candidates = [i for i in candidates if receipts[i].currency in (None, currency)]
+        excluded, menu = await self._catalogue(conn, till, [receipts[i] for i in candidates])
+        program = await self.points.program(conn, till.brand_id)
+        sales: list[tuple[int, Pricing]] = []
+        for i in candidates:
+            try:
+                pricing = price_receipt(
+                    receipts[i], point_value_minor=program.point_value_minor, excluded=excluded
+                )
+            except Problem:
+                continue  # refused by take_on, with the same problem
+            sales.append((i, pricing))
+        return (currency, menu, sales) if sales else None
+
+    async def _earn_and_visit(
+        self,
+        conn: asyncpg.Connection,
+        till: Till,
+        receipts: Sequence[ReceiptIn],
+        sales: list[tuple[int, Pricing]],
+        ids: dict[int, UUID],
+        menu: dict[str, UUID],
+    ) -> tuple[dict[int, ReceiptOut], dict[int, tuple[Move, ...]], list[tuple[int, Pricing]]]:
+        """The guests, their points and visits one receipt at a time, in file order (a guest's
+        tier counts what their earlier receipts of this chunk earned), as _sale does."""
         outs: dict[int, ReceiptOut] = {}
         moves: dict[int, tuple[Move, ...]] = {}
         priced: list[tuple[int, Pricing]] = []
@@ -256,7 +285,20 @@ class Intake:
                 guest_unresolved=guest.unresolved,
             )
             priced.append((i, pricing))
-        sales = priced
+        return outs, moves, priced
+
+    async def _write_sales(
+        self,
+        conn: asyncpg.Connection,
+        till: Till,
+        currency: str,
+        receipts: Sequence[ReceiptIn],
+        sales: list[tuple[int, Pricing]],
+        ids: dict[int, UUID],
+        outs: dict[int, ReceiptOut],
+    ) -> dict[int, bytes]:
+        """Claim codes for the anonymous sales, then every sale and line in one statement;
+        returns each sale's stored answer."""
         anonymous = [(receipts[i], ids[i]) for i, _ in sales if outs[i].guest_id is None]
         codes = await self._claim_codes(conn, till, anonymous) if anonymous else {}
         bodies = {
@@ -296,9 +338,7 @@ class Intake:
             [p.paid_minor for _, p in lines],
             [p.points_earned for _, p in lines],
         )  # fmt: skip
-        for i, _ in sales:
-            answers[i] = Taken("created", ids[i], bodies[i], moves[i])
-        return answers
+        return bodies
 
     async def _currency_of(self, conn: asyncpg.Connection, till: Till) -> str:
         currency = self._currencies.get(till.brand_id)
@@ -624,3 +664,16 @@ class Intake:
             pos_customer_id=None, kind="refund", refund_of=(sale["id"], sale["occurred_at"]),
         )  # fmt: skip
         return body, moves
+
+
+def _chunk_digests(till: Till, receipts: Sequence[ReceiptIn]) -> dict[int, bytes]:
+    """The request digests of the chunk's receipts that take_many may take set-based: at the
+    till's location, with a timezone, their ``external_id`` once in the chunk."""
+    counts = Counter(r.external_id for r in receipts)
+    return {
+        i: request_digest(receipt)
+        for i, receipt in enumerate(receipts)
+        if receipt.location_id == till.location_id
+        and receipt.occurred_at.tzinfo is not None
+        and counts[receipt.external_id] == 1
+    }

@@ -10,8 +10,7 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 
-from server.auth.guards import requires_role
-from server.auth.tokens import Principal
+from server.infra.identity import Principal, requires_role
 from server.infra.openapi import BEARER, POS_SIGNED, problems
 from server.pos.ports import SignedIntegration
 from server.pos.webhooks import PosWebhooks

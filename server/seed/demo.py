@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -18,9 +18,8 @@ import asyncpg
 import msgspec
 from argon2 import PasswordHasher
 
-from server.kiosk.model import RECENT_VISITS_MAX, TOP_ITEMS_MAX, histogram_from
-from server.loyalty.model import Program, Tier, allocate, earn_points, tier_for
-from server.loyalty.service import add_months
+from server.counter.model import RECENT_VISITS_MAX, TOP_ITEMS_MAX, histogram_from
+from server.loyalty.model import Program, Tier, add_months, allocate, earn_points, tier_for
 from shared import qr
 
 __all__ = [
@@ -414,6 +413,65 @@ async def _promos(conn: asyncpg.Connection, brand: UUID, now: datetime) -> None:
         )
 
 
+@dataclass
+class _Rows:
+    """The demo guests' rows, gathered per table and written with one COPY each."""
+
+    guests: list[tuple[Any, ...]] = field(default_factory=list)
+    accounts: list[tuple[Any, ...]] = field(default_factory=list)
+    orders: list[tuple[Any, ...]] = field(default_factory=list)
+    order_lines: list[tuple[Any, ...]] = field(default_factory=list)
+    transfers: list[tuple[Any, ...]] = field(default_factory=list)
+    profiles: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+# The columns of each table's rows, in the order _Rows holds them.
+_COLUMNS = {
+    "guests": [
+        "id", "brand_id", "public_id", "qr_secret", "card_number", "phone_e164", "first_name",
+        "last_name", "created_at",
+    ],
+    "accounts": ["id", "brand_id", "kind", "guest_id", "credits_posted", "version"],
+    "orders": [
+        "id", "brand_id", "location_id", "guest_id", "status", "currency", "subtotal_minor",
+        "discount_minor", "points_spent", "points_value_minor", "amount_due_minor",
+        "points_to_earn", "points_earned", "pickup_at", "slot_start", "created_at", "updated_at",
+    ],
+    "order_lines": [
+        "id", "order_id", "line_no", "item_id", "sku", "name", "quantity", "unit_price_minor",
+        "gross_minor", "discount_minor", "points_spent", "paid_minor", "earns_points",
+        "points_earned",
+    ],
+    "transfers": [
+        "id", "brand_id", "debit_account_id", "credit_account_id", "amount", "phase", "code",
+        "order_id", "location_id", "expires_at", "created_at",
+    ],
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Brand:
+    """What every demo guest's rows refer to."""
+
+    id: UUID
+    issued_account_id: UUID
+    location_ids: list[UUID]
+    items: list[_Item]
+    now: datetime
+    tz: ZoneInfo  # where the visits' hours are chosen
+    zones: dict[UUID, ZoneInfo]  # each location's, for its regulars' profiles
+
+
+@dataclass
+class _Tally:
+    """What one guest's history adds up to."""
+
+    credits: int = 0
+    earned_in_window: int = 0
+    spend_minor: int = 0
+    item_counts: Counter[UUID] = field(default_factory=Counter)
+
+
 async def _guests(
     conn: asyncpg.Connection,
     brand: UUID,
@@ -425,235 +483,134 @@ async def _guests(
     issued = await conn.fetchval(
         "SELECT id FROM accounts WHERE brand_id = $1 AND kind = 'issued'", brand
     )
-    berlin = ZoneInfo("Europe/Berlin")
-    zones = {locations[row[0]]: ZoneInfo(row[3]) for row in LOCATIONS}
-    cafe_items = [i for i in items if i.earns]
-    guests: list[tuple[Any, ...]] = []
-    accounts: list[tuple[Any, ...]] = []
-    orders: list[tuple[Any, ...]] = []
-    lines: list[tuple[Any, ...]] = []
-    transfers: list[tuple[Any, ...]] = []
-    profiles: list[tuple[Any, ...]] = []
     location_ids = [
         locations["mitte"],
         locations["kreuzberg"],
         locations["lisbon"],
         locations["station"],
     ]
+    zones = {locations[row[0]]: ZoneInfo(row[3]) for row in LOCATIONS}
+    demo = _Brand(brand, issued, location_ids, items, now, ZoneInfo("Europe/Berlin"), zones)
+    rows = _Rows()
     for n in range(1, GUESTS + 1):
-        guest_id, account_id = _id("guest", n), _id("account", n)
-        first, last = ("Demo", "Guest") if n == 1 else (rng.choice(FIRST), rng.choice(LAST))
-        joined = now - timedelta(days=HISTORY_DAYS + rng.randint(0, 200))
-        guests.append(
+        _guest(rows, rng, demo, n)
+    await _write(conn, rows)
+
+
+def _guest(rows: _Rows, rng: random.Random, demo: _Brand, n: int) -> None:
+    """One guest: the guest row, habits, six months of orders, the welcome bonus, the account
+    and the profile. The RNG is drawn from in a fixed order: the demo stays the same."""
+    guest_id, account_id = _id("guest", n), _id("account", n)
+    first, last = ("Demo", "Guest") if n == 1 else (rng.choice(FIRST), rng.choice(LAST))
+    joined = demo.now - timedelta(days=HISTORY_DAYS + rng.randint(0, 200))
+    rows.guests.append(
+        (
+            guest_id, demo.id, qr.new_public_id(), qr.new_secret(), f"{n:012d}",
+            f"+49151{n:08d}", first, last, joined,
+        )
+    )  # fmt: skip
+    # Habits: a favourite weekday set, hour, location and two or three favourite items.
+    visits_per_week = rng.choice([0.5, 1, 2, 3, 5])
+    hour = rng.choice([7, 8, 8, 9, 12, 13, 15])
+    home = rng.choice(demo.location_ids)
+    favourites = rng.sample([i for i in demo.items if i.earns], 3)
+    history = _visit_times(rng, demo, visits_per_week, hour)
+    tally = _Tally()
+    for number, at in enumerate(history):
+        _order(rows, rng, demo, tally, (n, number), guest_id, account_id, home, favourites, at)
+    rows.transfers.append(
+        (
+            _id("welcome", n), demo.id, demo.issued_account_id, account_id,
+            PROGRAM.welcome_bonus_points, "single", "welcome", None, None,
+            add_months(joined, PROGRAM.lot_expiry_months), joined,
+        )
+    )  # fmt: skip
+    tally.credits += PROGRAM.welcome_bonus_points
+    rows.accounts.append((account_id, demo.id, "guest", guest_id, tally.credits, len(history) + 1))
+    rows.profiles.append(
+        _profile(
+            guest_id, history, tally.item_counts, demo.items, tally.spend_minor,
+            tally.earned_in_window, demo.now, demo.zones[home],
+        )
+    )  # fmt: skip
+
+
+def _visit_times(
+    rng: random.Random, demo: _Brand, visits_per_week: float, hour: int
+) -> list[datetime]:
+    """When a guest with these habits came, over the history (fewer on weekends)."""
+    history = []
+    day = demo.now - timedelta(days=HISTORY_DAYS)
+    while day < demo.now - timedelta(hours=2):
+        day += timedelta(days=rng.expovariate(visits_per_week / 7))
+        local = day.astimezone(demo.tz).replace(hour=hour, minute=rng.randint(0, 50))
+        if local >= demo.now or (local.weekday() >= 5 and rng.random() < 0.6):
+            continue
+        history.append(local.astimezone(UTC))
+    return history
+
+
+def _order(
+    rows: _Rows,
+    rng: random.Random,
+    demo: _Brand,
+    tally: _Tally,
+    number: tuple[int, int],
+    guest_id: UUID,
+    account_id: UUID,
+    home: UUID,
+    favourites: list[_Item],
+    at: datetime,
+) -> None:
+    """One completed order of the guest's history (``number``: guest, visit), its lines and
+    the points it earned at the tier the guest held then."""
+    order_id = _id("order", *number)
+    cafe_items = [i for i in demo.items if i.earns]
+    picks = [
+        rng.choice(favourites) if rng.random() < 0.8 else rng.choice(cafe_items)
+        for _ in range(rng.choice([1, 1, 2, 2, 3]))
+    ]
+    subtotal = sum(p.price for p in picks)
+    tier, _ = tier_for(PROGRAM, tally.earned_in_window)
+    points = earn_points(PROGRAM, subtotal, tier)
+    shares = allocate(points, [p.price for p in picks])
+    rows.orders.append(
+        (
+            order_id, demo.id, home, guest_id, "completed", "EUR", subtotal, 0, 0, 0, subtotal,
+            points, points, at, at, at, at,
+        )
+    )  # fmt: skip
+    for line_no, (pick, share) in enumerate(zip(picks, shares, strict=True)):
+        rows.order_lines.append(
             (
-                guest_id,
-                brand,
-                qr.new_public_id(),
-                qr.new_secret(),
-                f"{n:012d}",
-                f"+49151{n:08d}",
-                first,
-                last,
-                joined,
+                _id("line", *number, line_no), order_id, line_no, pick.id, pick.sku, pick.name,
+                1, pick.price, pick.price, 0, 0, pick.price, True, share,
             )
-        )
-        # Habits: a favourite weekday set, hour, location and two or three favourite items.
-        visits_per_week = rng.choice([0.5, 1, 2, 3, 5])
-        hour = rng.choice([7, 8, 8, 9, 12, 13, 15])
-        home = rng.choice(location_ids)
-        favourites = rng.sample(cafe_items, 3)
-        credits = earned_in_window = 0
-        history = []
-        day = now - timedelta(days=HISTORY_DAYS)
-        while day < now - timedelta(hours=2):
-            day += timedelta(days=rng.expovariate(visits_per_week / 7))
-            local = day.astimezone(berlin).replace(hour=hour, minute=rng.randint(0, 50))
-            if local >= now or (local.weekday() >= 5 and rng.random() < 0.6):
-                continue
-            history.append(local.astimezone(UTC))
-        item_counts: Counter[UUID] = Counter()
-        spend = 0
-        for number, at in enumerate(history):
-            order_id = _id("order", n, number)
-            picks = [
-                rng.choice(favourites) if rng.random() < 0.8 else rng.choice(cafe_items)
-                for _ in range(rng.choice([1, 1, 2, 2, 3]))
-            ]
-            subtotal = sum(p.price for p in picks)
-            tier, _ = tier_for(PROGRAM, earned_in_window)
-            points = earn_points(PROGRAM, subtotal, tier)
-            shares = allocate(points, [p.price for p in picks])
-            orders.append(
-                (
-                    order_id,
-                    brand,
-                    home,
-                    guest_id,
-                    "completed",
-                    "EUR",
-                    subtotal,
-                    0,
-                    0,
-                    0,
-                    subtotal,
-                    points,
-                    points,
-                    at,
-                    at,
-                    at,
-                    at,
-                )
-            )
-            for line_no, (pick, share) in enumerate(zip(picks, shares, strict=True)):
-                lines.append(
-                    (
-                        _id("line", n, number, line_no),
-                        order_id,
-                        line_no,
-                        pick.id,
-                        pick.sku,
-                        pick.name,
-                        1,
-                        pick.price,
-                        pick.price,
-                        0,
-                        0,
-                        pick.price,
-                        True,
-                        share,
-                    )
-                )
-                item_counts[pick.id] += 1
-            if points:
-                transfers.append(
-                    (
-                        _id("transfer", n, number),
-                        brand,
-                        issued,
-                        account_id,
-                        points,
-                        "single",
-                        "earn",
-                        order_id,
-                        home,
-                        add_months(at, PROGRAM.lot_expiry_months),
-                        at,
-                    )
-                )
-                credits += points
-                if at > now - timedelta(days=PROGRAM.tier_window_days):
-                    earned_in_window += points
-            spend += subtotal
-        welcome_at = joined
-        transfers.append(
+        )  # fmt: skip
+        tally.item_counts[pick.id] += 1
+    if points:
+        rows.transfers.append(
             (
-                _id("welcome", n),
-                brand,
-                issued,
-                account_id,
-                PROGRAM.welcome_bonus_points,
-                "single",
-                "welcome",
-                None,
-                None,
-                add_months(welcome_at, PROGRAM.lot_expiry_months),
-                welcome_at,
+                _id("transfer", *number), demo.id, demo.issued_account_id, account_id, points,
+                "single", "earn", order_id, home, add_months(at, PROGRAM.lot_expiry_months), at,
             )
-        )
-        credits += PROGRAM.welcome_bonus_points
-        accounts.append((account_id, brand, "guest", guest_id, credits, len(history) + 1))
-        profiles.append(
-            _profile(
-                guest_id, history, item_counts, items, spend, earned_in_window, now, zones[home]
-            )
-        )
-    await conn.copy_records_to_table(
-        "guests",
-        records=guests,
-        columns=[
-            "id",
-            "brand_id",
-            "public_id",
-            "qr_secret",
-            "card_number",
-            "phone_e164",
-            "first_name",
-            "last_name",
-            "created_at",
-        ],
-    )
-    await conn.copy_records_to_table(
-        "accounts",
-        records=accounts,
-        columns=["id", "brand_id", "kind", "guest_id", "credits_posted", "version"],
-    )
-    await conn.copy_records_to_table(
-        "orders",
-        records=orders,
-        columns=[
-            "id",
-            "brand_id",
-            "location_id",
-            "guest_id",
-            "status",
-            "currency",
-            "subtotal_minor",
-            "discount_minor",
-            "points_spent",
-            "points_value_minor",
-            "amount_due_minor",
-            "points_to_earn",
-            "points_earned",
-            "pickup_at",
-            "slot_start",
-            "created_at",
-            "updated_at",
-        ],
-    )
-    await conn.copy_records_to_table(
-        "order_lines",
-        records=lines,
-        columns=[
-            "id",
-            "order_id",
-            "line_no",
-            "item_id",
-            "sku",
-            "name",
-            "quantity",
-            "unit_price_minor",
-            "gross_minor",
-            "discount_minor",
-            "points_spent",
-            "paid_minor",
-            "earns_points",
-            "points_earned",
-        ],
-    )
-    await conn.copy_records_to_table(
-        "transfers",
-        records=transfers,
-        columns=[
-            "id",
-            "brand_id",
-            "debit_account_id",
-            "credit_account_id",
-            "amount",
-            "phase",
-            "code",
-            "order_id",
-            "location_id",
-            "expires_at",
-            "created_at",
-        ],
-    )
+        )  # fmt: skip
+        tally.credits += points
+        if at > demo.now - timedelta(days=PROGRAM.tier_window_days):
+            tally.earned_in_window += points
+    tally.spend_minor += subtotal
+
+
+async def _write(conn: asyncpg.Connection, rows: _Rows) -> None:
+    for table, columns in _COLUMNS.items():
+        await conn.copy_records_to_table(table, records=getattr(rows, table), columns=columns)
     # executemany, not COPY: binary COPY has no encoder for our text-format jsonb codec.
     await conn.executemany(
         "INSERT INTO guest_profiles (guest_id, visits_total, visits_30d, spend_total_minor,"
         " avg_ticket_minor, usual_weekday, usual_hour, last_visit_at, top_items, points_earned_12m,"
         " weekday_counts, hour_counts, recent_visits)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        profiles,
+        rows.profiles,
     )
 
 
@@ -667,7 +624,7 @@ def _profile(
     now: datetime,
     tz: ZoneInfo,
 ) -> tuple[object, ...]:
-    """The profile row a rebuild from the guest's history would make (server.kiosk.profiles:
+    """The profile row a rebuild from the guest's history would make (server.counter.profiles:
     histograms from the latest visits in the home location's time, the recent visits that the
     card counts ``visits_30d`` from, relative to whenever it is read), so a seeded guest looks
     right before their next visit, and that visit folds onto it."""

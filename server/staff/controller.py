@@ -6,8 +6,7 @@ from litestar import Controller, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from server.auth.guards import requires_role
-from server.auth.tokens import Principal
+from server.infra.identity import Principal, requires_role
 from server.infra.openapi import BEARER, problems
 from server.staff.service import Staff
 from shared import contract

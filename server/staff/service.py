@@ -10,17 +10,18 @@ import asyncio
 import hashlib
 import hmac
 import secrets
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import cast
 from uuid import UUID
 
 import asyncpg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from server.auth.service import Auth
-from server.auth.tokens import Principal
+from server.infra.audit import audit, audit_device
 from server.infra.db import Database
+from server.infra.identity import Principal
 from server.infra.problems import Problem
 from server.infra.ratelimit import count_failure, limit, refuse_if_over, reset_limit
 from server.infra.redis import RedisGate
@@ -37,39 +38,27 @@ from server.staff.throttle import SignInThrottle, alert
 from shared import contract
 from shared.contract import DeviceCreated, DeviceIn, DevicePaired, PairIn
 
-__all__ = ["Staff", "audit"]
+__all__ = ["Staff"]
 
 
 def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
-async def audit(
-    conn: asyncpg.Connection,
-    actor: Principal,
-    action: str,
-    guest_id: UUID | None,
-    detail: dict[str, Any],
-) -> None:
-    """One audit_log row: who (and on which device) did what to whom."""
-    await conn.execute(
-        sql.AUDIT,
-        actor.brand_id,
-        actor.kind,
-        actor.subject_id,
-        actor.device_id,
-        action,
-        guest_id,
-        detail,
-    )
+# Issues an access and refresh token pair for a principal, in the caller's transaction.
+IssueTokens = Callable[[asyncpg.Connection, Principal], Awaitable[contract.TokenPair]]
 
 
 class Staff:
-    def __init__(self, settings: Settings, db: Database, gate: RedisGate, auth: Auth) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, gate: RedisGate, issue_tokens: IssueTokens
+    ) -> None:
+        """``issue_tokens`` signs a staff member in (the auth domain's, wired by lifespan.py:
+        staff owns the users, auth the tokens)."""
         self.settings = settings
         self.db = db
         self.gate = gate
-        self.auth = auth
+        self.issue_tokens = issue_tokens
         self._hasher = PasswordHasher()
         # Verified against when the email is unknown, so timing does not reveal staff emails.
         self._decoy = self._hasher.hash(secrets.token_urlsafe(16))
@@ -134,7 +123,7 @@ class Staff:
         async with self.db.transaction() as conn:
             await conn.execute(sql.RECORD_SUCCESS, user["id"])
             await audit(conn, principal, "staff.sign_in", None, {"method": "password"})
-            return await self.auth.issue(conn, principal)
+            return await self.issue_tokens(conn, principal)
 
     async def _authenticate(
         self, user: asyncpg.Record | None, body: contract.StaffLogin, email: str, now: datetime
@@ -257,15 +246,12 @@ class Staff:
                     "pairing-code-invalid",
                     "this pairing code is unknown, used or expired; ask a manager for a new one",
                 )
-            await conn.execute(
-                sql.AUDIT,
-                row["brand_id"],
-                "device",
-                None,
-                row["id"],
-                "device.pair",
-                None,
-                {"location_id": str(row["location_id"])},
+            await audit_device(
+                conn,
+                brand_id=row["brand_id"],
+                device_id=row["id"],
+                action="device.pair",
+                detail={"location_id": str(row["location_id"])},
             )
         return DevicePaired(
             device_id=row["id"],
@@ -275,6 +261,17 @@ class Staff:
         )
 
     # -- PIN sign-in on a paired device ----------------------------------------------------
+
+    async def _paired_device(self, body: contract.PinLogin) -> asyncpg.Record:
+        """The device row, if its secret is right (401 ``device-not-paired``) and the device
+        is not slowed down for wrong PINs (server/staff/throttle.py)."""
+        device = await self.db.fetchrow(sql.DEVICE, body.device_id)
+        if device is None or not hmac.compare_digest(
+            bytes(device["device_secret_hash"]), _digest(body.device_secret)
+        ):
+            raise Problem(401, "device-not-paired", "this device is not paired; pair it again")
+        await self.device_throttle.check(str(body.device_id))
+        return device
 
     async def pin_sign_in(self, body: contract.PinLogin) -> contract.TokenPair:
         """Tokens scoped to the device's location, for a staff member of that location.
@@ -291,12 +288,7 @@ class Staff:
         are refused (403 ``second-factor-required``): their roles need a second factor.
         """
         email = normalise_email(body.email)
-        device = await self.db.fetchrow(sql.DEVICE, body.device_id)
-        if device is None or not hmac.compare_digest(
-            bytes(device["device_secret_hash"]), _digest(body.device_secret)
-        ):
-            raise Problem(401, "device-not-paired", "this device is not paired; pair it again")
-        await self.device_throttle.check(str(body.device_id))
+        device = await self._paired_device(body)
         attempts = f"{body.device_id}:{email}"
         await limit(
             self.gate, "pin-attempts", attempts, self.settings.pin_attempts_per_window,
@@ -334,7 +326,7 @@ class Staff:
         )
         async with self.db.transaction() as conn:
             await audit(conn, principal, "staff.sign_in", None, {"method": "pin"})
-            pair = await self.auth.issue(conn, principal)
+            pair = await self.issue_tokens(conn, principal)
         await reset_limit(self.gate, "pin-attempts", attempts)
         await reset_limit(self.gate, "pin-attempts-daily", email)
         return pair

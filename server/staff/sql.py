@@ -56,8 +56,3 @@ SELECT d.id, d.location_id, d.device_secret_hash, l.brand_id
 FROM kiosk_devices d JOIN locations l ON l.id = d.location_id
 WHERE d.id = $1 AND d.paired_at IS NOT NULL
 """
-
-AUDIT = """
-INSERT INTO audit_log (brand_id, actor_kind, actor_id, device_id, action, guest_id, detail)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-"""

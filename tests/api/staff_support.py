@@ -13,7 +13,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 
-from server.auth.tokens import Principal
+from server.infra.identity import Principal
 from shared import qr
 from tests.conftest import Demo
 

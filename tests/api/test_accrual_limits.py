@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 from server.auth.notifier import RecordingNotifier
-from server.auth.tokens import Principal
+from server.infra.identity import Principal
 from server.seed.demo import DEMO_PIN, PROGRAM
 from tests.api.staff_support import audit_rows, bearer, make_staff
 from tests.api.test_staff_auth import pair_device

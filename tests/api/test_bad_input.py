@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from server.auth.notifier import RecordingNotifier
-from server.auth.tokens import Principal
+from server.infra.identity import Principal
 from server.seed.demo import PROGRAM
 from tests.api.helpers import ledger_state, menu_items, place
 from tests.conftest import Client, Demo, GuestHandle, new_phone, sign_in, tokens

@@ -337,7 +337,7 @@ async def test_a_promo_with_a_total_limit_runs_out(
             demo.brand_id,
             code,
         )
-    services.orders._promos.forget()  # promo definitions are cached per process; this one is new
+    services.orders.checkout._promos.forget()  # promo definitions are cached per process; this one is new
     items = await menu_items(client, demo.locations["station"])
     body = order_body(demo, items, ("CRO", 1), promo_code=code)
     guests = [await sign_in(client, notifier) for _ in range(4)]

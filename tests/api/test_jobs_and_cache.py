@@ -12,7 +12,7 @@ import pytest
 
 from server.app import create_app
 from server.auth.notifier import RecordingNotifier
-from server.auth.tokens import Principal
+from server.infra.identity import Principal
 from server.lifespan import lifespan
 from server.loyalty.jobs import expire_lots, recount_tier_points
 from server.seed.demo import PROGRAM
@@ -416,7 +416,7 @@ async def test_tier_points_are_recounted_from_the_ledger(
 async def test_a_location_created_after_the_cache_filled_is_found_once_the_miss_window_passed(
     services: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    locations = services.kiosk.locations
+    locations = services.locations
     assert await locations.get(uuid.uuid4()) is None  # fills the cache; an unknown id is None
     # Within the miss window a miss does not reload: lookups of unknown ids stay cheap.
     monkeypatch.setattr(locations, "MISS_REFRESH_S", 3600.0)

@@ -78,3 +78,17 @@ async def test_places_per_slot_per_guest_are_capped(
     assert (await place(capped, guest, later)).status_code == 201
     other = await sign_in(capped, notifier)
     assert (await place(capped, other, body)).status_code == 201
+
+
+async def test_one_place_order_remains_and_it_takes_the_caps(services: Any) -> None:
+    """Migration 0012 recreates 0010's place_order (the caps' signature) rather than adding
+    a second overload beside it: the app's PLACE_ORDER resolves to exactly one function."""
+    rows = await services.db.fetch(
+        "SELECT pg_get_function_identity_arguments(oid) AS args FROM pg_proc "
+        "WHERE proname = 'place_order'"
+    )
+    assert len(rows) == 1
+    assert "p_unpaid_orders_per_guest integer, p_slot_places_per_guest integer" in rows[0]["args"]
+    source = await services.db.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'place_order'")
+    assert "loyalty_hold(" in source and "idempotency_claim(" in source
+    assert "idempotency_finish(" in source and "too-many-orders-in-slot" in source

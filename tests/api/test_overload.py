@@ -14,6 +14,7 @@ from server.app import create_app
 from server.auth.notifier import RecordingNotifier
 from server.infra.db import connect_once
 from server.lifespan import lifespan
+from server.orders.checkout import PlaceOrderCall, PlaceOrderStatement
 from server.seed.demo import PROGRAM
 from server.settings import Settings
 from tests.api.helpers import ledger_state, menu_items, place, redis_state
@@ -106,7 +107,7 @@ async def test_checkouts_beyond_the_in_flight_limit_wait_then_get_503(
     services: Any = tight.app.state.services
     guest = await sign_in(tight, notifier)
     body = await _station_body(tight, services, 50)
-    turn = services.orders._in_flight
+    turn = services.orders.checkout._in_flight
     await turn.acquire()  # a checkout that never finishes holds the only turn
     try:
         refused = await place(tight, guest, body, key="waits-too-long")
@@ -134,18 +135,20 @@ async def test_a_checkout_that_commits_after_the_client_gave_up_is_not_lost_in_r
     body = await _station_body(client, services, 70)
     await services.loyalty.reload(guest.id)  # Redis holds the wallet: the reserve is Redis's
     assert await redis_state(services, guest.id) == (PROGRAM.welcome_bonus_points, 0)
-    real = services.orders._place_order
+    real = services.orders.checkout.statement
     blocker = await connect_once(settings.database_url or "")
     late = await connect_once(settings.database_url or "")
     still_working: list[asyncio.Task[Any]] = []
 
-    async def gives_up_while_postgres_works(_conn: Any, *args: Any) -> Any:
-        # The statement runs on its own connection and goes on after the request gave up.
-        still_working.append(asyncio.create_task(real(late, *args)))
-        await asyncio.sleep(0.2)  # it now waits for the account row the blocker holds
-        raise TimeoutError("the answer did not arrive in time")
+    class GivesUpWhilePostgresWorks(PlaceOrderStatement):
+        async def run(self, conn: Any, call: PlaceOrderCall) -> Any:
+            # The statement runs on its own connection and goes on after the request gave up.
+            still_working.append(asyncio.create_task(real.run(late, call)))
+            await asyncio.sleep(0.2)  # it now waits for the account row the blocker holds
+            raise TimeoutError("the answer did not arrive in time")
 
-    monkeypatch.setattr(services.orders, "_place_order", gives_up_while_postgres_works)
+    # The checkout's statement is injected: this test puts a fake one in its place.
+    monkeypatch.setattr(services.orders.checkout, "statement", GivesUpWhilePostgresWorks())
     try:
         transaction = blocker.transaction()
         await transaction.start()

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from server.auth.notifier import RecordingNotifier
-from server.kiosk.model import habits_of
+from server.counter.model import habits_of
 from tests.api.helpers import advance, menu_items, order_body, pay, place
 from tests.conftest import Client, Demo, sign_in
 
@@ -40,7 +40,7 @@ async def test_two_first_visits_at_once_both_count(
 
     async def complete(conn: Any, order_id: uuid.UUID) -> None:
         await conn.execute("UPDATE orders SET status = 'completed' WHERE id = $1", order_id)
-        await services.orders.on_completed(conn, order_id)
+        await services.orders.lifecycle.on_completed(conn, order_id)
 
     started = asyncio.Event()
     pid: list[int] = []

@@ -14,6 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from server.loyalty.hot import wallet_keys
+from server.orders.checkout import PlaceOrderCall, PlaceOrderStatement
 from server.seed.demo import PROGRAM
 from tests.api.helpers import (
     assert_books_balance,
@@ -128,13 +129,16 @@ async def _crash_after_the_reserve(
     never commits, and nothing after the crash point runs (no void, no reload)."""
     await give_points(client, demo, guest, 400 - WELCOME)
 
-    async def crash(*_: Any, **__: Any) -> Any:
-        raise RuntimeError("injected crash before commit")
+    class Crashes(PlaceOrderStatement):
+        async def run(self, conn: Any, call: PlaceOrderCall) -> Any:
+            raise RuntimeError("injected crash before commit")
 
     async def nothing_after_crash(*_: Any, **__: Any) -> None:
         return None
 
-    monkeypatch.setattr(services.orders, "_create", crash)
+    # The checkout's statement is injected (a fake that fails before writing), and the process
+    # "dies" there: the loyalty service's settle step, public, does nothing.
+    monkeypatch.setattr(services.orders.checkout, "statement", Crashes())
     monkeypatch.setattr(services.loyalty, "settle_admission", nothing_after_crash)
     crashed = await place(client, guest, await order_body(client, demo, 100, "SAL", 4))
     assert crashed.status_code == 500 and crashed.json()["type"].endswith("/internal-error")
@@ -379,12 +383,12 @@ async def test_a_failure_after_the_hold_leaves_no_redis_hold(
 async def test_a_failure_after_a_redemption_hold_leaves_no_redis_hold(
     client: Client, guest: GuestHandle, demo: Demo, services: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import server.kiosk.counter
+    import server.counter.points
 
     async def broken_audit(*_: Any, **__: Any) -> None:
         raise RuntimeError("injected failure after the hold")
 
-    monkeypatch.setattr(server.kiosk.counter, "audit", broken_audit)
+    monkeypatch.setattr(server.counter.points, "audit", broken_audit)
     failed = await client.post(
         f"/v1/guests/{guest.id}/redemptions",
         json={"points": 40, "location_id": str(demo.locations["station"])},

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from server.kiosk.model import RECENT_VISITS_MAX, habits_of, histogram_from
+from server.counter.model import RECENT_VISITS_MAX, habits_of, histogram_from
 from server.seed.demo import GUESTS, _id
 from tests.conftest import Demo
 

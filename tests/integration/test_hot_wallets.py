@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from server.loyalty.hot import HotWallets, wallet_keys
-from server.loyalty.repository import AccountState, Snapshot
+from server.loyalty.model import AccountState
+from server.loyalty.repository import Snapshot
 from tests.conftest import Client
 
 

@@ -26,8 +26,8 @@ from litestar import Litestar
 from litestar.di import Provide
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from server.auth.tokens import Principal
 from server.infra.embedded import free_port
+from server.infra.identity import Principal
 from server.infra.problems import Problem, exception_handlers
 from server.pos import webhook_sql
 from server.pos.webhook_controller import PosOrdersFeedController

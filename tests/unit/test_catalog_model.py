@@ -4,7 +4,7 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 
 from server.catalog.model import (
-    LocationInfo,
+    Location,
     earliest_pickup,
     is_open,
     local_date,
@@ -15,7 +15,7 @@ from server.catalog.model import (
 )
 
 HOURS = {"mon": [["07:00", "12:00"], ["13:00", "19:00"]], "sat": [["00:00", "24:00"]]}
-CAFE = LocationInfo(uuid.uuid4(), uuid.uuid4(), "Café", "", "Europe/Berlin", HOURS, 10, 15, 20)
+CAFE = Location(uuid.uuid4(), uuid.uuid4(), "Café", "", "Europe/Berlin", HOURS, 10, 15, 20)
 
 
 def test_opening_hours_are_local_time() -> None:

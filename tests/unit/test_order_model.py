@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from server.catalog.model import LocationInfo, MenuIndex, PricedItem, PricedModifier
+from server.catalog.model import Location, MenuIndex, PricedItem, PricedModifier
 from server.infra.problems import Problem
 from server.loyalty.model import Program, Tier, allocate
 from server.orders.model import Promo, discount_for, price_lines, quote
@@ -27,7 +27,7 @@ LATTE = PricedItem(
 )
 GIFT = PricedItem(uuid.uuid4(), "GC", "Gift card", 2500, False, True)
 GONE = PricedItem(uuid.uuid4(), "SOU", "Soup", 600, True, False)
-LOCATION = LocationInfo(uuid.uuid4(), uuid.uuid4(), "Test", "", "UTC", {}, 5, 5, 10)
+LOCATION = Location(uuid.uuid4(), uuid.uuid4(), "Test", "", "UTC", {}, 5, 5, 10)
 INDEX = MenuIndex(
     LOCATION,
     "EUR",

@@ -8,7 +8,8 @@ import uuid
 import jwt
 import pytest
 
-from server.auth.tokens import Principal, TokenError, TokenIssuer
+from server.auth.tokens import TokenIssuer
+from server.infra.identity import Principal, TokenError
 
 GUEST = Principal(kind="guest", subject_id=uuid.uuid4(), brand_id=uuid.uuid4())
 

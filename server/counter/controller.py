@@ -13,16 +13,16 @@ from litestar.di import NamedDependency
 from litestar.exceptions import WebSocketDisconnect
 from litestar.params import FromPath, JSONBody
 
-from server.auth.guards import requires_staff
-from server.auth.tokens import Principal, TokenIssuer
+from server.auth.tokens import TokenIssuer
+from server.catalog.locations import Locations
+from server.counter.live import LiveQueues, queue_hello
+from server.counter.points import CounterPoints
+from server.counter.service import CounterDesk
 from server.infra.http import IdempotencyKeyHeader, stored_response
 from server.infra.idempotency import require_key
+from server.infra.identity import Principal, requires_staff
 from server.infra.openapi import BEARER, answer, problems
 from server.infra.problems import Problem
-from server.kiosk.counter import Counter
-from server.kiosk.live import LiveQueues, queue_hello
-from server.kiosk.service import Kiosk
-from server.staff.controller import DevicesController, StaffAuthController
 from shared import contract
 from shared.contract import EnrolIn
 
@@ -49,12 +49,12 @@ class KioskController(Controller):
     @post("/scan", status_code=200, responses=problems(429))
     async def scan(
         self,
-        kiosk: NamedDependency[Kiosk],
+        desk: NamedDependency[CounterDesk],
         principal: NamedDependency[Principal],
         data: JSONBody[contract.ScanIn],
     ) -> contract.GuestCard:
         """The guest card for a QR code, a 12-digit card number or a phone, in one round trip."""
-        return await kiosk.scan(principal, data)
+        return await desk.scan(principal, data)
 
     @post(
         "/guests",
@@ -65,13 +65,13 @@ class KioskController(Controller):
     )
     async def enrol(
         self,
-        kiosk: NamedDependency[Kiosk],
+        desk: NamedDependency[CounterDesk],
         principal: NamedDependency[Principal],
         data: JSONBody[EnrolIn],
         idempotency_key: IdempotencyKeyHeader,
     ) -> Response[bytes]:
         """Enrol a guest by phone at the counter (201; 200 if already a guest): their card."""
-        return stored_response(await kiosk.enrol(principal, data, require_key(idempotency_key)))
+        return stored_response(await desk.enrol(principal, data, require_key(idempotency_key)))
 
 
 class CounterController(Controller):
@@ -87,7 +87,7 @@ class CounterController(Controller):
     )
     async def accrue(
         self,
-        counter: NamedDependency[Counter],
+        counter_points: NamedDependency[CounterPoints],
         principal: NamedDependency[Principal],
         guest_id: FromPath[UUID],
         data: JSONBody[contract.AccrualIn],
@@ -95,7 +95,7 @@ class CounterController(Controller):
     ) -> Response[bytes]:
         """Points for money paid at the till; once per key and once per receipt."""
         key = require_key(idempotency_key)
-        return stored_response(await counter.accrue(principal, guest_id, data, key))
+        return stored_response(await counter_points.accrue(principal, guest_id, data, key))
 
     @post(
         "/guests/{guest_id:uuid}/redemptions",
@@ -104,7 +104,7 @@ class CounterController(Controller):
     )
     async def reserve(
         self,
-        counter: NamedDependency[Counter],
+        counter_points: NamedDependency[CounterPoints],
         principal: NamedDependency[Principal],
         guest_id: FromPath[UUID],
         data: JSONBody[contract.RedemptionIn],
@@ -112,27 +112,27 @@ class CounterController(Controller):
     ) -> Response[bytes]:
         """Hold points for a redemption; then post or void it."""
         key = require_key(idempotency_key)
-        return stored_response(await counter.reserve(principal, guest_id, data, key))
+        return stored_response(await counter_points.reserve(principal, guest_id, data, key))
 
     @post("/redemptions/{transfer_id:uuid}/post", status_code=200, responses=problems(409))
     async def post_redemption(
         self,
-        counter: NamedDependency[Counter],
+        counter_points: NamedDependency[CounterPoints],
         principal: NamedDependency[Principal],
         transfer_id: FromPath[UUID],
     ) -> contract.Transfer:
         """Make a held redemption final (exactly once; asking again answers the same)."""
-        return await counter.resolve(principal, transfer_id, post=True)
+        return await counter_points.resolve(principal, transfer_id, post=True)
 
     @post("/redemptions/{transfer_id:uuid}/void", status_code=200, responses=problems(409))
     async def void_redemption(
         self,
-        counter: NamedDependency[Counter],
+        counter_points: NamedDependency[CounterPoints],
         principal: NamedDependency[Principal],
         transfer_id: FromPath[UUID],
     ) -> contract.Transfer:
         """Release a held redemption (exactly once; asking again answers the same)."""
-        return await counter.resolve(principal, transfer_id, post=False)
+        return await counter_points.resolve(principal, transfer_id, post=False)
 
 
 class QueueController(Controller):
@@ -142,18 +142,18 @@ class QueueController(Controller):
     @get("/{location_id:uuid}/queue", guards=[requires_staff], security=BEARER)
     async def queue(
         self,
-        kiosk: NamedDependency[Kiosk],
+        desk: NamedDependency[CounterDesk],
         principal: NamedDependency[Principal],
         location_id: FromPath[UUID],
     ) -> list[contract.Order]:
         """Open pre-orders of the location (placed … ready), soonest pickup first."""
-        return await kiosk.queue(principal, location_id)
+        return await desk.queue(principal, location_id)
 
     @websocket("/{location_id:uuid}/queue/live")
     async def live(
         self,
         socket: WebSocket[Any, Any, Any],
-        kiosk: NamedDependency[Kiosk],
+        locations: NamedDependency[Locations],
         live_queues: NamedDependency[LiveQueues],
         location_id: FromPath[UUID],
     ) -> None:
@@ -168,7 +168,7 @@ class QueueController(Controller):
             await socket.close(code=WS_UNAUTHENTICATED, reason="staff token required")
             return
         try:
-            await kiosk.locations.of_staff(principal, location_id)
+            await locations.of_staff(principal, location_id)
         except Problem:
             await socket.close(code=WS_NOT_FOUND, reason="location not found")
             return
@@ -216,11 +216,5 @@ async def _pump(
             await client
 
 
-# Everything the staff and kiosk issue adds to the app, for create_app to register.
-ROUTES = [
-    StaffAuthController,
-    DevicesController,
-    KioskController,
-    CounterController,
-    QueueController,
-]
+# The counter's routes, for create_app to register.
+ROUTES = [KioskController, CounterController, QueueController]

@@ -8,13 +8,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from server.kiosk.model import (
+from server.counter.model import (
     RECENT_VISITS_MAX,
     Profile,
     Visit,
     VisitItem,
     classify_code,
-    display_name,
     fold_visit,
     habits_of,
     histogram_from,
@@ -22,6 +21,7 @@ from server.kiosk.model import (
     sees_full_profile,
     usual_items,
 )
+from server.guests.model import display_name
 
 NOW = datetime(2026, 11, 23, 8, 30, tzinfo=UTC)  # a Monday
 BERLIN = ZoneInfo("Europe/Berlin")

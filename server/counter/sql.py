@@ -1,7 +1,6 @@
 """SQL of the counter. The scan reads only precomputed rows: the guest with its account and
 profile in one query, and the guest's open pre-orders through a partial index."""
 
-from server.loyalty.sql import SPENDABLE as SPENDABLE  # the ledger's, for the counter too
 from server.orders.sql import ORDER_COLUMNS
 
 _CARD_COLUMNS = """
@@ -38,10 +37,8 @@ ORDER BY o.pickup_at, o.created_at
 LIMIT $2
 """
 
-LOCATIONS = "SELECT id, brand_id, name, timezone FROM locations"
-
 GUEST_ACCOUNT = """
-SELECT g.brand_id, a.id AS account_id FROM guests g JOIN accounts a ON a.guest_id = g.id
+SELECT g.id AS guest_id, g.brand_id, a.id AS account_id FROM guests g JOIN accounts a ON a.guest_id = g.id
 WHERE g.id = $1 AND g.erased_at IS NULL
 """
 
@@ -61,15 +58,6 @@ SELECT (SELECT count(*) FROM counter_accruals
         WHERE staff_id = $1 AND created_at > now() - interval '1 hour') AS by_staff_last_hour,
        (SELECT count(*) FROM counter_accruals
         WHERE guest_id = $2 AND created_at > now() - interval '1 day') AS for_guest_last_day
-"""
-
-REDEMPTION = """
-SELECT t.id, t.brand_id, t.location_id, t.amount, t.code, t.created_at, t.timeout_at, a.guest_id,
-       r.phase AS resolution, r.created_at AS resolved_at
-FROM transfers t
-JOIN accounts a ON a.id = t.debit_account_id
-LEFT JOIN transfers r ON r.pending_id = t.id
-WHERE t.id = $1 AND t.phase = 'pending'
 """
 
 # -- guest profiles --------------------------------------------------------------------------

@@ -10,8 +10,8 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from server.kiosk import sql
-from server.kiosk.model import (
+from server.counter import sql
+from server.counter.model import (
     RECENT_VISITS_MAX,
     Profile,
     Visit,
@@ -44,6 +44,36 @@ async def record_visit(
     if row is None:
         await conn.execute(sql.CLAIM_PROFILE, guest_id)  # waits for a concurrent first visit
         row = await conn.fetchrow(sql.PROFILE_FOR_UPDATE, guest_id)
+    profile = await _profile_of(conn, guest_id, row, now, tz, exclude_order_id)
+    folded = fold_visit(profile, visit, now)
+    await conn.execute(
+        sql.UPSERT_PROFILE,
+        guest_id,
+        folded.visits_total,
+        folded.visits_30d,
+        folded.spend_total_minor,
+        folded.avg_ticket_minor,
+        folded.usual_weekday,
+        folded.usual_hour,
+        folded.last_visit_at,
+        list(folded.top_items),
+        folded.points_earned_12m,
+        list(folded.weekday_counts),
+        list(folded.hour_counts),
+        list(folded.recent_visits),
+    )
+
+
+async def _profile_of(
+    conn: asyncpg.Connection,
+    guest_id: UUID,
+    row: asyncpg.Record | None,
+    now: datetime,
+    tz: ZoneInfo,
+    exclude_order_id: UUID | None,
+) -> Profile:
+    """The stored profile to fold onto; histograms started from the guest's completed orders
+    (bounded) when the row has none yet."""
     if row is None or row["weekday_counts"] is None:
         history = [
             r["created_at"]
@@ -71,23 +101,7 @@ async def record_visit(
             hour_counts=hours,
             recent_visits=recent,
         )
-    folded = fold_visit(profile, visit, now)
-    await conn.execute(
-        sql.UPSERT_PROFILE,
-        guest_id,
-        folded.visits_total,
-        folded.visits_30d,
-        folded.spend_total_minor,
-        folded.avg_ticket_minor,
-        folded.usual_weekday,
-        folded.usual_hour,
-        folded.last_visit_at,
-        list(folded.top_items),
-        folded.points_earned_12m,
-        list(folded.weekday_counts),
-        list(folded.hour_counts),
-        list(folded.recent_visits),
-    )
+    return profile
 
 
 async def record_completed_order(conn: asyncpg.Connection, order_id: UUID) -> None:

@@ -3,7 +3,7 @@
 The scan is the hot path (≤ 10 ms at demo size): a Redis rate-limit counter, one query for the
 guest with account and profile, one for open pre-orders by partial index, one Redis read of
 the hot wallet. No order history: ``guest_profiles`` is kept current by
-:func:`server.kiosk.profiles.record_visit` as accruals land and orders complete. Points at the
+:func:`server.counter.profiles.record_visit` as accruals land and orders complete. Points at the
 counter are in ``counter.py``, the live queue in ``live.py``.
 """
 
@@ -15,40 +15,43 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from server.auth.tokens import Principal
-from server.guests.service import Guests, normalise_phone
-from server.infra import idempotency
-from server.infra.db import Database
-from server.infra.idempotency import Stored
-from server.infra.problems import Problem
-from server.infra.ratelimit import limit
-from server.infra.redis import RedisGate, RedisUnavailable
-from server.kiosk import sql
-from server.kiosk.locations import Locations
-from server.kiosk.model import (
+from server.catalog.locations import Locations
+from server.counter import sql
+from server.counter.model import (
     CodeKind,
     classify_code,
-    display_name,
     habits_of,
     require_scan_time,
     sees_full_profile,
     usual_items,
 )
+from server.guests.model import display_name
+from server.guests.service import Guests, normalise_phone
+from server.infra import idempotency
+from server.infra.audit import audit
+from server.infra.db import Database
+from server.infra.idempotency import IdempotentRequest, Stored
+from server.infra.identity import Principal
+from server.infra.problems import Problem
+from server.infra.ratelimit import limit
+from server.infra.redis import RedisGate
 from server.loyalty.model import tier_for
 from server.loyalty.service import Loyalty
 from server.offers.model import OfferFacts, OfferRules, SimpleOfferRules
 from server.orders.service import order_from_rows
 from server.orders.sql import LINES_OF_ORDERS
 from server.settings import Settings
-from server.staff.service import audit
 from shared import contract, qr
 
-__all__ = ["Kiosk"]
+__all__ = ["CounterDesk"]
 
 _encode = msgspec.json.Encoder().encode
+ENROL_ROUTE = "POST /v1/kiosk/guests"
 
 
-class Kiosk:
+class CounterDesk:
+    """What staff do at the counter besides moving points: scan, enrol, the queue."""
+
     def __init__(
         self,
         settings: Settings,
@@ -56,6 +59,7 @@ class Kiosk:
         gate: RedisGate,
         loyalty: Loyalty,
         guests: Guests,
+        locations: Locations,
         offers: OfferRules | None = None,
     ) -> None:
         self.settings = settings
@@ -63,7 +67,7 @@ class Kiosk:
         self.gate = gate
         self.loyalty = loyalty
         self.guests = guests
-        self.locations = Locations(db, settings.menu_cache_ttl_s)
+        self.locations = locations
         self.offers: OfferRules = offers or SimpleOfferRules()
 
     async def scan(self, staff: Principal, body: contract.ScanIn) -> contract.GuestCard:
@@ -153,12 +157,9 @@ class Kiosk:
         current, following = tier_for(program, row["points_earned_12m"] or 0)
         to_next = following.min_points - (row["points_earned_12m"] or 0) if following else None
         posted, pending = row["posted"] or 0, row["pending"] or 0
-        try:
-            hot = await self.loyalty.hot.read(row["id"])
-            if hot is not None:
-                posted, pending = hot[0].posted, hot[0].pending
-        except RedisUnavailable:
-            pass
+        hot = await self.loyalty.mirrored(row["id"])
+        if hot is not None:
+            posted, pending = hot.posted, hot.pending
         locations = sorted(staff.location_ids) or None
         orders = await conn.fetch(
             sql.OPEN_ORDERS_OF_GUEST, row["id"], locations, self.settings.open_orders_per_card
@@ -208,12 +209,13 @@ class Kiosk:
         """Enrol a guest by phone at the counter (welcome bonus included) and answer their
         card: 201 for a new guest, 200 when the phone was already a guest's."""
         phone = normalise_phone(body.phone)
-        scope = f"staff:{staff.subject_id}:enrolments"
-        digest = idempotency.request_hash("POST /v1/kiosk/guests", body)
+        request = IdempotentRequest.of(
+            f"staff:{staff.subject_id}:enrolments", key, ENROL_ROUTE, body
+        )
         now = datetime.now(UTC)
         local_now = now.astimezone(await self.locations.home_tz(staff))
         async with self.db.transaction() as conn:
-            replay = await idempotency.begin(conn, scope, key, digest)
+            replay = await idempotency.begin_request(conn, request)
             if replay is not None:
                 return replay
             guest_id, created, welcome = await self.guests.enrol(
@@ -226,9 +228,8 @@ class Kiosk:
             action = "guest.enrol" if created else _view_action(staff)
             await audit(conn, staff, action, guest_id, {"via": "enrol", "created": created})
             stored = Stored(201 if created else 200, _encode(card))
-            await idempotency.finish(conn, scope, key, stored.status_code, stored.body)
-        if welcome is not None:
-            await self.loyalty.mirror(guest_id, "credit", welcome[0], welcome[1], welcome[2])
+            await idempotency.finish_request(conn, request, stored)
+        await self.loyalty.mirror_all([welcome])
         return stored
 
     async def queue(self, staff: Principal, location_id: UUID) -> list[contract.Order]:

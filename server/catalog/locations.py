@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
-from server.auth.tokens import Principal
+import msgspec
+
+from server.catalog import sql
+from server.catalog.model import Location
 from server.infra.cache import SingleFlightCache
 from server.infra.db import Database
+from server.infra.identity import Principal
 from server.infra.problems import Problem
-from server.kiosk import sql
 
-__all__ = ["Locations", "Place"]
+__all__ = ["Locations"]
 
 _EVERY = "every location"  # the one key: all locations are loaded at once
-
-
-@dataclass(frozen=True, slots=True)
-class Place:
-    id: UUID
-    brand_id: UUID
-    name: str
-    tz: ZoneInfo
 
 
 class Locations:
@@ -36,7 +30,7 @@ class Locations:
         self._db = db
         self._cache = SingleFlightCache(self._load, ttl_s, "locations")
 
-    async def _all(self, missing: UUID | None = None) -> dict[UUID, Place]:
+    async def _all(self, missing: UUID | None = None) -> dict[UUID, Location]:
         places = await self._cache.get(_EVERY)
         # Forget only a loaded map: while its reload runs, other misses wait for it.
         if missing is not None and missing not in places:
@@ -45,16 +39,14 @@ class Locations:
             places = await self._cache.get(_EVERY)
         return places
 
-    async def _load(self, _: str) -> dict[UUID, Place]:
+    async def _load(self, _: str) -> dict[UUID, Location]:
         rows = await self._db.fetch(sql.LOCATIONS)
-        return {
-            r["id"]: Place(r["id"], r["brand_id"], r["name"], ZoneInfo(r["timezone"])) for r in rows
-        }
+        return {r["id"]: msgspec.convert(dict(r), Location) for r in rows}
 
-    async def get(self, location_id: UUID) -> Place | None:
+    async def get(self, location_id: UUID) -> Location | None:
         return (await self._all(location_id)).get(location_id)
 
-    async def of_staff(self, staff: Principal, location_id: UUID) -> Place:
+    async def of_staff(self, staff: Principal, location_id: UUID) -> Location:
         """The location if ``staff`` works there; 404 otherwise (no probing other brands)."""
         place = await self.get(location_id)
         if place is None or place.brand_id != staff.brand_id or not staff.covers(location_id):

@@ -24,7 +24,6 @@ __all__ = [
     "Visit",
     "VisitItem",
     "classify_code",
-    "display_name",
     "fold_visit",
     "habits_of",
     "histogram_from",
@@ -101,16 +100,6 @@ def require_scan_time(
 def sees_full_profile(role: str) -> bool:
     """Managers and admins see name, phone and email (and the view is audited)."""
     return role in ("manager", "admin")
-
-
-def display_name(first_name: str, last_name: str, *, full: bool) -> str:
-    """The name staff see: "Anna S." for baristas and shift leads, the full name for managers."""
-    first, last = first_name.strip(), last_name.strip()
-    if full:
-        return f"{first} {last}".strip() or "Guest"
-    if not first:
-        return f"{last[:1]}." if last else "Guest"
-    return f"{first} {last[:1]}." if last else first
 
 
 def usual_items(top_items: Iterable[Mapping[str, Any]], limit: int = 3) -> list[contract.UsualItem]:
