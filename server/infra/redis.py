@@ -187,6 +187,10 @@ class RedisLine:
             replies = await self._connect()
         return await self._send(replies, args)
 
+    async def keyed(self, key: str, *args: str | int) -> Any:
+        """Send one command about ``key`` (the cluster line routes by it; here it is one)."""
+        return await self.call(*args)
+
     async def evalsha(self, sha: str, source: str, keys: list[str], args: list[str | int]) -> Any:
         """Run a script by its SHA1, loading ``source`` first if Redis does not have it."""
         try:
@@ -273,12 +277,19 @@ class ClusterLine:
             return replies[-1]
         return await self._on(masters[0], lambda line: line.call(*args))
 
+    async def keyed(self, key: str, *args: str | int) -> Any:
+        """Send one command about ``key`` to the master that owns its slot."""
+        return await self._routed(key, lambda line: line.call(*args))
+
     async def evalsha(self, sha: str, source: str, keys: list[str], args: list[str | int]) -> Any:
         """Run a script on the master that owns ``keys`` (all in one slot)."""
+        return await self._routed(keys[0], lambda line: line.evalsha(sha, source, keys, args))
+
+    async def _routed(self, key: str, call: Callable[[RedisLine], Awaitable[T]]) -> T:
         for attempt in range(2):
-            node = (await self._map())[key_slot(keys[0].encode())]
+            node = (await self._map())[key_slot(key.encode())]
             try:
-                return await self._on(node, lambda line: line.evalsha(sha, source, keys, args))
+                return await self._on(node, call)
             except ResponseError as exc:
                 # The slot moved (failover, resharding): read the map again and retry once.
                 if attempt or not str(exc).startswith(("MOVED", "ASK")):
