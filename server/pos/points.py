@@ -106,7 +106,7 @@ class PointsPort(Protocol):
         location_id: UUID,
         transfer_id: UUID,
         timeout_s: int,
-        request: tuple[str, str, bytes],
+        request: IdempotentRequest,
         answer: Callable[[asyncpg.Connection, int], Awaitable[Stored]],
     ) -> Stored: ...
 
@@ -216,7 +216,7 @@ class LoyaltyPoints:
         location_id: UUID,
         transfer_id: UUID,
         timeout_s: int,
-        request: tuple[str, str, bytes],
+        request: IdempotentRequest,
         answer: Callable[[asyncpg.Connection, int], Awaitable[Stored]],
     ) -> Stored:
         """Reserve ``points`` through loyalty's spend: Redis admits (a fast refusal),
@@ -224,12 +224,11 @@ class LoyaltyPoints:
         spendable after the hold)`` makes the response in the same transaction (the
         idempotency row). Refuses 422 ``insufficient-points``; a replay of ``request`` answers
         the stored response."""
-        keyed = IdempotentRequest(*request)
-        async with self.loyalty.spend(guest_id, transfer_id, points, keyed) as spend:
+        async with self.loyalty.spend(guest_id, transfer_id, points, request) as spend:
             if spend.replay is not None:
                 return spend.replay
             async with self.loyalty.db.transaction() as conn:
-                replay = await idempotency.begin_request(conn, keyed)
+                replay = await idempotency.begin_request(conn, request)
                 if replay is not None:
                     return replay
                 held = await spend.hold(
@@ -241,7 +240,7 @@ class LoyaltyPoints:
                     timeout_at=datetime.now(UTC) + timedelta(seconds=timeout_s),
                 )
                 stored = await answer(conn, held.spendable)
-                await idempotency.finish_request(conn, keyed, stored)
+                await idempotency.finish_request(conn, request, stored)
             spend.committed(held)
         return stored
 

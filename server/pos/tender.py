@@ -16,7 +16,7 @@ import msgspec
 from server.guests import identities
 from server.infra import idempotency
 from server.infra.db import Database
-from server.infra.idempotency import Stored
+from server.infra.idempotency import IdempotentRequest, Stored
 from server.infra.problems import Problem
 from server.infra.ratelimit import limit
 from server.infra.redis import RedisGate
@@ -129,7 +129,7 @@ class Tender:
             location_id=till.location_id,
             transfer_id=transfer_id,
             timeout_s=self.settings.pos_redemption_timeout_s,
-            request=(scope, key, digest),
+            request=IdempotentRequest(scope, key, digest),
             answer=answer,
         )
 
