@@ -105,6 +105,13 @@ def settings(stack: Stack) -> Settings:
         env="test",
         jwt_secret=TEST_JWT_SECRET,
         redis_retry_after_s=0.2,
+        # A 2-core CI box running PostgreSQL, Redis and the suite can stall the test's event
+        # loop or Redis for more than the production 0.25 s; a reply timeout then marks Redis
+        # down for 0.2 s and a later request in that window sees an outage nobody caused
+        # (CI: a till's receipt refused 503, a wallet missing after 50 spends). Outage tests
+        # stop Redis (refused at once) or pause it for longer than this.
+        redis_socket_timeout_s=1.0,
+        redis_connect_timeout_s=1.0,
         db_pool_max=20,
         otp_sends_per_hour=1000,
         **TEST_LIMITS,

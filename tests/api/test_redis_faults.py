@@ -110,11 +110,11 @@ async def test_stale_wallet_after_an_outage_is_dropped(
     assert await redis_state(services, guest.id) == (WELCOME - 30, 30)
     # Redis stops answering but keeps its (soon stale) data, as in a network partition.
     admin = aioredis.from_url(settings.redis_url)
-    await admin.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+    await admin.execute_command("CLIENT", "PAUSE", "2500", "ALL")
     try:
         assert (await place(client, guest, body)).status_code == 201
     finally:
-        await asyncio.sleep(1.6)
+        await asyncio.sleep(2.6)
         await admin.aclose()
     await wait_for_redis(services)
     assert (await place(client, guest, body)).status_code == 201
