@@ -123,7 +123,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     and the worker in one process; Ctrl-C stops all of it."""
     from server.infra.observability import configure_logging
 
-    settings = _settings(args, env="dev", log_format="text")
+    # A till simulator on this machine may take the webhooks (server/pos/webhook_net.py).
+    settings = _settings(args, env="dev", log_format="text", pos_webhook_private_ok=True)
     configure_logging("text", settings.log_level)
     if not port_is_free(args.host, args.port):
         raise CliError(

@@ -209,6 +209,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     pos_webhook_backoff_max_s: float = 600.0
     pos_webhook_batch_size: int = 50
     pos_webhook_interval_s: float = 1.0
+    # Let webhook URLs be plain http or reach loopback and private addresses (server/pos/
+    # webhook_net.py, the SSRF guard): for a till simulator beside `regulars dev` and the tests'
+    # receivers. Refused with REGULARS_ENV=prod.
+    pos_webhook_private_ok: bool = False
     # Events per page of GET /v1/pos/orders.
     pos_feed_page_max: int = 200
 
@@ -243,6 +247,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError:
                 raise ValueError(f"{PREFIX}TRUSTED_PROXIES: {cidr!r} is not a CIDR") from None
+        if self.env == "prod" and self.pos_webhook_private_ok:
+            raise ValueError(f"{PREFIX}POS_WEBHOOK_PRIVATE_OK must be off when {PREFIX}ENV=prod")
         if self.env == "prod" and not self.jwt_secret:
             raise ValueError(f"{PREFIX}JWT_SECRET is required when {PREFIX}ENV=prod")
         try:

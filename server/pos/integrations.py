@@ -16,6 +16,7 @@ from server.infra.problems import Problem
 from server.pos import sql
 from server.pos.sealing import Sealer, digest, new_key_id, new_secret
 from server.pos.webhook_model import new_webhook_secret
+from server.pos.webhook_net import url_refusal
 from server.settings import Settings
 
 __all__ = [
@@ -79,7 +80,11 @@ class Integrations:
     async def create(self, body: IntegrationIn, brand_id: UUID | None = None) -> IntegrationCreated:
         """A new integration for a location of ``brand_id`` (any brand when None: the CLI),
         with its first key, and a webhook secret when it has a webhook_url. Refuses 404
-        ``location-not-found``."""
+        ``location-not-found``, 422 ``webhook-url-not-allowed`` for a URL that is not https or
+        names an internal host (server/pos/webhook_net.py)."""
+        refusal = body.webhook_url and url_refusal(body.webhook_url)
+        if refusal and not self.settings.pos_webhook_private_ok:
+            raise Problem(422, "webhook-url-not-allowed", refusal)
         webhook_secret = new_webhook_secret() if body.webhook_url else None
         async with self.db.transaction() as conn:
             row = await conn.fetchrow(

@@ -29,6 +29,7 @@ from server.pos.webhook_model import (
     signed_headers,
     undeliverable,
 )
+from server.pos.webhook_net import public_only_transport
 from server.settings import Settings
 from shared.pos import PosOrderEvent, PosOrderFeed, WebhookDeadLetter
 
@@ -51,6 +52,8 @@ class PosWebhooks:
         self._settings = settings
         self._db = db
         self._clock = clock
+        if transport is None and not settings.pos_webhook_private_ok:
+            transport = public_only_transport()
         self._http = httpx.AsyncClient(
             timeout=settings.pos_webhook_timeout_s, follow_redirects=False, transport=transport
         )

@@ -8,9 +8,13 @@ import json
 import time
 from typing import Any
 
+import msgspec
+
+from server.auth.notifier import RecordingNotifier
+from server.settings import Settings
 from shared.pos_signing import signature as sign
 from tests.api.pos_support import admin, new_till, receipt_body, slug
-from tests.conftest import Client, Demo, Stack
+from tests.conftest import Client, Demo, Stack, app_client
 
 
 async def stored_keys(services: Any, external_id: str) -> int:
@@ -143,6 +147,35 @@ async def test_only_admins_manage_integrations(client: Client, demo: Demo) -> No
         headers={"Authorization": f"Bearer {demo.staff['manager']}"},
     )
     assert response.status_code == 403
+
+
+async def test_a_webhook_url_must_be_public_https(
+    demo: Demo, settings: Settings, notifier: RecordingNotifier
+) -> None:
+    """The SSRF guard where the URL is set (server/pos/webhook_net.py); the suite's own
+    settings turn it off for its local receivers, so this app turns it back on."""
+    guarded = msgspec.structs.replace(settings, pos_webhook_private_ok=False)
+    async with app_client(guarded, notifier) as client:
+
+        async def create(url: str) -> Any:
+            return await client.post(
+                "/v1/pos/integrations",
+                json={"location_id": str(demo.locations["station"]), "webhook_url": url},
+                headers=admin(demo),
+            )
+
+        for url in (
+            "https://169.254.169.254/latest/meta-data/",
+            "https://localhost:6379/",
+            "http://till.example.com/hooks",
+        ):
+            refused = await create(url)
+            assert refused.status_code == 422, url
+            assert slug(refused) == "webhook-url-not-allowed", refused.text
+        listed = await client.get("/v1/pos/integrations", headers=admin(demo))
+        assert not any("169.254" in str(i["webhook_url"]) for i in listed.json())
+        allowed = await create("https://till.example.com/hooks")
+        assert allowed.status_code == 201, allowed.text
 
 
 def test_the_signature_covers_time_and_body() -> None:

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import secrets
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -37,7 +38,9 @@ from tests.api.helpers import advance, menu_items, order_body, pay, place
 from tests.api.staff_support import bearer, other_brand, staff_token
 from tests.conftest import Client, Demo, GuestHandle
 
-ROUNDS_MAX = 200  # bounded waits for retries whose delays are a few ms
+# Bounded waits, by the clock rather than by rounds: a loaded 2-core CI box once took more than
+# 200 rounds of 10 ms to get the first request to the receiver.
+WAIT_MAX_S = 20.0
 
 
 @dataclass
@@ -150,6 +153,14 @@ async def retire(services: Any, integration_id: uuid.UUID) -> None:
     )
 
 
+async def first_request(till: Receiver) -> None:
+    """Wait until a request reached ``till`` (bounded)."""
+    deadline = time.monotonic() + WAIT_MAX_S
+    while not till.got_one.is_set():
+        assert time.monotonic() < deadline, "no request reached the till"
+        await asyncio.sleep(0.01)
+
+
 async def pre_order(client: Client, demo: Demo, guest: GuestHandle, sku: str) -> str:
     """A paid pre-order accepted by the barista: order.placed then order.status."""
     items = await menu_items(client, demo.locations["station"])
@@ -173,7 +184,8 @@ async def states(services: Any, integration_id: uuid.UUID) -> dict[str, tuple[st
 async def deliver_until_settled(
     services: Any, deliverer: PosWebhooks, integration_id: uuid.UUID
 ) -> dict[str, tuple[str, int]]:
-    for _ in range(ROUNDS_MAX):
+    deadline = time.monotonic() + WAIT_MAX_S
+    while time.monotonic() < deadline:
         now = await states(services, integration_id)
         if now and all(state != "pending" for state, _ in now.values()):
             return now
@@ -242,11 +254,7 @@ async def test_a_worker_killed_mid_delivery_loses_nothing(
         await pre_order(client, demo, guest, station_menu_item)
         await drain_history(services)
         send = asyncio.create_task(dying.deliver_due(1))  # one of the two events
-        for _ in range(ROUNDS_MAX):
-            if till.got_one.is_set():
-                break
-            await asyncio.sleep(0.01)
-        assert till.got_one.is_set()
+        await first_request(till)
         send.cancel()  # the worker dies with the request in flight: nothing reports back
         with pytest.raises(asyncio.CancelledError):
             await send
@@ -290,10 +298,7 @@ async def test_two_deliverers_never_send_one_event_at_the_same_time(
             await pre_order(client, demo, guest, station_menu_item)
         await drain_history(services)
         slow = asyncio.create_task(first.deliver_due(1))  # its till answers slowly
-        for _ in range(ROUNDS_MAX):
-            if till.got_one.is_set():
-                break
-            await asyncio.sleep(0.01)
+        await first_request(till)
         [held_id] = list(till.attempts)
         # Meanwhile the other worker claims everything it can: all but the event in flight.
         claimed_meanwhile = 0
@@ -504,3 +509,39 @@ async def test_an_integration_without_a_secret_goes_to_the_dead_letters_at_once(
     assert sorted(settled.values()) == [("dead", 1), ("dead", 1)]
     assert errors == {"the integration has no webhook_secret to sign with"}
     assert not till.attempts  # nothing unsigned ever left
+
+
+async def test_a_webhook_url_on_our_own_network_gets_nothing(
+    client: Client,
+    services: Any,
+    demo: Demo,
+    guest: GuestHandle,
+    station_menu_item: str,
+    receiver: tuple[Receiver, str],
+) -> None:
+    """The SSRF guard at connect time (server/pos/webhook_net.py): a URL stored before the
+    guard, or a name whose DNS answer turned internal later, resolves to loopback here; the
+    worker never connects and the deliveries end as dead letters that say why."""
+    till, url = receiver
+    await drain_history(services)
+    integration = await new_integration(
+        services, demo, url.replace("127.0.0.1", "localhost"), till.secret
+    )
+    deliverer = webhooks(services, pos_webhook_private_ok=False, pos_webhook_max_attempts=2)
+    try:
+        await pre_order(client, demo, guest, station_menu_item)
+        await drain_history(services)
+        settled = await deliver_until_settled(services, deliverer, integration)
+        errors = await services.db.fetch(
+            "SELECT last_error FROM pos_webhook_deliveries WHERE integration_id = $1",
+            integration,
+        )
+    finally:
+        await deliverer.aclose()
+        await retire(services, integration)
+    assert sorted(settled.values()) == [("dead", 2), ("dead", 2)]
+    assert sum(till.attempts.values()) == 0
+    assert [r["last_error"] for r in errors] == [
+        "ConnectError: localhost resolves to no public address (127.0.0.1): webhooks are"
+        " sent only to the internet"
+    ] * 2
