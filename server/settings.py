@@ -197,6 +197,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # stalls them: 500 expiries and 500 voids took ~3 s on a loaded box (docs/PERFORMANCE.md).
     job_chunk_size: int = 50
     worker_duty: float = 0.25
+    # Stored answers of idempotent requests (Idempotency-Key) are replayed this long, then
+    # forgotten by the slow jobs; a retry after that is a new request.
+    idempotency_retention_days: int = 7
 
     # Orders out to the till (DESIGN §10): Standard Webhooks to each integration's URL.
     # A delivery is claimed for pos_webhook_lease_s, which must outlast the HTTP timeout so a
@@ -224,6 +227,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             "page_size_max",
             "checkouts_in_flight",
             "job_chunk_size",
+            "idempotency_retention_days",
             "body_max_bytes",
             "order_body_max_bytes",
             "auth_body_max_bytes",

@@ -15,17 +15,27 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import msgspec
 
 from server.infra.db import connect_once
+from server.infra.idempotency import forget_expired
 from server.infra.redis import RedisUnavailable, publish_many
 from server.lifespan import Services
 from server.loyalty.jobs import expire_lots, recount_tier_points, void_timed_out_holds
 from server.loyalty.reconcile import RollingReconcile
 
-__all__ = ["QUEUE_CHANNEL", "JobClaims", "Pacer", "relay_outbox", "run_forever", "run_once"]
+__all__ = [
+    "QUEUE_CHANNEL",
+    "JobClaims",
+    "Pacer",
+    "forget_idempotency_keys",
+    "relay_outbox",
+    "run_forever",
+    "run_once",
+]
 
 log = logging.getLogger("regulars.worker")
 QUEUE_CHANNEL = "rg:queue:{location_id}"
@@ -70,6 +80,13 @@ async def relay_outbox(services: Services, batch_size: int) -> int:
         await services.gate.run(publish)
         await conn.execute(MARK_PUBLISHED, [row["id"] for row in rows])
     return len(rows)
+
+
+async def forget_idempotency_keys(services: Services, limit: int) -> int:
+    """Forget up to ``limit`` idempotent answers past ``idempotency_retention_days``."""
+    days = services.settings.idempotency_retention_days
+    async with services.db.connection() as conn:
+        return await forget_expired(conn, datetime.now(UTC) - timedelta(days=days), limit)
 
 
 class JobClaims:
@@ -206,6 +223,9 @@ async def run_once(
     if slow:
         jobs["expired_lots"] = lambda: expire_lots(services.loyalty, batch)
         jobs["recounted_tiers"] = lambda: recount_tier_points(services.loyalty, batch)
+        jobs["forgotten_idempotency_keys"] = lambda: backlog(
+            lambda n: forget_idempotency_keys(services, n)
+        )
     for name, job in jobs.items():
         try:
             async with claims.claim(name) as mine:

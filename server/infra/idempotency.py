@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 import msgspec
@@ -30,6 +31,7 @@ __all__ = [
     "begin_request",
     "finish",
     "finish_request",
+    "forget_expired",
     "request_hash",
     "require_key",
     "stored",
@@ -38,6 +40,14 @@ __all__ = [
 # The claim and the finish are SQL functions (migration 0012), which the checkout's one
 # statement (place_order) calls as well: one implementation of each.
 CLAIM = "SELECT idempotency_claim($1, $2, $3)"
+
+# Up to $2 stored responses older than $1, oldest first (the BRIN index of migration 0026).
+FORGET_EXPIRED = """
+DELETE FROM idempotency_keys
+WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM idempotency_keys WHERE created_at < $1 ORDER BY created_at LIMIT $2
+))
+"""
 STORED = """
 SELECT request_hash, status_code, response FROM idempotency_keys WHERE scope = $1 AND key = $2
 """
@@ -129,3 +139,12 @@ async def finish_request(
 ) -> None:
     """:func:`finish` for an :class:`IdempotentRequest`."""
     await finish(conn, request.scope, request.key, stored.status_code, stored.body)
+
+
+async def forget_expired(conn: asyncpg.Connection, older_than: datetime, limit: int) -> int:
+    """Delete up to ``limit`` stored responses created before ``older_than``; returns how
+    many. A retry with such a key is judged afresh, as a new request: clients retry within
+    minutes (a till offline for hours sends receipts, whose keys are kept for good in
+    ``receipt_keys``), so the table no longer grows with every checkout ever made."""
+    status = await conn.execute(FORGET_EXPIRED, older_than, limit)
+    return int(status.split()[-1])

@@ -426,3 +426,32 @@ async def test_a_location_created_after_the_cache_filled_is_found_once_the_miss_
     monkeypatch.setattr(locations, "MISS_REFRESH_S", 0.0)
     found = await locations.get(early.location_id)
     assert found is not None and found.name == "Other Main"
+
+
+async def test_idempotent_answers_are_forgotten_after_their_retention(
+    client: Client, guest: GuestHandle, demo: Demo, services: Any
+) -> None:
+    from server.worker import forget_idempotency_keys
+
+    items = await menu_items(client, demo.locations["station"])
+    body = order_body(demo, items, ("AVO", 1))
+    old_key, recent_key = str(uuid.uuid4()), str(uuid.uuid4())
+    assert (await place(client, guest, body, key=old_key)).status_code == 201
+    recent = await place(client, guest, body, key=recent_key)
+    assert recent.status_code == 201
+    async with services.db.transaction() as conn:
+        await conn.execute(
+            "UPDATE idempotency_keys SET created_at = now() - make_interval(days => $2 + 1)"
+            " WHERE key = $1",
+            old_key,
+            services.settings.idempotency_retention_days,
+        )
+    assert await forget_idempotency_keys(services, 1000) == 1
+    kept = await services.db.fetch(
+        "SELECT key FROM idempotency_keys WHERE key = ANY($1::text[])", [old_key, recent_key]
+    )
+    assert [row["key"] for row in kept] == [recent_key]
+    # Within the retention a retry still answers the first answer.
+    replay = await place(client, guest, body, key=recent_key)
+    assert replay.json()["id"] == recent.json()["id"]
+    assert await forget_idempotency_keys(services, 1000) == 0
