@@ -150,6 +150,7 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
         settings.jwt_issuer,
         settings.access_ttl_s,
         settings.verified_tokens_cached,
+        tuple(filter(None, (part.strip() for part in settings.jwt_previous_secrets.split(",")))),
     )
     catalog = Catalog(db, gate, settings.menu_cache_ttl_s)
     loyalty = build_loyalty(db, gate, settings.reconcile_grace_s, settings.menu_cache_ttl_s)

@@ -66,6 +66,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     # Tokens.
     jwt_secret: str | None = None
+    # Secrets that signed tokens before a rotation, comma-separated: still accepted for one
+    # access-token lifetime after the switch, so nobody gets a 401 mid-rollout (deploy/README.md,
+    # "Rotating secrets"). New tokens are always signed with jwt_secret.
+    jwt_previous_secrets: str = ""
     jwt_issuer: str = "regulars"
     access_ttl_s: int = 900
     # Access tokens whose verification is remembered until they expire (per process).
@@ -158,8 +162,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # pod is never SIGKILLed mid-drain.
     shutdown_grace_s: float = 30.0
     # POS intake (DESIGN §10). A till's HMAC key must be recoverable to check signatures, so
-    # it is sealed (encrypted and authenticated) with this key, not hashed. Unset, the JWT
-    # secret is used (with its own label): set this in prod so the two rotate separately.
+    # it is sealed (encrypted and authenticated) with this key, not hashed. Unset (dev and
+    # tests only), the JWT secret is used with its own label; prod requires it, since a JWT
+    # rotation would otherwise leave every till's sealed secret unreadable.
     pos_seal_key: str | None = None
     # A signed request older than this (or this far ahead of our clock) is refused.
     pos_signature_max_age_s: int = 300
@@ -255,6 +260,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ValueError(f"{PREFIX}POS_WEBHOOK_PRIVATE_OK must be off when {PREFIX}ENV=prod")
         if self.env == "prod" and not self.jwt_secret:
             raise ValueError(f"{PREFIX}JWT_SECRET is required when {PREFIX}ENV=prod")
+        if self.env == "prod" and not self.pos_seal_key:
+            raise ValueError(
+                f"{PREFIX}POS_SEAL_KEY is required when {PREFIX}ENV=prod: it seals the tills'"
+                " secrets and must outlive JWT secret rotations (a deployment that ran without"
+                ' it keeps its tills by setting it to "pos-seal:" followed by its JWT secret)'
+            )
         try:
             self.metrics_networks  # noqa: B018 - parsed once here so a typo stops start-up
         except ValueError as exc:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from typing import Any
 from uuid import UUID
 
 import jwt
@@ -14,9 +16,17 @@ __all__ = ["Principal", "TokenError", "TokenIssuer"]
 
 class TokenIssuer:
     def __init__(
-        self, secret: str, issuer: str, access_ttl_s: int, verified_cache_size: int = 10_000
+        self,
+        secret: str,
+        issuer: str,
+        access_ttl_s: int,
+        verified_cache_size: int = 10_000,
+        previous_secrets: tuple[str, ...] = (),
     ) -> None:
+        """Tokens are signed with ``secret`` and verified with it or, after a rotation, with
+        one of ``previous_secrets`` (until they expire, one access lifetime)."""
         self._secret = secret
+        self._previous = previous_secrets
         self._issuer = issuer
         self.access_ttl_s = access_ttl_s
         # A guest sends the same token with every request for its lifetime, and PyJWT's decode
@@ -61,15 +71,28 @@ class TokenIssuer:
         known = self._verified.get(token)
         return known[1] if known is not None else self._decode(token)[1]
 
+    def _claims(self, token: str) -> dict[str, Any]:
+        """The token's claims, checked with the current secret, then the previous ones."""
+        try:
+            return self._checked(token, self._secret)
+        except jwt.InvalidSignatureError:
+            for previous in self._previous:
+                with contextlib.suppress(jwt.InvalidSignatureError):
+                    return self._checked(token, previous)
+            raise
+
+    def _checked(self, token: str, secret: str) -> dict[str, Any]:
+        return jwt.decode(
+            token,
+            secret,
+            algorithms=["HS256"],
+            issuer=self._issuer,
+            options={"require": ["exp", "sub", "iss"]},
+        )
+
     def _decode(self, token: str) -> tuple[Principal, float]:
         try:
-            claims = jwt.decode(
-                token,
-                self._secret,
-                algorithms=["HS256"],
-                issuer=self._issuer,
-                options={"require": ["exp", "sub", "iss"]},
-            )
+            claims = self._claims(token)
             kind = claims["knd"]
             if kind not in ("guest", "staff"):
                 raise TokenError("unknown principal kind")

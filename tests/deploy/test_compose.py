@@ -101,7 +101,13 @@ def test_the_stack_is_wired_as_described(compose: dict[str, Any], nginx_conf: st
 
 def test_no_secret_is_committed() -> None:
     text = COMPOSE.read_text()
-    for variable in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "REGULARS_JWT_SECRET"):
+    secrets = (
+        "POSTGRES_PASSWORD",
+        "REDIS_PASSWORD",
+        "REGULARS_JWT_SECRET",
+        "REGULARS_POS_SEAL_KEY",
+    )
+    for variable in secrets:
         uses = re.findall(r"\$\{" + variable + r"(:?[?-])?[^}]*\}", text)
         assert uses and all(mark == ":?" for mark in uses), variable
     ignored = (DEPLOY / ".gitignore").read_text().split()
@@ -111,6 +117,7 @@ def test_no_secret_is_committed() -> None:
         ("POSTGRES_PASSWORD", ""),
         ("REDIS_PASSWORD", ""),
         ("REGULARS_JWT_SECRET", ""),
+        ("REGULARS_POS_SEAL_KEY", ""),
     ]
 
 

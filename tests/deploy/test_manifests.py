@@ -197,7 +197,12 @@ def test_settings_come_from_the_configmap_and_an_external_secret(
                     assert ref["name"] == "regulars-secrets"
             unknown = [n for n in names if not is_setting(n)]
             assert not unknown, f"{name}: the server refuses to start on {unknown}"
-            required = {"REGULARS_DATABASE_URL", "REGULARS_REDIS_URL", "REGULARS_JWT_SECRET"}
+            required = {
+                "REGULARS_DATABASE_URL",
+                "REGULARS_REDIS_URL",
+                "REGULARS_JWT_SECRET",
+                "REGULARS_POS_SEAL_KEY",  # settings refuse prod without it
+            }
             assert required <= set(names), name
 
 

@@ -19,6 +19,16 @@ def test_defaults_and_environment() -> None:
         ({"REGULARS_LOG_FORMAT": "xml"}, "REGULARS_LOG_FORMAT"),
         ({"REGULARS_DATABSE_URL": "postgresql://"}, "REGULARS_DATABSE_URL"),
         ({"REGULARS_ENV": "prod"}, "REGULARS_JWT_SECRET"),
+        ({"REGULARS_ENV": "prod", "REGULARS_JWT_SECRET": "j" * 40}, "REGULARS_POS_SEAL_KEY"),
+        (
+            {
+                "REGULARS_ENV": "prod",
+                "REGULARS_JWT_SECRET": "j" * 40,
+                "REGULARS_POS_SEAL_KEY": "k" * 40,
+                "REGULARS_POS_WEBHOOK_PRIVATE_OK": "true",
+            },
+            "REGULARS_POS_WEBHOOK_PRIVATE_OK",
+        ),
         ({"REGULARS_WORKER_DUTY": "0"}, "REGULARS_WORKER_DUTY"),
         ({"REGULARS_WORKER_DUTY": "1.5"}, "REGULARS_WORKER_DUTY"),
         ({"REGULARS_JOB_CHUNK_SIZE": "0"}, "REGULARS_JOB_CHUNK_SIZE"),

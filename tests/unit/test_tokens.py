@@ -54,3 +54,22 @@ def test_the_cache_of_verified_tokens_is_bounded() -> None:
         issuer.verify(token)
     assert len(issuer._verified) == 2
     assert all(issuer.verify(token).kind == "guest" for token in issued)
+
+
+def test_after_a_rotation_tokens_of_the_previous_secret_still_verify() -> None:
+    old, new, stranger = "o" * 40, "n" * 40, "x" * 40
+    before = TokenIssuer(old, "regulars", 900).issue(GUEST)
+    rotated = TokenIssuer(new, "regulars", 900, previous_secrets=(stranger, old))
+    assert rotated.verify(before) == GUEST
+    # New tokens are signed with the new secret only: a server that has dropped the old
+    # secret accepts them, one that never had the new one does not.
+    after = rotated.issue(GUEST)
+    assert TokenIssuer(new, "regulars", 900).verify(after) == GUEST
+    with pytest.raises(TokenError):
+        TokenIssuer(old, "regulars", 900).verify(after)
+
+
+def test_a_token_of_a_secret_neither_current_nor_previous_is_refused() -> None:
+    token = TokenIssuer("x" * 40, "regulars", 900).issue(GUEST)
+    with pytest.raises(TokenError, match="not valid"):
+        TokenIssuer("n" * 40, "regulars", 900, previous_secrets=("o" * 40,)).verify(token)
