@@ -194,6 +194,8 @@ def fleet(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fl
         "REGULARS_WORKER_INTERVAL_S": "0.5",
         "REGULARS_SLOW_JOBS_INTERVAL_S": "1",
         "REGULARS_POS_WEBHOOK_INTERVAL_S": "0.2",
+        # The test's till listens on 127.0.0.1, which the SSRF guard refuses otherwise.
+        "REGULARS_POS_WEBHOOK_PRIVATE_OK": "true",
     }
     with processes(stack, where) as started:
         workers = [started.worker(**fast), started.worker(**fast)]
