@@ -165,9 +165,10 @@ _LIMIT_WORDS = {
 
 
 def approvers_phrase(roles: Iterable[str]) -> str:
-    """``["shift_lead", "manager"]`` -> ``A shift lead or manager`` (``Someone senior`` if the
-    server named nobody)."""
-    names = [role_name(r) for r in roles]
+    """``["shift_lead", "manager", "admin"]`` -> ``A shift lead or manager``: the two lowest
+    roles the server named (everyone above them may approve too; a barista needs the nearest),
+    or ``Someone senior`` if it named nobody."""
+    names = [role_name(r) for r in roles][:2]
     if not names:
         return "Someone senior"
     article = "An" if names[0][:1].lower() in "aeiou" else "A"
