@@ -207,7 +207,7 @@ def approval_view(entry: OutboxEntry, currency: str = "") -> ApprovalView:
 
 def approval_notice(need: ApprovalNeed, waiting: bool = True) -> Notice:
     """The message when an accrual is refused as over the limits: it waits, nothing is lost."""
-    next_step = "It is saved: tap Approve, or Cancel." if waiting else ""
+    next_step = "Saved on this tablet: tap Approve…, or Cancel accrual." if waiting else ""
     why = _LIMIT_WORDS.get(need.limit, need.detail)
     return Notice("warning", _approval_title(need), " ".join(x for x in (why, next_step) if x))
 
