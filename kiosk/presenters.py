@@ -81,6 +81,12 @@ _BY_SLUG: dict[str, tuple[str, str]] = {
         "Someone else updated this order. The queue has been refreshed.",
     ),
     "already-resolved": ("Already done", "This redemption was already confirmed or cancelled."),
+    # Receipt numbers earn once per brand. After an approval whose answer was lost, another
+    # approver's attempt meets the first one's receipt: credited once, as it should be.
+    "receipt-already-accrued": (
+        "Receipt already credited",
+        "This receipt number has already earned points; nothing more was added.",
+    ),
 }
 
 _BY_KEYWORD: list[tuple[tuple[str, ...], str, str]] = [
@@ -234,6 +240,9 @@ def approver_refused_notice(problem: ApiProblem) -> Notice:
     if not title:
         base = problem_notice(problem)
         title, detail = base.title, base.detail
+    detail = detail.strip()
+    if detail and detail[-1] not in ".!?":
+        detail += "."
     return Notice("error", title, f"{detail} The accrual is still waiting.".strip())
 
 

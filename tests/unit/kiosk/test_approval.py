@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kiosk.api import ApiProblem
+from kiosk.api import ApiProblem, Offline
 from kiosk.config import KioskConfig
 from kiosk.outbox import ApprovalNeed, Outbox, OutboxRelay
 from kiosk.presenters import approval_view, approvers_phrase, banner_view
@@ -311,3 +311,36 @@ def test_approval_view_says_points_limit_and_who(tmp_path: Path) -> None:
     assert view.title == "A shift lead must approve 600 points"
     assert view.detail.startswith("€120.00 paid · This guest has had as many accruals today")
     box.close()
+
+
+async def test_a_slowed_down_tablet_says_to_wait_and_keeps_the_accrual(
+    kiosk: KioskSession, api: FakeApi, guest_code: str
+) -> None:
+    """Wrong PINs slow the tablet down (server/staff/throttle.py): the server's wait is shown."""
+    key = await refused_entry(kiosk, guest_code)
+    api.fail_next = [ApiProblem(429, "sign-in-slowed", "too many failed sign-ins; wait 4 s")]
+    notice = await kiosk.approve_with_pin(key, LEAD, "2468")
+    assert notice.title == "Too many wrong attempts on this tablet"
+    assert notice.detail == "too many failed sign-ins; wait 4 s. The accrual is still waiting."
+    assert kiosk.outbox.get(key).state == "needs_approval"  # type: ignore[union-attr]
+    api.fail_next = [Offline("down")]
+    offline = await kiosk.approve_with_pin(key, LEAD, "2468")
+    assert offline.title == "Server unreachable" and len(api.accrue_calls) == 1
+
+
+async def test_a_receipt_already_credited_is_said_plainly_and_the_entry_is_settled(
+    kiosk: KioskSession, api: FakeApi, guest_code: str
+) -> None:
+    key = await refused_entry(kiosk, guest_code)
+
+    def receipt_taken(_key: str) -> None:
+        api.fail_next = [ApiProblem(409, "receipt-already-accrued", "receipt 'R' was accrued")]
+
+    api.before_accrue = receipt_taken
+    notice = await kiosk.approve_with_pin(key, LEAD, "2468")
+    assert notice.title == "Receipt already credited" and notice.tone == "error"
+    entry = kiosk.outbox.get(key)
+    assert entry is not None and entry.state == "rejected"
+    assert "receipt-already-accrued" in (entry.last_error or "") and LEAD in (
+        entry.last_error or ""
+    )
