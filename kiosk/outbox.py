@@ -327,10 +327,8 @@ class Outbox:
 
 
 def _entry(row: tuple[object, ...]) -> OutboxEntry:
-    key, kind, guest_id, code, body, scanned_at, created_at, state, attempts, error, response = row[
-        :11
-    ]
-    approval, approval_key, approved_by = row[11:]
+    (key, kind, guest_id, code, body, scanned_at, created_at, state, attempts, error, response,
+     approval, approval_key, approved_by) = row  # fmt: skip
     return OutboxEntry(
         key=str(key),
         kind=str(kind),

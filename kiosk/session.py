@@ -66,6 +66,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("kiosk.session")
+_NOTHING_WAITING = Notice(
+    "info", "Nothing waiting", "This accrual was already approved or cancelled."
+)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -532,9 +535,7 @@ class KioskSession:
     ) -> Notice:
         entry = self.outbox.get(key)
         if entry is None or entry.state != "needs_approval":
-            return Notice(
-                "info", "Nothing waiting", "This accrual was already approved or cancelled."
-            )
+            return _NOTHING_WAITING
         need = entry.approval or ApprovalNeed()
         try:
             tokens = await sign_in()
@@ -552,6 +553,8 @@ class KioskSession:
                     f"{approvers_phrase(need.approver_roles)} must. The accrual is still waiting.",
                 )
             outcome = await self.relay.send_approved(key, tokens.access_token, email)
+        except LookupError:  # cancelled or approved elsewhere meanwhile
+            return _NOTHING_WAITING
         finally:
             # Borrowed for this one accrual: end the approver's session at once.
             await self.api.end_session(tokens.access_token)
@@ -589,9 +592,7 @@ class KioskSession:
         """Drop an accrual waiting for approval; it is kept in the outbox as refused."""
         entry = self.outbox.get(key)
         if entry is None or not self.outbox.cancel(key, "cancelled at the counter, not approved"):
-            return Notice(
-                "info", "Nothing waiting", "This accrual was already approved or cancelled."
-            )
+            return _NOTHING_WAITING
         self._publish()
         amount = format_minor(entry.accrual.amount_paid_minor, self.currency)
         return Notice("info", "Accrual cancelled", f"No points were credited for {amount}.")

@@ -129,6 +129,7 @@ def test_a_shift_lead_approves_a_large_accrual_on_the_same_tablet(
             assert approved.title == f"+{points:,} points"
             # The barista is still the one signed in, and can go on working.
             assert api.tokens is barista_tokens and kiosk.signed_in
+            assert await api.refresh_tokens()  # their session goes on
             assert isinstance(await kiosk.scan(code), CurrentGuest)
             shown = kiosk.current.view.points_available  # type: ignore[union-attr]
             return {
