@@ -337,6 +337,22 @@ def test_an_accrual_over_the_barista_limit_waits_for_a_shift_leads_pin(
     assert app.outbox.counts().delivered == 1 and app.outbox.counts().needs_approval == 0
     kiosk.screenshot("13-accrual-approved-1280x800")
 
+    # Another one waits; from Settings the barista cancels it: nothing is credited.
+    screen.ids.amount.text = "150.00"
+    kiosk.tap(screen.ids.accrue)
+    kiosk.pump(lambda: bool(screen.approval_key), what="second approval strip")
+    app.go("settings")
+    settings = app.screen("settings")
+    kiosk.pump(lambda: settings.waiting_approval == 1, what="settings counts it")
+    kiosk.tap(settings.ids.approve_waiting)
+    kiosk.pump(lambda: popup.showing, what="prompt from settings")
+    kiosk.tap(popup.ids.cancel_accrual)
+    kiosk.pump(lambda: not popup.showing, what="cancelled")
+    assert app.notice_title == "Accrual cancelled" and "150.00" in app.notice_detail
+    kiosk.pump(lambda: settings.waiting_approval == 0, what="nothing waiting")
+    assert app.outbox.counts().rejected == 1 and not screen.approval_key
+    assert wallet_points(kiosk.server, guest) == after
+
 
 def _uuid(value: Any) -> Any:
     from uuid import UUID
