@@ -133,6 +133,20 @@ class FakeApi:
             role=self.staff[email][1],
         )
 
+    async def password_tokens(
+        self, email: str, password: str, totp: str | None = None
+    ) -> contract.TokenPair:
+        """Approvers sign in with ``<their PIN>-password`` and, for managers, TOTP ``123456``."""
+        self._gate()
+        if email not in self.staff or password != f"{self.staff[email][0]}-password":
+            raise ApiProblem(401, "invalid-credentials", "wrong email or password")
+        role = self.staff[email][1]
+        if role == "manager" and totp != "123456":
+            raise ApiProblem(401, "wrong-totp", "the authenticator code is not right")
+        return contract.TokenPair(
+            access_token=f"token-{email}", refresh_token="r-approver", expires_in=900, role=role
+        )
+
     async def end_session(self, access_token: str) -> bool:
         self.ended_sessions.append(access_token)
         return True

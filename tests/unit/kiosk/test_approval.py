@@ -344,3 +344,20 @@ async def test_a_receipt_already_credited_is_said_plainly_and_the_entry_is_settl
     assert "receipt-already-accrued" in (entry.last_error or "") and LEAD in (
         entry.last_error or ""
     )
+
+
+async def test_a_manager_approves_with_password_and_authenticator_code(
+    kiosk: KioskSession, api: FakeApi, guest_code: str
+) -> None:
+    """Managers cannot use a PIN (the server asks for a second factor): password and TOTP."""
+    api.staff[MANAGER] = ("9999", "manager")
+    key = await refused_entry(kiosk, guest_code)
+    api.fail_next = [ApiProblem(403, "second-factor-required", "not a PIN")]
+    by_pin = await kiosk.approve_with_pin(key, MANAGER, "9999")
+    assert by_pin.title == "This role approves with a password"
+    no_code = await kiosk.approve_with_password(key, MANAGER, "9999-password")
+    assert no_code.title == "Wrong authenticator code" and len(api.accrue_calls) == 1
+    done = await kiosk.approve_with_password(key, MANAGER, "9999-password", "123456")
+    assert done.tone == "success" and f"approved by {MANAGER}" in done.detail
+    assert api.accrue_tokens[-1] == f"token-{MANAGER}"
+    assert api.ended_sessions == [f"token-{MANAGER}"]
