@@ -101,9 +101,13 @@ class KioskApi:
         self.base_url = base_url.rstrip("/")
         self.tokens = None
 
-    def _headers(self, idempotency_key: UUID | str | None, auth: bool) -> dict[str, str]:
+    def _headers(
+        self, idempotency_key: UUID | str | None, auth: bool, access_token: str | None = None
+    ) -> dict[str, str]:
         headers = {"accept": "application/json"}
-        if auth and self.tokens is not None:
+        if access_token is not None:
+            headers["authorization"] = f"Bearer {access_token}"
+        elif auth and self.tokens is not None:
             headers["authorization"] = f"Bearer {self.tokens.access_token}"
         if idempotency_key is not None:
             headers["idempotency-key"] = str(idempotency_key)
@@ -116,9 +120,10 @@ class KioskApi:
         body: Any = None,
         idempotency_key: UUID | str | None = None,
         auth: bool = True,
+        access_token: str | None = None,
     ) -> httpx.Response:
         content = msgspec.json.encode(body) if body is not None else None
-        headers = self._headers(idempotency_key, auth)
+        headers = self._headers(idempotency_key, auth, access_token)
         if content is not None:
             headers["content-type"] = "application/json"
         try:
@@ -134,9 +139,17 @@ class KioskApi:
         body: Any = None,
         idempotency_key: UUID | str | None = None,
         auth: bool = True,
+        access_token: str | None = None,
     ) -> T:
-        response = await self._send(method, path, body, idempotency_key, auth)
-        if response.status_code == 401 and auth and await self._try_refresh():
+        """One request; ``access_token`` sends someone else's token (an approver's) instead
+        of the kiosk's own, and is never refreshed."""
+        response = await self._send(method, path, body, idempotency_key, auth, access_token)
+        if (
+            response.status_code == 401
+            and auth
+            and access_token is None
+            and await self._try_refresh()
+        ):
             # A refreshed token makes the same request valid again; the same idempotency
             # key makes repeating a state-changing call safe.
             response = await self._send(method, path, body, idempotency_key, auth)
@@ -180,21 +193,44 @@ class KioskApi:
         self, email: str, password: str, totp: str | None = None
     ) -> contract.TokenPair:
         """Sign in with email and password; keeps the tokens for later calls."""
-        body = contract.StaffLogin(email=email, password=password, totp=totp)
-        self.tokens = await self._call(
-            contract.TokenPair, "POST", "/v1/auth/staff", body, auth=False
-        )
+        self.tokens = await self.password_tokens(email, password, totp)
         return self.tokens
+
+    async def password_tokens(
+        self, email: str, password: str, totp: str | None = None
+    ) -> contract.TokenPair:
+        """Someone else's password sign-in (an approver's): returned, not kept."""
+        body = contract.StaffLogin(email=email, password=password, totp=totp)
+        return await self._call(contract.TokenPair, "POST", "/v1/auth/staff", body, auth=False)
 
     async def login_pin(
         self, device_id: str, device_secret: str, email: str, pin: str
     ) -> contract.TokenPair:
         """Sign in on a paired device with a staff PIN; keeps the tokens."""
+        self.tokens = await self.pin_tokens(device_id, device_secret, email, pin)
+        return self.tokens
+
+    async def pin_tokens(
+        self, device_id: str, device_secret: str, email: str, pin: str
+    ) -> contract.TokenPair:
+        """Someone else's PIN sign-in on this device (an approver's): the tokens are returned,
+        not kept, so the kiosk's own sign-in is untouched. Refusals as for :meth:`login_pin`."""
         body = contract.PinLogin(
             device_id=UUID(device_id), device_secret=device_secret, email=email, pin=pin
         )
-        self.tokens = await self._call(contract.TokenPair, "POST", "/v1/auth/pin", body, auth=False)
-        return self.tokens
+        return await self._call(contract.TokenPair, "POST", "/v1/auth/pin", body, auth=False)
+
+    async def end_session(self, access_token: str) -> bool:
+        """End the session of a borrowed token (``POST /v1/auth/signout``): its access and
+        refresh tokens stop working at once. False if the server could not be told; never
+        raises, the token then simply expires."""
+        try:
+            response = await self._send(
+                "POST", "/v1/auth/signout", auth=False, access_token=access_token
+            )
+        except Offline:
+            return False
+        return response.status_code == 204
 
     def sign_out(self) -> None:
         """Forget the tokens (the server lets them expire)."""
@@ -225,11 +261,21 @@ class KioskApi:
         return await self._call(contract.GuestCard, "POST", "/v1/kiosk/scan", body)
 
     async def accrue(
-        self, guest_id: UUID | str, body: contract.AccrualIn, idempotency_key: UUID | str
+        self,
+        guest_id: UUID | str,
+        body: contract.AccrualIn,
+        idempotency_key: UUID | str,
+        access_token: str | None = None,
     ) -> contract.Transfer:
-        """Credit points for money paid at the counter; idempotent on ``idempotency_key``."""
+        """Credit points for money paid at the counter; idempotent on ``idempotency_key``.
+
+        ``access_token`` makes it an approver's accrual (their token, their role's limits);
+        403 ``accrual-needs-approval`` when it passes the limits of whoever sends it.
+        """
         path = f"/v1/guests/{guest_id}/accruals"
-        return await self._call(contract.Transfer, "POST", path, body, idempotency_key)
+        return await self._call(
+            contract.Transfer, "POST", path, body, idempotency_key, access_token=access_token
+        )
 
     async def reserve_redemption(
         self, guest_id: UUID | str, body: contract.RedemptionIn, idempotency_key: UUID | str

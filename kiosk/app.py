@@ -30,12 +30,13 @@ from kiosk import theme
 from kiosk.api import KioskApi
 from kiosk.config import DEMO_EMAIL, DEMO_PASSWORD, KioskConfig
 from kiosk.outbox import DrainReport, Outbox
-from kiosk.presenters import Notice, OrderRow
+from kiosk.presenters import Notice, OrderRow, approvers_phrase
 from kiosk.runner import AsyncRunner
 from kiosk.scanner import FeedSource, FramePipeline, KeyboardWedge, WedgeBuffer
 from kiosk.scanner.base import Origin
 from kiosk.scanner.camera import CameraUnavailable, KivyCameraSource
 from kiosk.screens import (
+    ApprovalPopup,
     GuestScreen,
     PairingScreen,
     QueueScreen,
@@ -136,6 +137,7 @@ class KioskApp(App):
             WedgeBuffer(s.wedge_max_gap_s, s.wedge_min_length),
         )
         self._notice_event: Any = None
+        self._approval_popup: ApprovalPopup | None = None
         self._lookup_in_flight = False
         self._alert_sound: Any = None
         self._shut_down = False
@@ -314,6 +316,8 @@ class KioskApp(App):
     def _wedge_accepts(self) -> bool:
         if not self.signed_in or self.screens.current not in ("scan", "guest"):
             return False
+        if self._approval_popup is not None and self._approval_popup.showing:
+            return False  # the approver is typing into the prompt
         screen = self.screens.current_screen
         return not any(isinstance(w, TextInput) and w.focus for w in screen.walk())
 
@@ -336,6 +340,7 @@ class KioskApp(App):
             self.show_notice(result, timeout_s=8)
             return
         self.screen("guest").show_guest(result)
+        self.refresh_approvals()
         if result.offline:
             self.show_notice(
                 Notice(
@@ -387,8 +392,67 @@ class KioskApp(App):
         def done(notice: Notice) -> None:
             self.show_notice(notice, timeout_s=8)
             self.screen("guest").accrual_done(notice, self.session.current)
+            self.refresh_approvals()
 
         self.run_bg(self.session.accrue(amount_minor, receipt_ref), done)
+
+    # accruals over the barista's limits ----------------------------------------------
+
+    @property
+    def approval_popup(self) -> ApprovalPopup:
+        if self._approval_popup is None:
+            self._approval_popup = ApprovalPopup()
+        return self._approval_popup
+
+    def refresh_approvals(self) -> None:
+        """Show the current guest's accrual waiting for approval (guest screen, Settings)."""
+        current = self.session.current
+        guest_id = current.card.guest.id if current is not None and current.card else None
+        mine = self.session.approvals(guest_id) if guest_id is not None else []
+        self.screen("guest").show_approval(mine[0] if mine else None, len(mine))
+        self.screen("settings").show_outbox(self.outbox.entries(limit=50))
+
+    def open_approval(self, key: str | None = None) -> None:
+        """The approver's prompt for ``key`` (by default the oldest accrual waiting)."""
+        waiting = self.session.approvals()
+        view = next((v for v in waiting if key is None or v.key == key), None)
+        if view is None:
+            self.show_notice(Notice("info", "Nothing waiting for approval"))
+            self.refresh_approvals()
+            return
+        self.approval_popup.show(view, self.kiosk_config.paired)
+
+    def approve(self, key: str, email: str, secret: str, totp: str, mode: str) -> None:
+        """Send a waiting accrual with the approver's PIN (or password and TOTP)."""
+        if mode == "pin":
+            coro = self.session.approve_with_pin(key, email, secret)
+        else:
+            coro = self.session.approve_with_password(key, email, secret, totp or None)
+
+        def done(notice: Notice) -> None:
+            popup = self.approval_popup
+            entry = self.outbox.get(key)
+            if entry is not None and entry.state == "needs_approval":
+                still = next((v for v in self.session.approvals() if v.key == key), None)
+                if still is not None:
+                    popup.update(still)
+                popup.refused(notice)
+            else:
+                popup.dismiss()
+                self.show_notice(notice, timeout_s=8)
+                self.screen("guest").accrual_done(notice, self.session.current)
+            self.refresh_approvals()
+
+        self.run_bg(coro, done)
+
+    def cancel_approval(self, key: str) -> None:
+        def done(notice: Notice) -> None:
+            if self._approval_popup is not None:
+                self._approval_popup.dismiss()
+            self.show_notice(notice)
+            self.refresh_approvals()
+
+        self.run_bg(self.session.cancel_approval(key), done)
 
     def reserve_redemption(self, points: int) -> None:
         def done(result: Any) -> None:
@@ -483,10 +547,18 @@ class KioskApp(App):
 
     def on_outbox_drained(self, report: DrainReport, always: bool = False) -> None:
         sent, refused = len(report.delivered), len(report.rejected)
-        if not (sent or refused or always):
+        waiting = len(report.needs_approval)
+        if not (sent or refused or waiting or always):
             return
         if refused:
             notice = Notice("error", f"{refused} saved accrual(s) refused", "See Settings for why.")
+        elif waiting:
+            who = approvers_phrase(report.needs_approval[0][1].approver_roles)
+            notice = Notice(
+                "warning",
+                f"{waiting} saved accrual(s) need approval",
+                f"{who} can approve them in Settings.",
+            )
         elif sent:
             notice = Notice("success", f"Sent {sent} saved accrual(s)", "Points credited.")
         elif report.stopped == "offline":
@@ -494,7 +566,7 @@ class KioskApp(App):
         else:
             notice = Notice("info", "Nothing waiting to send")
         self.show_notice(notice)
-        self.screen("settings").show_outbox(self.outbox.entries(limit=50))
+        self.refresh_approvals()
 
 
 def _beep_wav(path: Path) -> Path:

@@ -7,6 +7,12 @@ transfer instead of crediting twice. Entries are delivered in creation order, on
 time; a refusal that will never succeed (4xx other than 401/429) is kept as *rejected* with
 the server's reason rather than retried for ever.
 
+An accrual over the barista's role limits (403 ``accrual-needs-approval``) is neither lost nor
+retried: it *needs approval* until a shift lead or manager makes it with their own sign-in
+(:meth:`OutboxRelay.send_approved`) or the barista cancels it. The approver's request carries
+a second key, minted and committed before it is sent and kept until the entry is settled, so
+a crash or a lost answer mid-approval is re-sent under the same key and credits once.
+
 Storage is a SQLite file in the kiosk's data directory (WAL, ``synchronous=FULL``).
 """
 
@@ -30,6 +36,9 @@ from kiosk.ids import uuid7
 from shared import contract
 
 __all__ = [
+    "APPROVAL_SLUG",
+    "ApprovalNeed",
+    "ApprovalOutcome",
     "DrainReport",
     "Outbox",
     "OutboxApi",
@@ -38,7 +47,9 @@ __all__ = [
     "OutboxRelay",
 ]
 
-EntryState = Literal["pending", "delivered", "rejected"]
+EntryState = Literal["pending", "needs_approval", "delivered", "rejected"]
+# The server's refusal of an accrual above the staff member's role limits.
+APPROVAL_SLUG = "accrual-needs-approval"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -58,13 +69,45 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_state ON outbox (state, key);
 """
 
+# Columns added after the first kiosks shipped: added in place to an older file on open.
+_ADDED_COLUMNS = {
+    "approval": "TEXT",  # ApprovalNeed as JSON while (or since) it needed approval
+    "approval_key": "TEXT",  # the Idempotency-Key of the approver's request, minted once
+    "approved_by": "TEXT",  # the approver's email once their request was delivered
+}
+
 _COLUMNS = (
-    "key, kind, guest_id, code, body, scanned_at, created_at, state, attempts, last_error, response"
+    "key, kind, guest_id, code, body, scanned_at, created_at, state, attempts, last_error,"
+    " response, approval, approval_key, approved_by"
 )
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
+
+
+class ApprovalNeed(msgspec.Struct, frozen=True, kw_only=True):
+    """Why an accrual waits for a higher role: the server's ``accrual-needs-approval`` body."""
+
+    points: int | None = None
+    # Which limit it passes: ``max_points``, ``per_staff_per_hour`` or ``per_guest_per_day``.
+    limit: str = ""
+    # The roles whose own limits allow it, lowest first (e.g. shift_lead, manager).
+    approver_roles: list[str] = msgspec.field(default_factory=list)
+    detail: str = ""
+
+    @classmethod
+    def of(cls, problem: ApiProblem) -> ApprovalNeed:
+        """Read the problem's extension members, tolerating any that are missing or odd."""
+        body = problem.body
+        points = body.get("points")
+        roles = body.get("approver_roles")
+        return cls(
+            points=points if isinstance(points, int) and not isinstance(points, bool) else None,
+            limit=str(body.get("limit") or ""),
+            approver_roles=[str(r) for r in roles] if isinstance(roles, list) else [],
+            detail=problem.detail,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +123,9 @@ class OutboxEntry:
     attempts: int
     last_error: str | None
     transfer: contract.Transfer | None
+    approval: ApprovalNeed | None = None
+    approval_key: str | None = None
+    approved_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +133,7 @@ class OutboxCounts:
     pending: int = 0
     delivered: int = 0
     rejected: int = 0
+    needs_approval: int = 0
 
 
 class Outbox:
@@ -105,6 +152,10 @@ class Outbox:
         # FULL: a committed entry survives a power cut, which is the point of the outbox.
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(_SCHEMA)
+        have = {row[1] for row in self._conn.execute("PRAGMA table_info(outbox)")}
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in have:
+                self._conn.execute(f"ALTER TABLE outbox ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         """Close the file; later calls fail."""
@@ -178,7 +229,7 @@ class Outbox:
         return [_entry(r) for r in rows]
 
     def counts(self) -> OutboxCounts:
-        """How many entries are pending, delivered and rejected."""
+        """How many entries are in each state."""
         with self._lock:
             rows = self._conn.execute(
                 "SELECT state, count(*) FROM outbox GROUP BY state"
@@ -188,6 +239,7 @@ class Outbox:
             pending=by_state.get("pending", 0),
             delivered=by_state.get("delivered", 0),
             rejected=by_state.get("rejected", 0),
+            needs_approval=by_state.get("needs_approval", 0),
         )
 
     def resolve_guest(self, key: str, guest_id: UUID | str) -> None:
@@ -199,13 +251,16 @@ class Outbox:
                 (str(guest_id), _now(), key),
             )
 
-    def mark_delivered(self, key: str, transfer: contract.Transfer) -> None:
-        """Record the server's transfer; the entry is never sent again."""
+    def mark_delivered(
+        self, key: str, transfer: contract.Transfer, approved_by: str | None = None
+    ) -> None:
+        """Record the server's transfer (and who approved it); the entry is never sent again."""
         with self._tx() as conn:
             conn.execute(
                 "UPDATE outbox SET state = 'delivered', response = ?, last_error = NULL,"
-                " attempts = attempts + 1, updated_at = ? WHERE key = ? AND state = 'pending'",
-                (msgspec.json.encode(transfer).decode(), _now(), key),
+                " approved_by = ?, attempts = attempts + 1, updated_at = ?"
+                " WHERE key = ? AND state IN ('pending', 'needs_approval')",
+                (msgspec.json.encode(transfer).decode(), approved_by, _now(), key),
             )
 
     def mark_rejected(self, key: str, reason: str) -> None:
@@ -213,22 +268,67 @@ class Outbox:
         with self._tx() as conn:
             conn.execute(
                 "UPDATE outbox SET state = 'rejected', last_error = ?, attempts = attempts + 1,"
-                " updated_at = ? WHERE key = ? AND state = 'pending'",
+                " updated_at = ? WHERE key = ? AND state IN ('pending', 'needs_approval')",
                 (reason, _now(), key),
             )
 
     def note_failure(self, key: str, reason: str) -> None:
-        """Count a failed attempt that will be retried."""
+        """Count a failed attempt that will be retried (or approved again)."""
         with self._tx() as conn:
             conn.execute(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ?, updated_at = ?"
-                " WHERE key = ? AND state = 'pending'",
+                " WHERE key = ? AND state IN ('pending', 'needs_approval')",
                 (reason, _now(), key),
             )
 
+    def mark_needs_approval(self, key: str, need: ApprovalNeed) -> None:
+        """Park an entry the server refused as over the staff member's limits: it is not sent
+        again until someone approves it (:meth:`approval_key`) or it is cancelled."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE outbox SET state = 'needs_approval', approval = ?, last_error = ?,"
+                " attempts = attempts + 1, updated_at = ?"
+                " WHERE key = ? AND state IN ('pending', 'needs_approval')",
+                (msgspec.json.encode(need).decode(), need.detail, _now(), key),
+            )
+
+    def approval_key(self, key: str) -> str:
+        """The Idempotency-Key for the approver's request, minted and committed on first use
+        and the same ever after, so a re-sent approval never credits twice.
+
+        Raises LookupError unless the entry is waiting for approval.
+        """
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT approval_key FROM outbox WHERE key = ? AND state = 'needs_approval'",
+                (key,),
+            ).fetchone()
+            if row is None:
+                raise LookupError(f"outbox entry {key} is not waiting for approval")
+            if row[0]:
+                return str(row[0])
+            minted = str(uuid7())
+            conn.execute(
+                "UPDATE outbox SET approval_key = ?, updated_at = ? WHERE key = ?",
+                (minted, _now(), key),
+            )
+        return minted
+
+    def cancel(self, key: str, reason: str) -> bool:
+        """Drop an entry waiting for approval (kept as rejected with ``reason``); False if it
+        was not waiting (already approved, cancelled or never refused)."""
+        with self._tx() as conn:
+            changed = conn.execute(
+                "UPDATE outbox SET state = 'rejected', last_error = ?, updated_at = ?"
+                " WHERE key = ? AND state = 'needs_approval'",
+                (reason, _now(), key),
+            ).rowcount
+        return changed == 1
+
 
 def _entry(row: tuple[object, ...]) -> OutboxEntry:
-    key, kind, guest_id, code, body, scanned_at, created_at, state, attempts, error, response = row
+    (key, kind, guest_id, code, body, scanned_at, created_at, state, attempts, error, response,
+     approval, approval_key, approved_by) = row  # fmt: skip
     return OutboxEntry(
         key=str(key),
         kind=str(kind),
@@ -237,11 +337,14 @@ def _entry(row: tuple[object, ...]) -> OutboxEntry:
         accrual=msgspec.json.decode(str(body), type=contract.AccrualIn),
         scanned_at=datetime.fromisoformat(str(scanned_at)) if scanned_at else None,
         created_at=datetime.fromisoformat(str(created_at)),
-        # Only this module writes the column, and only these three states.
+        # Only this module writes the column, and only these four states.
         state=cast(EntryState, str(state)),
         attempts=int(str(attempts)),
         last_error=str(error) if error else None,
         transfer=msgspec.json.decode(str(response), type=contract.Transfer) if response else None,
+        approval=msgspec.json.decode(str(approval), type=ApprovalNeed) if approval else None,
+        approval_key=str(approval_key) if approval_key else None,
+        approved_by=str(approved_by) if approved_by else None,
     )
 
 
@@ -251,7 +354,11 @@ class OutboxApi(Protocol):
     async def scan(self, code: str, scanned_at: datetime | None = None) -> contract.GuestCard: ...
 
     async def accrue(
-        self, guest_id: UUID | str, body: contract.AccrualIn, idempotency_key: UUID | str
+        self,
+        guest_id: UUID | str,
+        body: contract.AccrualIn,
+        idempotency_key: UUID | str,
+        access_token: str | None = None,
     ) -> contract.Transfer: ...
 
 
@@ -259,8 +366,20 @@ class OutboxApi(Protocol):
 class DrainReport:
     delivered: list[tuple[OutboxEntry, contract.Transfer]] = field(default_factory=list)
     rejected: list[tuple[OutboxEntry, ApiProblem]] = field(default_factory=list)
+    # Refused as over the staff member's limits: now waiting for an approver.
+    needs_approval: list[tuple[OutboxEntry, ApprovalNeed]] = field(default_factory=list)
     # Why the drain stopped early (offline, signed out, server busy), if it did.
     stopped: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalOutcome:
+    """What became of an approver's request; ``entry`` is as stored afterwards."""
+
+    entry: OutboxEntry
+    transfer: contract.Transfer | None = None  # delivered
+    problem: ApiProblem | None = None  # refused: rejected, or still waiting (see entry.state)
+    offline: bool = False  # not answered: still waiting, the same key goes next time
 
 
 class OutboxRelay:
@@ -306,6 +425,11 @@ class OutboxRelay:
             self.outbox.note_failure(entry.key, str(exc))
             return "offline"
         except ApiProblem as problem:
+            if problem.slug == APPROVAL_SLUG:
+                need = ApprovalNeed.of(problem)
+                self.outbox.mark_needs_approval(entry.key, need)
+                report.needs_approval.append((entry, need))
+                return None
             if problem.status == 401:
                 self.outbox.note_failure(entry.key, problem.detail)
                 return "signed-out"
@@ -318,3 +442,41 @@ class OutboxRelay:
         self.outbox.mark_delivered(entry.key, transfer)
         report.delivered.append((entry, transfer))
         return None
+
+    async def send_approved(self, key: str, access_token: str, approver: str) -> ApprovalOutcome:
+        """Send an entry waiting for approval as the approver: with their ``access_token``
+        (so the server applies their role's limits and its audit names them) and the entry's
+        approval key, committed before the request leaves.
+
+        Delivered, the entry is done. Over the approver's own limits, unanswered, busy or
+        their token refused: it keeps waiting. Any other refusal rejects it with the reason.
+        Raises LookupError unless the entry is waiting for approval.
+        """
+        async with self._lock:
+            entry = self.outbox.get(key)
+            if entry is None or entry.state != "needs_approval" or entry.guest_id is None:
+                raise LookupError(f"outbox entry {key} is not waiting for approval")
+            approval_key = self.outbox.approval_key(key)
+            try:
+                transfer = await self.api.accrue(
+                    entry.guest_id, entry.accrual, approval_key, access_token=access_token
+                )
+            except Offline as exc:
+                self.outbox.note_failure(key, str(exc))
+                return ApprovalOutcome(self._stored(key), offline=True)
+            except ApiProblem as problem:
+                reason = f"{problem.slug}: {problem.detail}"
+                if problem.slug == APPROVAL_SLUG:
+                    self.outbox.mark_needs_approval(key, ApprovalNeed.of(problem))
+                elif problem.status == 401 or problem.retryable:
+                    self.outbox.note_failure(key, reason)
+                else:
+                    self.outbox.mark_rejected(key, f"{reason} (approver {approver})")
+                return ApprovalOutcome(self._stored(key), problem=problem)
+            self.outbox.mark_delivered(key, transfer, approved_by=approver)
+            return ApprovalOutcome(self._stored(key), transfer=transfer)
+
+    def _stored(self, key: str) -> OutboxEntry:
+        entry = self.outbox.get(key)
+        assert entry is not None  # entries are never deleted
+        return entry

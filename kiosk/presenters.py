@@ -14,16 +14,22 @@ from typing import Literal
 from uuid import UUID
 
 from kiosk.api import ApiProblem
+from kiosk.outbox import APPROVAL_SLUG, ApprovalNeed, OutboxEntry
 from shared import contract
 
 __all__ = [
     "STATUS_COLOURS",
+    "ApprovalView",
     "BannerView",
     "Connection",
     "GuestCardView",
     "Notice",
     "OrderRow",
     "QueueBook",
+    "approval_notice",
+    "approval_view",
+    "approver_refused_notice",
+    "approvers_phrase",
     "banner_view",
     "format_minor",
     "guest_card_view",
@@ -32,6 +38,7 @@ __all__ = [
     "parse_amount_minor",
     "parse_points",
     "problem_notice",
+    "role_name",
 ]
 
 Tone = Literal["info", "success", "warning", "error"]
@@ -74,6 +81,12 @@ _BY_SLUG: dict[str, tuple[str, str]] = {
         "Someone else updated this order. The queue has been refreshed.",
     ),
     "already-resolved": ("Already done", "This redemption was already confirmed or cancelled."),
+    # Receipt numbers earn once per brand. After an approval whose answer was lost, another
+    # approver's attempt meets the first one's receipt: credited once, as it should be.
+    "receipt-already-accrued": (
+        "Receipt already credited",
+        "This receipt number has already earned points; nothing more was added.",
+    ),
 }
 
 _BY_KEYWORD: list[tuple[tuple[str, ...], str, str]] = [
@@ -122,6 +135,8 @@ def problem_notice(problem: ApiProblem, lookup: bool = False) -> Notice:
     "not found"/"invalid" as being about the code; anything else falls back to ``detail``.
     """
     slug = problem.slug.lower()
+    if slug == APPROVAL_SLUG:
+        return approval_notice(ApprovalNeed.of(problem), waiting=False)
     if slug in _BY_SLUG:
         title, detail = _BY_SLUG[slug]
         return Notice("error", title, detail)
@@ -136,6 +151,99 @@ def problem_notice(problem: ApiProblem, lookup: bool = False) -> Notice:
             "error", "Server problem", "Something went wrong on the server. Try again shortly."
         )
     return Notice("error", "Refused by the server", problem.detail or f"HTTP {problem.status}")
+
+
+# -- accruals that need a higher role ---------------------------------------------------
+
+_ROLE_NAMES = {"shift_lead": "shift lead"}
+
+
+def role_name(role: str | None) -> str:
+    """``shift_lead`` -> ``shift lead``."""
+    return _ROLE_NAMES.get(role or "", (role or "staff").replace("_", " "))
+
+
+_LIMIT_WORDS = {
+    "max_points": "More points than one sale may earn without approval.",
+    "per_staff_per_hour": "You have made as many accruals this hour as your role may alone.",
+    "per_guest_per_day": "This guest has had as many accruals today as your role may give alone.",
+}
+
+
+def approvers_phrase(roles: Iterable[str]) -> str:
+    """``["shift_lead", "manager", "admin"]`` -> ``A shift lead or manager``: the two lowest
+    roles the server named (everyone above them may approve too; a barista needs the nearest),
+    or ``Someone senior`` if it named nobody."""
+    names = [role_name(r) for r in roles][:2]
+    if not names:
+        return "Someone senior"
+    article = "An" if names[0][:1].lower() in "aeiou" else "A"
+    return f"{article} {' or '.join(names)}"
+
+
+def _approval_title(need: ApprovalNeed) -> str:
+    points = f"{need.points:,} points" if need.points is not None else "this accrual"
+    return f"{approvers_phrase(need.approver_roles)} must approve {points}"
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalView:
+    """An accrual waiting for an approver, as the guest screen and the outbox show it."""
+
+    key: str
+    guest_id: str | None
+    title: str  # "A shift lead or manager must approve 600 points"
+    detail: str  # the amount, and which limit it passed
+    approver_roles: tuple[str, ...]
+
+
+def approval_view(entry: OutboxEntry, currency: str = "") -> ApprovalView:
+    """Words for an entry waiting for approval: how many points, who may approve, and why."""
+    need = entry.approval or ApprovalNeed()
+    amount = format_minor(entry.accrual.amount_paid_minor, currency)
+    why = _LIMIT_WORDS.get(need.limit, need.detail)
+    return ApprovalView(
+        key=entry.key,
+        guest_id=entry.guest_id,
+        title=_approval_title(need),
+        detail=f"{amount} paid · {why}" if why else f"{amount} paid",
+        approver_roles=tuple(need.approver_roles),
+    )
+
+
+def approval_notice(need: ApprovalNeed, waiting: bool = True) -> Notice:
+    """The message when an accrual is refused as over the limits: it waits, nothing is lost."""
+    next_step = "Saved on this tablet: tap Approve…, or Cancel accrual." if waiting else ""
+    why = _LIMIT_WORDS.get(need.limit, need.detail)
+    return Notice("warning", _approval_title(need), " ".join(x for x in (why, next_step) if x))
+
+
+# What an approver's sign-in refusal means at the counter; the accrual keeps waiting.
+_APPROVER_REFUSALS: dict[str, tuple[str, str]] = {
+    "wrong-pin": ("Wrong email or PIN", "Check both and try again."),
+    "invalid-credentials": ("Wrong email or password", "Check both and try again."),
+    "wrong-totp": ("Wrong authenticator code", "Use the current code and try again."),
+    "second-factor-required": (
+        "This role approves with a password",
+        "Use password and authenticator code instead of a PIN.",
+    ),
+    "device-not-paired": ("Tablet not paired", "Pair it again to approve with a PIN."),
+}
+
+
+def approver_refused_notice(problem: ApiProblem) -> Notice:
+    """An approver's sign-in was refused (wrong PIN, slowed down, ...): say why and that the
+    accrual is still waiting."""
+    title, detail = _APPROVER_REFUSALS.get(problem.slug, ("", ""))
+    if not title and problem.status == 429:
+        title, detail = "Too many wrong attempts on this tablet", problem.detail
+    if not title:
+        base = problem_notice(problem)
+        title, detail = base.title, base.detail
+    detail = detail.strip()
+    if detail and detail[-1] not in ".!?":
+        detail += "."
+    return Notice("error", title, f"{detail} The accrual is still waiting.".strip())
 
 
 def offline_notice(what: str) -> Notice:
@@ -411,12 +519,18 @@ class BannerView:
 
 
 def banner_view(
-    connection: Connection, pending: int, rejected: int = 0, live: bool = True
+    connection: Connection,
+    pending: int,
+    rejected: int = 0,
+    live: bool = True,
+    needs_approval: int = 0,
 ) -> BannerView:
-    """The always-visible strip: online or not, and what is waiting to be sent."""
+    """The always-visible strip: online or not, and what is waiting to be sent or approved."""
     waiting = (
         f" · {pending} accrual{'s' if pending != 1 else ''} waiting to send" if pending else ""
     )
+    if needs_approval:
+        waiting += f" · {needs_approval} need{'s' if needs_approval == 1 else ''} approval"
     stuck = f" · {rejected} refused (see Settings)" if rejected else ""
     if connection == "offline":
         return BannerView(f"Offline — accruals are saved and sent later{waiting}{stuck}", "warning")

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -25,20 +25,33 @@ from kiosk.api import ApiProblem, KioskApi, Offline, token_locations
 from kiosk.config import KioskConfig
 from kiosk.ids import uuid7
 from kiosk.live import LiveEvent, LiveQueue
-from kiosk.outbox import DrainReport, Outbox, OutboxRelay
+from kiosk.outbox import (
+    APPROVAL_SLUG,
+    ApprovalNeed,
+    ApprovalOutcome,
+    DrainReport,
+    Outbox,
+    OutboxRelay,
+)
 from kiosk.presenters import (
+    ApprovalView,
     BannerView,
     Connection,
     GuestCardView,
     Notice,
     OrderRow,
     QueueBook,
+    approval_notice,
+    approval_view,
+    approver_refused_notice,
+    approvers_phrase,
     banner_view,
     format_minor,
     guest_card_view,
     next_status,
     offline_notice,
     problem_notice,
+    role_name,
 )
 from kiosk.settings import KioskSettings
 from shared import contract, qr
@@ -53,6 +66,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("kiosk.session")
+_NOTHING_WAITING = Notice(
+    "info", "Nothing waiting", "This accrual was already approved or cancelled."
+)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -65,6 +81,7 @@ class SessionStatus:
     staff: str
     location_name: str
     banner: BannerView
+    needs_approval: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +200,9 @@ class KioskSession:
                 counts.pending,
                 counts.rejected,
                 live=self.live_connected or not self.signed_in,
+                needs_approval=counts.needs_approval,
             ),
+            needs_approval=counts.needs_approval,
         )
 
     def _publish(self) -> None:
@@ -424,6 +443,9 @@ class KioskSession:
         for done, problem in report.rejected:
             if done.key == entry.key:
                 return problem_notice(problem, lookup=done.guest_id is None)
+        for done, need in report.needs_approval:
+            if done.key == entry.key:
+                return approval_notice(need)
         pending = self.outbox.counts().pending
         if report.stopped == "signed-out":
             return Notice("warning", "Saved, not sent", "Sign in again to send it.")
@@ -459,13 +481,121 @@ class KioskSession:
             self._on_offline()
         elif report.stopped == "signed-out":
             self._signed_out(Notice("warning", "Signed out", "Sign in again to send accruals."))
-        elif report.delivered or report.rejected:
+        elif report.delivered or report.rejected or report.needs_approval:
             self._set_connection("online")
-        if only_key is None and (report.delivered or report.rejected):
+        if only_key is None and (report.delivered or report.rejected or report.needs_approval):
             # Replays of earlier entries; a fresh accrual reports through its own Notice.
             self.listener.outbox_drained(report)
         self._publish()
         return report
+
+    # -- accruals over the barista's limits --------------------------------------------
+
+    def approvals(self, guest_id: UUID | str | None = None) -> list[ApprovalView]:
+        """Accruals waiting for an approver, oldest first (only ``guest_id``'s if given)."""
+        waiting = self.outbox.entries("needs_approval")
+        if guest_id is not None:
+            waiting = [e for e in waiting if e.guest_id == str(guest_id)]
+        return [approval_view(e, self.currency) for e in waiting]
+
+    async def approve_with_pin(self, key: str, email: str, pin: str) -> Notice:
+        """A shift lead or manager approves a waiting accrual with their PIN on this tablet.
+
+        Their sign-in is borrowed for this one accrual and then ended; the barista stays
+        signed in. Wrong PIN, a role that may not approve, no server: a message, and the
+        entry keeps waiting. See :meth:`OutboxRelay.send_approved` for exactly-once.
+        """
+        if not self.config.paired:
+            return Notice(
+                "error", "Tablet not paired", "Approving with a PIN needs a paired tablet."
+            )
+        email, pin = email.strip(), pin.strip()
+        if not email or not pin.isdigit():
+            return Notice("error", "Enter the approver's email and PIN")
+        assert self.config.device_id and self.config.device_secret
+        device_id, secret = self.config.device_id, self.config.device_secret
+        return await self._approve(
+            key, email, lambda: self.api.pin_tokens(device_id, secret, email, pin)
+        )
+
+    async def approve_with_password(
+        self, key: str, email: str, password: str, totp: str | None = None
+    ) -> Notice:
+        """As :meth:`approve_with_pin`, for roles that sign in with a password and an
+        authenticator code (managers, admins), or an unpaired tablet."""
+        email = email.strip()
+        if not email or not password:
+            return Notice("error", "Enter the approver's email and password")
+        return await self._approve(
+            key, email, lambda: self.api.password_tokens(email, password, totp or None)
+        )
+
+    async def _approve(
+        self, key: str, email: str, sign_in: Callable[[], Awaitable[contract.TokenPair]]
+    ) -> Notice:
+        entry = self.outbox.get(key)
+        if entry is None or entry.state != "needs_approval":
+            return _NOTHING_WAITING
+        need = entry.approval or ApprovalNeed()
+        try:
+            tokens = await sign_in()
+        except Offline:
+            self._on_offline()
+            return offline_notice("Approving")
+        except ApiProblem as problem:
+            self._set_connection("online")
+            return approver_refused_notice(problem)
+        try:
+            if need.approver_roles and tokens.role not in need.approver_roles:
+                return Notice(
+                    "error",
+                    f"A {role_name(tokens.role)} cannot approve this",
+                    f"{approvers_phrase(need.approver_roles)} must. The accrual is still waiting.",
+                )
+            outcome = await self.relay.send_approved(key, tokens.access_token, email)
+        except LookupError:  # cancelled or approved elsewhere meanwhile
+            return _NOTHING_WAITING
+        finally:
+            # Borrowed for this one accrual: end the approver's session at once.
+            await self.api.end_session(tokens.access_token)
+        self._publish()
+        return self._approved(outcome, email)
+
+    def _approved(self, outcome: ApprovalOutcome, email: str) -> Notice:
+        if outcome.transfer is not None:
+            self._set_connection("online")
+            self._update_points(outcome.transfer)
+            balance = self._balance(outcome.transfer)
+            return Notice(
+                "success",
+                f"+{outcome.transfer.points:,} points",
+                " · ".join(x for x in (f"approved by {email}", balance) if x),
+            )
+        if outcome.offline:
+            self._on_offline()
+            return Notice(
+                "warning",
+                "Not sent — server unreachable",
+                "The accrual is still waiting; approve it again when online.",
+            )
+        problem = outcome.problem
+        assert problem is not None
+        self._set_connection("online")
+        if problem.slug == APPROVAL_SLUG and outcome.entry.approval is not None:
+            return approval_notice(outcome.entry.approval)  # over the approver's limits too
+        notice = problem_notice(problem)
+        if outcome.entry.state == "needs_approval":
+            return Notice("warning", notice.title, f"{notice.detail} The accrual is still waiting.")
+        return Notice("error", notice.title, f"{notice.detail} The accrual was not credited.")
+
+    async def cancel_approval(self, key: str) -> Notice:
+        """Drop an accrual waiting for approval; it is kept in the outbox as refused."""
+        entry = self.outbox.get(key)
+        if entry is None or not self.outbox.cancel(key, "cancelled at the counter, not approved"):
+            return _NOTHING_WAITING
+        self._publish()
+        amount = format_minor(entry.accrual.amount_paid_minor, self.currency)
+        return Notice("info", "Accrual cancelled", f"No points were credited for {amount}.")
 
     async def reserve_redemption(self, points: int) -> RedemptionHold | Notice:
         """Hold ``points`` for the current guest; the barista then confirms or cancels.

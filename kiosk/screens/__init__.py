@@ -1,5 +1,6 @@
 """Thin Kivy screens: one ``.kv`` layout each, behaviour delegated to the app and session."""
 
+from kiosk.screens.approval import ApprovalPopup
 from kiosk.screens.guest import GuestScreen
 from kiosk.screens.pairing import PairingScreen
 from kiosk.screens.queue import QueueScreen
@@ -8,6 +9,7 @@ from kiosk.screens.settings import SettingsScreen
 from kiosk.screens.signin import SignInScreen
 
 __all__ = [
+    "ApprovalPopup",
     "GuestScreen",
     "PairingScreen",
     "QueueScreen",

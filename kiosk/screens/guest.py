@@ -7,7 +7,13 @@ from kivy.factory import Factory
 from kivy.properties import BooleanProperty, ListProperty, NumericProperty, StringProperty
 from kivy.uix.screenmanager import Screen
 
-from kiosk.presenters import Notice, format_minor, parse_amount_minor, parse_points
+from kiosk.presenters import (
+    ApprovalView,
+    Notice,
+    format_minor,
+    parse_amount_minor,
+    parse_points,
+)
 from kiosk.screens._kv import load_kv
 from kiosk.session import CurrentGuest, RedemptionHold
 
@@ -29,6 +35,10 @@ class GuestScreen(Screen):
     offline = BooleanProperty(False)
     can_redeem = BooleanProperty(False)
     hold_text = StringProperty("")  # non-empty while a redemption awaits confirmation
+    # The guest's oldest accrual waiting for a shift lead or manager, if any.
+    approval_key = StringProperty("")
+    approval_title = StringProperty("")
+    approval_detail = StringProperty("")
     form_error = StringProperty("")
     usual_items = ListProperty([])
 
@@ -134,3 +144,13 @@ class GuestScreen(Screen):
         if current is not None and current.view is not None:
             self.points_text = current.view.points_line
             self.can_redeem = current.view.can_redeem
+
+    def show_approval(self, view: ApprovalView | None, waiting: int = 0) -> None:
+        """Show the guest's accrual waiting for approval (and how many more), or nothing."""
+        if view is None:
+            self.approval_key = self.approval_title = self.approval_detail = ""
+            return
+        more = f" · {waiting - 1} more waiting" if waiting > 1 else ""
+        self.approval_key = view.key
+        self.approval_title = view.title
+        self.approval_detail = view.detail + more

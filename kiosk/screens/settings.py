@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kivy.app import App
-from kivy.properties import StringProperty
+from kivy.properties import NumericProperty, StringProperty
 from kivy.uix.screenmanager import Screen
 
 from kiosk.outbox import OutboxEntry
@@ -23,6 +23,7 @@ class SettingsScreen(Screen):
     outbox_lines = StringProperty("")
     device_text = StringProperty("")
     camera = StringProperty("auto")
+    waiting_approval = NumericProperty(0)
 
     def on_pre_enter(self, *_args: Any) -> None:
         app = App.get_running_app()
@@ -34,8 +35,10 @@ class SettingsScreen(Screen):
         self.show_outbox(app.outbox.entries(limit=50))
 
     def show_status(self, status: SessionStatus) -> None:
+        self.waiting_approval = status.needs_approval
+        approval = f"{status.needs_approval} need approval · " if status.needs_approval else ""
         self.outbox_summary = (
-            f"{status.pending} waiting to send · {status.rejected} refused · "
+            f"{status.pending} waiting to send · {approval}{status.rejected} refused · "
             f"connection: {status.connection}"
         )
 
@@ -49,7 +52,8 @@ class SettingsScreen(Screen):
             reason = (
                 f" — {entry.last_error}" if entry.state != "delivered" and entry.last_error else ""
             )
-            lines.append(f"{when}  {amount}  {entry.state}{reason}")
+            state = entry.state.replace("_", " ")
+            lines.append(f"{when}  {amount}  {state}{reason}")
         self.outbox_lines = "\n".join(lines) or "Nothing recorded yet."
 
     def save_server(self) -> None:

@@ -268,6 +268,92 @@ def test_offline_accrual_waits_and_lands_exactly_once(kiosk: KioskDriver) -> Non
     kiosk.screenshot("10-settings-1280x800")
 
 
+def test_an_accrual_over_the_barista_limit_waits_for_a_shift_leads_pin(
+    kiosk: KioskDriver,
+) -> None:
+    """Issue 21, finding 2: refused for approval, it waits on the card; a wrong PIN says so
+    and keeps it; the shift lead's PIN credits it once and the barista stays signed in."""
+    import asyncio
+
+    from server.seed.demo import PROGRAM
+    from tests.integration.test_kiosk_approval import PIN, staff_at
+
+    app = kiosk.app
+    app.go("pairing")
+    kiosk.frames(2)
+    app.screen("pairing").ids.code.text = kiosk.server.pairing_code("station")
+    kiosk.tap(kiosk.button("pairing", "Pair tablet"))
+    kiosk.pump(lambda: app.kiosk_config.paired, what="pairing")
+    location_id = app.kiosk_config.location_id
+    barista = asyncio.run(staff_at(kiosk.server, "barista", location_id))
+    lead = asyncio.run(staff_at(kiosk.server, "shift_lead", location_id))
+    app.go("signin")
+    signin = app.screen("signin")
+    signin.set_mode("pin")
+    kiosk.frames(2)
+    signin.ids.email.text = barista.email
+    signin.ids.secret.text = PIN
+    kiosk.tap(kiosk.button("signin", "Sign in"))
+    kiosk.pump(lambda: app.screens.current == "scan", what="barista PIN sign-in")
+
+    guest = new_guest(kiosk.server)
+    open_card(kiosk, guest)
+    before = wallet_points(kiosk.server, guest)
+    max_points = PROGRAM.accrual_limits["barista"].max_points
+    assert max_points is not None
+    points = max_points + 100
+    screen = app.screen("guest")
+    screen.ids.amount.text = f"{points * 100 // PROGRAM.earn_per_100_minor / 100:.2f}"
+    kiosk.tap(screen.ids.accrue)
+    kiosk.pump(lambda: bool(screen.approval_key), what="approval strip")
+    assert screen.approval_title == f"A shift lead or manager must approve {points} points"
+    assert app.notice_title == screen.approval_title
+    kiosk.pump(lambda: "1 needs approval" in app.banner_text, what="banner counts it")
+    kiosk.screenshot("11-accrual-needs-approval-1280x800")
+
+    kiosk.tap(screen.ids.approve)
+    popup = app.approval_popup
+    kiosk.pump(lambda: popup.showing, what="approver prompt")
+    assert popup.mode == "pin" and popup.title_text == screen.approval_title
+    popup.ids.email.text = lead.email
+    popup.ids.secret.text = "0000"
+    kiosk.tap(popup.ids.approve)
+    kiosk.pump(lambda: bool(popup.error_text), what="wrong PIN message")
+    assert popup.error_text.startswith("Wrong email or PIN") and popup.showing
+    assert popup.ids.secret.text == ""
+    popup.export_to_png(str(kiosk.screenshots / "12-approver-wrong-pin.png"))
+    assert app.outbox.counts().needs_approval == 1
+
+    popup.ids.secret.text = PIN
+    kiosk.tap(popup.ids.approve)
+    kiosk.pump(lambda: not popup.showing, what="approved")
+    assert app.notice_title == f"+{points:,} points", app.notice_detail
+    assert lead.email in app.notice_detail
+    assert not screen.approval_key
+    after = wallet_points(kiosk.server, guest)
+    assert after == before + points
+    assert screen.points_text.startswith(f"{after:,} points")
+    assert app.signed_in and app.session.staff_email == barista.email
+    assert app.outbox.counts().delivered == 1 and app.outbox.counts().needs_approval == 0
+    kiosk.screenshot("13-accrual-approved-1280x800")
+
+    # Another one waits; from Settings the barista cancels it: nothing is credited.
+    screen.ids.amount.text = "150.00"
+    kiosk.tap(screen.ids.accrue)
+    kiosk.pump(lambda: bool(screen.approval_key), what="second approval strip")
+    app.go("settings")
+    settings = app.screen("settings")
+    kiosk.pump(lambda: settings.waiting_approval == 1, what="settings counts it")
+    kiosk.tap(settings.ids.approve_waiting)
+    kiosk.pump(lambda: popup.showing, what="prompt from settings")
+    kiosk.tap(popup.ids.cancel_accrual)
+    kiosk.pump(lambda: not popup.showing, what="cancelled")
+    assert app.notice_title == "Accrual cancelled" and "150.00" in app.notice_detail
+    kiosk.pump(lambda: settings.waiting_approval == 0, what="nothing waiting")
+    assert app.outbox.counts().rejected == 1 and not screen.approval_key
+    assert wallet_points(kiosk.server, guest) == after
+
+
 def _uuid(value: Any) -> Any:
     from uuid import UUID
 

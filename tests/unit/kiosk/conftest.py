@@ -90,6 +90,10 @@ class FakeApi:
 
     ``offline`` makes every call raise Offline; ``fail_next`` queues exceptions; ``lose_reply``
     applies the effect but raises Offline (a response lost on the way back).
+
+    Role limits as the server has them (issue 21): ``max_points`` maps an access token to the
+    largest accrual it may make alone (points are amount // 100 here); above it, 403
+    ``accrual-needs-approval``. ``staff`` maps an email to (PIN, role) for ``pin_tokens``.
     """
 
     def __init__(self) -> None:
@@ -109,6 +113,52 @@ class FakeApi:
         self.orders: dict[UUID, contract.Order] = {}
         self.before_accrue: Callable[[str], None] | None = None
         self._seq = itertools.count(1)
+        self.max_points: dict[str, int] = {}
+        self.staff: dict[str, tuple[str, str]] = {}
+        self.accrue_tokens: list[str | None] = []
+        self.pin_calls: list[tuple[str, str]] = []
+        self.ended_sessions: list[str] = []
+
+    async def pin_tokens(
+        self, device_id: str, device_secret: str, email: str, pin: str
+    ) -> contract.TokenPair:
+        self.pin_calls.append((email, pin))
+        self._gate()
+        if email not in self.staff or self.staff[email][0] != pin:
+            raise ApiProblem(401, "wrong-pin", "the email or the PIN is not right")
+        return contract.TokenPair(
+            access_token=f"token-{email}",
+            refresh_token="r-approver",
+            expires_in=900,
+            role=self.staff[email][1],
+        )
+
+    async def password_tokens(
+        self, email: str, password: str, totp: str | None = None
+    ) -> contract.TokenPair:
+        """Approvers sign in with ``<their PIN>-password`` and, for managers, TOTP ``123456``."""
+        self._gate()
+        if email not in self.staff or password != f"{self.staff[email][0]}-password":
+            raise ApiProblem(401, "invalid-credentials", "wrong email or password")
+        role = self.staff[email][1]
+        if role == "manager" and totp != "123456":
+            raise ApiProblem(401, "wrong-totp", "the authenticator code is not right")
+        return contract.TokenPair(
+            access_token=f"token-{email}", refresh_token="r-approver", expires_in=900, role=role
+        )
+
+    async def end_session(self, access_token: str) -> bool:
+        self.ended_sessions.append(access_token)
+        return True
+
+    def _over_limit(self, token: str, points: int) -> None:
+        limit = self.max_points.get(token)
+        if limit is None or points <= limit:
+            return
+        # As the server lists them: every higher role whose own limits allow it, lowest first.
+        roles = ["shift_lead", "manager", "admin"] if points <= 2000 else ["manager", "admin"]
+        body = {"limit": "max_points", "approver_roles": roles, "points": points}
+        raise ApiProblem(403, "accrual-needs-approval", "over the limit max_points", body)
 
     def _gate(self) -> None:
         if self.fail_next:
@@ -158,14 +208,21 @@ class FakeApi:
         return self.cards[code]
 
     async def accrue(
-        self, guest_id: UUID | str, body: contract.AccrualIn, idempotency_key: UUID | str
+        self,
+        guest_id: UUID | str,
+        body: contract.AccrualIn,
+        idempotency_key: UUID | str,
+        access_token: str | None = None,
     ) -> contract.Transfer:
         key = str(idempotency_key)
         if self.before_accrue is not None:
             self.before_accrue(key)
         self.accrue_calls.append((str(guest_id), body, key))
+        self.accrue_tokens.append(access_token)
         self._gate()
+        token = access_token or (self.tokens.access_token if self.tokens else "")
         if key not in self.effects:  # the server's idempotency table
+            self._over_limit(token, body.amount_paid_minor // 100)
             gid = str(guest_id)
             points = body.amount_paid_minor // 100
             self.balances[gid] = self.balances.get(gid, 0) + points
