@@ -248,8 +248,10 @@ async def test_a_worker_killed_mid_delivery_loses_nothing(
     till.hold = threading.Event()  # the first request hangs until the worker is gone
     await drain_history(services)
     integration = await new_integration(services, demo, url, till.secret)
-    dying = webhooks(services, pos_webhook_timeout_s=0.4, pos_webhook_lease_s=0.5)
-    survivor = webhooks(services, pos_webhook_timeout_s=0.3, pos_webhook_lease_s=0.5)
+    # Timeouts far above a request's time even on a loaded CI box (sub-second ones failed
+    # there); the lease only has to outlast them.
+    dying = webhooks(services, pos_webhook_timeout_s=2.0, pos_webhook_lease_s=2.5)
+    survivor = webhooks(services, pos_webhook_timeout_s=2.0, pos_webhook_lease_s=2.5)
     try:
         await pre_order(client, demo, guest, station_menu_item)
         await drain_history(services)
