@@ -853,7 +853,7 @@ class Bench:
         return res
 
     def start_profile(
-        self, server: Server, conns: int
+        self, server: Server, conns: int, what: str = "checkout"
     ) -> tuple[subprocess.Popen[bytes], Path] | None:
         """With ``--profile``: py-spy samples the server (all its worker processes) while
         the closed-loop run at ``conns`` connections goes on; see :func:`summarise_profile`."""
@@ -862,7 +862,7 @@ class Bench:
         spy = shutil.which("py-spy") or str(VENV_BIN / "py-spy")
         out = (
             Path(self.args.profile)
-            / f"{server.label.replace(':', '-').replace('/', '_')}-c{conns}.txt"
+            / f"{what}-{server.label.replace(':', '-').replace('/', '_')}-c{conns}.txt"
         )
         out.parent.mkdir(parents=True, exist_ok=True)
         cmd = [spy, "record", "--pid", str(server.pids[0]), "--subprocesses", "--rate", "250"]
@@ -959,9 +959,12 @@ class Bench:
                 for conns in (8, 16, 32):
                     count = int(self.pos_rate_guess * self.args.duration * 1.5) + 500
                     path = self.pos_requests(count)
+                    spy = self.start_profile(server, conns, "pos") if n == 0 and conns == 16 else None
                     res = self.wrk(
                         server.url, "pos.lua", conns, str(path), self.pos_key[0], server=server
                     )
+                    if spy is not None:
+                        self.finish_profile(spy)
                     self.pos_rate_guess = max(self.pos_rate_guess, res["rps"])
                     if res["non2xx"] or res["socket_errors"]:
                         self.record("pos errors", res["non2xx"] + res["socket_errors"])
@@ -1248,7 +1251,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile",
         metavar="DIR",
-        help="py-spy the servers during round 0's 16-connection checkout run; raw stacks go to DIR",
+        help="py-spy the servers during round 0's 16-connection checkout (or POS) run; raw stacks go to DIR",
     )
     parser.add_argument(
         "--dirty-background-bytes",

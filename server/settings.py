@@ -191,6 +191,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Per integration: guest lookups (a phone number is guessable) and tender holds.
     pos_lookups_per_minute: int = 120
     pos_redemptions_per_minute: int = 60
+    # What intake knows of the catalogue (SKU -> menu item, non-earning categories) is kept
+    # for menu_cache_ttl_s, at most this many answers per process (server/pos/catalogue.py).
+    pos_catalogue_cache_entries: int = 20_000
+    # POST /v1/pos/receipts past Litestar's request cycle (server/pos/lane.py says what it
+    # serves and why); off, every receipt goes through the controller. For side-by-side runs.
+    pos_receipt_lane: bool = True
 
     # Jobs.
     worker_interval_s: float = 15.0

@@ -27,7 +27,9 @@ from server.infra.db import Database
 from server.infra.problems import Problem
 from server.pos import identify, sql
 from server.pos.auth import Till
+from server.pos.catalogue import CatalogueCache
 from server.pos.model import (
+    PricedLine,
     Pricing,
     SoldLine,
     new_claim_code,
@@ -96,6 +98,9 @@ class Intake:
         self.points = points
         self.on_visit = on_visit
         self._currencies: dict[UUID, str] = {}
+        self.catalogue = CatalogueCache(
+            settings.menu_cache_ttl_s, settings.pos_catalogue_cache_entries
+        )
 
     async def take(self, till: Till, receipt: ReceiptIn) -> Taken:
         """Store ``receipt`` from ``till`` and earn (or reverse) its points, once.
@@ -104,6 +109,10 @@ class Intake:
         ``external_id`` is 409 ``receipt-conflict``. Refuses 404 ``location-not-found`` for a
         location that is not the till's, 422 for a receipt that cannot be priced.
         """
+        if receipt.guest is None and receipt.refund_of is None:
+            anonymous = await self._take_anonymous(till, receipt)
+            if anonymous is not None:
+                return anonymous
         for attempt in range(_DEADLOCK_RETRIES + 1):
             try:
                 async with self.db.transaction() as conn:
@@ -118,6 +127,68 @@ class Intake:
                     ) from None
         await self.points.mirror(taken.moves)
         return taken
+
+    async def _take_anonymous(self, till: Till, receipt: ReceiptIn) -> Taken | None:
+        """A sale naming no guest, taken in one statement (sql.WRITE_ANONYMOUS_SALE) on a
+        connection without a transaction: what :meth:`take_on` would store and answer.
+
+        None when :meth:`take_on` is to answer instead, which then says what it always said
+        in the order it checks: a location or ``occurred_at`` it refuses, a receipt it cannot
+        price or in another currency, a deadlock. A key already stored is answered here, as
+        take_on does (a replay, or 409 ``receipt-conflict``).
+        """
+        if receipt.location_id != till.location_id or receipt.occurred_at.tzinfo is None:
+            return None
+        async with self.db.connection() as conn:
+            currency = await self._currency_of(conn, till)
+            if receipt.currency not in (None, currency):
+                return None
+            try:
+                pricing, _ = await self._price(conn, till, receipt)
+            except Problem:
+                return None
+            digest = request_digest(receipt)
+            receipt_id = uuid.uuid4()
+            for _ in range(_CLAIM_ATTEMPTS):
+                try:
+                    body = await self._write_anonymous(
+                        conn, till, receipt, receipt_id, pricing, currency, digest
+                    )
+                except asyncpg.UniqueViolationError as exc:
+                    if exc.constraint_name != "receipt_claims_pkey":
+                        raise
+                    continue  # the claim code is taken: nothing was written, try another
+                except asyncpg.TransactionRollbackError:
+                    return None  # a deadlock: nothing was written; take_on retries
+                if body is None:
+                    return await self._replay(conn, till, receipt, digest)
+                return Taken("created", receipt_id, body)
+        raise AssertionError("claim codes keep colliding: the alphabet or length is too small")
+
+    async def _write_anonymous(
+        self,
+        conn: asyncpg.Connection,
+        till: Till,
+        receipt: ReceiptIn,
+        receipt_id: UUID,
+        pricing: Pricing,
+        currency: str,
+        digest: bytes,
+    ) -> bytes | None:
+        """The anonymous sale's one statement; its stored answer, or None if the key was
+        already claimed (nothing written)."""
+        code = new_claim_code()
+        points = sum(p.points_earned for p in pricing.lines)
+        body = _encode(ReceiptOut(receipt_id=receipt_id, points_earned=points, claim_code=code))
+        expires_at = datetime.now(UTC) + timedelta(seconds=self.settings.pos_claim_window_s)
+        claimed = await conn.fetchval(
+            sql.WRITE_ANONYMOUS_SALE,
+            till.brand_id, receipt.occurred_at, receipt_id, till.integration_id,
+            till.location_id, receipt.external_id, currency, pricing.gross_minor,
+            pricing.discount_minor, pricing.earning_paid_minor, pricing.points_tender,
+            *_line_columns(pricing.lines), body, digest, code, expires_at, points,
+        )  # fmt: skip
+        return body if claimed else None
 
     async def ingest(self, till: Till, receipt: ReceiptIn) -> ReceiptOut:
         """:meth:`take`, answered as a Struct (the vendor routes' port onto intake)."""
@@ -350,21 +421,17 @@ class Intake:
         """Whether a line earns nothing by the catalogue, and the menu items the SKUs name
         (as :meth:`_price` reads them), read once for all of ``receipts``."""
         lines = [line for receipt in receipts for line in receipt.lines]
-        skus = sorted({line.sku for line in lines if line.sku})
-        categories = sorted({line.category.lower() for line in lines if line.category})
-        items = await conn.fetch(sql.ITEMS_BY_SKU, till.brand_id, skus) if skus else []
-        no_sku = {r["sku"] for r in items if r["excluded"]}
-        no_category: set[str] = set()
-        if categories:
-            rows = await conn.fetch(sql.NON_EARNING_CATEGORIES, till.brand_id, categories)
-            no_category = {r["name"] for r in rows}
+        catalogue = await self.catalogue.read(
+            conn,
+            till.brand_id,
+            {line.sku for line in lines if line.sku},
+            {line.category for line in lines if line.category},
+        )
 
         def excluded(line: ReceiptLineIn) -> bool:
-            return (line.sku is not None and line.sku in no_sku) or (
-                line.category is not None and line.category.lower() in no_category
-            )
+            return catalogue.excluded(line.sku, line.category)
 
-        return excluded, {r["sku"]: r["id"] for r in items}
+        return excluded, catalogue.menu()
 
     async def _claim_codes(
         self, conn: asyncpg.Connection, till: Till, sales: list[tuple[ReceiptIn, UUID]]
@@ -409,27 +476,14 @@ class Intake:
     async def _price(
         self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn
     ) -> tuple[Pricing, dict[str, UUID]]:
-        """The receipt priced by the brand's rules, and the menu items its SKUs name."""
-        skus = sorted({line.sku for line in receipt.lines if line.sku})
-        # lower(), as the SQL compares: casefold() would turn 'ß' into 'ss', which lower() keeps.
-        categories = sorted({line.category.lower() for line in receipt.lines if line.category})
-        items = await conn.fetch(sql.ITEMS_BY_SKU, till.brand_id, skus) if skus else []
-        no_sku = {r["sku"] for r in items if r["excluded"]}
-        no_category: set[str] = set()
-        if categories:
-            rows = await conn.fetch(sql.NON_EARNING_CATEGORIES, till.brand_id, categories)
-            no_category = {r["name"] for r in rows}
-
-        def excluded(line: ReceiptLineIn) -> bool:
-            return (line.sku is not None and line.sku in no_sku) or (
-                line.category is not None and line.category.lower() in no_category
-            )
-
+        """The receipt priced by the brand's rules, and the menu items its SKUs name (the
+        catalogue as read within ``menu_cache_ttl_s``: server/pos/catalogue.py)."""
+        excluded, menu = await self._catalogue(conn, till, (receipt,))
         program = await self.points.program(conn, till.brand_id)
         pricing = price_receipt(
             receipt, point_value_minor=program.point_value_minor, excluded=excluded
         )
-        return pricing, {r["sku"]: r["id"] for r in items}
+        return pricing, menu
 
     async def _sale(
         self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn, receipt_id: UUID
@@ -511,23 +565,7 @@ class Intake:
             refund_of[0] if refund_of else None, refund_of[1] if refund_of else None,
             out.guest_id, pos_customer_id, currency, pricing.gross_minor, pricing.discount_minor,
             pricing.earning_paid_minor, pricing.points_tender, out.points_earned,
-            out.points_reversed or 0, out.points_restored or 0,
-            [p.line_no for p in lines],
-            [p.line.sku for p in lines],
-            [p.line.name for p in lines],
-            [p.line.category for p in lines],
-            [p.line.quantity for p in lines],
-            [p.line.unit_price_minor for p in lines],
-            [p.gross_minor for p in lines],
-            [p.discount_minor for p in lines],
-            [p.line.tax_minor for p in lines],
-            [p.line.voided for p in lines],
-            [p.line.gift_card for p in lines],
-            [p.earns for p in lines],
-            [p.points_paid for p in lines],
-            [p.paid_minor for p in lines],
-            [p.points_earned for p in lines],
-            body,
+            out.points_reversed or 0, out.points_restored or 0, *_line_columns(lines), body,
         )  # fmt: skip
         return body
 
@@ -664,6 +702,27 @@ class Intake:
             pos_customer_id=None, kind="refund", refund_of=(sale["id"], sale["occurred_at"]),
         )  # fmt: skip
         return body, moves
+
+
+def _line_columns(lines: Sequence[PricedLine]) -> list[list[object]]:
+    """The priced lines as the columns the receipt writes unnest, in their order."""
+    return [
+        [p.line_no for p in lines],
+        [p.line.sku for p in lines],
+        [p.line.name for p in lines],
+        [p.line.category for p in lines],
+        [p.line.quantity for p in lines],
+        [p.line.unit_price_minor for p in lines],
+        [p.gross_minor for p in lines],
+        [p.discount_minor for p in lines],
+        [p.line.tax_minor for p in lines],
+        [p.line.voided for p in lines],
+        [p.line.gift_card for p in lines],
+        [p.earns for p in lines],
+        [p.points_paid for p in lines],
+        [p.paid_minor for p in lines],
+        [p.points_earned for p in lines],
+    ]
 
 
 def _chunk_digests(till: Till, receipts: Sequence[ReceiptIn]) -> dict[int, bytes]:

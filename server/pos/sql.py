@@ -99,6 +99,47 @@ WITH receipt AS (
 UPDATE receipt_keys SET response = $35 WHERE integration_id = $4 AND external_id = $6
 """
 
+# An anonymous sale whole, in one statement (no transaction round trips): the idempotency
+# claim with its stored answer, the claim code, the receipt and its lines. Everything after
+# the claim selects FROM claim, so a key already held (a replay, a conflict) writes nothing and
+# the statement returns 0. The claim code has no ON CONFLICT: a code already taken aborts the
+# whole statement (unique_violation on receipt_claims_pkey), and the caller tries another.
+WRITE_ANONYMOUS_SALE = """
+WITH claim AS (
+    INSERT INTO receipt_keys (integration_id, external_id, request_hash, brand_id, occurred_at,
+                              receipt_id, response)
+    VALUES ($4, $6, $28, $1, $2, $3, $27)
+    ON CONFLICT (integration_id, external_id) DO NOTHING
+    RETURNING 1
+), code AS (
+    INSERT INTO receipt_claims (code, brand_id, occurred_at, receipt_id, expires_at)
+    SELECT $29::text, $1, $2, $3, $30::timestamptz FROM claim
+), receipt AS (
+    INSERT INTO receipts (brand_id, occurred_at, id, integration_id, location_id, external_id,
+                          kind, currency, gross_minor, discount_minor, earning_paid_minor,
+                          points_tender, points_earned)
+    SELECT $1, $2, $3, $4, $5::uuid, $6, 'sale', $7::text, $8::bigint, $9::bigint,
+           $10::bigint, $11::int, $31::int
+    FROM claim
+), lines AS (
+    INSERT INTO receipt_lines (brand_id, occurred_at, receipt_id, line_no, sku, name, category,
+                               quantity, unit_price_minor, gross_minor, discount_minor,
+                               tax_minor, voided, gift_card, earns, points_paid, paid_minor,
+                               points_earned)
+    SELECT $1, $2, $3, l.line_no, l.sku, l.name, l.category, l.quantity, l.unit_price_minor,
+           l.gross_minor, l.discount_minor, l.tax_minor, l.voided, l.gift_card, l.earns,
+           l.points_paid, l.paid_minor, l.points_earned
+    FROM claim,
+         unnest($12::int[], $13::text[], $14::text[], $15::text[], $16::numeric[],
+                $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[], $21::bool[],
+                $22::bool[], $23::bool[], $24::int[], $25::bigint[], $26::int[])
+         AS l(line_no, sku, name, category, quantity, unit_price_minor, gross_minor,
+              discount_minor, tax_minor, voided, gift_card, earns, points_paid, paid_minor,
+              points_earned)
+)
+SELECT count(*) FROM claim
+"""
+
 # What the brand's catalog says about the SKUs a receipt names: the menu item (for the guest's
 # usual items), and whether it earns nothing (an item or category that does not earn, or a
 # gift card: DESIGN §3). Unknown SKUs are simply absent.
