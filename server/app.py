@@ -34,6 +34,7 @@ from server.orders.lane import CheckoutLane
 from server.pos.auth import requires_till, till_of
 from server.pos.controller import RECEIPTS_BATCH
 from server.pos.controller import ROUTES as POS_ROUTES
+from server.pos.lane import ReceiptLane
 from server.pos.vendors.controller import VendorReceiptsController
 from server.pos.webhook_controller import PosOrdersFeedController, WebhookDeliveriesController
 from server.settings import Settings
@@ -176,6 +177,9 @@ def create_app(settings: Settings, notifier: Notifier | None = None) -> Litestar
         # In front of the router, so the checkout skips the whole request cycle; anything the
         # lane does not serve reaches the router as if the lane were not there.
         app.asgi_handler = CheckoutLane(app.asgi_handler)
+    if settings.pos_receipt_lane:
+        # A till's receipt likewise (server/pos/lane.py); the same edge in front of it.
+        app.asgi_handler = ReceiptLane(app.asgi_handler)
     # In front of everything, the lane included: one set of headers and body limits for all.
     app.asgi_handler = Edge(
         app.asgi_handler,

@@ -26,18 +26,18 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from litestar import Request
 from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Receive, Scope, Send
 from prometheus_client import Counter
 
 from server.auth.guards import bearer_token, refuse_revoked
 from server.auth.tokens import TokenIssuer
 from server.infra.http import stored_media_type
-from server.infra.idempotency import Stored, require_key
+from server.infra.idempotency import require_key
 from server.infra.identity import Principal, TokenError
+from server.infra.lanes import read_body, render_exception, replay, respond
 from server.infra.observability import RequestTelemetry
-from server.infra.problems import Problem, exception_handlers
+from server.infra.problems import Problem
 from shared import contract
 
 __all__ = ["CheckoutLane"]
@@ -76,16 +76,16 @@ class CheckoutLane:
         if admitted is None:
             await self._pass_on(scope, receive, send)
             return
-        body = await _read_body(receive, admitted.length)
+        body = await read_body(receive, admitted.length)
         if body is None:  # the client went away, or sent another length than it declared
-            await self._pass_on(scope, _replay(b"", receive), send)
+            await self._pass_on(scope, replay(b"", receive), send)
             return
         try:
             order = _decode_order(body)
         # Litestar says what is wrong, as it always has. msgspec raises the last two for a
         # string that is not UTF-8 and for nesting deeper than the stack it has left.
         except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
-            await self._pass_on(scope, _replay(body, receive), send)
+            await self._pass_on(scope, replay(body, receive), send)
             return
         self._by_lane.inc()
         scope["user"], scope["auth"] = admitted.principal, admitted.token
@@ -97,9 +97,9 @@ class CheckoutLane:
                     admitted.principal, order, admitted.key
                 )
             except Exception as exc:
-                await _refuse(scope, receive, send, exc)
+                await render_exception(scope, receive, send, exc)
                 return
-            await _respond(send, stored)
+            await respond(send, stored.status_code, stored_media_type(stored), stored.body)
 
         await RequestTelemetry(checkout)(scope, receive, send)
 
@@ -138,56 +138,3 @@ async def _revoked(principal: Principal, app_state: Any) -> bool:
     except TokenError:
         return True
     return False
-
-
-async def _read_body(receive: Receive, length: int) -> bytes | None:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        chunk = message.get("body", b"")
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > length:
-            return None
-        if not message.get("more_body", False):
-            return b"".join(chunks) if size == length else None
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """``receive`` that hands ``body`` over once more, then the client's own messages."""
-    replayed = False
-
-    async def replay() -> Any:
-        nonlocal replayed
-        if replayed:
-            return await receive()
-        replayed = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replay
-
-
-async def _respond(send: Send, stored: Stored) -> None:
-    """What ``stored_response`` sends through Litestar: the body, its type and its length."""
-    start: Message = {
-        "type": "http.response.start",
-        "status": stored.status_code,
-        "headers": [
-            (b"content-type", stored_media_type(stored).encode()),
-            (b"content-length", str(len(stored.body)).encode()),
-        ],
-    }
-    await send(start)
-    await send({"type": "http.response.body", "body": stored.body, "more_body": False})
-
-
-async def _refuse(scope: Scope, receive: Receive, send: Send, exc: Exception) -> None:
-    """Render ``exc`` as Litestar's exception middleware would: the app's handler for the
-    nearest class of ``exc`` (server.infra.problems ends with one for ``Exception``)."""
-    handler = next(exception_handlers[c] for c in type(exc).__mro__ if c in exception_handlers)
-    request: Request[Any, Any, Any] = Request(scope, receive, send)
-    response = handler(request, exc)
-    await response.to_asgi_response(app=None, request=request)(scope, receive, send)
