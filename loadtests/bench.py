@@ -164,11 +164,13 @@ def _bind(statement: str, *values: str) -> str:
 
 
 def pos_pgbench_scripts() -> tuple[str, str]:
-    """The SQL of one signed sale as the intake sends it (server/pos/receipts.py), in one
-    transaction: (an anonymous sale: key claim, catalogue reads, claim code, receipt + lines
-    + stored answer; a sale naming a guest by phone: the same less the claim code, plus the
-    guest's account, tier window, earn transfer, credit, location time zone and profile
-    fold). Two lines, like most of loadtests/pos_receipts.py's receipts."""
+    """The SQL of one signed sale as the intake sends it (server/pos/receipts.py): (an
+    anonymous sale: one statement, no transaction, claiming the key with its stored answer,
+    the claim code, receipt and lines; a sale naming a guest by phone, in one transaction:
+    key claim, the guest, their account, tier window, earn transfer, credit, location time
+    zone, profile fold, receipt + lines + stored answer). Two lines, like most of
+    loadtests/pos_receipts.py's receipts. The catalogue reads are not sent: the intake
+    keeps their answers (server/pos/catalogue.py), and the bench sends few SKUs."""
     from server.counter import sql as counter_sql
     from server.guests.identities import BY_PHONE
     from server.loyalty import sql as loyalty_sql
@@ -187,35 +189,37 @@ def pos_pgbench_scripts() -> tuple[str, str]:
         pos_sql.CLAIM_RECEIPT_KEY, ":integ::uuid", ext, f"sha256(convert_to({ext}, 'UTF8'))",
         ":brand::uuid", "now()", rid,
     )  # fmt: skip
-    reads = [
-        _bind(pos_sql.ITEMS_BY_SKU, ":brand::uuid", "'{CAP,CRO}'::text[]"),
-        _bind(pos_sql.NON_EARNING_CATEGORIES, ":brand::uuid", "'{coffee,bakery}'::text[]"),
-    ]
+
+    lines = [
+        "'{1,2}'::int[]", "'{CAP,CRO}'::text[]", "'{Cappuccino,Croissant}'::text[]",
+        "'{coffee,bakery}'::text[]", "'{1,1}'::numeric[]", "'{380,320}'::bigint[]",
+        "'{380,320}'::bigint[]", "'{0,0}'::bigint[]", "'{0,0}'::bigint[]",
+        "'{f,f}'::bool[]", "'{f,f}'::bool[]", "'{t,t}'::bool[]", "'{0,0}'::int[]",
+        "'{380,320}'::bigint[]",
+    ]  # fmt: skip
 
     def write(guest_id: str, points: str) -> str:
         return _bind(
             pos_sql.WRITE_RECEIPT,
             ":brand::uuid", "now()", rid, ":integ::uuid", ":loc::uuid", ext, "'sale'", "NULL",
             "NULL", guest_id, "NULL", "'EUR'", "700", "0", "700", "0", points, "0", "0",
-            "'{1,2}'::int[]", "'{CAP,CRO}'::text[]", "'{Cappuccino,Croissant}'::text[]",
-            "'{coffee,bakery}'::text[]", "'{1,1}'::numeric[]", "'{380,320}'::bigint[]",
-            "'{380,320}'::bigint[]", "'{0,0}'::bigint[]", "'{0,0}'::bigint[]",
-            "'{f,f}'::bool[]", "'{f,f}'::bool[]", "'{t,t}'::bool[]", "'{0,0}'::int[]",
-            "'{380,320}'::bigint[]", f"ARRAY[{points} / 2, {points} - {points} / 2]::int[]",
+            *lines, f"ARRAY[{points} / 2, {points} - {points} / 2]::int[]",
             "convert_to(repeat('x', 120), 'UTF8')",
         )  # fmt: skip
 
+    # One statement, no transaction: WRITE_ANONYMOUS_SALE (Intake._take_anonymous).
     anonymous = [
-        *head, claim, *reads,
+        *head[:2],
         _bind(
-            pos_sql.INSERT_CLAIM, f"upper(substr(md5('c' || {ext}), 1, 10))", ":brand::uuid",
-            "now()", rid, "now() + interval '30 days'",
+            pos_sql.WRITE_ANONYMOUS_SALE,
+            ":brand::uuid", "now()", rid, ":integ::uuid", ":loc::uuid", ext, "'EUR'", "700",
+            "0", "700", "0", *lines, "'{0,0}'::int[]", "convert_to(repeat('x', 120), 'UTF8')",
+            f"sha256(convert_to({ext}, 'UTF8'))", f"upper(substr(md5('c' || {ext}), 1, 10))",
+            "(now() + interval '30 days')", "0",
         ),
-        write("NULL", "0"),
-        "COMMIT;",
     ]  # fmt: skip
     named = [
-        *head, claim, *reads,
+        *head, claim,
         _bind(BY_PHONE, ":brand::uuid", "(SELECT phone FROM bench.pos_guests WHERE n = :g)"),
         _bind(loyalty_sql.ACCOUNT_OF_GUEST, guest),
         _bind(loyalty_sql.POINTS_EARNED_SINCE, account, "now() - interval '365 days'"),
@@ -959,7 +963,9 @@ class Bench:
                 for conns in (8, 16, 32):
                     count = int(self.pos_rate_guess * self.args.duration * 1.5) + 500
                     path = self.pos_requests(count)
-                    spy = self.start_profile(server, conns, "pos") if n == 0 and conns == 16 else None
+                    spy = (
+                        self.start_profile(server, conns, "pos") if n == 0 and conns == 16 else None
+                    )
                     res = self.wrk(
                         server.url, "pos.lua", conns, str(path), self.pos_key[0], server=server
                     )
