@@ -8,8 +8,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from server.auth.notifier import RecordingNotifier
 from server.loyalty.model import allocate, earn_points
+from server.pos import receipts
 from server.seed.demo import PROGRAM
 from shared import qr
 from tests.api.helpers import assert_books_balance, ledger_state
@@ -374,3 +377,31 @@ async def test_lines_returned_before_a_claim_earn_nothing(
     assert rest.json()["guest_id"] == str(guest.id)
     assert await points_of_receipts(services, guest.id) == 0
     await assert_books_balance(services, demo.brand_id)
+
+
+async def test_a_claim_code_taken_already_writes_nothing_and_another_is_tried(
+    client: Client, demo: Demo, services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An anonymous sale is one statement (claim, code, receipt, lines): a code that is taken
+    aborts all of it, and the sale is written once, with the next code."""
+    till = await new_till(client, demo)
+    first = await till.receipt(receipt_body(till))
+    assert first.status_code == 201, first.text
+    taken = first.json()["claim_code"]
+    codes = iter([taken, "FRESHCODE2"])
+    monkeypatch.setattr(receipts, "new_claim_code", lambda: next(codes))
+    body = receipt_body(till)
+    second = await till.receipt(body)
+    assert second.status_code == 201, second.text
+    assert second.json()["claim_code"] == "FRESHCODE2"
+    async with services.db.connection() as conn:
+        rows = await conn.fetchval(
+            "SELECT (SELECT count(*) FROM receipt_keys WHERE external_id = $1)"
+            " + (SELECT count(*) FROM receipts WHERE external_id = $1)"
+            " + (SELECT count(*) FROM receipt_claims WHERE receipt_id = $2::uuid)",
+            body["external_id"],
+            second.json()["receipt_id"],
+        )
+        owner = await conn.fetchval("SELECT receipt_id FROM receipt_claims WHERE code = $1", taken)
+    assert rows == 3
+    assert str(owner) == first.json()["receipt_id"]
