@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
@@ -70,8 +71,9 @@ class TillAuth:
         self.gate = gate
         self.sealer = sealer
 
-    async def open(self, headers: Any) -> PendingCheck:
-        """Check the key and the timestamp; the caller feeds the raw body to ``.mac``."""
+    async def open(self, headers: Any, conn: asyncpg.Connection | None = None) -> PendingCheck:
+        """Check the key and the timestamp; the caller feeds the raw body to ``.mac``. The key
+        is read on ``conn`` when the caller holds one, else on a pooled connection."""
         key_id = headers.get(KEY_HEADER)
         header = parse_signature(headers.get(SIGNATURE_HEADER))
         if not key_id or header is None:
@@ -84,7 +86,10 @@ class TillAuth:
             raise _refuse("the signature is too old; sign each request when it is sent")
         if header.timestamp - now > self.settings.pos_signature_skew_s:
             raise _refuse("the signature's time is in the future; check the till's clock")
-        row = await self.db.fetchrow(sql.KEY_FOR_SIGNATURE, key_id[:100])
+        if conn is None:
+            row = await self.db.fetchrow(sql.KEY_FOR_SIGNATURE, key_id[:100])
+        else:
+            row = await conn.fetchrow(sql.KEY_FOR_SIGNATURE, key_id[:100])
         if row is None or row["revoked_at"] is not None or row["disabled_at"] is not None:
             raise _refuse("unknown or revoked key", "invalid-key")
         try:
@@ -123,9 +128,11 @@ class TillAuth:
                 "this signature was used before; sign each request afresh", "signature-replayed"
             )
 
-    async def verify(self, headers: Any, body: bytes) -> Till:
-        """The whole check for a request whose body is at hand."""
-        pending = await self.open(headers)
+    async def verify(
+        self, headers: Any, body: bytes, conn: asyncpg.Connection | None = None
+    ) -> Till:
+        """The whole check for a request whose body is at hand (the key read on ``conn``)."""
+        pending = await self.open(headers, conn)
         pending.mac.update(body)
         till = await self.close(pending)
         await self.remember(pending)

@@ -82,8 +82,10 @@ class ReceiptLane:
 
         async def take(scope: Scope, receive: Receive, send: Send) -> None:
             try:
-                till = await services.till_auth.verify(admitted.headers, body)
-                taken = await services.intake.take(till, receipt)
+                # One pooled connection for the key and the receipt: one acquire, not two.
+                async with services.db.connection() as conn:
+                    till = await services.till_auth.verify(admitted.headers, body, conn)
+                    taken = await services.intake.take(till, receipt, conn)
             except Exception as exc:
                 await render_exception(scope, receive, send, exc)
                 return

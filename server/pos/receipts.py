@@ -102,20 +102,27 @@ class Intake:
             settings.menu_cache_ttl_s, settings.pos_catalogue_cache_entries
         )
 
-    async def take(self, till: Till, receipt: ReceiptIn) -> Taken:
+    async def take(
+        self, till: Till, receipt: ReceiptIn, conn: asyncpg.Connection | None = None
+    ) -> Taken:
         """Store ``receipt`` from ``till`` and earn (or reverse) its points, once.
 
         A replay of the same receipt answers the first answer; another receipt under the same
         ``external_id`` is 409 ``receipt-conflict``. Refuses 404 ``location-not-found`` for a
-        location that is not the till's, 422 for a receipt that cannot be priced.
+        location that is not the till's, 422 for a receipt that cannot be priced. ``conn``: a
+        pooled connection the caller holds, outside a transaction (the receipt lane checked
+        the signature on it); else one is taken from the pool.
         """
+        if conn is None:
+            async with self.db.connection() as held:
+                return await self.take(till, receipt, held)
         if receipt.guest is None and receipt.refund_of is None:
-            anonymous = await self._take_anonymous(till, receipt)
+            anonymous = await self._take_anonymous(conn, till, receipt)
             if anonymous is not None:
                 return anonymous
         for attempt in range(_DEADLOCK_RETRIES + 1):
             try:
-                async with self.db.transaction() as conn:
+                async with conn.transaction():
                     taken = await self.take_on(conn, till, receipt)
                 break
             except asyncpg.TransactionRollbackError:
@@ -128,9 +135,11 @@ class Intake:
         await self.points.mirror(taken.moves)
         return taken
 
-    async def _take_anonymous(self, till: Till, receipt: ReceiptIn) -> Taken | None:
-        """A sale naming no guest, taken in one statement (sql.WRITE_ANONYMOUS_SALE) on a
-        connection without a transaction: what :meth:`take_on` would store and answer.
+    async def _take_anonymous(
+        self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn
+    ) -> Taken | None:
+        """A sale naming no guest, taken in one statement (sql.WRITE_ANONYMOUS_SALE) on
+        ``conn`` outside a transaction: what :meth:`take_on` would store and answer.
 
         None when :meth:`take_on` is to answer instead, which then says what it always said
         in the order it checks: a location or ``occurred_at`` it refuses, a receipt it cannot
@@ -139,30 +148,29 @@ class Intake:
         """
         if receipt.location_id != till.location_id or receipt.occurred_at.tzinfo is None:
             return None
-        async with self.db.connection() as conn:
-            currency = await self._currency_of(conn, till)
-            if receipt.currency not in (None, currency):
-                return None
+        currency = await self._currency_of(conn, till)
+        if receipt.currency not in (None, currency):
+            return None
+        try:
+            pricing, _ = await self._price(conn, till, receipt)
+        except Problem:
+            return None
+        digest = request_digest(receipt)
+        receipt_id = uuid.uuid4()
+        for _ in range(_CLAIM_ATTEMPTS):
             try:
-                pricing, _ = await self._price(conn, till, receipt)
-            except Problem:
-                return None
-            digest = request_digest(receipt)
-            receipt_id = uuid.uuid4()
-            for _ in range(_CLAIM_ATTEMPTS):
-                try:
-                    body = await self._write_anonymous(
-                        conn, till, receipt, receipt_id, pricing, currency, digest
-                    )
-                except asyncpg.UniqueViolationError as exc:
-                    if exc.constraint_name != "receipt_claims_pkey":
-                        raise
-                    continue  # the claim code is taken: nothing was written, try another
-                except asyncpg.TransactionRollbackError:
-                    return None  # a deadlock: nothing was written; take_on retries
-                if body is None:
-                    return await self._replay(conn, till, receipt, digest)
-                return Taken("created", receipt_id, body)
+                body = await self._write_anonymous(
+                    conn, till, receipt, receipt_id, pricing, currency, digest
+                )
+            except asyncpg.UniqueViolationError as exc:
+                if exc.constraint_name != "receipt_claims_pkey":
+                    raise
+                continue  # the claim code is taken: nothing was written, try another
+            except asyncpg.TransactionRollbackError:
+                return None  # a deadlock: nothing was written; take_on retries
+            if body is None:
+                return await self._replay(conn, till, receipt, digest)
+            return Taken("created", receipt_id, body)
         raise AssertionError("claim codes keep colliding: the alphabet or length is too small")
 
     async def _write_anonymous(
