@@ -173,6 +173,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     pos_signature_seen_ttl_s: int = 900
     # Active keys an integration may hold at once (rotation).
     pos_keys_active_max: int = 2
+    # Till secrets kept opened in memory (server/pos/auth.py), at most this many per process.
+    pos_key_cache_entries: int = 1_000
     # How long an anonymous receipt's claim code can be claimed.
     pos_claim_window_s: int = 30 * 24 * 3600
     # Points held as a till tender are voided if the till neither posts nor voids them.

@@ -24,6 +24,7 @@ import pytest
 from server.auth.notifier import RecordingNotifier
 from server.settings import Settings
 from tests.api.pos_support import SignedTill, new_till, receipt_body
+from tests.api.test_http_edge import server_errors
 from tests.conftest import Client, Demo, GuestHandle, app_client, sign_in
 
 
@@ -210,3 +211,28 @@ async def test_the_lane_checks_a_signature_once(client: Client, demo: Demo) -> N
     refused = await signed(till, body)
     assert refused.status_code in (400, 422), refused.text
     assert "replayed" not in refused.text
+
+
+@pytest.mark.parametrize("lane", [True, False])
+async def test_an_error_in_the_intake_is_a_counted_problem_either_way(
+    lane: bool,
+    client: Client,
+    without_lane: Client,
+    demo: Demo,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = client if lane else without_lane
+
+    async def broken(*_: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    till = await new_till(app, demo)
+    before = await server_errors(app)
+    monkeypatch.setattr(app.app.state.services.intake, "take", broken)
+    response = await signed(till, raw(till))
+    monkeypatch.undo()
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "a bug" not in response.text
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert await server_errors(app) == before + 1
