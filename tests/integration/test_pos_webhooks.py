@@ -294,7 +294,10 @@ async def test_two_deliverers_never_send_one_event_at_the_same_time(
     await drain_history(services)
     integration = await new_integration(services, demo, url, till.secret)
     till.hold = threading.Event()
-    first, second = webhooks(services), webhooks(services)
+    # The first worker's request waits at the till while the second sends seven: its timeout
+    # must outlast that on a loaded box (the default 5 s did not, once).
+    first = webhooks(services, pos_webhook_timeout_s=60.0, pos_webhook_lease_s=61.0)
+    second = webhooks(services)
     try:
         for _ in range(4):
             await pre_order(client, demo, guest, station_menu_item)
