@@ -69,6 +69,22 @@ FROM guest_profiles WHERE guest_id = $1
 FOR UPDATE
 """
 
+# PROFILE_FOR_UPDATE for many guests, locked in one stable order.
+PROFILES_FOR_UPDATE = """
+SELECT guest_id, visits_total, spend_total_minor, avg_ticket_minor, usual_weekday, usual_hour,
+       last_visit_at, top_items, points_earned_12m, weekday_counts, hour_counts, recent_visits
+FROM guest_profiles WHERE guest_id = ANY($1::uuid[])
+ORDER BY guest_id
+FOR UPDATE
+"""
+
+# CLAIM_PROFILE for many guests (in the order they are locked in).
+CLAIM_PROFILES = """
+INSERT INTO guest_profiles (guest_id)
+SELECT g FROM unnest($1::uuid[]) AS g ORDER BY g
+ON CONFLICT (guest_id) DO NOTHING
+"""
+
 # A guest's first visit makes an empty row to lock; a concurrent first visit waits on it.
 CLAIM_PROFILE = """
 INSERT INTO guest_profiles (guest_id) VALUES ($1) ON CONFLICT (guest_id) DO NOTHING

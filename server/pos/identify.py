@@ -3,6 +3,7 @@ customer id. Lookups go through the guests domain (server/guests/identities.py).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from uuid import UUID
 
@@ -14,7 +15,7 @@ from server.infra.problems import Problem
 from server.settings import Settings
 from shared import qr
 
-__all__ = ["by_card", "by_phone", "by_qr"]
+__all__ = ["by_card", "by_cards", "by_phone", "by_phones", "by_qr"]
 
 
 async def by_qr(
@@ -54,3 +55,25 @@ async def by_phone(conn: asyncpg.Connection, brand_id: UUID, phone: str) -> UUID
     except Problem:
         return None
     return await identities.by_phone(conn, brand_id, phone_e164)
+
+
+async def by_cards(
+    conn: asyncpg.Connection, brand_id: UUID, card_numbers: Collection[str]
+) -> dict[str, UUID]:
+    """:func:`by_card` for many numbers in one query (keyed as given; unknown ones left out)."""
+    return await identities.by_cards(conn, brand_id, sorted(card_numbers))
+
+
+async def by_phones(
+    conn: asyncpg.Connection, brand_id: UUID, phones: Collection[str]
+) -> dict[str, UUID]:
+    """:func:`by_phone` for many numbers in one query, keyed as given; a number with no guest,
+    or that is not a phone number, is left out."""
+    e164: dict[str, str] = {}
+    for phone in phones:
+        try:
+            e164[phone] = normalise_phone(phone)
+        except Problem:
+            continue
+    found = await identities.by_phones(conn, brand_id, sorted(set(e164.values())))
+    return {phone: found[number] for phone, number in e164.items() if number in found}

@@ -37,11 +37,11 @@ from server.pos.model import (
     returns_of,
     with_points_earned,
 )
-from server.pos.points import Move, PointsPort
+from server.pos.points import Earning, Move, PointsPort
 from server.settings import Settings
 from shared.pos import ReceiptIn, ReceiptLineIn, ReceiptOut
 
-__all__ = ["Intake", "ReceiptVisit", "Taken", "VisitHook"]
+__all__ = ["Intake", "ReceiptVisit", "Taken", "VisitHook", "VisitsHook"]
 
 _encode = msgspec.json.Encoder().encode
 _CLAIM_ATTEMPTS = 5
@@ -63,6 +63,8 @@ class ReceiptVisit:
 
 # Folds a visit into the guest's aggregates, in the caller's transaction (wired in lifespan).
 VisitHook = Callable[[asyncpg.Connection, ReceiptVisit], Awaitable[None]]
+# The same for many visits, folded in order (a batch's chunk): one profile write per guest.
+VisitsHook = Callable[[asyncpg.Connection, Sequence[ReceiptVisit]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +93,18 @@ def request_digest(receipt: ReceiptIn) -> bytes:
 
 class Intake:
     def __init__(
-        self, settings: Settings, db: Database, points: PointsPort, on_visit: VisitHook
+        self,
+        settings: Settings,
+        db: Database,
+        points: PointsPort,
+        on_visit: VisitHook,
+        on_visits: VisitsHook,
     ) -> None:
         self.settings = settings
         self.db = db
         self.points = points
         self.on_visit = on_visit
+        self.on_visits = on_visits
         self._currencies: dict[UUID, str] = {}
         self.catalogue = CatalogueCache(
             settings.menu_cache_ttl_s, settings.pos_catalogue_cache_entries
@@ -335,28 +343,36 @@ class Intake:
         ids: dict[int, UUID],
         menu: dict[str, UUID],
     ) -> tuple[dict[int, ReceiptOut], dict[int, tuple[Move, ...]], list[tuple[int, Pricing]]]:
-        """The guests, their points and visits one receipt at a time, in file order (a guest's
-        tier counts what their earlier receipts of this chunk earned), as _sale does."""
+        """The chunk's guests, their points and visits, as _sale would leave them taking one
+        receipt after another in file order (a guest's tier counts what their earlier receipts
+        of this chunk earned), set-based: guests resolved per chunk, points earned together
+        (:meth:`PointsPort.earn_many`), visits folded together (``on_visits``)."""
+        guests = await self._resolve_guests(conn, till, [receipts[i] for i, _ in sales])
+        named = [
+            (i, Earning(g.guest_id, p.earning_paid_minor, till.location_id, _reason(receipts[i])))
+            for (i, p), g in zip(sales, guests, strict=True)
+            if g.guest_id is not None
+        ]
+        earned = (
+            await self.points.earn_many(
+                conn, brand_id=till.brand_id, earnings=[e for _, e in named]
+            )
+            if named
+            else []
+        )
+        points_of = {i: e for (i, _), e in zip(named, earned, strict=True)}
         outs: dict[int, ReceiptOut] = {}
         moves: dict[int, tuple[Move, ...]] = {}
         priced: list[tuple[int, Pricing]] = []
-        for i, pricing in sales:
-            guest = await self._resolve_guest(conn, till, receipts[i])
+        visits: list[ReceiptVisit] = []
+        for (i, pricing), guest in zip(sales, guests, strict=True):
             moves[i] = ()
-            if guest.guest_id is not None:
-                earned = await self.points.earn(
-                    conn,
-                    brand_id=till.brand_id,
-                    guest_id=guest.guest_id,
-                    paid_minor=pricing.earning_paid_minor,
-                    location_id=till.location_id,
-                    reason=f"receipt {receipts[i].external_id}",
-                )
-                pricing = with_points_earned(pricing, earned.points)
-                moves[i] = earned.moves
+            if i in points_of:
+                pricing = with_points_earned(pricing, points_of[i].points)
+                moves[i] = points_of[i].moves
             points = sum(p.points_earned for p in pricing.lines)
             if guest.guest_id is not None:
-                await self._visit(conn, till, receipts[i], guest.guest_id, pricing, points, menu)
+                visits.append(_visit_of(till, receipts[i], guest.guest_id, pricing, points, menu))
             outs[i] = ReceiptOut(
                 receipt_id=ids[i],
                 points_earned=points,
@@ -364,7 +380,38 @@ class Intake:
                 guest_unresolved=guest.unresolved,
             )
             priced.append((i, pricing))
+        if visits:
+            await self.on_visits(conn, visits)
         return outs, moves, priced
+
+    async def _resolve_guests(
+        self, conn: asyncpg.Connection, till: Till, receipts: Sequence[ReceiptIn]
+    ) -> list[_Guest]:
+        """:meth:`_resolve_guest` of each receipt, in order: the cards and phones of the chunk
+        looked up in one query each; a receipt naming a QR or the till's customer id is
+        resolved on its own (in order: a customer id linked by one counts for the next)."""
+        plain = [
+            r.guest
+            for r in receipts
+            if r.guest and not (r.guest.qr_code or r.guest.pos_customer_id)
+        ]
+        cards = {g.card_number for g in plain if g.card_number}
+        phones = {g.phone for g in plain if g.phone}
+        by_card = await identify.by_cards(conn, till.brand_id, cards) if cards else {}
+        by_phone = await identify.by_phones(conn, till.brand_id, phones) if phones else {}
+        guests: list[_Guest] = []
+        for receipt in receipts:
+            named = receipt.guest
+            if named is None:
+                guests.append(_Guest(None))
+            elif named.qr_code or named.pos_customer_id:
+                guests.append(await self._resolve_guest(conn, till, receipt))
+            else:
+                guest_id = by_card.get(named.card_number) if named.card_number else None
+                if guest_id is None and named.phone:
+                    guest_id = by_phone.get(named.phone)
+                guests.append(_Guest(guest_id))
+        return guests
 
     async def _write_sales(
         self,
@@ -599,14 +646,7 @@ class Intake:
         points: int,
         menu: dict[str, UUID],
     ) -> None:
-        items = tuple(
-            (menu[p.line.sku], p.line.name, max(1, int(p.line.quantity)), p.line.unit_price_minor)
-            for p in pricing.lines
-            if p.line.sku in menu and not p.line.voided
-        )
-        paid = sum(p.paid_minor for p in pricing.lines if not p.line.voided)
-        visit = ReceiptVisit(guest_id, till.location_id, receipt.occurred_at, paid, points, items)
-        await self.on_visit(conn, visit)
+        await self.on_visit(conn, _visit_of(till, receipt, guest_id, pricing, points, menu))
 
     # -- who the guest is ------------------------------------------------------------------
 
@@ -744,3 +784,25 @@ def _chunk_digests(till: Till, receipts: Sequence[ReceiptIn]) -> dict[int, bytes
         and receipt.occurred_at.tzinfo is not None
         and counts[receipt.external_id] == 1
     }
+
+
+def _reason(receipt: ReceiptIn) -> str:
+    return f"receipt {receipt.external_id}"
+
+
+def _visit_of(
+    till: Till,
+    receipt: ReceiptIn,
+    guest_id: UUID,
+    pricing: Pricing,
+    points: int,
+    menu: dict[str, UUID],
+) -> ReceiptVisit:
+    """The guest's visit a priced sale makes, for their aggregates."""
+    items = tuple(
+        (menu[p.line.sku], p.line.name, max(1, int(p.line.quantity)), p.line.unit_price_minor)
+        for p in pricing.lines
+        if p.line.sku in menu and not p.line.voided
+    )
+    paid = sum(p.paid_minor for p in pricing.lines if not p.line.voided)
+    return ReceiptVisit(guest_id, till.location_id, receipt.occurred_at, paid, points, items)
