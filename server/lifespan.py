@@ -183,7 +183,13 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
         tuple(filter(None, (part.strip() for part in settings.jwt_previous_secrets.split(",")))),
     )
     catalog = Catalog(db, gate, settings.menu_cache_ttl_s)
-    loyalty = build_loyalty(db, gate, settings.reconcile_grace_s, settings.menu_cache_ttl_s)
+    loyalty = build_loyalty(
+        db,
+        gate,
+        settings.reconcile_grace_s,
+        settings.menu_cache_ttl_s,
+        settings.loyalty_mirror_guests_at_once,
+    )
     orders = Orders(settings, db, catalog, loyalty, on_completed=record_completed_order)
     guests = Guests(settings, db, loyalty)
     auth = Auth(settings, db, gate, tokens, guests, notifier or LogNotifier())

@@ -103,16 +103,33 @@ _SOURCE: dict[str, Literal["issued", "redeemed", "adjustments"]] = {
 }
 
 
-def build_loyalty(db: Database, gate: RedisGate, grace_s: float, programs_ttl_s: float) -> Loyalty:
+def build_loyalty(
+    db: Database,
+    gate: RedisGate,
+    grace_s: float,
+    programs_ttl_s: float,
+    mirror_guests_at_once: int = 16,
+) -> Loyalty:
     """The loyalty service with its ledger, hot wallets and program cache (for lifespan.py)."""
-    return Loyalty(db, Ledger(), HotWallets(gate, grace_s), Programs(db, programs_ttl_s))
+    return Loyalty(
+        db, Ledger(), HotWallets(gate, grace_s), Programs(db, programs_ttl_s), mirror_guests_at_once
+    )
 
 
 class Loyalty(WalletReads):
     """Every points movement, and Redis kept in step with the ledger (module docstring)."""
 
-    def __init__(self, db: Database, ledger: Ledger, hot: HotWallets, programs: Programs) -> None:
+    def __init__(
+        self,
+        db: Database,
+        ledger: Ledger,
+        hot: HotWallets,
+        programs: Programs,
+        mirror_guests_at_once: int = 16,
+    ) -> None:
         self.db = db
+        # How many guests' wallets mirror_all mirrors side by side (each may reload its wallet).
+        self.mirror_guests_at_once = mirror_guests_at_once
         self.ledger = ledger
         self.hot = hot
         self.programs = programs
@@ -230,12 +247,23 @@ class Loyalty(WalletReads):
             self._dirty.add(guest_id)
 
     async def mirror_all(self, movements: Iterable[Movement | None]) -> None:
-        """:meth:`mirror` each committed movement (None ones are skipped), in order."""
+        """:meth:`mirror` each committed movement (None ones are skipped), each guest's in
+        order. Different guests' wallets are mirrored side by side: their calls share the
+        pipelined line's round trips (a batch's chunk moves many guests' points at once)."""
+        by_guest: dict[UUID, list[Movement]] = {}
         for moved in movements:
             if moved is not None:
-                await self.mirror(
-                    moved.guest_id, moved.op, moved.transfer_id, moved.state, moved.points
-                )
+                by_guest.setdefault(moved.guest_id, []).append(moved)
+        chains = list(by_guest.values())
+        step = max(1, self.mirror_guests_at_once)
+        for start in range(0, len(chains), step):
+            await asyncio.gather(*(self._mirror_in_order(c) for c in chains[start : start + step]))
+
+    async def _mirror_in_order(self, movements: Sequence[Movement]) -> None:
+        for moved in movements:
+            await self.mirror(
+                moved.guest_id, moved.op, moved.transfer_id, moved.state, moved.points
+            )
 
     async def reload(self, guest_id: UUID, void_first: Sequence[UUID] = ()) -> None:
         """Load the wallet from PostgreSQL into Redis (unless Redis mirrors a newer version),

@@ -25,6 +25,7 @@ import msgspec
 
 from server.infra.db import Database
 from server.infra.problems import Problem
+from server.pos import sql
 from server.pos.auth import PendingCheck, Till, TillAuth
 from server.pos.points import Move, PointsPort
 from server.pos.receipts import Intake, Taken
@@ -126,6 +127,7 @@ class BatchIntake:
         in a savepoint); every other receipt, or all of them when the database refuses that,
         in a savepoint of its own: a refusal undoes that receipt only."""
         chunk_lines = self.settings.pos_batch_chunk_lines
+        lines_taken, analyze_at = 0, self.settings.pos_batch_analyze_lines
         exhausted = False
         while not exhausted:
             chunk: list[Item] = []
@@ -151,10 +153,19 @@ class BatchIntake:
                             line=number, status=taken.status, receipt_id=taken.receipt_id
                         )
             await self.points.mirror(moves)
+            lines_taken += len(chunk)
+            if 0 < analyze_at <= lines_taken:
+                await self._refresh_statistics()
+                analyze_at *= 2
             yield [
                 _refused(number, item) if isinstance(item, Problem) else answers[number]
                 for number, item in chunk
             ]
+
+    async def _refresh_statistics(self) -> None:
+        """ANALYZE the keys this batch has been adding to (pos_batch_analyze_lines)."""
+        async with self.db.connection() as conn:
+            await conn.execute(sql.ANALYZE_KEYS)
 
     async def _take_together(
         self, conn: asyncpg.Connection, till: Till, receipts: list[ReceiptIn]

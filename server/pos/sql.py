@@ -238,6 +238,9 @@ ON CONFLICT (integration_id, external_id) DO NOTHING
 RETURNING external_id
 """
 
+# A long batch refreshes the planner's picture of the keys as it grows them (BatchIntake).
+ANALYZE_KEYS = "ANALYZE receipt_keys"
+
 RECEIPT_KEYS = """
 SELECT external_id, request_hash, response, receipt_id FROM receipt_keys
 WHERE integration_id = $1 AND external_id = ANY($2::text[]) AND response IS NOT NULL
