@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Literal
 from uuid import UUID
 
@@ -80,6 +81,44 @@ class _Guest:
     guest_id: UUID | None
     # Why a named guest was not resolved (an expired or forged QR): kept anonymous.
     unresolved: str | None = None
+
+
+class _SaleRow(msgspec.Struct, frozen=True):
+    """A sale as WRITE_SALES reads it (one JSON object per sale)."""
+
+    n: int
+    occurred_at: datetime
+    id: UUID
+    external_id: str
+    pos_customer_id: str | None
+    gross_minor: int
+    discount_minor: int
+    earning_paid_minor: int
+    points_tender: int
+    response: str
+    guest_id: UUID | None
+    points_earned: int
+
+
+class _LineRow(msgspec.Struct, frozen=True):
+    """A line of the sale ``n`` as WRITE_SALES reads it."""
+
+    n: int
+    line_no: int
+    sku: str | None
+    name: str
+    category: str | None
+    quantity: Decimal
+    unit_price_minor: int
+    gross_minor: int
+    discount_minor: int
+    tax_minor: int
+    voided: bool
+    gift_card: bool
+    earns: bool
+    points_paid: int
+    paid_minor: int
+    points_earned: int
 
 
 def _pos_customer(receipt: ReceiptIn) -> str | None:
@@ -431,38 +470,28 @@ class Intake:
             i: _encode(msgspec.structs.replace(outs[i], claim_code=codes.get(ids[i])))
             for i, _ in sales
         }
-        lines = [(n, p) for n, (_, pricing) in enumerate(sales) for p in pricing.lines]
+        rows = [
+            _SaleRow(
+                n, receipts[i].occurred_at, ids[i], receipts[i].external_id,
+                _pos_customer(receipts[i]), p.gross_minor, p.discount_minor,
+                p.earning_paid_minor, p.points_tender, bodies[i].decode(), outs[i].guest_id,
+                outs[i].points_earned,
+            )
+            for n, (i, p) in enumerate(sales)
+        ]  # fmt: skip
+        lines = [
+            _LineRow(
+                n, p.line_no, p.line.sku, p.line.name, p.line.category, p.line.quantity,
+                p.line.unit_price_minor, p.gross_minor, p.discount_minor, p.line.tax_minor,
+                p.line.voided, p.line.gift_card, p.earns, p.points_paid, p.paid_minor,
+                p.points_earned,
+            )
+            for n, (_, pricing) in enumerate(sales)
+            for p in pricing.lines
+        ]  # fmt: skip
         await conn.execute(
-            sql.WRITE_SALES,
-            till.brand_id, till.integration_id, till.location_id, currency,
-            list(range(len(sales))),
-            [receipts[i].occurred_at for i, _ in sales],
-            [ids[i] for i, _ in sales],
-            [receipts[i].external_id for i, _ in sales],
-            [_pos_customer(receipts[i]) for i, _ in sales],
-            [p.gross_minor for _, p in sales],
-            [p.discount_minor for _, p in sales],
-            [p.earning_paid_minor for _, p in sales],
-            [p.points_tender for _, p in sales],
-            [bodies[i] for i, _ in sales],
-            [outs[i].guest_id for i, _ in sales],
-            [outs[i].points_earned for i, _ in sales],
-            [n for n, _ in lines],
-            [p.line_no for _, p in lines],
-            [p.line.sku for _, p in lines],
-            [p.line.name for _, p in lines],
-            [p.line.category for _, p in lines],
-            [p.line.quantity for _, p in lines],
-            [p.line.unit_price_minor for _, p in lines],
-            [p.gross_minor for _, p in lines],
-            [p.discount_minor for _, p in lines],
-            [p.line.tax_minor for _, p in lines],
-            [p.line.voided for _, p in lines],
-            [p.line.gift_card for _, p in lines],
-            [p.earns for _, p in lines],
-            [p.points_paid for _, p in lines],
-            [p.paid_minor for _, p in lines],
-            [p.points_earned for _, p in lines],
+            sql.WRITE_SALES, till.brand_id, till.integration_id, till.location_id, currency,
+            rows, lines,
         )  # fmt: skip
         return bodies
 
