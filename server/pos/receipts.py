@@ -289,8 +289,9 @@ class Intake:
     ) -> list[Taken | None]:
         """What :meth:`take_on` would answer for a chunk of receipts, set-based where that is
         the same: replays of receipts stored before, and sales (one key claim, one catalogue read,
-        one claim-code insert and one write for the whole chunk; a named guest's resolution,
-        points and visit still one receipt at a time). None for a receipt the caller takes
+        one claim-code insert and one write for the whole chunk; the named guests looked up,
+        their points earned and their visits folded per chunk, in file order: see
+        :meth:`_earn_and_visit`). None for a receipt the caller takes
         with :meth:`take_on` (a refund, one that is refused or conflicts, one whose key
         another transaction holds, an ``external_id`` twice in the chunk). Raises asyncpg's
         errors for data the database refuses, and a Problem; the caller then takes the chunk
