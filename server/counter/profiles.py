@@ -54,7 +54,7 @@ async def record_visits(
 ) -> None:
     """:func:`record_visit` for each (guest, visit), folded in order, one profile write per
     guest: the guests' rows locked in one statement (in guest id order, missing ones claimed
-    first, as :func:`record_visit` does for one), written back in one pipelined statement."""
+    first, as :func:`record_visit` does for one), written back in one statement."""
     guest_ids = sorted({guest_id for guest_id, _ in visits})
     rows = {r["guest_id"]: r for r in await conn.fetch(sql.PROFILES_FOR_UPDATE, guest_ids)}
     missing = [guest_id for guest_id in guest_ids if guest_id not in rows]
@@ -67,10 +67,29 @@ async def record_visits(
     }
     for guest_id, visit in visits:
         profiles[guest_id] = fold_visit(profiles[guest_id], visit, now)
-    await conn.executemany(
-        sql.UPSERT_PROFILE,
-        [_upsert_args(guest_id, profiles[guest_id]) for guest_id in guest_ids],
+    await conn.execute(
+        sql.UPDATE_PROFILES,
+        [_row(guest_id, profiles[guest_id]) for guest_id in guest_ids],
     )
+
+
+def _row(guest_id: UUID, folded: Profile) -> dict[str, object]:
+    """A folded profile as UPDATE_PROFILES reads it."""
+    return {
+        "guest_id": guest_id,
+        "visits_total": folded.visits_total,
+        "visits_30d": folded.visits_30d,
+        "spend_total_minor": folded.spend_total_minor,
+        "avg_ticket_minor": folded.avg_ticket_minor,
+        "usual_weekday": folded.usual_weekday,
+        "usual_hour": folded.usual_hour,
+        "last_visit_at": folded.last_visit_at,
+        "top_items": folded.top_items,
+        "points_earned_12m": folded.points_earned_12m,
+        "weekday_counts": folded.weekday_counts,
+        "hour_counts": folded.hour_counts,
+        "recent_visits": folded.recent_visits,
+    }
 
 
 def _upsert_args(guest_id: UUID, folded: Profile) -> tuple[object, ...]:

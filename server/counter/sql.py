@@ -115,6 +115,23 @@ ON CONFLICT (guest_id) DO UPDATE SET
     recent_visits = EXCLUDED.recent_visits, refreshed_at = now()
 """
 
+# UPSERT_PROFILE for many rows that are there (claimed and locked): one JSON object per row.
+UPDATE_PROFILES = """
+UPDATE guest_profiles p SET
+    visits_total = f.visits_total, visits_30d = f.visits_30d,
+    spend_total_minor = f.spend_total_minor, avg_ticket_minor = f.avg_ticket_minor,
+    usual_weekday = f.usual_weekday, usual_hour = f.usual_hour,
+    last_visit_at = f.last_visit_at, top_items = f.top_items,
+    points_earned_12m = f.points_earned_12m, weekday_counts = f.weekday_counts,
+    hour_counts = f.hour_counts, recent_visits = f.recent_visits, refreshed_at = now()
+FROM jsonb_to_recordset($1::jsonb)
+     AS f(guest_id uuid, visits_total int, visits_30d int, spend_total_minor bigint,
+          avg_ticket_minor int, usual_weekday smallint, usual_hour smallint,
+          last_visit_at timestamptz, top_items jsonb, points_earned_12m bigint,
+          weekday_counts int[], hour_counts int[], recent_visits timestamptz[])
+WHERE p.guest_id = f.guest_id
+"""
+
 COMPLETED_ORDER = """
 SELECT o.guest_id, o.location_id, o.updated_at, o.points_earned, l.timezone,
        coalesce(sum(ol.paid_minor), 0)::bigint AS paid_minor,

@@ -24,6 +24,7 @@ from tests.conftest import Client, Demo, GuestHandle, app_client, sign_in
 # The demo program: 5 points per 1.00 at Bronze; Silver (x1.25) from 500 points in the window.
 BEANS = {"name": "Beans 1kg", "unit_price_minor": 4000}  # 200 points at Bronze, 250 at Silver
 CUP = {"name": "Filter coffee", "unit_price_minor": 300}  # 15 at Bronze
+CAPPUCCINO = {"sku": "CAP", "name": "Cappuccino", "unit_price_minor": 380}  # on the menu
 WELCOME = 100  # the demo's welcome bonus
 
 
@@ -37,7 +38,7 @@ def receipts_of(till: SignedTill, a: GuestHandle, b: GuestHandle) -> list[dict[s
         receipt_body(till, CUP, guest=by_b),
         receipt_body(till, BEANS, BEANS, guest=by_a),  # 400 at Bronze: 800 in the window
         receipt_body(till, CUP, guest={"phone": "not a phone"}),
-        receipt_body(till, BEANS, guest=by_a),  # 250 at Silver
+        receipt_body(till, BEANS, CAPPUCCINO, guest=by_a),  # 273 at Silver (x1.25 on 43.80)
         receipt_body(till, CUP, CUP, guest=by_b),
     ]
 
@@ -75,6 +76,17 @@ async def profile(services: Any, guest: GuestHandle) -> tuple[int, int, int]:
     return row["visits_total"], row["spend_total_minor"], row["points_earned_12m"]
 
 
+async def whole_profile(services: Any, guest: GuestHandle) -> dict[str, Any]:
+    """The profile but its refresh time and exact visit times (the two tills' receipts were
+    made a moment apart)."""
+    row = await services.db.fetchrow("SELECT * FROM guest_profiles WHERE guest_id = $1", guest.id)
+    assert row is not None
+    folded = {k: v for k, v in dict(row).items() if k not in ("guest_id", "refreshed_at")}
+    folded["last_visit_at"] = folded["last_visit_at"] is not None
+    folded["recent_visits"] = len(folded["recent_visits"])
+    return folded
+
+
 async def test_a_chunk_earns_exactly_what_one_receipt_after_another_earns(
     client: Client, notifier: RecordingNotifier, demo: Demo, services: Any
 ) -> None:
@@ -96,22 +108,25 @@ async def test_a_chunk_earns_exactly_what_one_receipt_after_another_earns(
 
     got = await points_earned(services, batch_till, [r["external_id"] for r in batched])
     expected = await points_earned(services, alone_till, [r["external_id"] for r in alone])
-    assert got == expected == [200, 0, 200, 15, 400, 0, 250, 30]
-    assert await points_of_receipts(services, a.id) == 1050
+    assert got == expected == [200, 0, 200, 15, 400, 0, 273, 30]
+    assert await points_of_receipts(services, a.id) == 1073
     assert await points_of_receipts(services, b.id) == 45
     for guest, ref in ((a, ref_a), (b, ref_b)):
         (pg, hot), (ref_pg, _) = await wallet(services, guest), await wallet(services, ref)
         assert pg == ref_pg  # balance and version: one credit after another
         assert hot is not None and (hot.posted, hot.pending, hot.version) == pg
         assert await profile(services, guest) == await profile(services, ref)
-    assert await profile(services, a) == (4, 20_000, 1050)
+    assert await profile(services, a) == (4, 20_380, 1073)
+    folded = await whole_profile(services, a)
+    assert folded == await whole_profile(services, ref_a)
+    assert [item["count"] for item in folded["top_items"]] == [1]
     transfers = await services.db.fetch(
         "SELECT t.amount, t.reason, t.location_id FROM transfers t"
         " JOIN accounts a ON a.id = t.credit_account_id"
         " WHERE a.guest_id = $1 AND t.code = 'earn' ORDER BY t.amount, t.reason",
         a.id,
     )
-    assert sorted(t["amount"] for t in transfers) == [200, 200, 250, 400]
+    assert sorted(t["amount"] for t in transfers) == [200, 200, 273, 400]
     assert {t["reason"] for t in transfers} == {
         f"receipt {body['external_id']}"
         for body in batched
