@@ -183,3 +183,23 @@ async def test_a_receipt_taken_alone_during_a_batch_of_the_same_guest_loses_noth
         assert hot is not None and (hot.posted, hot.pending) == pg[:2]
         assert (await profile(services, a))[:2] == (48, 300 * 48)
         await assert_books_balance(services, demo.brand_id)
+
+
+async def test_a_chunk_the_database_refuses_is_taken_one_receipt_at_a_time_points_once(
+    client: Client, notifier: RecordingNotifier, demo: Demo, services: Any
+) -> None:
+    # A price PostgreSQL cannot store makes the set-based part roll back (its earnings with
+    # it); the receipts are then taken one at a time: the guest earns once, Redis agrees.
+    till = await new_till(client, demo)
+    a = await sign_in(client, notifier)
+    await services.loyalty.reload(a.id)
+    too_dear = receipt_body(till, {"name": "Gold bar", "unit_price_minor": 2**63})
+    bodies = [receipt_body(till, BEANS, guest={"phone": a.phone}), too_dear]
+    raw = b"\n".join(json.dumps(body).encode() for body in bodies) + b"\n"
+    results = (await send(till, raw)).json()
+    assert [r["status"] for r in results] == ["created", "refused"]
+    assert await points_of_receipts(services, a.id) == 200
+    pg, hot = await wallet(services, a)
+    assert pg[0] == WELCOME + 200
+    assert hot is not None and (hot.posted, hot.pending, hot.version) == pg
+    assert await profile(services, a) == (1, 4000, 200)
