@@ -190,8 +190,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     pos_batch_timeout_s: float = 300.0
     pos_batch_spool_memory_bytes: int = 1024 * 1024
     # 500 rather than 200: the per-chunk statements and commit are spread over more receipts
-    # (RI 0.25 against 0.21 at 20,000 receipts, docs/PERFORMANCE.md); a realtime receipt of a
-    # guest in the chunk waits for it (~0.1-0.2 s).
+    # (docs/PERFORMANCE.md, "Batch import"); a realtime receipt of a guest in the chunk waits
+    # for it (~0.1-0.2 s).
     pos_batch_chunk_lines: int = 500
     # A batch (an import) that has taken this many lines refreshes the planner's statistics of
     # receipt_keys, and again each time that doubles (0: never). Autovacuum analyzes a table
