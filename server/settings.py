@@ -198,6 +198,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # a minute or more late: a fresh one imported into kept the statistics of an empty table,
     # and each chunk's replay read and key update scanned every key of the till (quadratic).
     pos_batch_analyze_lines: int = 1000
+    # Phone numbers a batch remembers in E.164 (the process's intake; ~200 B each).
+    pos_phones_remembered: int = 4096
     # Per integration: guest lookups (a phone number is guessable) and tender holds.
     pos_lookups_per_minute: int = 120
     pos_redemptions_per_minute: int = 60

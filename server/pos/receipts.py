@@ -144,6 +144,7 @@ class Intake:
         self.points = points
         self.on_visit = on_visit
         self.on_visits = on_visits
+        self._phones = identify.PhoneForms(settings.pos_phones_remembered)
         self._currencies: dict[UUID, str] = {}
         self.catalogue = CatalogueCache(
             settings.menu_cache_ttl_s, settings.pos_catalogue_cache_entries
@@ -438,7 +439,9 @@ class Intake:
         cards = {g.card_number for g in plain if g.card_number}
         phones = {g.phone for g in plain if g.phone}
         by_card = await identify.by_cards(conn, till.brand_id, cards) if cards else {}
-        by_phone = await identify.by_phones(conn, till.brand_id, phones) if phones else {}
+        by_phone = (
+            await identify.by_phones(conn, till.brand_id, phones, self._phones) if phones else {}
+        )
         guests: list[_Guest] = []
         for receipt in receipts:
             named = receipt.guest
