@@ -194,9 +194,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # for it (~0.1-0.2 s).
     pos_batch_chunk_lines: int = 500
     # A batch (an import) that has taken this many lines refreshes the planner's statistics of
-    # receipt_keys, and again each time that doubles (0: never). Autovacuum analyzes a table
-    # a minute or more late: a fresh one imported into kept the statistics of an empty table,
-    # and each chunk's replay read and key update scanned every key of the till (quadratic).
+    # receipt_keys, and again each time that doubles (0: never), while the planner counts
+    # fewer keys than the batch took. Autovacuum analyzes a table a minute or more late: a
+    # fresh one imported into kept the statistics of an empty table, and each chunk's replay
+    # read and key update scanned every key of the till (quadratic in the file).
     pos_batch_analyze_lines: int = 1000
     # Phone numbers a batch remembers in E.164 (the process's intake; ~200 B each).
     pos_phones_remembered: int = 4096

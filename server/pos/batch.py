@@ -139,7 +139,7 @@ class BatchIntake:
                 mirroring = asyncio.create_task(self.points.mirror(moves))
                 lines_taken += len(chunk)
                 if 0 < analyze_at <= lines_taken:
-                    await self._refresh_statistics()
+                    await self._refresh_statistics(lines_taken)
                     analyze_at *= 2
                 yield [
                     _refused(number, item) if isinstance(item, Problem) else answers[number]
@@ -168,10 +168,13 @@ class BatchIntake:
                     )
         return answers, moves
 
-    async def _refresh_statistics(self) -> None:
-        """ANALYZE the keys this batch has been adding to (pos_batch_analyze_lines)."""
+    async def _refresh_statistics(self, lines_taken: int) -> None:
+        """ANALYZE the keys this batch has been adding to (pos_batch_analyze_lines), unless
+        the planner already counts more keys than the batch took: a large table's statistics
+        hardly move with one batch, and analyzing it reads thousands of pages."""
         async with self.db.connection() as conn:
-            await conn.execute(sql.ANALYZE_KEYS)
+            if int(await conn.fetchval(sql.KEYS_ESTIMATE)) < lines_taken:
+                await conn.execute(sql.ANALYZE_KEYS)
 
     async def _take_together(
         self, conn: asyncpg.Connection, till: Till, receipts: list[ReceiptIn]

@@ -238,7 +238,9 @@ ON CONFLICT (integration_id, external_id) DO NOTHING
 RETURNING external_id
 """
 
-# A long batch refreshes the planner's picture of the keys as it grows them (BatchIntake).
+# A long batch refreshes the planner's picture of the keys as it grows them (BatchIntake),
+# when the planner counts fewer keys than the batch wrote (-1: never analyzed).
+KEYS_ESTIMATE = "SELECT reltuples::bigint FROM pg_class WHERE oid = 'receipt_keys'::regclass"
 ANALYZE_KEYS = "ANALYZE receipt_keys"
 
 RECEIPT_KEYS = """
