@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +26,7 @@ from server.counter import sql as counter_sql
 from server.counter.live import LiveQueues
 from server.counter.model import Visit, VisitItem
 from server.counter.points import CounterPoints
-from server.counter.profiles import record_completed_order, record_visit
+from server.counter.profiles import record_completed_order, record_visit, record_visits
 from server.counter.service import CounterDesk
 from server.guests.service import Guests
 from server.infra.audit import AUDIT
@@ -57,6 +58,7 @@ __all__ = [
     "lifespan",
     "pos_seal_key",
     "record_receipt_visit",
+    "record_receipt_visits",
 ]
 
 log = logging.getLogger("regulars.lifespan")
@@ -138,6 +140,34 @@ async def record_receipt_visit(conn: asyncpg.Connection, visit: ReceiptVisit) ->
     await record_visit(conn, visit.guest_id, folded, datetime.now(UTC), tz)
 
 
+async def record_receipt_visits(conn: asyncpg.Connection, visits: Sequence[ReceiptVisit]) -> None:
+    """:func:`record_receipt_visit` for each of a batch's visits, in order: the time zones
+    read once, each guest's profile folded and written once per run of visits at a location
+    (a batch's are all at one)."""
+    locations = sorted({visit.location_id for visit in visits})
+    rows = await conn.fetch(
+        "SELECT id, timezone FROM locations WHERE id = ANY($1::uuid[])", locations
+    )
+    zones = {row["id"]: ZoneInfo(row["timezone"]) for row in rows}
+    now = datetime.now(UTC)
+    for location_id, run in itertools.groupby(visits, key=lambda visit: visit.location_id):
+        tz = zones[location_id]
+        folded = [
+            (
+                visit.guest_id,
+                Visit(
+                    at=visit.at,
+                    local_at=visit.at.astimezone(tz),
+                    amount_minor=visit.amount_minor,
+                    points=visit.points,
+                    items=tuple(VisitItem(*item) for item in visit.items),
+                ),
+            )
+            for visit in run
+        ]
+        await record_visits(conn, folded, now, tz)
+
+
 async def build_services(settings: Settings, notifier: Notifier | None = None) -> Services:
     """Open the pool and the Redis client and wire every service. The one place that does."""
     assert settings.database_url and settings.redis_url, "resolve the URLs before building"
@@ -153,7 +183,13 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
         tuple(filter(None, (part.strip() for part in settings.jwt_previous_secrets.split(",")))),
     )
     catalog = Catalog(db, gate, settings.menu_cache_ttl_s)
-    loyalty = build_loyalty(db, gate, settings.reconcile_grace_s, settings.menu_cache_ttl_s)
+    loyalty = build_loyalty(
+        db,
+        gate,
+        settings.reconcile_grace_s,
+        settings.menu_cache_ttl_s,
+        settings.loyalty_mirror_guests_at_once,
+    )
     orders = Orders(settings, db, catalog, loyalty, on_completed=record_completed_order)
     guests = Guests(settings, db, loyalty)
     auth = Auth(settings, db, gate, tokens, guests, notifier or LogNotifier())
@@ -166,7 +202,7 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
     sealer = Sealer(pos_seal_key(settings))
     till_auth = TillAuth(settings, db, gate, sealer)
     points = LoyaltyPoints(loyalty)
-    intake = Intake(settings, db, points, record_receipt_visit)
+    intake = Intake(settings, db, points, record_receipt_visit, record_receipt_visits)
     batch_intake = BatchIntake(settings, db, till_auth, intake, points)
     return Services(
         settings,

@@ -189,7 +189,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # memory size, and taken in transactions of this many lines once its signature matches.
     pos_batch_timeout_s: float = 300.0
     pos_batch_spool_memory_bytes: int = 1024 * 1024
-    pos_batch_chunk_lines: int = 200
+    # 500 rather than 200: the per-chunk statements and commit are spread over more receipts
+    # (docs/PERFORMANCE.md, "Batch import"); a realtime receipt of a guest in the chunk waits
+    # for it (~0.1-0.2 s).
+    pos_batch_chunk_lines: int = 500
+    # A batch (an import) that has taken this many lines refreshes the planner's statistics of
+    # receipt_keys, and again each time that doubles (0: never), while the planner counts
+    # fewer keys than the batch took. Autovacuum analyzes a table a minute or more late: a
+    # fresh one imported into kept the statistics of an empty table, and each chunk's replay
+    # read and key update scanned every key of the till (quadratic in the file).
+    pos_batch_analyze_lines: int = 1000
+    # Phone numbers a batch remembers in E.164 (the process's intake; ~200 B each).
+    pos_phones_remembered: int = 4096
     # Per integration: guest lookups (a phone number is guessable) and tender holds.
     pos_lookups_per_minute: int = 120
     pos_redemptions_per_minute: int = 60
@@ -204,6 +215,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     worker_interval_s: float = 15.0
     slow_jobs_interval_s: float = 3600.0
     reconcile_grace_s: float = 30.0
+    # After a commit, how many guests' wallets are mirrored to Redis side by side (their calls
+    # share round trips on the pipelined line; each may reload its wallet from PostgreSQL).
+    loyalty_mirror_guests_at_once: int = 16
     job_batch_size: int = 500
     # A backlog (orders past their payment window, holds past their timeout) drains in chunks
     # at this share of the worker's time, beside the checkouts rather than as a burst that
@@ -241,6 +255,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             "checkouts_in_flight",
             "job_chunk_size",
             "idempotency_retention_days",
+            "loyalty_mirror_guests_at_once",
             "body_max_bytes",
             "order_body_max_bytes",
             "auth_body_max_bytes",

@@ -69,6 +69,22 @@ FROM guest_profiles WHERE guest_id = $1
 FOR UPDATE
 """
 
+# PROFILE_FOR_UPDATE for many guests, locked in one stable order.
+PROFILES_FOR_UPDATE = """
+SELECT guest_id, visits_total, spend_total_minor, avg_ticket_minor, usual_weekday, usual_hour,
+       last_visit_at, top_items, points_earned_12m, weekday_counts, hour_counts, recent_visits
+FROM guest_profiles WHERE guest_id = ANY($1::uuid[])
+ORDER BY guest_id
+FOR UPDATE
+"""
+
+# CLAIM_PROFILE for many guests (in the order they are locked in).
+CLAIM_PROFILES = """
+INSERT INTO guest_profiles (guest_id)
+SELECT g FROM unnest($1::uuid[]) AS g ORDER BY g
+ON CONFLICT (guest_id) DO NOTHING
+"""
+
 # A guest's first visit makes an empty row to lock; a concurrent first visit waits on it.
 CLAIM_PROFILE = """
 INSERT INTO guest_profiles (guest_id) VALUES ($1) ON CONFLICT (guest_id) DO NOTHING
@@ -97,6 +113,23 @@ ON CONFLICT (guest_id) DO UPDATE SET
     top_items = EXCLUDED.top_items, points_earned_12m = EXCLUDED.points_earned_12m,
     weekday_counts = EXCLUDED.weekday_counts, hour_counts = EXCLUDED.hour_counts,
     recent_visits = EXCLUDED.recent_visits, refreshed_at = now()
+"""
+
+# UPSERT_PROFILE for many rows that are there (claimed and locked): one JSON object per row.
+UPDATE_PROFILES = """
+UPDATE guest_profiles p SET
+    visits_total = f.visits_total, visits_30d = f.visits_30d,
+    spend_total_minor = f.spend_total_minor, avg_ticket_minor = f.avg_ticket_minor,
+    usual_weekday = f.usual_weekday, usual_hour = f.usual_hour,
+    last_visit_at = f.last_visit_at, top_items = f.top_items,
+    points_earned_12m = f.points_earned_12m, weekday_counts = f.weekday_counts,
+    hour_counts = f.hour_counts, recent_visits = f.recent_visits, refreshed_at = now()
+FROM jsonb_to_recordset($1::jsonb)
+     AS f(guest_id uuid, visits_total int, visits_30d int, spend_total_minor bigint,
+          avg_ticket_minor int, usual_weekday smallint, usual_hour smallint,
+          last_visit_at timestamptz, top_items jsonb, points_earned_12m bigint,
+          weekday_counts int[], hour_counts int[], recent_visits timestamptz[])
+WHERE p.guest_id = f.guest_id
 """
 
 COMPLETED_ORDER = """

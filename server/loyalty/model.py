@@ -255,3 +255,40 @@ def add_months(moment: datetime, months: int) -> datetime:
         except ValueError:
             continue
     raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True, slots=True)
+class Earning:
+    """One guest's earning of a set taken together (:meth:`Loyalty.earn_many`): what was
+    paid (net money that earns) where, and why."""
+
+    guest_id: UUID
+    paid_minor: int
+    location_id: UUID | None
+    reason: str
+
+
+def earn_in_order(
+    program: Program, paid: Sequence[tuple[UUID, int]], earned_in_window: dict[UUID, int]
+) -> list[int]:
+    """The points of each (account, net paid) in order, as one earn after another would give
+    them: each at the tier its account holds with what the earlier ones earned counted."""
+    running = dict(earned_in_window)
+    points: list[int] = []
+    for account_id, paid_minor in paid:
+        tier, _ = tier_for(program, running[account_id])
+        earned = earn_points(program, paid_minor, tier)
+        running[account_id] += max(earned, 0)
+        points.append(earned)
+    return points
+
+
+def states_after(final: AccountState, points: Sequence[int]) -> list[AccountState]:
+    """The account after each of its credits ``points`` in order, given the state after all of
+    them, each credit one version (what one credit after another would have left)."""
+    states: list[AccountState] = []
+    posted, version = final.posted, final.version
+    for credit in reversed(points):
+        states.append(AccountState(posted=posted, pending=final.pending, version=version))
+        posted, version = posted - credit, version - 1
+    return states[::-1]

@@ -5,6 +5,7 @@ connection, inside the caller's transaction: services decide where the transacti
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -16,7 +17,7 @@ import msgspec
 from server.loyalty import sql
 from server.loyalty.model import AccountState
 
-__all__ = ["Hold", "Ledger", "Resolved", "Snapshot"]
+__all__ = ["Credit", "Hold", "Ledger", "Resolved", "Snapshot"]
 
 SystemAccount = Literal["issued", "redeemed", "expired", "adjustments"]
 
@@ -26,6 +27,17 @@ class Snapshot:
     account_id: UUID
     state: AccountState
     holds: list[tuple[UUID, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """One single-phase credit of a set written together (:meth:`Ledger.credit_many`)."""
+
+    transfer_id: UUID
+    account_id: UUID
+    points: int
+    location_id: UUID | None
+    reason: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +207,45 @@ class Ledger:
         row = await conn.fetchrow(sql.CREDIT_GUEST, account_id, points)
         assert row is not None
         return _state(row)
+
+    async def credit_many(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        brand_id: UUID,
+        source: SystemAccount,
+        code: str,
+        expires_at: datetime | None,
+        credits: Sequence[Credit],
+    ) -> dict[UUID, AccountState]:
+        """:meth:`credit` for each of ``credits`` (points > 0): every transfer in one
+        statement, every account credited its sum (one version per transfer) in another.
+        Returns each account's state after all of its credits."""
+        system = await self.system_account(conn, brand_id, source)
+        await conn.execute(
+            sql.INSERT_CREDITS,
+            brand_id,
+            system,
+            code,
+            expires_at,
+            [c.transfer_id for c in credits],
+            [c.account_id for c in credits],
+            [c.points for c in credits],
+            [c.location_id for c in credits],
+            [c.reason for c in credits],
+        )
+        sums: dict[UUID, tuple[int, int]] = {}
+        for c in credits:
+            points, count = sums.get(c.account_id, (0, 0))
+            sums[c.account_id] = (points + c.points, count + 1)
+        ordered = sorted(sums)  # the order LOCK_GUEST_ACCOUNTS locks them in
+        rows = await conn.fetch(
+            sql.CREDIT_GUESTS,
+            ordered,
+            [sums[a][0] for a in ordered],
+            [sums[a][1] for a in ordered],
+        )
+        return {row["id"]: _state(row) for row in rows}
 
     async def debit(
         self,

@@ -38,13 +38,16 @@ from server.loyalty import sql
 from server.loyalty.hot import HotWallets
 from server.loyalty.model import (
     AccountState,
+    Earning,
     Movement,
     Outcome,
     add_months,
+    earn_in_order,
     settle_action,
+    states_after,
 )
 from server.loyalty.programs import Programs
-from server.loyalty.repository import Hold, Ledger
+from server.loyalty.repository import Credit, Hold, Ledger
 from server.loyalty.spend import Admission, Resolution, Spend, insufficient_points
 from server.loyalty.wallets import WalletReads
 from shared import contract
@@ -52,6 +55,7 @@ from shared import contract
 __all__ = [
     "Admission",
     "EarnCode",
+    "Earning",
     "Loyalty",
     "Programs",
     "Resolution",
@@ -99,16 +103,33 @@ _SOURCE: dict[str, Literal["issued", "redeemed", "adjustments"]] = {
 }
 
 
-def build_loyalty(db: Database, gate: RedisGate, grace_s: float, programs_ttl_s: float) -> Loyalty:
+def build_loyalty(
+    db: Database,
+    gate: RedisGate,
+    grace_s: float,
+    programs_ttl_s: float,
+    mirror_guests_at_once: int = 16,
+) -> Loyalty:
     """The loyalty service with its ledger, hot wallets and program cache (for lifespan.py)."""
-    return Loyalty(db, Ledger(), HotWallets(gate, grace_s), Programs(db, programs_ttl_s))
+    return Loyalty(
+        db, Ledger(), HotWallets(gate, grace_s), Programs(db, programs_ttl_s), mirror_guests_at_once
+    )
 
 
 class Loyalty(WalletReads):
     """Every points movement, and Redis kept in step with the ledger (module docstring)."""
 
-    def __init__(self, db: Database, ledger: Ledger, hot: HotWallets, programs: Programs) -> None:
+    def __init__(
+        self,
+        db: Database,
+        ledger: Ledger,
+        hot: HotWallets,
+        programs: Programs,
+        mirror_guests_at_once: int = 16,
+    ) -> None:
         self.db = db
+        # How many guests' wallets mirror_all mirrors side by side (each may reload its wallet).
+        self.mirror_guests_at_once = mirror_guests_at_once
         self.ledger = ledger
         self.hot = hot
         self.programs = programs
@@ -226,12 +247,23 @@ class Loyalty(WalletReads):
             self._dirty.add(guest_id)
 
     async def mirror_all(self, movements: Iterable[Movement | None]) -> None:
-        """:meth:`mirror` each committed movement (None ones are skipped), in order."""
+        """:meth:`mirror` each committed movement (None ones are skipped), each guest's in
+        order. Different guests' wallets are mirrored side by side: their calls share the
+        pipelined line's round trips (a batch's chunk moves many guests' points at once)."""
+        by_guest: dict[UUID, list[Movement]] = {}
         for moved in movements:
             if moved is not None:
-                await self.mirror(
-                    moved.guest_id, moved.op, moved.transfer_id, moved.state, moved.points
-                )
+                by_guest.setdefault(moved.guest_id, []).append(moved)
+        chains = list(by_guest.values())
+        step = max(1, self.mirror_guests_at_once)
+        for start in range(0, len(chains), step):
+            await asyncio.gather(*(self._mirror_in_order(c) for c in chains[start : start + step]))
+
+    async def _mirror_in_order(self, movements: Sequence[Movement]) -> None:
+        for moved in movements:
+            await self.mirror(
+                moved.guest_id, moved.op, moved.transfer_id, moved.state, moved.points
+            )
 
     async def reload(self, guest_id: UUID, void_first: Sequence[UUID] = ()) -> None:
         """Load the wallet from PostgreSQL into Redis (unless Redis mirrors a newer version),
@@ -369,6 +401,48 @@ class Loyalty(WalletReads):
             expires_at=add_months(now or datetime.now(UTC), program.lot_expiry_months),
         )
         return Movement(guest_id, "credit", transfer_id, state, points)
+
+    async def earn_many(
+        self, conn: asyncpg.Connection, *, brand_id: UUID, earnings: Sequence[Earning]
+    ) -> list[Movement | None]:
+        """What :meth:`earn` at each guest's tier would credit for each of ``earnings``, one
+        after another in order (a guest's tier counts what their earlier ones earned), set-based:
+        the accounts locked in one statement (in id order), their tier windows read in one,
+        every transfer written in one and the accounts credited in one. None for an earning of
+        0 points (nothing written). Mirror the movements after the commit; each is the state
+        after its own transfer, as :meth:`earn` one at a time would have left it."""
+        program = await self.programs.get(brand_id, conn)
+        guests = sorted({e.guest_id for e in earnings})
+        rows = await conn.fetch(sql.LOCK_GUEST_ACCOUNTS, guests)
+        account_of: dict[UUID, UUID] = {row["guest_id"]: row["id"] for row in rows}
+        assert len(account_of) == len(guests), "every guest has an account"
+        windows = await self.earned_in_windows(conn, program, list(account_of.values()))
+        paid = [(account_of[e.guest_id], e.paid_minor) for e in earnings]
+        points = earn_in_order(program, paid, windows)
+        planned = [
+            Credit(uuid.uuid4(), account_id, n, e.location_id, e.reason) if n > 0 else None
+            for (account_id, _), n, e in zip(paid, points, earnings, strict=True)
+        ]
+        credits = [c for c in planned if c is not None]
+        if not credits:
+            return [None] * len(earnings)
+        finals = await self.ledger.credit_many(
+            conn, brand_id=brand_id, source="issued", code="earn", credits=credits,
+            expires_at=add_months(datetime.now(UTC), program.lot_expiry_months),
+        )  # fmt: skip
+        by_account: dict[UUID, list[Credit]] = {}
+        for c in credits:
+            by_account.setdefault(c.account_id, []).append(c)
+        state_of: dict[UUID, AccountState] = {}
+        for account_id, mine in by_account.items():
+            after = states_after(finals[account_id], [c.points for c in mine])
+            state_of.update((c.transfer_id, state) for c, state in zip(mine, after, strict=True))
+        return [
+            None
+            if c is None
+            else Movement(e.guest_id, "credit", c.transfer_id, state_of[c.transfer_id], c.points)
+            for c, e in zip(planned, earnings, strict=True)
+        ]
 
     async def reverse_earning(
         self,

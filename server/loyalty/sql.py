@@ -256,3 +256,41 @@ EXPIRED_CREDITS = """
 SELECT coalesce(sum(amount), 0)::bigint FROM transfers
 WHERE credit_account_id = $1 AND phase = 'single' AND expires_at <= $2
 """
+
+# -- earning for many receipts at once (Loyalty.earn_many) -----------------------------------
+
+# The guest accounts of a set, locked in one stable order (as the credit locks them: a
+# concurrent batch or receipt never waits on them in the other order).
+LOCK_GUEST_ACCOUNTS = """
+SELECT id, guest_id FROM accounts WHERE guest_id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE
+"""
+
+# POINTS_EARNED_SINCE for each account of $1.
+POINTS_EARNED_SINCE_MANY = """
+SELECT a.id,
+       coalesce((SELECT sum(CASE WHEN t.credit_account_id = a.id THEN t.amount ELSE -t.amount END)
+                 FROM transfers t
+                 WHERE t.phase = 'single' AND t.created_at >= $2
+                   AND ((t.credit_account_id = a.id AND t.code IN ('earn', 'accrual'))
+                        OR (t.debit_account_id = a.id AND t.code = 'refund_reversal'))),
+                0)::bigint AS earned
+FROM unnest($1::uuid[]) AS a(id)
+"""
+
+# Single-phase credits from one system account, one row per transfer.
+INSERT_CREDITS = """
+INSERT INTO transfers (id, brand_id, debit_account_id, credit_account_id, amount, phase, code,
+                       location_id, expires_at, reason)
+SELECT t.id, $1, $2, t.account_id, t.amount, 'single', $3, t.location_id, $4, t.reason
+FROM unnest($5::uuid[], $6::uuid[], $7::bigint[], $8::uuid[], $9::text[])
+     AS t(id, account_id, amount, location_id, reason)
+"""
+
+# CREDIT_GUEST for many accounts: each credited its sum, one version per transfer.
+CREDIT_GUESTS = """
+UPDATE accounts a SET credits_posted = a.credits_posted + c.points, version = a.version + c.n
+FROM unnest($1::uuid[], $2::bigint[], $3::int[]) AS c(id, points, n)
+WHERE a.id = c.id
+RETURNING a.id, a.credits_posted - a.debits_posted AS posted, a.debits_pending AS pending,
+          a.version
+"""

@@ -16,6 +16,7 @@ taken: sent again, their lines answer ``replayed``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from typing import IO, Any
@@ -25,6 +26,7 @@ import msgspec
 
 from server.infra.db import Database
 from server.infra.problems import Problem
+from server.pos import sql
 from server.pos.auth import PendingCheck, Till, TillAuth
 from server.pos.points import Move, PointsPort
 from server.pos.receipts import Intake, Taken
@@ -124,37 +126,55 @@ class BatchIntake:
 
         A chunk's replays and sales are taken together (:meth:`Intake.take_many`,
         in a savepoint); every other receipt, or all of them when the database refuses that,
-        in a savepoint of its own: a refusal undoes that receipt only."""
-        chunk_lines = self.settings.pos_batch_chunk_lines
-        exhausted = False
-        while not exhausted:
-            chunk: list[Item] = []
-            while len(chunk) < chunk_lines:
-                item = next(items, None)
-                if item is None:
-                    exhausted = True
-                    break
-                chunk.append(item)
-            if not chunk:
-                break
-            receipts = [(n, r) for n, r in chunk if not isinstance(r, Problem)]
-            moves: list[Move] = []
-            async with self.db.transaction() as conn:
-                together = await self._take_together(conn, till, [r for _, r in receipts])
-                answers: dict[int, BatchLineResult] = {}
-                for (number, receipt), taken in zip(receipts, together, strict=True):
-                    if taken is None:
-                        answers[number] = await self._take(conn, till, number, receipt, moves)
-                    else:
-                        moves.extend(taken.moves)
-                        answers[number] = BatchLineResult(
-                            line=number, status=taken.status, receipt_id=taken.receipt_id
-                        )
-            await self.points.mirror(moves)
-            yield [
-                _refused(number, item) if isinstance(item, Problem) else answers[number]
-                for number, item in chunk
-            ]
+        in a savepoint of its own: a refusal undoes that receipt only. A chunk's points are
+        mirrored to Redis while the next chunk is taken (one chunk's after another's), and
+        the last chunk's before the iteration ends."""
+        lines_taken, analyze_at = 0, self.settings.pos_batch_analyze_lines
+        mirroring: asyncio.Task[None] | None = None
+        try:
+            while chunk := _next_chunk(items, self.settings.pos_batch_chunk_lines):
+                answers, moves = await self._take_chunk(till, chunk)
+                if mirroring is not None:
+                    await mirroring
+                mirroring = asyncio.create_task(self.points.mirror(moves))
+                lines_taken += len(chunk)
+                if 0 < analyze_at <= lines_taken:
+                    await self._refresh_statistics(lines_taken)
+                    analyze_at *= 2
+                yield [
+                    _refused(number, item) if isinstance(item, Problem) else answers[number]
+                    for number, item in chunk
+                ]
+        finally:
+            if mirroring is not None:
+                await mirroring
+
+    async def _take_chunk(
+        self, till: Till, chunk: list[Item]
+    ) -> tuple[dict[int, BatchLineResult], list[Move]]:
+        """One chunk in one transaction: its answers by line, and the moves to mirror."""
+        receipts = [(n, r) for n, r in chunk if not isinstance(r, Problem)]
+        moves: list[Move] = []
+        answers: dict[int, BatchLineResult] = {}
+        async with self.db.transaction() as conn:
+            together = await self._take_together(conn, till, [r for _, r in receipts])
+            for (number, receipt), taken in zip(receipts, together, strict=True):
+                if taken is None:
+                    answers[number] = await self._take(conn, till, number, receipt, moves)
+                else:
+                    moves.extend(taken.moves)
+                    answers[number] = BatchLineResult(
+                        line=number, status=taken.status, receipt_id=taken.receipt_id
+                    )
+        return answers, moves
+
+    async def _refresh_statistics(self, lines_taken: int) -> None:
+        """ANALYZE the keys this batch has been adding to (pos_batch_analyze_lines), unless
+        the planner already counts more keys than the batch took: a large table's statistics
+        hardly move with one batch, and analyzing it reads thousands of pages."""
+        async with self.db.connection() as conn:
+            if int(await conn.fetchval(sql.KEYS_ESTIMATE)) < lines_taken:
+                await conn.execute(sql.ANALYZE_KEYS)
 
     async def _take_together(
         self, conn: asyncpg.Connection, till: Till, receipts: list[ReceiptIn]
@@ -192,6 +212,11 @@ class BatchIntake:
             return _refused(number, Problem(409, "receipt-busy", detail))
         moves.extend(taken.moves)
         return BatchLineResult(line=number, status=taken.status, receipt_id=taken.receipt_id)
+
+
+def _next_chunk(items: Iterator[Item], size: int) -> list[Item]:
+    """Up to ``size`` more items (none when ``items`` is exhausted)."""
+    return list(itertools.islice(items, size))
 
 
 def _receipt_of(raw: bytes) -> ReceiptIn | Problem:

@@ -3,6 +3,7 @@ customer id. Lookups go through the guests domain (server/guests/identities.py).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from uuid import UUID
 
@@ -14,7 +15,29 @@ from server.infra.problems import Problem
 from server.settings import Settings
 from shared import qr
 
-__all__ = ["by_card", "by_phone", "by_qr"]
+__all__ = ["PhoneForms", "by_card", "by_cards", "by_phone", "by_phones", "by_qr"]
+
+
+class PhoneForms:
+    """Phone numbers as tills type them, in E.164 (None: not a phone number), remembered up
+    to ``size`` numbers: a batch names its regulars again and again, and parsing a number
+    costs more than looking its guest up (~100 us)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._known: dict[str, str | None] = {}
+
+    def e164(self, phone: str) -> str | None:
+        if phone in self._known:
+            return self._known[phone]
+        try:
+            number: str | None = normalise_phone(phone)
+        except Problem:
+            number = None
+        if len(self._known) >= self.size:
+            self._known.clear()
+        self._known[phone] = number
+        return number
 
 
 async def by_qr(
@@ -54,3 +77,20 @@ async def by_phone(conn: asyncpg.Connection, brand_id: UUID, phone: str) -> UUID
     except Problem:
         return None
     return await identities.by_phone(conn, brand_id, phone_e164)
+
+
+async def by_cards(
+    conn: asyncpg.Connection, brand_id: UUID, card_numbers: Collection[str]
+) -> dict[str, UUID]:
+    """:func:`by_card` for many numbers in one query (keyed as given; unknown ones left out)."""
+    return await identities.by_cards(conn, brand_id, sorted(card_numbers))
+
+
+async def by_phones(
+    conn: asyncpg.Connection, brand_id: UUID, phones: Collection[str], forms: PhoneForms
+) -> dict[str, UUID]:
+    """:func:`by_phone` for many numbers in one query, keyed as given; a number with no guest,
+    or that is not a phone number, is left out."""
+    e164 = {phone: number for phone in phones if (number := forms.e164(phone)) is not None}
+    found = await identities.by_phones(conn, brand_id, sorted(set(e164.values())))
+    return {phone: found[number] for phone, number in e164.items() if number in found}

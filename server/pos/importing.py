@@ -16,7 +16,6 @@ receipt, and the rest of the file proceeds.
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import date, datetime, time
 from decimal import Decimal, InvalidOperation
@@ -135,6 +134,10 @@ def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
 
 # -- NDJSON ------------------------------------------------------------------------------
 
+# A line as JSON values, numbers with a fraction as Decimal (a price is never a float); the
+# receipt is checked against its type afterwards, once its location is filled in.
+_json_line = msgspec.json.Decoder(float_hook=Decimal).decode
+
 
 def _ndjson(
     lines: Iterable[str], skipped: int, location_id: UUID
@@ -143,7 +146,7 @@ def _ndjson(
         if not text.strip():
             continue
         try:
-            raw = json.loads(text, parse_float=Decimal)
+            raw = _json_line(text)
             if not isinstance(raw, dict):
                 raise _LineError("a line must be one JSON object (a receipt)")
             raw.setdefault("location_id", str(location_id))

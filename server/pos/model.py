@@ -247,8 +247,19 @@ def returns_of(refund_lines: Sequence[ReceiptLineIn], sale: Sequence[SoldLine]) 
     return Returns(returned, reversed_points, restored)
 
 
+_CLAIM_CODES = len(CLAIM_ALPHABET) ** CLAIM_CODE_CHARS
+
+
 def new_claim_code() -> str:
-    return "".join(secrets.choice(CLAIM_ALPHABET) for _ in range(CLAIM_CODE_CHARS))
+    """A code drawn uniformly from every code of the alphabet: one draw from the system's
+    randomness (not one per character: a batch makes hundreds at once), written in the
+    alphabet's base."""
+    number = secrets.randbelow(_CLAIM_CODES)
+    chars = []
+    for _ in range(CLAIM_CODE_CHARS):
+        number, digit = divmod(number, len(CLAIM_ALPHABET))
+        chars.append(CLAIM_ALPHABET[digit])
+    return "".join(chars)
 
 
 def normalise_claim_code(code: str) -> str:

@@ -20,10 +20,19 @@ import asyncpg
 
 from server.infra import idempotency
 from server.infra.idempotency import IdempotentRequest, Stored
-from server.loyalty.model import Movement, Program, earn_points
+from server.loyalty.model import Earning, Movement, Program, earn_points
 from server.loyalty.service import Loyalty
 
-__all__ = ["Earned", "Held", "LoyaltyPoints", "Move", "PointsPort", "Resolved", "WalletView"]
+__all__ = [
+    "Earned",
+    "Earning",
+    "Held",
+    "LoyaltyPoints",
+    "Move",
+    "PointsPort",
+    "Resolved",
+    "WalletView",
+]
 
 
 # A committed change to mirror in Redis: loyalty's own.
@@ -84,6 +93,10 @@ class PointsPort(Protocol):
         location_id: UUID,
         reason: str,
     ) -> Earned: ...
+
+    async def earn_many(
+        self, conn: asyncpg.Connection, *, brand_id: UUID, earnings: Sequence[Earning]
+    ) -> list[Earned]: ...
 
     async def reverse(
         self,
@@ -166,6 +179,17 @@ class LoyaltyPoints:
             code="earn", location_id=location_id, reason=reason,
         )  # fmt: skip
         return Earned(points, moved.transfer_id, (moved,))
+
+    async def earn_many(
+        self, conn: asyncpg.Connection, *, brand_id: UUID, earnings: Sequence[Earning]
+    ) -> list[Earned]:
+        """:meth:`earn` for each of ``earnings``, one after another in order (a guest's tier
+        counts what their earlier ones earned), in a few statements for all of them."""
+        moved = await self.loyalty.earn_many(conn, brand_id=brand_id, earnings=earnings)
+        return [
+            Earned(0, None, ()) if m is None else Earned(m.points, m.transfer_id, (m,))
+            for m in moved
+        ]
 
     async def reverse(
         self,

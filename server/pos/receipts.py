@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Literal
 from uuid import UUID
 
@@ -37,11 +38,11 @@ from server.pos.model import (
     returns_of,
     with_points_earned,
 )
-from server.pos.points import Move, PointsPort
+from server.pos.points import Earning, Move, PointsPort
 from server.settings import Settings
 from shared.pos import ReceiptIn, ReceiptLineIn, ReceiptOut
 
-__all__ = ["Intake", "ReceiptVisit", "Taken", "VisitHook"]
+__all__ = ["Intake", "ReceiptVisit", "Taken", "VisitHook", "VisitsHook"]
 
 _encode = msgspec.json.Encoder().encode
 _CLAIM_ATTEMPTS = 5
@@ -63,6 +64,8 @@ class ReceiptVisit:
 
 # Folds a visit into the guest's aggregates, in the caller's transaction (wired in lifespan).
 VisitHook = Callable[[asyncpg.Connection, ReceiptVisit], Awaitable[None]]
+# The same for many visits, folded in order (a batch's chunk): one profile write per guest.
+VisitsHook = Callable[[asyncpg.Connection, Sequence[ReceiptVisit]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,44 @@ class _Guest:
     unresolved: str | None = None
 
 
+class _SaleRow(msgspec.Struct, frozen=True):
+    """A sale as WRITE_SALES reads it (one JSON object per sale)."""
+
+    n: int
+    occurred_at: datetime
+    id: UUID
+    external_id: str
+    pos_customer_id: str | None
+    gross_minor: int
+    discount_minor: int
+    earning_paid_minor: int
+    points_tender: int
+    response: str
+    guest_id: UUID | None
+    points_earned: int
+
+
+class _LineRow(msgspec.Struct, frozen=True):
+    """A line of the sale ``n`` as WRITE_SALES reads it."""
+
+    n: int
+    line_no: int
+    sku: str | None
+    name: str
+    category: str | None
+    quantity: Decimal
+    unit_price_minor: int
+    gross_minor: int
+    discount_minor: int
+    tax_minor: int
+    voided: bool
+    gift_card: bool
+    earns: bool
+    points_paid: int
+    paid_minor: int
+    points_earned: int
+
+
 def _pos_customer(receipt: ReceiptIn) -> str | None:
     return receipt.guest.pos_customer_id if receipt.guest else None
 
@@ -91,12 +132,19 @@ def request_digest(receipt: ReceiptIn) -> bytes:
 
 class Intake:
     def __init__(
-        self, settings: Settings, db: Database, points: PointsPort, on_visit: VisitHook
+        self,
+        settings: Settings,
+        db: Database,
+        points: PointsPort,
+        on_visit: VisitHook,
+        on_visits: VisitsHook,
     ) -> None:
         self.settings = settings
         self.db = db
         self.points = points
         self.on_visit = on_visit
+        self.on_visits = on_visits
+        self._phones = identify.PhoneForms(settings.pos_phones_remembered)
         self._currencies: dict[UUID, str] = {}
         self.catalogue = CatalogueCache(
             settings.menu_cache_ttl_s, settings.pos_catalogue_cache_entries
@@ -242,8 +290,9 @@ class Intake:
     ) -> list[Taken | None]:
         """What :meth:`take_on` would answer for a chunk of receipts, set-based where that is
         the same: replays of receipts stored before, and sales (one key claim, one catalogue read,
-        one claim-code insert and one write for the whole chunk; a named guest's resolution,
-        points and visit still one receipt at a time). None for a receipt the caller takes
+        one claim-code insert and one write for the whole chunk; the named guests looked up,
+        their points earned and their visits folded per chunk, in file order: see
+        :meth:`_earn_and_visit`). None for a receipt the caller takes
         with :meth:`take_on` (a refund, one that is refused or conflicts, one whose key
         another transaction holds, an ``external_id`` twice in the chunk). Raises asyncpg's
         errors for data the database refuses, and a Problem; the caller then takes the chunk
@@ -335,28 +384,36 @@ class Intake:
         ids: dict[int, UUID],
         menu: dict[str, UUID],
     ) -> tuple[dict[int, ReceiptOut], dict[int, tuple[Move, ...]], list[tuple[int, Pricing]]]:
-        """The guests, their points and visits one receipt at a time, in file order (a guest's
-        tier counts what their earlier receipts of this chunk earned), as _sale does."""
+        """The chunk's guests, their points and visits, as _sale would leave them taking one
+        receipt after another in file order (a guest's tier counts what their earlier receipts
+        of this chunk earned), set-based: guests resolved per chunk, points earned together
+        (:meth:`PointsPort.earn_many`), visits folded together (``on_visits``)."""
+        guests = await self._resolve_guests(conn, till, [receipts[i] for i, _ in sales])
+        named = [
+            (i, Earning(g.guest_id, p.earning_paid_minor, till.location_id, _reason(receipts[i])))
+            for (i, p), g in zip(sales, guests, strict=True)
+            if g.guest_id is not None
+        ]
+        earned = (
+            await self.points.earn_many(
+                conn, brand_id=till.brand_id, earnings=[e for _, e in named]
+            )
+            if named
+            else []
+        )
+        points_of = {i: e for (i, _), e in zip(named, earned, strict=True)}
         outs: dict[int, ReceiptOut] = {}
         moves: dict[int, tuple[Move, ...]] = {}
         priced: list[tuple[int, Pricing]] = []
-        for i, pricing in sales:
-            guest = await self._resolve_guest(conn, till, receipts[i])
+        visits: list[ReceiptVisit] = []
+        for (i, pricing), guest in zip(sales, guests, strict=True):
             moves[i] = ()
-            if guest.guest_id is not None:
-                earned = await self.points.earn(
-                    conn,
-                    brand_id=till.brand_id,
-                    guest_id=guest.guest_id,
-                    paid_minor=pricing.earning_paid_minor,
-                    location_id=till.location_id,
-                    reason=f"receipt {receipts[i].external_id}",
-                )
-                pricing = with_points_earned(pricing, earned.points)
-                moves[i] = earned.moves
+            if i in points_of:
+                pricing = with_points_earned(pricing, points_of[i].points)
+                moves[i] = points_of[i].moves
             points = sum(p.points_earned for p in pricing.lines)
             if guest.guest_id is not None:
-                await self._visit(conn, till, receipts[i], guest.guest_id, pricing, points, menu)
+                visits.append(_visit_of(till, receipts[i], guest.guest_id, pricing, points, menu))
             outs[i] = ReceiptOut(
                 receipt_id=ids[i],
                 points_earned=points,
@@ -364,7 +421,40 @@ class Intake:
                 guest_unresolved=guest.unresolved,
             )
             priced.append((i, pricing))
+        if visits:
+            await self.on_visits(conn, visits)
         return outs, moves, priced
+
+    async def _resolve_guests(
+        self, conn: asyncpg.Connection, till: Till, receipts: Sequence[ReceiptIn]
+    ) -> list[_Guest]:
+        """:meth:`_resolve_guest` of each receipt, in order: the cards and phones of the chunk
+        looked up in one query each; a receipt naming a QR or the till's customer id is
+        resolved on its own (in order: a customer id linked by one counts for the next)."""
+        plain = [
+            r.guest
+            for r in receipts
+            if r.guest and not (r.guest.qr_code or r.guest.pos_customer_id)
+        ]
+        cards = {g.card_number for g in plain if g.card_number}
+        phones = {g.phone for g in plain if g.phone}
+        by_card = await identify.by_cards(conn, till.brand_id, cards) if cards else {}
+        by_phone = (
+            await identify.by_phones(conn, till.brand_id, phones, self._phones) if phones else {}
+        )
+        guests: list[_Guest] = []
+        for receipt in receipts:
+            named = receipt.guest
+            if named is None:
+                guests.append(_Guest(None))
+            elif named.qr_code or named.pos_customer_id:
+                guests.append(await self._resolve_guest(conn, till, receipt))
+            else:
+                guest_id = by_card.get(named.card_number) if named.card_number else None
+                if guest_id is None and named.phone:
+                    guest_id = by_phone.get(named.phone)
+                guests.append(_Guest(guest_id))
+        return guests
 
     async def _write_sales(
         self,
@@ -384,38 +474,28 @@ class Intake:
             i: _encode(msgspec.structs.replace(outs[i], claim_code=codes.get(ids[i])))
             for i, _ in sales
         }
-        lines = [(n, p) for n, (_, pricing) in enumerate(sales) for p in pricing.lines]
+        rows = [
+            _SaleRow(
+                n, receipts[i].occurred_at, ids[i], receipts[i].external_id,
+                _pos_customer(receipts[i]), p.gross_minor, p.discount_minor,
+                p.earning_paid_minor, p.points_tender, bodies[i].decode(), outs[i].guest_id,
+                outs[i].points_earned,
+            )
+            for n, (i, p) in enumerate(sales)
+        ]  # fmt: skip
+        lines = [
+            _LineRow(
+                n, p.line_no, p.line.sku, p.line.name, p.line.category, p.line.quantity,
+                p.line.unit_price_minor, p.gross_minor, p.discount_minor, p.line.tax_minor,
+                p.line.voided, p.line.gift_card, p.earns, p.points_paid, p.paid_minor,
+                p.points_earned,
+            )
+            for n, (_, pricing) in enumerate(sales)
+            for p in pricing.lines
+        ]  # fmt: skip
         await conn.execute(
-            sql.WRITE_SALES,
-            till.brand_id, till.integration_id, till.location_id, currency,
-            list(range(len(sales))),
-            [receipts[i].occurred_at for i, _ in sales],
-            [ids[i] for i, _ in sales],
-            [receipts[i].external_id for i, _ in sales],
-            [_pos_customer(receipts[i]) for i, _ in sales],
-            [p.gross_minor for _, p in sales],
-            [p.discount_minor for _, p in sales],
-            [p.earning_paid_minor for _, p in sales],
-            [p.points_tender for _, p in sales],
-            [bodies[i] for i, _ in sales],
-            [outs[i].guest_id for i, _ in sales],
-            [outs[i].points_earned for i, _ in sales],
-            [n for n, _ in lines],
-            [p.line_no for _, p in lines],
-            [p.line.sku for _, p in lines],
-            [p.line.name for _, p in lines],
-            [p.line.category for _, p in lines],
-            [p.line.quantity for _, p in lines],
-            [p.line.unit_price_minor for _, p in lines],
-            [p.gross_minor for _, p in lines],
-            [p.discount_minor for _, p in lines],
-            [p.line.tax_minor for _, p in lines],
-            [p.line.voided for _, p in lines],
-            [p.line.gift_card for _, p in lines],
-            [p.earns for _, p in lines],
-            [p.points_paid for _, p in lines],
-            [p.paid_minor for _, p in lines],
-            [p.points_earned for _, p in lines],
+            sql.WRITE_SALES, till.brand_id, till.integration_id, till.location_id, currency,
+            rows, lines,
         )  # fmt: skip
         return bodies
 
@@ -599,14 +679,7 @@ class Intake:
         points: int,
         menu: dict[str, UUID],
     ) -> None:
-        items = tuple(
-            (menu[p.line.sku], p.line.name, max(1, int(p.line.quantity)), p.line.unit_price_minor)
-            for p in pricing.lines
-            if p.line.sku in menu and not p.line.voided
-        )
-        paid = sum(p.paid_minor for p in pricing.lines if not p.line.voided)
-        visit = ReceiptVisit(guest_id, till.location_id, receipt.occurred_at, paid, points, items)
-        await self.on_visit(conn, visit)
+        await self.on_visit(conn, _visit_of(till, receipt, guest_id, pricing, points, menu))
 
     # -- who the guest is ------------------------------------------------------------------
 
@@ -744,3 +817,25 @@ def _chunk_digests(till: Till, receipts: Sequence[ReceiptIn]) -> dict[int, bytes
         and receipt.occurred_at.tzinfo is not None
         and counts[receipt.external_id] == 1
     }
+
+
+def _reason(receipt: ReceiptIn) -> str:
+    return f"receipt {receipt.external_id}"
+
+
+def _visit_of(
+    till: Till,
+    receipt: ReceiptIn,
+    guest_id: UUID,
+    pricing: Pricing,
+    points: int,
+    menu: dict[str, UUID],
+) -> ReceiptVisit:
+    """The guest's visit a priced sale makes, for their aggregates."""
+    items = tuple(
+        (menu[p.line.sku], p.line.name, max(1, int(p.line.quantity)), p.line.unit_price_minor)
+        for p in pricing.lines
+        if p.line.sku in menu and not p.line.voided
+    )
+    paid = sum(p.paid_minor for p in pricing.lines if not p.line.voided)
+    return ReceiptVisit(guest_id, till.location_id, receipt.occurred_at, paid, points, items)

@@ -1,19 +1,23 @@
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import msgspec
 import pytest
 
 from server.loyalty.model import (
+    AccountState,
     AccrualLimits,
     Lot,
     Program,
     Tier,
     accrual_over_limit,
+    earn_in_order,
     earn_points,
     points_cap,
     remaining_lots,
+    states_after,
     tier_for,
 )
 from server.loyalty.service import add_months
@@ -89,3 +93,23 @@ def test_accrual_limits_name_the_limit_passed() -> None:
     assert accrual_over_limit(limits, 10, 0, 1) == "per_guest_per_day"
     assert accrual_over_limit(None, 10**9, 10**6, 10**6) is None
     assert accrual_over_limit(AccrualLimits(), 10**9, 10**6, 10**6) is None
+
+
+def test_earn_in_order_counts_the_earlier_earnings_of_the_same_account_only() -> None:
+    program = Program(
+        earn_per_100_minor=5,
+        tiers=[Tier(name="Bronze"), Tier(name="Silver", min_points=500, multiplier_pct=200)],
+    )
+    a, b = uuid.uuid4(), uuid.uuid4()
+    paid = [(a, 4000), (b, 4000), (a, 8000), (a, 4000), (b, 0), (b, 4000)]
+    # a: 200, then 400 (600 in the window: Silver), then 400 at x2; b stays at Bronze.
+    assert earn_in_order(program, paid, {a: 0, b: 100}) == [200, 200, 400, 400, 0, 200]
+
+
+def test_states_after_gives_each_credit_its_own_version_and_balance() -> None:
+    final = AccountState(posted=1000, pending=30, version=12)
+    assert states_after(final, [100, 200, 300]) == [
+        AccountState(posted=500, pending=30, version=10),
+        AccountState(posted=700, pending=30, version=11),
+        AccountState(posted=1000, pending=30, version=12),
+    ]
