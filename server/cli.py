@@ -408,10 +408,15 @@ def cmd_integration(args: argparse.Namespace) -> int:
 
     try:
         body = msgspec.convert(
-            {"location_id": args.location_id, "webhook_url": args.webhook_url}, IntegrationIn
+            {
+                "location_id": args.location_id,
+                "webhook_url": args.webhook_url,
+                "vendor_store_id": args.vendor_store_id,
+            },
+            IntegrationIn,
         )
     except msgspec.ValidationError as exc:
-        raise CliError(f"--location-id or --webhook-url: {exc}") from None
+        raise CliError(f"--location-id, --webhook-url or --vendor-store-id: {exc}") from None
     settings = _with_urls(_settings(args))
 
     async def work(services: Any) -> int:
@@ -546,6 +551,11 @@ def _pos_commands(
     create = actions.add_parser("create", help="a new integration and its first signing key")
     create.add_argument("--location-id", required=True)
     create.add_argument("--webhook-url", default=None)
+    create.add_argument(
+        "--vendor-store-id",
+        default=None,
+        help="the vendor's id of this store (Square location_id, Loyverse store_id)",
+    )
     create.add_argument("--data-dir")
     imports = command("import", cmd_import, "import past data")
     what = imports.add_subparsers(dest="what", required=True)

@@ -49,6 +49,8 @@ class Till:
     brand_id: UUID
     location_id: UUID
     key_id: str
+    # The vendor's id of this store (Square location, Loyverse store), when the admin set it.
+    vendor_store_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -102,7 +104,13 @@ class TillAuth:
         except SealError:
             # Sealed under another seal key: as good as unknown, and worth a look in the logs.
             raise _refuse("unknown or revoked key", "invalid-key") from None
-        till = Till(row["integration_id"], row["brand_id"], row["location_id"], key_id)
+        till = Till(
+            row["integration_id"],
+            row["brand_id"],
+            row["location_id"],
+            key_id,
+            row["vendor_store_id"],
+        )
         return PendingCheck(till, header, BodyMac(secret, header.timestamp))
 
     def _open(self, sealed: bytes) -> str:

@@ -29,11 +29,15 @@ __all__ = [
 ]
 
 WebhookUrl = Annotated[str, Meta(max_length=2000, pattern=r"^https?://")]
+VendorStoreId = Annotated[str, Meta(min_length=1, max_length=200)]
 
 
 class IntegrationIn(Struct, kw_only=True, frozen=True):
     location_id: UUID
     webhook_url: WebhookUrl | None = None
+    # The vendor's id of this store (Square ``location_id``, Loyverse ``store_id``): vendor
+    # payloads from another store are then refused (422 ``vendor-store-mismatch``).
+    vendor_store_id: VendorStoreId | None = None
 
 
 class KeyCreated(Struct, kw_only=True, frozen=True):
@@ -50,6 +54,7 @@ class IntegrationCreated(Struct, kw_only=True, frozen=True):
     secret: str
     location_id: UUID
     webhook_url: str | None = None
+    vendor_store_id: str | None = None
     # With a webhook_url: the Standard Webhooks secret the till verifies deliveries with
     # (server/pos/webhooks.py); shown this once, like the key's secret.
     webhook_secret: str | None = None
@@ -69,6 +74,7 @@ class IntegrationView(Struct, kw_only=True, frozen=True):
     webhook_url: str | None
     created_at: datetime
     keys: list[KeyView]
+    vendor_store_id: str | None = None
 
 
 class Integrations:
@@ -88,7 +94,12 @@ class Integrations:
         webhook_secret = new_webhook_secret() if body.webhook_url else None
         async with self.db.transaction() as conn:
             row = await conn.fetchrow(
-                sql.INSERT_INTEGRATION, body.location_id, body.webhook_url, brand_id, webhook_secret
+                sql.INSERT_INTEGRATION,
+                body.location_id,
+                body.webhook_url,
+                brand_id,
+                webhook_secret,
+                body.vendor_store_id,
             )
             if row is None:
                 raise Problem(404, "location-not-found", f"no location {body.location_id}")
@@ -99,6 +110,7 @@ class Integrations:
             secret=key.secret,
             location_id=row["location_id"],
             webhook_url=row["webhook_url"],
+            vendor_store_id=row["vendor_store_id"],
             webhook_secret=webhook_secret,
         )
 
@@ -139,6 +151,7 @@ class Integrations:
                 id=r["id"],
                 location_id=r["location_id"],
                 webhook_url=r["webhook_url"],
+                vendor_store_id=r["vendor_store_id"],
                 created_at=r["created_at"],
                 keys=msgspec.convert(r["keys"], list[KeyView]),
             )

@@ -30,6 +30,11 @@ class SignedIntegration(Protocol):
     @property
     def location_id(self) -> UUID: ...
 
+    @property
+    def vendor_store_id(self) -> str | None:
+        """The vendor's id of the integration's store, when its admin named one."""
+        ...
+
 
 @runtime_checkable
 class ReceiptIntake(Protocol):

@@ -3,10 +3,11 @@
 # -- integrations and keys -----------------------------------------------------------------
 
 INSERT_INTEGRATION = """
-INSERT INTO pos_integrations (brand_id, location_id, webhook_url, webhook_secret)
-SELECT l.brand_id, l.id, $2, $4 FROM locations l
+INSERT INTO pos_integrations (brand_id, location_id, webhook_url, webhook_secret,
+                              vendor_store_id)
+SELECT l.brand_id, l.id, $2, $4, $5 FROM locations l
 WHERE l.id = $1 AND ($3::uuid IS NULL OR l.brand_id = $3)
-RETURNING id, brand_id, location_id, webhook_url, created_at
+RETURNING id, brand_id, location_id, webhook_url, vendor_store_id, created_at
 """
 
 # Locks the integration so two key creations cannot both pass the active-key limit.
@@ -35,7 +36,7 @@ RETURNING k.revoked_at
 """
 
 INTEGRATIONS_OF_BRAND = """
-SELECT i.id, i.brand_id, i.location_id, i.webhook_url, i.created_at,
+SELECT i.id, i.brand_id, i.location_id, i.webhook_url, i.vendor_store_id, i.created_at,
        coalesce(jsonb_agg(jsonb_build_object(
            'key_id', k.key_id, 'digest', encode(k.secret_digest, 'hex'),
            'created_at', k.created_at, 'revoked_at', k.revoked_at) ORDER BY k.created_at)
@@ -50,7 +51,7 @@ ORDER BY i.created_at
 # Read on every signed request: revocation is immediate because nothing caches this row.
 KEY_FOR_SIGNATURE = """
 SELECT k.secret_sealed, k.revoked_at, i.id AS integration_id, i.brand_id, i.location_id,
-       i.disabled_at
+       i.disabled_at, i.vendor_store_id
 FROM pos_keys k JOIN pos_integrations i ON i.id = k.integration_id
 WHERE k.key_id = $1
 """

@@ -31,6 +31,7 @@ class FakeTill:
     integration_id: uuid.UUID = field(default_factory=lambda: uuid.UUID(int=1))
     brand_id: uuid.UUID = field(default_factory=lambda: uuid.UUID(int=2))
     location_id: uuid.UUID = field(default_factory=lambda: LOCATION)
+    vendor_store_id: str | None = None
 
 
 @dataclass

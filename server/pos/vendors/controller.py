@@ -27,9 +27,23 @@ def _refuse(exc: VendorPayloadError) -> Problem:
     return Problem(422, "vendor-payload-invalid", str(exc))
 
 
+def _require_store(till: SignedIntegration, vendor: str, stores: set[str]) -> None:
+    """422 ``vendor-store-mismatch`` for a payload from another store of the vendor account
+    than the one the integration stands for (when its admin named one)."""
+    expected = till.vendor_store_id
+    others = sorted(stores - {expected}) if expected else []
+    if others:
+        raise Problem(
+            422,
+            "vendor-store-mismatch",
+            f"this integration takes {vendor} store {expected!r}, not {', '.join(others)!r};"
+            " send each store's receipts with its own integration's key",
+        )
+
+
 class VendorReceiptsController(Controller):
-    """Signed like every till request: registered once pos-in's guard (``requires_till``) and
-    its ``till`` dependency are on main; declare ``guards = [requires_till]`` then."""
+    """Signed like every till request: the router in server/app.py guards these routes with
+    ``requires_till``, which provides ``till``."""
 
     path = "/v1/pos/vendors"
     tags = ["pos"]
@@ -44,10 +58,11 @@ class VendorReceiptsController(Controller):
         """A Square ``Order`` (bare or ``{"order": …}``), its tenders and returns, as one
         receipt. 422 ``vendor-payload-invalid`` when it cannot be read as one."""
         try:
+            body = decode(await request.body())
+            store = square.store_of(body)
+            _require_store(till, "Square", {store} if store else set())
             receipt = square.order_to_receipt(
-                decode(await request.body()),
-                location_id=till.location_id,
-                received_at=datetime.now(UTC),
+                body, location_id=till.location_id, received_at=datetime.now(UTC)
             )
         except VendorPayloadError as exc:
             raise _refuse(exc) from None
@@ -66,6 +81,7 @@ class VendorReceiptsController(Controller):
         currency = await pos_intake.currency_of(till)
         try:
             body = decode(await request.body())
+            _require_store(till, "Loyverse", loyverse.stores_of(body))
             receipts = loyverse.receipts_of(body, location_id=till.location_id, currency=currency)
         except VendorPayloadError as exc:
             raise _refuse(exc) from None

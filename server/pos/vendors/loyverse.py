@@ -37,6 +37,20 @@ _CARD_PROVIDERS = {"SUMUP", "IZETTLE", "TYRO", "WORLDPAY", "YOCO", "SQUARE", "VI
 _NAME_MAX = 200
 
 
+def stores_of(body: Any) -> set[str]:
+    """The Loyverse stores the receipt (or each receipt of an envelope) names."""
+    if not isinstance(body, Mapping):
+        return set()
+    receipts = body.get("receipts") if "receipts" in body else [body]
+    if not isinstance(receipts, list):
+        return set()
+    return {
+        r["store_id"]
+        for r in receipts
+        if isinstance(r, Mapping) and isinstance(r.get("store_id"), str)
+    }
+
+
 def receipts_of(body: Any, *, location_id: UUID, currency: str) -> list[ReceiptIn]:
     """Map a Loyverse receipt, or a ``receipts.update`` envelope of several, to receipts.
 

@@ -32,6 +32,13 @@ _TENDERS: dict[str, Tender] = {
 _NAME_MAX = 200
 
 
+def store_of(body: Any) -> str | None:
+    """The Square location the order (bare or ``{"order": …}``) was taken at, if it says."""
+    order = body.get("order", body) if isinstance(body, Mapping) else None
+    store = order.get("location_id") if isinstance(order, Mapping) else None
+    return store if isinstance(store, str) else None
+
+
 def order_to_receipt(body: Any, *, location_id: UUID, received_at: datetime) -> ReceiptIn:
     """Map a Square ``Order`` (bare or ``{"order": …}``) to a :class:`ReceiptIn`.
 
