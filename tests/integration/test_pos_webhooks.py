@@ -455,6 +455,7 @@ async def test_the_feed_route_serves_the_tills_location(
         integration_id: uuid.UUID
         brand_id: uuid.UUID
         location_id: uuid.UUID
+        vendor_store_id: str | None = None
 
     till = Till(uuid.uuid4(), demo.brand_id, demo.locations["station"])
     app = Litestar(
