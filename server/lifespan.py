@@ -26,7 +26,12 @@ from server.counter import sql as counter_sql
 from server.counter.live import LiveQueues
 from server.counter.model import Visit, VisitItem
 from server.counter.points import CounterPoints
-from server.counter.profiles import record_completed_order, record_visit, record_visits
+from server.counter.profiles import (
+    fold_stored,
+    record_completed_order,
+    record_visit,
+    record_visits,
+)
 from server.counter.service import CounterDesk
 from server.guests.service import Guests
 from server.infra.audit import AUDIT
@@ -40,6 +45,7 @@ from server.orders.service import Orders
 from server.pos.auth import TillAuth
 from server.pos.batch import BatchIntake
 from server.pos.claims import Claims
+from server.pos.guest_sale import GuestSales
 from server.pos.imports import ReceiptImport
 from server.pos.integrations import Integrations
 from server.pos.points import LoyaltyPoints
@@ -54,6 +60,7 @@ __all__ = [
     "HOT_STATEMENTS",
     "Services",
     "build_services",
+    "fold_receipt_profile",
     "jwt_secret",
     "lifespan",
     "pos_seal_key",
@@ -130,14 +137,25 @@ async def record_receipt_visit(conn: asyncpg.Connection, visit: ReceiptVisit) ->
     tz = ZoneInfo(
         await conn.fetchval("SELECT timezone FROM locations WHERE id = $1", visit.location_id)
     )
-    folded = Visit(
+    await record_visit(conn, visit.guest_id, _counter_visit(visit, tz), datetime.now(UTC), tz)
+
+
+def fold_receipt_profile(
+    stored: asyncpg.Record, visit: ReceiptVisit, timezone: str, now: datetime
+) -> dict[str, object]:
+    """A till receipt's visit folded into the guest's stored profile (its histograms started),
+    as :func:`record_receipt_visit` folds it, for the two-statement guest sale."""
+    return fold_stored(stored, _counter_visit(visit, ZoneInfo(timezone)), now)
+
+
+def _counter_visit(visit: ReceiptVisit, tz: ZoneInfo) -> Visit:
+    return Visit(
         at=visit.at,
         local_at=visit.at.astimezone(tz),
         amount_minor=visit.amount_minor,
         points=visit.points,
         items=tuple(VisitItem(*item) for item in visit.items),
     )
-    await record_visit(conn, visit.guest_id, folded, datetime.now(UTC), tz)
 
 
 async def record_receipt_visits(conn: asyncpg.Connection, visits: Sequence[ReceiptVisit]) -> None:
@@ -202,7 +220,8 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
     sealer = Sealer(pos_seal_key(settings))
     till_auth = TillAuth(settings, db, gate, sealer)
     points = LoyaltyPoints(loyalty)
-    intake = Intake(settings, db, points, record_receipt_visit, record_receipt_visits)
+    guest_sales = GuestSales(settings, points, fold_receipt_profile)
+    intake = Intake(settings, db, points, record_receipt_visit, record_receipt_visits, guest_sales)
     batch_intake = BatchIntake(settings, db, till_auth, intake, points)
     return Services(
         settings,

@@ -210,6 +210,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # POST /v1/pos/receipts past Litestar's request cycle (server/pos/lane.py says what it
     # serves and why); off, every receipt goes through the controller. For side-by-side runs.
     pos_receipt_lane: bool = True
+    # A sale naming a guest by card or phone as two statements (server/pos/guest_sale.py: one
+    # read, one write that checks the guest's profile is unchanged) instead of a transaction of
+    # ~14; off, it goes the transactional way (for comparing both). A write that met a
+    # concurrent change is read and tried again up to this many times in all, then taken the
+    # transactional way.
+    pos_guest_sale_fast: bool = True
+    pos_guest_sale_attempts: int = 3
 
     # Jobs.
     worker_interval_s: float = 15.0

@@ -15,13 +15,14 @@ from server.counter import sql
 from server.counter.model import (
     RECENT_VISITS_MAX,
     Profile,
+    Row,
     Visit,
     VisitItem,
     fold_visit,
     histogram_from,
 )
 
-__all__ = ["record_completed_order", "record_visit", "record_visits"]
+__all__ = ["fold_stored", "record_completed_order", "record_visit", "record_visits"]
 
 
 async def record_visit(
@@ -73,10 +74,21 @@ async def record_visits(
     )
 
 
+def fold_stored(row: Row, visit: Visit, now: datetime) -> dict[str, object]:
+    """A stored profile row (as PROFILE_FOR_UPDATE reads it, its histograms started) after
+    :func:`fold_visit` of ``visit``: the columns UPDATE_PROFILES writes, for a writer that
+    checks the row is unchanged (``guest_profile_replace``, migration 0023)."""
+    assert row["weekday_counts"] is not None, "the histograms are started"
+    return _columns(fold_visit(_stored(row), visit, now))
+
+
 def _row(guest_id: UUID, folded: Profile) -> dict[str, object]:
     """A folded profile as UPDATE_PROFILES reads it."""
+    return {"guest_id": guest_id, **_columns(folded)}
+
+
+def _columns(folded: Profile) -> dict[str, object]:
     return {
-        "guest_id": guest_id,
         "visits_total": folded.visits_total,
         "visits_30d": folded.visits_30d,
         "spend_total_minor": folded.spend_total_minor,
@@ -120,34 +132,50 @@ async def _profile_of(
 ) -> Profile:
     """The stored profile to fold onto; histograms started from the guest's completed orders
     (bounded) when the row has none yet."""
-    if row is None or row["weekday_counts"] is None:
-        history = [
-            r["created_at"]
-            for r in await conn.fetch(
-                sql.COMPLETED_VISITS, guest_id, exclude_order_id, RECENT_VISITS_MAX * 5
-            )
-        ]
-        weekdays, hours = histogram_from(at.astimezone(tz) for at in history)
-        recent = tuple(sorted(at for at in history if at > now - timedelta(days=30)))
-    else:
-        weekdays, hours = tuple(row["weekday_counts"]), tuple(row["hour_counts"])
-        recent = tuple(row["recent_visits"] or ())
-    profile = Profile(recent_visits=recent, weekday_counts=weekdays, hour_counts=hours)
-    if row is not None:
-        profile = Profile(
-            visits_total=row["visits_total"],
-            spend_total_minor=row["spend_total_minor"],
-            avg_ticket_minor=row["avg_ticket_minor"],
-            usual_weekday=row["usual_weekday"],
-            usual_hour=row["usual_hour"],
-            last_visit_at=row["last_visit_at"],
-            top_items=tuple(row["top_items"]),
-            points_earned_12m=row["points_earned_12m"],
-            weekday_counts=weekdays,
-            hour_counts=hours,
-            recent_visits=recent,
+    if row is not None and row["weekday_counts"] is not None:
+        return _stored(row)
+    history = [
+        r["created_at"]
+        for r in await conn.fetch(
+            sql.COMPLETED_VISITS, guest_id, exclude_order_id, RECENT_VISITS_MAX * 5
         )
-    return profile
+    ]
+    weekdays, hours = histogram_from(at.astimezone(tz) for at in history)
+    recent = tuple(sorted(at for at in history if at > now - timedelta(days=30)))
+    if row is None:
+        return Profile(recent_visits=recent, weekday_counts=weekdays, hour_counts=hours)
+    return _from_row(row, weekdays, hours, recent)
+
+
+def _stored(row: Row) -> Profile:
+    """A row whose histograms are started, as a Profile."""
+    return _from_row(
+        row,
+        tuple(row["weekday_counts"]),
+        tuple(row["hour_counts"]),
+        tuple(row["recent_visits"] or ()),
+    )
+
+
+def _from_row(
+    row: Row,
+    weekdays: tuple[int, ...],
+    hours: tuple[int, ...],
+    recent: tuple[datetime, ...],
+) -> Profile:
+    return Profile(
+        visits_total=row["visits_total"],
+        spend_total_minor=row["spend_total_minor"],
+        avg_ticket_minor=row["avg_ticket_minor"],
+        usual_weekday=row["usual_weekday"],
+        usual_hour=row["usual_hour"],
+        last_visit_at=row["last_visit_at"],
+        top_items=tuple(row["top_items"]),
+        points_earned_12m=row["points_earned_12m"],
+        weekday_counts=weekdays,
+        hour_counts=hours,
+        recent_visits=recent,
+    )
 
 
 async def record_completed_order(conn: asyncpg.Connection, order_id: UUID) -> None:

@@ -16,6 +16,7 @@ __all__ = [
     "by_phones",
     "by_pos_customer",
     "by_public_id",
+    "card_digits",
     "link_pos_customer",
     "names",
 ]
@@ -69,7 +70,7 @@ async def by_phone(conn: asyncpg.Connection, brand_id: UUID, phone_e164: str) ->
 
 async def by_card(conn: asyncpg.Connection, brand_id: UUID, card_number: str) -> UUID | None:
     """By the printed card number; spaces and dashes typed with it are ignored."""
-    guest_id: UUID | None = await conn.fetchval(BY_CARD, brand_id, _digits(card_number))
+    guest_id: UUID | None = await conn.fetchval(BY_CARD, brand_id, card_digits(card_number))
     return guest_id
 
 
@@ -86,13 +87,14 @@ async def by_cards(
 ) -> dict[str, UUID]:
     """:func:`by_card` for many card numbers in one query: the guest of each number (as
     given) that has one."""
-    digits = {number: _digits(number) for number in card_numbers}
+    digits = {number: card_digits(number) for number in card_numbers}
     rows = await conn.fetch(BY_CARDS, brand_id, sorted(set(digits.values())))
     found: dict[str, UUID] = {row["card_number"]: row["id"] for row in rows}
     return {number: found[d] for number, d in digits.items() if d in found}
 
 
-def _digits(card_number: str) -> str:
+def card_digits(card_number: str) -> str:
+    """A card number as stored: its digits (spaces and dashes typed with it dropped)."""
     return "".join(ch for ch in card_number if ch.isdigit())
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 from uuid import UUID
 
@@ -17,6 +17,7 @@ __all__ = [
     "Lot",
     "Movement",
     "Outcome",
+    "PlannedEarn",
     "Program",
     "SettleAction",
     "Tier",
@@ -28,6 +29,7 @@ __all__ = [
     "remaining_lots",
     "settle_action",
     "tier_for",
+    "tier_window_start",
 ]
 
 
@@ -292,3 +294,21 @@ def states_after(final: AccountState, points: Sequence[int]) -> list[AccountStat
         states.append(AccountState(posted=posted, pending=final.pending, version=version))
         posted, version = posted - credit, version - 1
     return states[::-1]
+
+
+def tier_window_start(program: Program, now: datetime) -> datetime:
+    """Where the tier window that counts at ``now`` starts."""
+    return now - timedelta(days=program.tier_window_days)
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedEarn:
+    """An earn computed ahead of its write (:meth:`Loyalty.plan_earn`), for a statement that
+    writes it through the ``loyalty_earn`` SQL function (migration 0022) with these
+    arguments: what :meth:`Loyalty.earn` would write."""
+
+    transfer_id: UUID
+    source_account_id: UUID
+    points: int
+    code: str
+    expires_at: datetime

@@ -188,23 +188,10 @@ class Ledger:
     ) -> AccountState:
         """Give a guest ``points`` from a system account (earn, accrual, welcome, restore)."""
         system = await self.system_account(conn, brand_id, source)
-        await conn.execute(
-            sql.INSERT_TRANSFER,
-            transfer_id,
-            brand_id,
-            system,
-            account_id,
-            points,
-            "single",
-            None,
-            code,
-            order_id,
-            location_id,
-            expires_at,
-            None,
-            reason,
-        )
-        row = await conn.fetchrow(sql.CREDIT_GUEST, account_id, points)
+        row = await conn.fetchrow(
+            sql.EARN, transfer_id, brand_id, system, account_id, points, code, order_id,
+            location_id, expires_at, reason,
+        )  # fmt: skip
         assert row is not None
         return _state(row)
 

@@ -41,10 +41,14 @@ from server.loyalty.model import (
     Earning,
     Movement,
     Outcome,
+    PlannedEarn,
+    Program,
     add_months,
     earn_in_order,
+    earn_points,
     settle_action,
     states_after,
+    tier_for,
 )
 from server.loyalty.programs import Programs
 from server.loyalty.repository import Credit, Hold, Ledger
@@ -401,6 +405,33 @@ class Loyalty(WalletReads):
             expires_at=add_months(now or datetime.now(UTC), program.lot_expiry_months),
         )
         return Movement(guest_id, "credit", transfer_id, state, points)
+
+    async def plan_earn(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        brand_id: UUID,
+        program: Program,
+        earned_in_window: int,
+        paid_minor: int,
+        now: datetime | None = None,
+    ) -> PlannedEarn | None:
+        """What :meth:`earn` with code ``earn`` would credit for ``paid_minor`` of net money
+        at the tier that ``earned_in_window`` (``loyalty_tier_window``, migration 0022) gives,
+        for a caller's statement to write through ``loyalty_earn``; None for 0 points (nothing
+        to write). Mirror :meth:`planned_movement` after that statement committed."""
+        tier, _ = tier_for(program, earned_in_window)
+        points = earn_points(program, paid_minor, tier)
+        if points <= 0:
+            return None
+        source = await self.ledger.system_account(conn, brand_id, _SOURCE["earn"])
+        expires_at = add_months(now or datetime.now(UTC), program.lot_expiry_months)
+        return PlannedEarn(uuid.uuid4(), source, points, "earn", expires_at)
+
+    @staticmethod
+    def planned_movement(guest_id: UUID, plan: PlannedEarn, state: AccountState) -> Movement:
+        """The movement a written :class:`PlannedEarn` made (``state``: the account after)."""
+        return Movement(guest_id, "credit", plan.transfer_id, state, plan.points)
 
     async def earn_many(
         self, conn: asyncpg.Connection, *, brand_id: UUID, earnings: Sequence[Earning]

@@ -61,6 +61,12 @@ WHERE id = $1
 RETURNING credits_posted - debits_posted AS posted, debits_pending AS pending, version
 """
 
+# A single-phase credit from a system account and the account after it, in one statement
+# (migration 0022; a receipt's one-statement sale calls loyalty_earn too).
+EARN = """
+SELECT posted, pending, version FROM loyalty_earn($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+"""
+
 CREDIT_GUEST = """
 UPDATE accounts SET credits_posted = credits_posted + $2, version = version + 1
 WHERE id = $1
@@ -120,14 +126,8 @@ WHERE credit_account_id = $1 AND phase = 'single' AND expires_at IS NOT NULL
 ORDER BY expires_at
 """
 
-# Points earned in the tier window: earnings minus what refunds reversed.
-POINTS_EARNED_SINCE = """
-SELECT coalesce(sum(CASE WHEN credit_account_id = $1 THEN amount ELSE -amount END), 0)::bigint
-FROM transfers
-WHERE phase = 'single' AND created_at >= $2
-  AND ((credit_account_id = $1 AND code IN ('earn', 'accrual'))
-       OR (debit_account_id = $1 AND code = 'refund_reversal'))
-"""
+# Points earned in the tier window: earnings minus what refunds reversed (migration 0022).
+POINTS_EARNED_SINCE = "SELECT loyalty_points_earned_since($1, $2)"
 
 # The tier total kept in guest_profiles only grows with new visits; this recounts the stalest
 # profiles so earnings that leave the window stop counting.

@@ -14,7 +14,15 @@ from server.infra.problems import Problem
 from server.infra.redis import RedisUnavailable
 from server.loyalty import sql
 from server.loyalty.hot import HotWallets
-from server.loyalty.model import AccountState, Lot, Program, Tier, remaining_lots, tier_for
+from server.loyalty.model import (
+    AccountState,
+    Lot,
+    Program,
+    Tier,
+    remaining_lots,
+    tier_for,
+    tier_window_start,
+)
 from server.loyalty.programs import Programs
 from shared import contract
 
@@ -33,7 +41,7 @@ class WalletReads:
     ) -> tuple[Tier, Tier | None, int]:
         """The guest's tier, the next one (None at the top) and the points earned in the
         program's tier window (earnings minus refund reversals)."""
-        since = datetime.now(UTC) - timedelta(days=program.tier_window_days)
+        since = tier_window_start(program, datetime.now(UTC))
         earned = int(await conn.fetchval(sql.POINTS_EARNED_SINCE, account_id, since))
         current, following = tier_for(program, earned)
         return current, following, earned
@@ -43,7 +51,7 @@ class WalletReads:
     ) -> dict[UUID, int]:
         """The points each account earned in the program's tier window, in one query (what
         :meth:`tier` reads for one)."""
-        since = datetime.now(UTC) - timedelta(days=program.tier_window_days)
+        since = tier_window_start(program, datetime.now(UTC))
         rows = await conn.fetch(sql.POINTS_EARNED_SINCE_MANY, list(account_ids), since)
         return {row["id"]: int(row["earned"]) for row in rows}
 

@@ -20,7 +20,7 @@ import asyncpg
 
 from server.infra import idempotency
 from server.infra.idempotency import IdempotentRequest, Stored
-from server.loyalty.model import Earning, Movement, Program, earn_points
+from server.loyalty.model import AccountState, Earning, Movement, PlannedEarn, Program, earn_points
 from server.loyalty.service import Loyalty
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "Held",
     "LoyaltyPoints",
     "Move",
+    "PlannedEarn",
     "PointsPort",
     "Resolved",
     "WalletView",
@@ -97,6 +98,18 @@ class PointsPort(Protocol):
     async def earn_many(
         self, conn: asyncpg.Connection, *, brand_id: UUID, earnings: Sequence[Earning]
     ) -> list[Earned]: ...
+
+    async def plan_earn(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        brand_id: UUID,
+        program: Program,
+        earned_in_window: int,
+        paid_minor: int,
+    ) -> PlannedEarn | None: ...
+
+    def planned(self, guest_id: UUID, plan: PlannedEarn | None, state: AccountState) -> Earned: ...
 
     async def reverse(
         self,
@@ -190,6 +203,31 @@ class LoyaltyPoints:
             Earned(0, None, ()) if m is None else Earned(m.points, m.transfer_id, (m,))
             for m in moved
         ]
+
+    async def plan_earn(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        brand_id: UUID,
+        program: Program,
+        earned_in_window: int,
+        paid_minor: int,
+    ) -> PlannedEarn | None:
+        """What :meth:`earn` would credit, for a statement of the caller's to write through
+        loyalty's ``loyalty_earn`` (None: 0 points, nothing to write)."""
+        return await self.loyalty.plan_earn(
+            conn, brand_id=brand_id, program=program, earned_in_window=earned_in_window,
+            paid_minor=paid_minor,
+        )  # fmt: skip
+
+    def planned(self, guest_id: UUID, plan: PlannedEarn | None, state: AccountState) -> Earned:
+        """What :meth:`earn` would have answered, once ``plan`` is written (``state``: the
+        account after it)."""
+        if plan is None:
+            return Earned(0, None, ())
+        return Earned(
+            plan.points, plan.transfer_id, (self.loyalty.planned_movement(guest_id, plan, state),)
+        )
 
     async def reverse(
         self,

@@ -42,7 +42,19 @@ from server.pos.points import Earning, Move, PointsPort
 from server.settings import Settings
 from shared.pos import ReceiptIn, ReceiptLineIn, ReceiptOut
 
-__all__ = ["Intake", "ReceiptVisit", "Taken", "VisitHook", "VisitsHook"]
+__all__ = [
+    "GuestSaleHook",
+    "Intake",
+    "PricedSale",
+    "ReceiptVisit",
+    "Taken",
+    "VisitHook",
+    "VisitsHook",
+    "line_rows",
+    "request_digest",
+    "stored_answer",
+    "visit_of",
+]
 
 _encode = msgspec.json.Encoder().encode
 _CLAIM_ATTEMPTS = 5
@@ -66,6 +78,23 @@ class ReceiptVisit:
 VisitHook = Callable[[asyncpg.Connection, ReceiptVisit], Awaitable[None]]
 # The same for many visits, folded in order (a batch's chunk): one profile write per guest.
 VisitsHook = Callable[[asyncpg.Connection, Sequence[ReceiptVisit]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class PricedSale:
+    """A sale :meth:`Intake.take` has checked and priced outside a transaction (the till's
+    location, a UTC offset, the brand's currency), with the menu items its SKUs name."""
+
+    pricing: Pricing
+    menu: dict[str, UUID]
+    currency: str
+
+
+# Takes a sale naming a guest by card or phone in a few statements outside a transaction, as
+# take_on would (server/pos/guest_sale.py, wired in lifespan); None: take_on is to take it.
+GuestSaleHook = Callable[
+    [asyncpg.Connection, Till, ReceiptIn, PricedSale], Awaitable["Taken | None"]
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +167,10 @@ class Intake:
         points: PointsPort,
         on_visit: VisitHook,
         on_visits: VisitsHook,
+        guest_sale: GuestSaleHook | None = None,
     ) -> None:
         self.settings = settings
+        self.guest_sale = guest_sale if settings.pos_guest_sale_fast else None
         self.db = db
         self.points = points
         self.on_visit = on_visit
@@ -164,10 +195,11 @@ class Intake:
         if conn is None:
             async with self.db.connection() as held:
                 return await self.take(till, receipt, held)
-        if receipt.guest is None and receipt.refund_of is None:
-            anonymous = await self._take_anonymous(conn, till, receipt)
-            if anonymous is not None:
-                return anonymous
+        if receipt.refund_of is None and (receipt.guest is None or self._plainly_named(receipt)):
+            quick = await self._take_quickly(conn, till, receipt)
+            if quick is not None:
+                await self.points.mirror(quick.moves)
+                return quick
         for attempt in range(_DEADLOCK_RETRIES + 1):
             try:
                 async with conn.transaction():
@@ -183,11 +215,22 @@ class Intake:
         await self.points.mirror(taken.moves)
         return taken
 
-    async def _take_anonymous(
+    def _plainly_named(self, receipt: ReceiptIn) -> bool:
+        """A guest named by card number or phone only: what the guest sale hook takes."""
+        named = receipt.guest
+        return (
+            self.guest_sale is not None
+            and named is not None
+            and not (named.qr_code or named.pos_customer_id)
+            and bool(named.card_number or named.phone)
+        )
+
+    async def _take_quickly(
         self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn
     ) -> Taken | None:
-        """A sale naming no guest, taken in one statement (sql.WRITE_ANONYMOUS_SALE) on
-        ``conn`` outside a transaction: what :meth:`take_on` would store and answer.
+        """A sale naming no guest (one statement, :meth:`_take_anonymous`) or a guest by card
+        or phone (``guest_sale``), on ``conn`` outside a transaction: what :meth:`take_on`
+        would store and answer.
 
         None when :meth:`take_on` is to answer instead, which then says what it always said
         in the order it checks: a location or ``occurred_at`` it refuses, a receipt it cannot
@@ -200,9 +243,24 @@ class Intake:
         if receipt.currency not in (None, currency):
             return None
         try:
-            pricing, _ = await self._price(conn, till, receipt)
+            pricing, menu = await self._price(conn, till, receipt)
         except Problem:
             return None
+        if receipt.guest is None:
+            return await self._take_anonymous(conn, till, receipt, pricing, currency)
+        assert self.guest_sale is not None
+        return await self.guest_sale(conn, till, receipt, PricedSale(pricing, menu, currency))
+
+    async def _take_anonymous(
+        self,
+        conn: asyncpg.Connection,
+        till: Till,
+        receipt: ReceiptIn,
+        pricing: Pricing,
+        currency: str,
+    ) -> Taken | None:
+        """A priced sale naming no guest, in one statement (sql.WRITE_ANONYMOUS_SALE); None
+        after a deadlock (nothing was written; take_on retries)."""
         digest = request_digest(receipt)
         receipt_id = uuid.uuid4()
         for _ in range(_CLAIM_ATTEMPTS):
@@ -413,7 +471,7 @@ class Intake:
                 moves[i] = points_of[i].moves
             points = sum(p.points_earned for p in pricing.lines)
             if guest.guest_id is not None:
-                visits.append(_visit_of(till, receipts[i], guest.guest_id, pricing, points, menu))
+                visits.append(visit_of(till, receipts[i], guest.guest_id, pricing, points, menu))
             outs[i] = ReceiptOut(
                 receipt_id=ids[i],
                 points_earned=points,
@@ -550,14 +608,7 @@ class Intake:
     ) -> Taken:
         row = await conn.fetchrow(sql.RECEIPT_KEY, till.integration_id, receipt.external_id)
         assert row is not None, "the key row is committed or ours"
-        if bytes(row["request_hash"]) != digest:
-            raise Problem(
-                409,
-                "receipt-conflict",
-                f"receipt {receipt.external_id!r} was already sent with different content",
-            )
-        assert row["response"] is not None, "a claimed key is finished in its transaction"
-        return Taken("replayed", row["receipt_id"], bytes(row["response"]))
+        return stored_answer(row, receipt, digest)
 
     # -- a sale ----------------------------------------------------------------------------
 
@@ -679,7 +730,7 @@ class Intake:
         points: int,
         menu: dict[str, UUID],
     ) -> None:
-        await self.on_visit(conn, _visit_of(till, receipt, guest_id, pricing, points, menu))
+        await self.on_visit(conn, visit_of(till, receipt, guest_id, pricing, points, menu))
 
     # -- who the guest is ------------------------------------------------------------------
 
@@ -785,6 +836,32 @@ class Intake:
         return body, moves
 
 
+def stored_answer(row: asyncpg.Record, receipt: ReceiptIn, digest: bytes) -> Taken:
+    """The answer to a receipt whose key is stored (``row``: RECEIPT_KEY's columns): the
+    stored answer replayed, or 409 ``receipt-conflict`` for another receipt under its id."""
+    if bytes(row["request_hash"]) != digest:
+        raise Problem(
+            409,
+            "receipt-conflict",
+            f"receipt {receipt.external_id!r} was already sent with different content",
+        )
+    assert row["response"] is not None, "a claimed key is finished in its transaction"
+    return Taken("replayed", row["receipt_id"], bytes(row["response"]))
+
+
+def line_rows(lines: Sequence[PricedLine]) -> list[_LineRow]:
+    """The priced lines of one sale as WRITE_SALES (and pos_take_guest_sale) read them."""
+    return [
+        _LineRow(
+            0, p.line_no, p.line.sku, p.line.name, p.line.category, p.line.quantity,
+            p.line.unit_price_minor, p.gross_minor, p.discount_minor, p.line.tax_minor,
+            p.line.voided, p.line.gift_card, p.earns, p.points_paid, p.paid_minor,
+            p.points_earned,
+        )
+        for p in lines
+    ]  # fmt: skip
+
+
 def _line_columns(lines: Sequence[PricedLine]) -> list[list[object]]:
     """The priced lines as the columns the receipt writes unnest, in their order."""
     return [
@@ -823,7 +900,7 @@ def _reason(receipt: ReceiptIn) -> str:
     return f"receipt {receipt.external_id}"
 
 
-def _visit_of(
+def visit_of(
     till: Till,
     receipt: ReceiptIn,
     guest_id: UUID,
