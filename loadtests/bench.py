@@ -166,30 +166,24 @@ def _bind(statement: str, *values: str) -> str:
 def pos_pgbench_scripts() -> tuple[str, str]:
     """The SQL of one signed sale as the intake sends it (server/pos/receipts.py): (an
     anonymous sale: one statement, no transaction, claiming the key with its stored answer,
-    the claim code, receipt and lines; a sale naming a guest by phone, in one transaction:
-    key claim, the guest, their account, tier window, earn transfer, credit, location time
-    zone, profile fold, receipt + lines + stored answer). Two lines, like most of
-    loadtests/pos_receipts.py's receipts. The catalogue reads are not sent: the intake
-    keeps their answers (server/pos/catalogue.py), and the bench sends few SKUs."""
-    from server.counter import sql as counter_sql
-    from server.guests.identities import BY_PHONE
-    from server.loyalty import sql as loyalty_sql
+    the claim code, receipt and lines; a sale naming a guest by phone in two statements, no
+    transaction (server/pos/guest_sale.py): the read of key, guest, account, tier window, time
+    zone and profile, and the write of key, earn, profile (if unchanged), receipt and lines).
+    The guest's write binds what the read returned (``\\gset``); a write that meets a
+    concurrent change of the guest's profile fails with 40001 and pgbench tries the sale
+    again (``--max-tries``), as the intake does. Two lines, like most of
+    loadtests/pos_receipts.py's receipts. The catalogue reads and the program are not sent:
+    the intake keeps their answers (server/pos/catalogue.py), and the bench sends few SKUs."""
     from server.pos import sql as pos_sql
 
     head = [
         r"\set r random(1, 4000000000000000000)",
         r"\set g random(1, :nguests)",
-        "BEGIN;",
     ]
     ext = "('pb-' || :client_id || '-' || :r)"
     rid = f"md5('r' || {ext})::uuid"
-    guest = "(SELECT guest_id FROM bench.pos_guests WHERE n = :g)"
-    account = "(SELECT account_id FROM bench.pos_guests WHERE n = :g)"
-    claim = _bind(
-        pos_sql.CLAIM_RECEIPT_KEY, ":integ::uuid", ext, f"sha256(convert_to({ext}, 'UTF8'))",
-        ":brand::uuid", "now()", rid,
-    )  # fmt: skip
-
+    digest = f"sha256(convert_to({ext}, 'UTF8'))"
+    answer = "convert_to(repeat('x', 120), 'UTF8')"
     lines = [
         "'{1,2}'::int[]", "'{CAP,CRO}'::text[]", "'{Cappuccino,Croissant}'::text[]",
         "'{coffee,bakery}'::text[]", "'{1,1}'::numeric[]", "'{380,320}'::bigint[]",
@@ -197,47 +191,53 @@ def pos_pgbench_scripts() -> tuple[str, str]:
         "'{f,f}'::bool[]", "'{f,f}'::bool[]", "'{t,t}'::bool[]", "'{0,0}'::int[]",
         "'{380,320}'::bigint[]",
     ]  # fmt: skip
-
-    def write(guest_id: str, points: str) -> str:
-        return _bind(
-            pos_sql.WRITE_RECEIPT,
-            ":brand::uuid", "now()", rid, ":integ::uuid", ":loc::uuid", ext, "'sale'", "NULL",
-            "NULL", guest_id, "NULL", "'EUR'", "700", "0", "700", "0", points, "0", "0",
-            *lines, f"ARRAY[{points} / 2, {points} - {points} / 2]::int[]",
-            "convert_to(repeat('x', 120), 'UTF8')",
-        )  # fmt: skip
+    # One JSON object per line, as server/pos/receipts.py's line_rows encodes them.
+    line_objects = "'" + json.dumps([
+        {"n": 0, "line_no": n, "sku": sku, "name": name, "category": cat, "quantity": "1",
+         "unit_price_minor": price, "gross_minor": price, "discount_minor": 0, "tax_minor": 0,
+         "voided": False, "gift_card": False, "earns": True, "points_paid": 0,
+         "paid_minor": price, "points_earned": points}
+        for n, sku, name, cat, price, points in (
+            (1, "CAP", "Cappuccino", "coffee", 380, 3), (2, "CRO", "Croissant", "bakery", 320, 4)
+        )
+    ]) + "'::jsonb"  # fmt: skip
+    # The profile folded forward as the counter's fold_stored gives it (a regular's).
+    profile = (
+        "jsonb_build_object('visits_total', :visits_total + 1, 'visits_30d', 1,"
+        " 'spend_total_minor', 700, 'avg_ticket_minor', 700, 'usual_weekday', 1,"
+        " 'usual_hour', 8, 'last_visit_at', now(), 'top_items', '[{\"item_id\":"
+        " \"00000000-0000-0000-0000-000000000000\", \"name\": \"Cappuccino\", \"count\": 1,"
+        " \"price_minor\": 380}]'::jsonb, 'points_earned_12m', :points_earned_12m + 7,"
+        " 'weekday_counts', '[0,1,0,0,0,0,0]'::jsonb, 'hour_counts', to_jsonb(array_fill(0,"
+        " ARRAY[24])), 'recent_visits', jsonb_build_array(now()))"
+    )
 
     # One statement, no transaction: WRITE_ANONYMOUS_SALE (Intake._take_anonymous).
     anonymous = [
-        *head[:2],
+        *head,
         _bind(
             pos_sql.WRITE_ANONYMOUS_SALE,
             ":brand::uuid", "now()", rid, ":integ::uuid", ":loc::uuid", ext, "'EUR'", "700",
-            "0", "700", "0", *lines, "'{0,0}'::int[]", "convert_to(repeat('x', 120), 'UTF8')",
-            f"sha256(convert_to({ext}, 'UTF8'))", f"upper(substr(md5('c' || {ext}), 1, 10))",
-            "(now() + interval '30 days')", "0",
+            "0", "700", "0", *lines, "'{0,0}'::int[]", answer, digest,
+            f"upper(substr(md5('c' || {ext}), 1, 10))", "(now() + interval '30 days')", "0",
         ),
     ]  # fmt: skip
+    read = _bind(
+        pos_sql.GUEST_SALE_READ, ":integ::uuid", ext, ":brand::uuid", "NULL",
+        "(SELECT phone FROM bench.pos_guests WHERE n = :g)", "now() - interval '365 days'",
+        ":loc::uuid",
+    )  # fmt: skip
     named = [
-        *head, claim,
-        _bind(BY_PHONE, ":brand::uuid", "(SELECT phone FROM bench.pos_guests WHERE n = :g)"),
-        _bind(loyalty_sql.ACCOUNT_OF_GUEST, guest),
-        _bind(loyalty_sql.POINTS_EARNED_SINCE, account, "now() - interval '365 days'"),
+        *head,
+        read.removesuffix(";") + r" \gset",
         _bind(
-            loyalty_sql.INSERT_TRANSFER, f"md5('t' || {ext})::uuid", ":brand::uuid",
-            ":issued::uuid", account, "7", "'single'", "NULL", "'earn'", "NULL",
-            ":loc::uuid", "now() + interval '12 months'", "NULL", f"'receipt ' || {ext}",
+            pos_sql.TAKE_GUEST_SALE,
+            ":integ::uuid", ext, digest, answer, ":brand::uuid", "now()", rid, ":loc::uuid",
+            ":guest_id::uuid", "'EUR'", "700", "0", "700", "0", "7", line_objects,
+            ":account_id::uuid", "7", f"md5('t' || {ext})::uuid", ":issued::uuid", "'earn'",
+            "now() + interval '12 months'", f"'receipt ' || {ext}", ":visits_total",
+            ":points_earned_12m", profile,
         ),
-        _bind(loyalty_sql.CREDIT_GUEST, account, "7"),
-        "SELECT timezone FROM locations WHERE id = :loc::uuid;",
-        _bind(counter_sql.PROFILE_FOR_UPDATE, guest),
-        _bind(
-            counter_sql.UPSERT_PROFILE, guest, "1", "1", "700", "700", "1", "8", "now()",
-            """'[{"item_id": "00000000-0000-0000-0000-000000000000", "name": "Cappuccino", "count": 1}]'::jsonb""",
-            "7", "'{0,1,0,0,0,0,0}'::int[]", "array_fill(0, ARRAY[24])", "ARRAY[now()]",
-        ),
-        write(guest, "7"),
-        "COMMIT;",
     ]  # fmt: skip
     return "\n".join(anonymous) + "\n", "\n".join(named) + "\n"
 
@@ -712,7 +712,14 @@ class Bench:
             "CREATE TABLE IF NOT EXISTS bench.pos_guests (n int PRIMARY KEY, guest_id uuid,"
             " account_id uuid, phone text); INSERT INTO bench.pos_guests"
             " SELECT f.n, f.guest_id, a.id, g.phone_e164 FROM bench.f1_guests f"
-            " JOIN guests g ON g.id = f.guest_id JOIN accounts a ON a.guest_id = f.guest_id"
+            " JOIN guests g ON g.id = f.guest_id JOIN accounts a ON a.guest_id = f.guest_id;"
+            # Regulars: a profile folded before (a first visit is taken in a transaction).
+            " INSERT INTO guest_profiles (guest_id, weekday_counts, hour_counts, recent_visits)"
+            " SELECT guest_id, array_fill(0, ARRAY[7]), array_fill(0, ARRAY[24]), '{}'"
+            " FROM bench.pos_guests ON CONFLICT (guest_id) DO UPDATE SET"
+            " weekday_counts = coalesce(guest_profiles.weekday_counts, EXCLUDED.weekday_counts),"
+            " hour_counts = coalesce(guest_profiles.hour_counts, EXCLUDED.hour_counts),"
+            " recent_visits = coalesce(guest_profiles.recent_visits, EXCLUDED.recent_visits)"
         )
         self.issued = self.psql(
             f"SELECT id FROM accounts WHERE brand_id = '{self.brand}' AND kind = 'issued'"
@@ -779,6 +786,10 @@ class Bench:
             "-n",
             "-M",
             "prepared",
+            # A POS guest sale whose write met a concurrent change of the guest's profile
+            # (40001) is read and written again, as the intake does (bounded there too).
+            "--max-tries",
+            "10",
             "-c",
             str(clients),
             "-j",
