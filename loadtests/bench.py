@@ -206,7 +206,7 @@ def pos_pgbench_scripts() -> tuple[str, str]:
         "jsonb_build_object('visits_total', :visits_total + 1, 'visits_30d', 1,"
         " 'spend_total_minor', 700, 'avg_ticket_minor', 700, 'usual_weekday', 1,"
         " 'usual_hour', 8, 'last_visit_at', now(), 'top_items', '[{\"item_id\":"
-        " \"00000000-0000-0000-0000-000000000000\", \"name\": \"Cappuccino\", \"count\": 1,"
+        ' "00000000-0000-0000-0000-000000000000", "name": "Cappuccino", "count": 1,'
         " \"price_minor\": 380}]'::jsonb, 'points_earned_12m', :points_earned_12m + 7,"
         " 'weekday_counts', '[0,1,0,0,0,0,0]'::jsonb, 'hour_counts', to_jsonb(array_fill(0,"
         " ARRAY[24])), 'recent_visits', jsonb_build_array(now()))"
@@ -225,7 +225,7 @@ def pos_pgbench_scripts() -> tuple[str, str]:
     read = _bind(
         pos_sql.GUEST_SALE_READ, ":integ::uuid", ext, ":brand::uuid", "NULL",
         "(SELECT phone FROM bench.pos_guests WHERE n = :g)", "now() - interval '365 days'",
-        ":loc::uuid",
+        ":loc::uuid", "NULL",
     )  # fmt: skip
     named = [
         *head,

@@ -67,12 +67,6 @@ EARN = """
 SELECT posted, pending, version FROM loyalty_earn($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 """
 
-CREDIT_GUEST = """
-UPDATE accounts SET credits_posted = credits_posted + $2, version = version + 1
-WHERE id = $1
-RETURNING credits_posted - debits_posted AS posted, debits_pending AS pending, version
-"""
-
 # A debit that is allowed to take the balance below zero (refund clawback, expiry, adjustment).
 DEBIT_GUEST = """
 UPDATE accounts SET debits_posted = debits_posted + $2, version = version + 1
@@ -145,12 +139,7 @@ WITH stale AS (
 )
 UPDATE guest_profiles p
 SET refreshed_at = now(),
-    points_earned_12m = (
-        SELECT coalesce(sum(CASE WHEN t.credit_account_id = s.account_id THEN t.amount ELSE -t.amount END), 0)
-        FROM transfers t
-        WHERE t.phase = 'single' AND t.created_at >= s.since
-          AND ((t.credit_account_id = s.account_id AND t.code IN ('earn', 'accrual'))
-               OR (t.debit_account_id = s.account_id AND t.code = 'refund_reversal')))
+    points_earned_12m = loyalty_points_earned_since(s.account_id, s.since)
 FROM stale s
 WHERE p.guest_id = s.guest_id
 """
@@ -265,16 +254,9 @@ LOCK_GUEST_ACCOUNTS = """
 SELECT id, guest_id FROM accounts WHERE guest_id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE
 """
 
-# POINTS_EARNED_SINCE for each account of $1.
+# loyalty_points_earned_since (POINTS_EARNED_SINCE) for each account of $1.
 POINTS_EARNED_SINCE_MANY = """
-SELECT a.id,
-       coalesce((SELECT sum(CASE WHEN t.credit_account_id = a.id THEN t.amount ELSE -t.amount END)
-                 FROM transfers t
-                 WHERE t.phase = 'single' AND t.created_at >= $2
-                   AND ((t.credit_account_id = a.id AND t.code IN ('earn', 'accrual'))
-                        OR (t.debit_account_id = a.id AND t.code = 'refund_reversal'))),
-                0)::bigint AS earned
-FROM unnest($1::uuid[]) AS a(id)
+SELECT a.id, loyalty_points_earned_since(a.id, $2) AS earned FROM unnest($1::uuid[]) AS a(id)
 """
 
 # Single-phase credits from one system account, one row per transfer.
@@ -286,7 +268,7 @@ FROM unnest($5::uuid[], $6::uuid[], $7::bigint[], $8::uuid[], $9::text[])
      AS t(id, account_id, amount, location_id, reason)
 """
 
-# CREDIT_GUEST for many accounts: each credited its sum, one version per transfer.
+# loyalty_earn's credit for many accounts: each credited its sum, one version per transfer.
 CREDIT_GUESTS = """
 UPDATE accounts a SET credits_posted = a.credits_posted + c.points, version = a.version + c.n
 FROM unnest($1::uuid[], $2::bigint[], $3::int[]) AS c(id, points, n)

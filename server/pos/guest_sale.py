@@ -1,4 +1,4 @@
-"""A till's sale naming a guest by card number or phone, in two statements (issue 23).
+"""A till's sale naming a guest by QR, card number or phone, in two statements (issue 23).
 
 Why: taken in a transaction (``Intake.take_on``), such a sale is ~14 round trips (BEGIN, key,
 guest, account, tier window, transfer, credit, time zone, profile lock and upsert, receipt,
@@ -19,7 +19,8 @@ COMMIT), and sending them was most of the API's time per receipt (docs/PERFORMAN
 The results are take_on's: the same points (the tier counted from the same window, now read
 in the statement that the profile check ties to the write), transfer, account state, Redis
 movement, profile row, receipt and answer. What it does not take (None: take_on does): a guest
-not found, a guest without a profile row whose histograms are started (a first visit reads
+not found, a QR that does not check out at its scan time (take_on then tries the card and
+phone, or keeps the sale anonymous and says why), a guest without a profile row whose histograms are started (a first visit reads
 the guest's order history), and a write that kept meeting concurrent changes.
 """
 
@@ -27,7 +28,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import asyncpg
@@ -49,6 +51,7 @@ from server.pos.receipts import (
     visit_of,
 )
 from server.settings import Settings
+from shared import qr
 from shared.pos import ReceiptIn, ReceiptOut
 
 __all__ = ["GuestSales", "ProfileFold"]
@@ -61,6 +64,12 @@ _encode = msgspec.json.Encoder().encode
 ProfileFold = Callable[[asyncpg.Record, ReceiptVisit, str, datetime], dict[str, object]]
 
 
+@dataclass(frozen=True, slots=True)
+class _Scan:
+    code: qr.ScannedCode
+    at: datetime
+
+
 class GuestSales:
     """:data:`server.pos.receipts.GuestSaleHook`: see the module."""
 
@@ -69,36 +78,80 @@ class GuestSales:
         self.points = points
         self.fold = fold
         self._phones = identify.PhoneForms(settings.pos_phones_remembered)
+        self._skew = timedelta(seconds=settings.scan_clock_skew_s)
+        self._scan_max_age = timedelta(seconds=settings.pos_scan_max_age_s)
+        self._qr_step_s = settings.qr_step_s
+        self._qr_valid_steps = settings.qr_valid_steps
 
     async def __call__(
         self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn, sale: PricedSale
     ) -> Taken | None:
         """Take ``sale`` in two statements, or answer its stored key (a replay, 409
         ``receipt-conflict``); None when take_on is to take it (module docstring)."""
+        named = receipt.guest
+        assert named is not None
+        scan: _Scan | None = None
+        if named.qr_code:
+            scan = self._scan(receipt, named.qr_code)
+            if scan is None:
+                return None  # take_on tries the card or phone, or says why not
         digest = request_digest(receipt)
         for _ in range(self.attempts):
-            seen = await self._read(conn, till, receipt)
+            seen = await self._read(conn, till, receipt, scan)
             if seen["request_hash"] is not None:
                 return stored_answer(seen, receipt, digest)
             if seen["account_id"] is None or seen["weekday_counts"] is None:
                 return None  # no such guest, or their first visit: take_on reads history
+            if scan is not None and not self._verified(scan, seen["qr_secret"]):
+                return None
             try:
                 return await self._write(conn, till, receipt, sale, seen, digest)
             except asyncpg.TransactionRollbackError:
                 continue  # the profile changed (or a deadlock): nothing was written
         return None
 
+    def _scan(self, receipt: ReceiptIn, code: str) -> _Scan | None:
+        """The QR and when it was scanned, if Intake._by_qr would go on to look its guest up
+        (None: it would not, and take_on says why)."""
+        named = receipt.guest
+        at = (named.scanned_at if named and named.scanned_at else None) or receipt.occurred_at
+        now = datetime.now(UTC)
+        if at.tzinfo is None or at > now + self._skew or at < now - self._scan_max_age:
+            return None
+        try:
+            return _Scan(qr.parse(code), at)
+        except qr.QrError:
+            return None
+
+    def _verified(self, scan: _Scan, secret: bytes | None) -> bool:
+        """Whether the QR was valid when it was scanned (identify.by_qr's check)."""
+        if secret is None:
+            return False
+        try:
+            qr.verify(
+                scan.code, bytes(secret), now_s=scan.at.timestamp(), step_s=self._qr_step_s,
+                valid_steps=self._qr_valid_steps,
+            )  # fmt: skip
+        except qr.QrError:
+            return False
+        return True
+
     async def _read(
-        self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn
+        self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn, scan: _Scan | None
     ) -> asyncpg.Record:
+        """GUEST_SALE_READ: by the QR's public id alone when there is a QR (if it does not
+        check out, take_on tries the card and phone), else by card, else by phone."""
         named = receipt.guest
         assert named is not None
         program = await self.points.program(conn, till.brand_id)
-        card = identities.card_digits(named.card_number) if named.card_number else None
-        phone = self._phones.e164(named.phone) if named.phone else None
+        card = phone = None
+        if scan is None:
+            card = identities.card_digits(named.card_number) if named.card_number else None
+            phone = self._phones.e164(named.phone) if named.phone else None
         row: asyncpg.Record | None = await conn.fetchrow(
             sql.GUEST_SALE_READ, till.integration_id, receipt.external_id, till.brand_id, card,
             phone, tier_window_start(program, datetime.now(UTC)), till.location_id,
+            scan.code.public_id if scan else None,
         )  # fmt: skip
         assert row is not None, "an integration's location is there"
         return row

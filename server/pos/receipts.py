@@ -90,7 +90,7 @@ class PricedSale:
     currency: str
 
 
-# Takes a sale naming a guest by card or phone in a few statements outside a transaction, as
+# Takes a sale naming a guest by QR, card or phone in a few statements outside a transaction, as
 # take_on would (server/pos/guest_sale.py, wired in lifespan); None: take_on is to take it.
 GuestSaleHook = Callable[
     [asyncpg.Connection, Till, ReceiptIn, PricedSale], Awaitable["Taken | None"]
@@ -216,20 +216,21 @@ class Intake:
         return taken
 
     def _plainly_named(self, receipt: ReceiptIn) -> bool:
-        """A guest named by card number or phone only: what the guest sale hook takes."""
+        """A guest named by QR, card number or phone, not by the till's customer id: what the
+        guest sale hook takes."""
         named = receipt.guest
         return (
             self.guest_sale is not None
             and named is not None
-            and not (named.qr_code or named.pos_customer_id)
-            and bool(named.card_number or named.phone)
+            and not named.pos_customer_id
+            and bool(named.qr_code or named.card_number or named.phone)
         )
 
     async def _take_quickly(
         self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn
     ) -> Taken | None:
-        """A sale naming no guest (one statement, :meth:`_take_anonymous`) or a guest by card
-        or phone (``guest_sale``), on ``conn`` outside a transaction: what :meth:`take_on`
+        """A sale naming no guest (one statement, :meth:`_take_anonymous`) or a guest by QR,
+        card or phone (``guest_sale``), on ``conn`` outside a transaction: what :meth:`take_on`
         would store and answer.
 
         None when :meth:`take_on` is to answer instead, which then says what it always said

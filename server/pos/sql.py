@@ -141,25 +141,27 @@ WITH claim AS (
 SELECT count(*) FROM claim
 """
 
-# A sale naming a guest by card number or phone, read in one statement outside a transaction
-# (server/pos/guest_sale.py): the key stored for it if any, the guest (by card, else by phone,
-# as Intake._resolve_guest tries them), their account and the points it earned in the tier
+# A sale naming a guest by QR, card number or phone, read in one statement outside a
+# transaction (server/pos/guest_sale.py): the key stored for it if any, the guest (by the QR's
+# public id with the secret that checks it, else by card, else by phone, as
+# Intake._resolve_guest tries them), their account and the points it earned in the tier
 # window since $6 (loyalty's own loyalty_tier_window, migration 0022), the location's time
 # zone, and the guest's profile as PROFILE_FOR_UPDATE reads it (not locked: the write checks
 # it is unchanged). One row for a location that exists.
 GUEST_SALE_READ = """
-SELECT k.request_hash, k.response, k.receipt_id, g.id AS guest_id, w.account_id, w.earned,
-       l.timezone, p.guest_id IS NOT NULL AS has_profile, p.visits_total, p.spend_total_minor,
-       p.avg_ticket_minor, p.usual_weekday, p.usual_hour, p.last_visit_at, p.top_items,
+SELECT k.request_hash, k.response, k.receipt_id, g.id AS guest_id, q.qr_secret, w.account_id,
+       w.earned, l.timezone, p.visits_total, p.spend_total_minor, p.avg_ticket_minor, p.usual_weekday, p.usual_hour, p.last_visit_at, p.top_items,
        p.points_earned_12m, p.weekday_counts, p.hour_counts, p.recent_visits
 FROM locations l
 LEFT JOIN receipt_keys k ON k.integration_id = $1 AND k.external_id = $2
 CROSS JOIN LATERAL (
     SELECT coalesce(
+        (SELECT id FROM guests WHERE public_id = $8 AND brand_id = $3 AND erased_at IS NULL),
         (SELECT id FROM guests WHERE brand_id = $3 AND card_number = $4 AND erased_at IS NULL),
         (SELECT id FROM guests WHERE brand_id = $3 AND phone_e164 = $5 AND erased_at IS NULL)
     ) AS id
 ) g
+LEFT JOIN guests q ON q.id = g.id AND $8::text IS NOT NULL
 LEFT JOIN LATERAL loyalty_tier_window(g.id, $6) w ON true
 LEFT JOIN guest_profiles p ON p.guest_id = g.id
 WHERE l.id = $7

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from server.auth.notifier import RecordingNotifier
 from server.pos.receipts import Taken
 from server.settings import Settings
+from shared import qr
 from tests.api.helpers import assert_books_balance
 from tests.api.pos_support import (
     SignedTill,
@@ -66,9 +68,20 @@ async def card_of(services: Any, guest: GuestHandle) -> str:
     return f"{number[:4]} {number[4:8]}-{number[8:]}"  # as a till may type it
 
 
+async def qr_of(services: Any, guest: GuestHandle, *, forged: bool = False) -> str:
+    row = await services.db.fetchrow(
+        "SELECT public_id, qr_secret FROM guests WHERE id = $1", guest.id
+    )
+    secret = b"not the guest's secret" if forged else bytes(row["qr_secret"])
+    return qr.generate(row["public_id"], secret, now_s=time.time())
+
+
 async def receipts_of(services: Any, till: SignedTill, guest: GuestHandle) -> list[dict[str, Any]]:
-    """The first visit, then the tier crossed (Silver from 500) by phone and by card."""
+    """The first visit, then the tier crossed (Silver from 500) by phone and by card; a QR,
+    and a forged QR beside the phone (the transactional way: the phone names the guest)."""
     by_phone, by_card = {"phone": guest.phone}, {"card_number": await card_of(services, guest)}
+    scanned = {"qr_code": await qr_of(services, guest), "phone": "+4915100000000"}
+    forged = {"qr_code": await qr_of(services, guest, forged=True), **by_phone}
     return [
         receipt_body(till, CUP, guest=by_phone),  # first visit: the transactional way
         receipt_body(till, BEANS, guest=by_phone),
@@ -76,6 +89,8 @@ async def receipts_of(services: Any, till: SignedTill, guest: GuestHandle) -> li
         receipt_body(till, BEANS, guest=by_phone),  # 634 in the window after it: Silver
         receipt_body(till, CUP, CAPPUCCINO, guest={**by_card, "phone": "+4915100000000"}),
         receipt_body(till, {"name": "Staff water", "unit_price_minor": 0}, guest=by_phone),
+        receipt_body(till, CUP, guest=scanned),
+        receipt_body(till, CAPPUCCINO, guest=forged),
     ]
 
 
@@ -146,11 +161,11 @@ async def test_two_statements_come_to_what_the_transaction_comes_to(
         for body in bodies:
             response = await till.receipt(body)
             assert response.status_code == 201, response.text
-    assert counted.taken == 5  # all but the first visit went the two-statement way
+    assert counted.taken == 6  # all but the first visit and the forged QR: two statements
 
     got = await points_earned(services, fast_till, [b["external_id"] for b in fast])
     expected = await points_earned(services, slow_till, [b["external_id"] for b in ref])
-    assert got == expected == [15, 200, 219, 200, 42, 0]
+    assert got == expected == [15, 200, 219, 200, 42, 0, 18, 23]
     assert await points_of_receipts(services, guest.id) == sum(got)
     (pg, hot), (ref_pg, ref_hot) = await wallet(services, guest), await wallet(services, twin)
     assert pg == ref_pg and pg[0] == WELCOME + sum(got)
