@@ -198,7 +198,8 @@ class Intake:
         if receipt.refund_of is None and (receipt.guest is None or self._plainly_named(receipt)):
             quick = await self._take_quickly(conn, till, receipt)
             if quick is not None:
-                await self.points.mirror(quick.moves)
+                if quick.moves:
+                    await self.points.mirror(quick.moves)
                 return quick
         for attempt in range(_DEADLOCK_RETRIES + 1):
             try:
