@@ -16,8 +16,9 @@ F5  checkout closed loop: wrk with unique Idempotency-Keys and rotating guest to
 F6  checkout open loop at 30/50/75 % of that round's F5 (loadtests/openloop.py): p50/p95/p99;
     /healthz at the same rates for R4.
 R1  = F5 / F1 (best of each) of the same round, R4 = p99(checkout) / p99(healthz) at the same rate.
-P1  POS floor: one receipt's own SQL (server/pos/receipts.py's statements, bound to literals;
-    two anonymous sales to one naming a guest) in a transaction, pgbench at 8 and 16 clients.
+P1  POS floor: one receipt's own SQL (server/pos/receipts.py's and guest_sale.py's statements,
+    bound to literals; two anonymous sales, one statement each, to one naming a guest, a read and
+    a write), no transaction, pgbench at 8 and 16 clients.
 P5  signed POST /v1/pos/receipts per second (shared/pos_signing.py; loadtests/pos_receipts.py's
     receipts) under wrk at 8, 16 and 32 connections; R_pos = P5 / P1 (best of each), same round.
 CPU ms of CPU per checkout, by part of the stack (from /proc), for F1 at 8 clients and F5 at 16
