@@ -164,7 +164,7 @@ class GuestSales:
         sale: PricedSale,
         seen: asyncpg.Record,
         digest: bytes,
-    ) -> Taken | None:
+    ) -> Taken:
         """The write statement; raises TransactionRollbackError when the profile changed."""
         guest_id: UUID = seen["guest_id"]
         program = await self.points.program(conn, till.brand_id)

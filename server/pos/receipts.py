@@ -5,7 +5,10 @@ routes, which turn a vendor's object into a :class:`~shared.pos.ReceiptIn` first
 :meth:`Intake.take_on` is the same on a caller's connection, for the batch. The effects, all in
 the caller's transaction: the idempotency row, the receipt and its lines, the guest resolved
 (or a claim code), points earned or reversed through :class:`~server.pos.points.PointsPort`,
-the guest's aggregates folded forward.
+the guest's aggregates folded forward. A sale is taken in as few statements on ``conn`` outside
+a transaction when that gives the same result: one naming no guest in one
+(sql.WRITE_ANONYMOUS_SALE), one naming a guest by QR, card or phone in two (the
+``guest_sale`` hook: server/pos/guest_sale.py).
 """
 
 from __future__ import annotations
