@@ -164,6 +164,31 @@ def _bind(statement: str, *values: str) -> str:
     return " ".join(text.split()) + ";"
 
 
+def _pos_guest_literals() -> tuple[str, str]:
+    """The guest sale's lines (one JSON object each, as server/pos/receipts.py's line_rows
+    encodes them) and its folded profile (as the counter's fold_stored gives a regular's), as
+    SQL literals; the profile counts on from what the read returned (``\\gset``)."""
+    line_objects = "'" + json.dumps([
+        {"n": 0, "line_no": n, "sku": sku, "name": name, "category": cat, "quantity": "1",
+         "unit_price_minor": price, "gross_minor": price, "discount_minor": 0, "tax_minor": 0,
+         "voided": False, "gift_card": False, "earns": True, "points_paid": 0,
+         "paid_minor": price, "points_earned": points}
+        for n, sku, name, cat, price, points in (
+            (1, "CAP", "Cappuccino", "coffee", 380, 3), (2, "CRO", "Croissant", "bakery", 320, 4)
+        )
+    ]) + "'::jsonb"  # fmt: skip
+    profile = (
+        "jsonb_build_object('visits_total', :visits_total + 1, 'visits_30d', 1,"
+        " 'spend_total_minor', 700, 'avg_ticket_minor', 700, 'usual_weekday', 1,"
+        " 'usual_hour', 8, 'last_visit_at', now(), 'top_items', '[{\"item_id\":"
+        ' "00000000-0000-0000-0000-000000000000", "name": "Cappuccino", "count": 1,'
+        " \"price_minor\": 380}]'::jsonb, 'points_earned_12m', :points_earned_12m + 7,"
+        " 'weekday_counts', '[0,1,0,0,0,0,0]'::jsonb, 'hour_counts', to_jsonb(array_fill(0,"
+        " ARRAY[24])), 'recent_visits', jsonb_build_array(now()))"
+    )
+    return line_objects, profile
+
+
 def pos_pgbench_scripts() -> tuple[str, str]:
     """The SQL of one signed sale as the intake sends it (server/pos/receipts.py): (an
     anonymous sale: one statement, no transaction, claiming the key with its stored answer,
@@ -192,26 +217,7 @@ def pos_pgbench_scripts() -> tuple[str, str]:
         "'{f,f}'::bool[]", "'{f,f}'::bool[]", "'{t,t}'::bool[]", "'{0,0}'::int[]",
         "'{380,320}'::bigint[]",
     ]  # fmt: skip
-    # One JSON object per line, as server/pos/receipts.py's line_rows encodes them.
-    line_objects = "'" + json.dumps([
-        {"n": 0, "line_no": n, "sku": sku, "name": name, "category": cat, "quantity": "1",
-         "unit_price_minor": price, "gross_minor": price, "discount_minor": 0, "tax_minor": 0,
-         "voided": False, "gift_card": False, "earns": True, "points_paid": 0,
-         "paid_minor": price, "points_earned": points}
-        for n, sku, name, cat, price, points in (
-            (1, "CAP", "Cappuccino", "coffee", 380, 3), (2, "CRO", "Croissant", "bakery", 320, 4)
-        )
-    ]) + "'::jsonb"  # fmt: skip
-    # The profile folded forward as the counter's fold_stored gives it (a regular's).
-    profile = (
-        "jsonb_build_object('visits_total', :visits_total + 1, 'visits_30d', 1,"
-        " 'spend_total_minor', 700, 'avg_ticket_minor', 700, 'usual_weekday', 1,"
-        " 'usual_hour', 8, 'last_visit_at', now(), 'top_items', '[{\"item_id\":"
-        ' "00000000-0000-0000-0000-000000000000", "name": "Cappuccino", "count": 1,'
-        " \"price_minor\": 380}]'::jsonb, 'points_earned_12m', :points_earned_12m + 7,"
-        " 'weekday_counts', '[0,1,0,0,0,0,0]'::jsonb, 'hour_counts', to_jsonb(array_fill(0,"
-        " ARRAY[24])), 'recent_visits', jsonb_build_array(now()))"
-    )
+    line_objects, profile = _pos_guest_literals()
 
     # One statement, no transaction: WRITE_ANONYMOUS_SALE (Intake._take_anonymous).
     anonymous = [

@@ -186,6 +186,12 @@ async def record_receipt_visits(conn: asyncpg.Connection, visits: Sequence[Recei
         await record_visits(conn, folded, now, tz)
 
 
+def _intake(settings: Settings, db: Database, points: LoyaltyPoints) -> Intake:
+    """Receipt intake with its hooks into the counter's profile fold."""
+    guest_sales = GuestSales(settings, points, fold_receipt_profile)
+    return Intake(settings, db, points, record_receipt_visit, record_receipt_visits, guest_sales)
+
+
 async def build_services(settings: Settings, notifier: Notifier | None = None) -> Services:
     """Open the pool and the Redis client and wire every service. The one place that does."""
     assert settings.database_url and settings.redis_url, "resolve the URLs before building"
@@ -220,8 +226,7 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
     sealer = Sealer(pos_seal_key(settings))
     till_auth = TillAuth(settings, db, gate, sealer)
     points = LoyaltyPoints(loyalty)
-    guest_sales = GuestSales(settings, points, fold_receipt_profile)
-    intake = Intake(settings, db, points, record_receipt_visit, record_receipt_visits, guest_sales)
+    intake = _intake(settings, db, points)
     batch_intake = BatchIntake(settings, db, till_auth, intake, points)
     return Services(
         settings,
