@@ -250,6 +250,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # webhook_net.py, the SSRF guard): for a till simulator beside `regulars dev` and the tests'
     # receivers. Refused with REGULARS_ENV=prod.
     pos_webhook_private_ok: bool = False
+    # Whether this worker fans order events out to tills and delivers their webhooks (the
+    # deliveries are claimed, so any number of workers may; off for a worker that must not,
+    # such as the test suite's live server beside the webhook tests' own deliverers).
+    pos_webhooks_deliver: bool = True
     # Events per page of GET /v1/pos/orders.
     pos_feed_page_max: int = 200
 

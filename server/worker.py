@@ -214,10 +214,11 @@ async def run_once(
     }
     if relay:
         jobs["relayed_events"] = lambda: relay_outbox(services, batch)
-        jobs["pos_events"] = lambda: services.pos_webhooks.fan_out(batch)
-        jobs["pos_webhooks"] = lambda: services.pos_webhooks.deliver_due(
-            services.settings.pos_webhook_batch_size
-        )
+        if services.settings.pos_webhooks_deliver:
+            jobs["pos_events"] = lambda: services.pos_webhooks.fan_out(batch)
+            jobs["pos_webhooks"] = lambda: services.pos_webhooks.deliver_due(
+                services.settings.pos_webhook_batch_size
+            )
     if reconciler is not None:
         jobs["reconciled_wallets"] = reconciler.step
     if slow:
@@ -246,7 +247,8 @@ async def run_forever(
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(_relay_until(services, stop, relay_interval_s))
         tasks.create_task(_jobs_until(services, stop))
-        tasks.create_task(_pos_until(services, stop))
+        if services.settings.pos_webhooks_deliver:
+            tasks.create_task(_pos_until(services, stop))
 
 
 async def _relay_until(services: Services, stop: asyncio.Event, interval_s: float) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from litestar import Litestar
 
@@ -278,7 +279,12 @@ class LiveServer:
         self._server = uvicorn.Server(config)
 
         async def serve() -> None:
-            worker_services = await build_services(self.settings)
+            # Its worker relays the live queues but leaves till webhooks alone: it runs for the
+            # whole session, and delivering beside the webhook tests' own deliverers made them
+            # fail by test order (a delivery sent by this worker before theirs claimed it).
+            worker_services = await build_services(
+                msgspec.structs.replace(self.settings, pos_webhooks_deliver=False)
+            )
             stop = asyncio.Event()
             relay = asyncio.create_task(run_forever(worker_services, stop))
             try:
