@@ -191,7 +191,8 @@ def _pos_guest_literals() -> tuple[str, str]:
 
 def pos_pgbench_scripts() -> tuple[str, str]:
     """The SQL of one signed sale as the intake sends it (server/pos/receipts.py): (an
-    anonymous sale: one statement, no transaction, claiming the key with its stored answer,
+    anonymous sale: one statement, no transaction, checking the till's key is active
+    (sql.KEY_ACTIVE: the lane does not read a key it knows) and claiming the key with its stored answer,
     the claim code, receipt and lines; a sale naming a guest by phone in two statements, no
     transaction (server/pos/guest_sale.py): the read of key, guest, account, tier window, time
     zone and profile, and the write of key, earn, profile (if unchanged), receipt and lines).
@@ -227,12 +228,13 @@ def pos_pgbench_scripts() -> tuple[str, str]:
             ":brand::uuid", "now()", rid, ":integ::uuid", ":loc::uuid", ext, "'EUR'", "700",
             "0", "700", "0", *lines, "'{0,0}'::int[]", answer, digest,
             f"upper(substr(md5('c' || {ext}), 1, 10))", "(now() + interval '30 days')", "0",
+            ":key::text",
         ),
     ]  # fmt: skip
     read = _bind(
         pos_sql.GUEST_SALE_READ, ":integ::uuid", ext, ":brand::uuid", "NULL",
         "(SELECT phone FROM bench.pos_guests WHERE n = :g)", "now() - interval '365 days'",
-        ":loc::uuid", "NULL",
+        ":loc::uuid", "NULL", ":key::text",
     )  # fmt: skip
     named = [
         *head,
@@ -828,6 +830,8 @@ class Bench:
             f"base={self.base_epoch}",
             "-D",
             f"integ={getattr(self, 'pos_integration', '')}",
+            "-D",
+            f"key={getattr(self, 'pos_key', ('',))[0]}",
             "-D",
             f"issued={getattr(self, 'issued', '')}",
             "regulars",

@@ -5,8 +5,9 @@ guest, account, tier window, transfer, credit, time zone, profile lock and upser
 COMMIT), and sending them was most of the API's time per receipt (docs/PERFORMANCE.md,
 "Real-time intake"). Here, on a pooled connection outside a transaction:
 
-1. one read (``sql.GUEST_SALE_READ``): the key stored for the receipt, the guest, their
-   account and tier window (loyalty's ``loyalty_tier_window``), the location's time zone and
+1. one read (``sql.GUEST_SALE_READ``): whether the till's key is still active when it came
+   from TillAuth's cache (else 401 ``invalid-key``, nothing written), the key stored for the
+   receipt, the guest, their account and tier window (loyalty's ``loyalty_tier_window``), the location's time zone and
    the guest's profile, not locked;
 2. in Python: the points at that tier (``PointsPort.plan_earn``: loyalty's rule) and the
    profile folded forward with this visit (``ProfileFold``: the counter's ``fold_visit``);
@@ -38,7 +39,7 @@ import msgspec
 from server.guests import identities
 from server.loyalty.model import AccountState, tier_window_start
 from server.pos import identify, sql
-from server.pos.auth import Till
+from server.pos.auth import Till, key_refused
 from server.pos.model import with_points_earned
 from server.pos.points import PlannedEarn, PointsPort
 from server.pos.receipts import (
@@ -151,9 +152,11 @@ class GuestSales:
         row: asyncpg.Record | None = await conn.fetchrow(
             sql.GUEST_SALE_READ, till.integration_id, receipt.external_id, till.brand_id, card,
             phone, tier_window_start(program, datetime.now(UTC)), till.location_id,
-            scan.code.public_id if scan else None,
+            scan.code.public_id if scan else None, None if till.key_read else till.key_id,
         )  # fmt: skip
         assert row is not None, "an integration's location is there"
+        if not row["key_active"]:
+            raise key_refused()  # revoked since the cache read it; nothing is written yet
         return row
 
     async def _write(

@@ -8,7 +8,8 @@ What the lane serves: only a request that Litestar would hand to ``TillControlle
 guard with one ``X-Regulars-Key``, one ``X-Regulars-Signature`` and a body of a declared length
 (the edge, server/infra/http.py, has already refused one too large or not JSON) that decodes
 strictly to ``ReceiptIn``. It then does what the route does, in its order: the signature check
-(:meth:`TillAuth.verify`: key, age, HMAC, replay guard) and ``Intake.take``, rendering what they
+(:meth:`TillAuth.verify`: key, age, HMAC, replay guard; a key read before is taken from the
+cache and checked by the receipt's own statement, see server/pos/auth.py) and ``Intake.take``, rendering what they
 raise with the app's own exception handlers, under the same request id and metrics
 (:class:`RequestTelemetry`), and answers 201 with the stored body as the route does.
 
@@ -82,9 +83,10 @@ class ReceiptLane:
 
         async def take(scope: Scope, receive: Receive, send: Send) -> None:
             try:
-                # One pooled connection for the key and the receipt: one acquire, not two.
+                # One pooled connection for the key and the receipt: one acquire, not two. A
+                # key known before is not read: the receipt's statement checks it is active.
                 async with services.db.connection() as conn:
-                    till = await services.till_auth.verify(admitted.headers, body, conn)
+                    till = await services.till_auth.verify(admitted.headers, body, conn, known=True)
                     taken = await services.intake.take(till, receipt, conn)
             except Exception as exc:
                 await render_exception(scope, receive, send, exc)

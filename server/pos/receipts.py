@@ -30,7 +30,7 @@ from server.guests import identities
 from server.infra.db import Database
 from server.infra.problems import Problem
 from server.pos import identify, sql
-from server.pos.auth import Till
+from server.pos.auth import Till, key_refused, reread_key
 from server.pos.catalogue import CatalogueCache
 from server.pos.model import (
     PricedLine,
@@ -193,7 +193,9 @@ class Intake:
         ``external_id`` is 409 ``receipt-conflict``. Refuses 404 ``location-not-found`` for a
         location that is not the till's, 422 for a receipt that cannot be priced. ``conn``: a
         pooled connection the caller holds, outside a transaction (the receipt lane checked
-        the signature on it); else one is taken from the pool.
+        the signature on it); else one is taken from the pool. A ``till`` whose key came from
+        the cache (``key_read=False``) is checked by the quick statements, else read before
+        take_on: 401 ``invalid-key`` if it was revoked, with nothing written.
         """
         if conn is None:
             async with self.db.connection() as held:
@@ -204,6 +206,7 @@ class Intake:
                 if quick.moves:
                     await self.points.mirror(quick.moves)
                 return quick
+        till = await reread_key(conn, till)  # a key from the cache is read now, as always
         for attempt in range(_DEADLOCK_RETRIES + 1):
             try:
                 async with conn.transaction():
@@ -295,19 +298,24 @@ class Intake:
         digest: bytes,
     ) -> bytes | None:
         """The anonymous sale's one statement; its stored answer, or None if the key was
-        already claimed (nothing written)."""
+        already claimed (nothing written). 401 ``invalid-key`` for a till's key that its
+        statement found revoked (a Till from the cache: ``key_read=False``)."""
         code = new_claim_code()
         points = sum(p.points_earned for p in pricing.lines)
         body = _encode(ReceiptOut(receipt_id=receipt_id, points_earned=points, claim_code=code))
         expires_at = datetime.now(UTC) + timedelta(seconds=self.settings.pos_claim_window_s)
-        claimed = await conn.fetchval(
+        row = await conn.fetchrow(
             sql.WRITE_ANONYMOUS_SALE,
             till.brand_id, receipt.occurred_at, receipt_id, till.integration_id,
             till.location_id, receipt.external_id, currency, pricing.gross_minor,
             pricing.discount_minor, pricing.earning_paid_minor, pricing.points_tender,
             *_line_columns(pricing.lines), body, digest, code, expires_at, points,
+            None if till.key_read else till.key_id,
         )  # fmt: skip
-        return body if claimed else None
+        assert row is not None
+        if not row["key_active"]:
+            raise key_refused()  # revoked since the cache read it: nothing was written
+        return body if row["claimed"] else None
 
     async def ingest(self, till: Till, receipt: ReceiptIn) -> ReceiptOut:
         """:meth:`take`, answered as a Struct (the vendor routes' port onto intake)."""

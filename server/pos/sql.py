@@ -48,13 +48,20 @@ GROUP BY i.id
 ORDER BY i.created_at
 """
 
-# Read on every signed request: revocation is immediate because nothing caches this row.
+# Read on every signed request but the lane's quick receipts, whose statements check
+# KEY_ACTIVE instead (server/pos/auth.py): revocation is immediate either way.
 KEY_FOR_SIGNATURE = """
 SELECT k.secret_sealed, k.revoked_at, i.id AS integration_id, i.brand_id, i.location_id,
        i.disabled_at, i.vendor_store_id
 FROM pos_keys k JOIN pos_integrations i ON i.id = k.integration_id
 WHERE k.key_id = $1
 """
+
+# Whether the key $N is active, as a condition (a statement's text, with $N its parameter):
+# NULL means the caller read the key row for this request already.
+KEY_ACTIVE = """($N::text IS NULL OR EXISTS (
+    SELECT 1 FROM pos_keys ak JOIN pos_integrations ai ON ai.id = ak.integration_id
+    WHERE ak.key_id = $N AND ak.revoked_at IS NULL AND ai.disabled_at IS NULL))"""
 
 # -- receipts ------------------------------------------------------------------------------
 
@@ -103,13 +110,17 @@ UPDATE receipt_keys SET response = $35 WHERE integration_id = $4 AND external_id
 # An anonymous sale whole, in one statement (no transaction round trips): the idempotency
 # claim with its stored answer, the claim code, the receipt and its lines. Everything after
 # the claim selects FROM claim, so a key already held (a replay, a conflict) writes nothing and
-# the statement returns 0. The claim code has no ON CONFLICT: a code already taken aborts the
+# claimed is 0. The claim code has no ON CONFLICT: a code already taken aborts the
 # whole statement (unique_violation on receipt_claims_pkey), and the caller tries another.
+# The claim is made only while the key $32 is active (KEY_ACTIVE): key_active false, nothing
+# was written.
 WRITE_ANONYMOUS_SALE = """
-WITH claim AS (
+WITH active AS (
+    SELECT KEY_ACTIVE AS yes
+), claim AS (
     INSERT INTO receipt_keys (integration_id, external_id, request_hash, brand_id, occurred_at,
                               receipt_id, response)
-    VALUES ($4, $6, $28, $1, $2, $3, $27)
+    SELECT $4, $6, $28, $1, $2, $3, $27 FROM active WHERE active.yes
     ON CONFLICT (integration_id, external_id) DO NOTHING
     RETURNING 1
 ), code AS (
@@ -138,8 +149,8 @@ WITH claim AS (
               discount_minor, tax_minor, voided, gift_card, earns, points_paid, paid_minor,
               points_earned)
 )
-SELECT count(*) FROM claim
-"""
+SELECT (SELECT count(*) FROM claim) AS claimed, (SELECT yes FROM active) AS key_active
+""".replace("KEY_ACTIVE", KEY_ACTIVE.replace("$N", "$32"))
 
 # A sale naming a guest by QR, card number or phone, read in one statement outside a
 # transaction (server/pos/guest_sale.py): the key stored for it if any, the guest (by the QR's
@@ -147,9 +158,10 @@ SELECT count(*) FROM claim
 # Intake._resolve_guest tries them), their account and the points it earned in the tier
 # window since $6 (loyalty's own loyalty_tier_window, migration 0022), the location's time
 # zone, and the guest's profile as PROFILE_FOR_UPDATE reads it (not locked: the write checks
-# it is unchanged). One row for a location that exists.
+# it is unchanged), and whether the key $9 is active (KEY_ACTIVE; read before anything is
+# written). One row for a location that exists.
 GUEST_SALE_READ = """
-SELECT k.request_hash, k.response, k.receipt_id, g.id AS guest_id, q.qr_secret, w.account_id,
+SELECT KEY_ACTIVE AS key_active, k.request_hash, k.response, k.receipt_id, g.id AS guest_id, q.qr_secret, w.account_id,
        w.earned, l.timezone, p.visits_total, p.spend_total_minor, p.avg_ticket_minor, p.usual_weekday, p.usual_hour, p.last_visit_at, p.top_items,
        p.points_earned_12m, p.weekday_counts, p.hour_counts, p.recent_visits
 FROM locations l
@@ -165,7 +177,7 @@ LEFT JOIN guests q ON q.id = g.id AND $8::text IS NOT NULL
 LEFT JOIN LATERAL loyalty_tier_window(g.id, $6) w ON true
 LEFT JOIN guest_profiles p ON p.guest_id = g.id
 WHERE l.id = $7
-"""
+""".replace("KEY_ACTIVE", KEY_ACTIVE.replace("$N", "$9"))
 
 # The sale naming a guest written in one statement (migration 0024): key with its answer,
 # the earn through loyalty_earn, the profile if unchanged (else SQLSTATE 40001), the receipt
