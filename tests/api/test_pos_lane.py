@@ -112,7 +112,39 @@ def body_of(make: Callable[[SignedTill, GuestHandle], bytes], **headers: str) ->
     return send
 
 
+def revoked_after_use(how: str, **extra: Any) -> Case:
+    """A receipt signed by a key that signed one before (the lane knows it), after the key was
+    revoked or its integration disabled behind the API's back."""
+
+    async def send(till: SignedTill, guest: GuestHandle) -> httpx.Response:
+        for named in (None, {"phone": guest.phone}):  # the guest's profile is then started
+            first = await signed(till, raw(till, guest=named))
+            assert first.status_code == 201, first.text
+        db = till.client.app.state.services.db
+        if how == "key":
+            await db.fetchval(
+                "UPDATE pos_keys SET revoked_at = now() WHERE key_id = $1", till.key_id
+            )
+        else:
+            await db.fetchval(
+                "UPDATE pos_integrations SET disabled_at = now() WHERE id = $1",
+                uuid.UUID(till.integration_id),
+            )
+        fields = {k: v for k, v in extra.items() if k != "guest"}
+        if extra.get("guest"):
+            fields["guest"] = {"phone": guest.phone}
+        return await signed(till, raw(till, **fields))
+
+    return send
+
+
 CASES: dict[str, Case] = {
+    "key revoked after a sale": revoked_after_use("key"),
+    "key revoked after a sale, naming a guest": revoked_after_use("key", guest=True),
+    "integration disabled after a sale": revoked_after_use("integration"),
+    "integration disabled, naming a guest": revoked_after_use("integration", guest=True),
+    "key revoked, another location": revoked_after_use("key", location_id=str(uuid.uuid4())),
+    "key revoked, a refund": revoked_after_use("key", refund_of="nope"),
     "anonymous sale": body_of(lambda t, g: raw(t)),
     "sale naming a guest by phone": body_of(lambda t, g: raw(t, guest={"phone": g.phone})),
     "sale naming an unknown phone": body_of(lambda t, g: raw(t, guest={"phone": "+4915550000"})),

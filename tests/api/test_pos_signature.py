@@ -10,12 +10,14 @@ import uuid
 from typing import Any
 
 import msgspec
+import pytest
 
 from server.auth.notifier import RecordingNotifier
+from server.pos import sql as pos_sql
 from server.settings import Settings
 from shared.pos_signing import signature as sign
-from tests.api.pos_support import admin, new_till, receipt_body, slug
-from tests.conftest import Client, Demo, Stack, app_client
+from tests.api.pos_support import admin, new_till, points_of_receipts, receipt_body, slug
+from tests.conftest import Client, Demo, Stack, app_client, sign_in
 
 
 async def stored_keys(services: Any, external_id: str) -> int:
@@ -208,3 +210,61 @@ async def test_without_redis_signed_requests_fail_closed(
         await asyncio.sleep(0.05)
     accepted = await till.receipt(body)
     assert accepted.status_code == 201, accepted.text
+
+
+async def revoke(services: Any, till: Any, how: str) -> None:
+    """Revoke ``till``'s key, or disable its integration, behind the API's back (no cache is
+    told)."""
+    if how == "key revoked":
+        statement = "UPDATE pos_keys SET revoked_at = now() WHERE key_id = $1 RETURNING 1"
+        await services.db.fetchval(statement, till.key_id)
+    else:
+        statement = "UPDATE pos_integrations SET disabled_at = now() WHERE id = $1 RETURNING 1"
+        await services.db.fetchval(statement, uuid.UUID(till.integration_id))
+
+
+@pytest.mark.parametrize("how", ["key revoked", "integration disabled"])
+async def test_a_key_known_to_the_lane_is_refused_at_once_when_revoked(
+    how: str, client: Client, demo: Demo, services: Any, notifier: RecordingNotifier
+) -> None:
+    """The lane does not read a key it read before (issue 23): the receipt's own statement
+    checks it, so revocation is still immediate and nothing is stored, for an anonymous sale
+    (one statement) and one naming a known guest (the guest sale's read)."""
+    till = await new_till(client, demo)
+    guest = await sign_in(client, notifier)
+    for named in (None, {"phone": guest.phone}, {"phone": guest.phone}):
+        taken = await till.receipt(receipt_body(till, guest=named))
+        assert taken.status_code == 201, taken.text  # the key is known; the guest has a profile
+    points = await points_of_receipts(services, guest.id)
+    assert points > 0
+    await revoke(services, till, how)
+    for named in (None, {"phone": guest.phone}):
+        body = receipt_body(till, guest=named)
+        refused = await till.receipt(body)
+        assert refused.status_code == 401 and slug(refused) == "invalid-key", refused.text
+        assert refused.json()["detail"] == "unknown or revoked key"
+        assert await stored_keys(services, body["external_id"]) == 0
+        assert await stored_receipts(services, body["external_id"]) == 0
+    assert await points_of_receipts(services, guest.id) == points
+
+
+async def test_the_lane_does_not_read_a_key_it_knows(
+    client: Client, demo: Demo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a first receipt, the key row is not read for an anonymous one (the statement
+    checks the key), but still is for what the quick statements do not take (a refund): here
+    the key read is made to find nothing."""
+    till = await new_till(client, demo)
+    assert (await till.receipt(receipt_body(till))).status_code == 201
+    monkeypatch.setattr(pos_sql, "KEY_FOR_SIGNATURE", "SELECT 1 WHERE $1::text IS NULL")
+    assert (await till.receipt(receipt_body(till))).status_code == 201
+    refund = await till.receipt(receipt_body(till, refund_of="nope"))
+    assert refund.status_code == 401 and slug(refund) == "invalid-key", refund.text
+
+
+async def stored_receipts(services: Any, external_id: str) -> int:
+    return int(
+        await services.db.fetchval(
+            "SELECT count(*) FROM receipts WHERE external_id = $1", external_id
+        )
+    )
