@@ -192,7 +192,8 @@ def _pos_guest_literals() -> tuple[str, str]:
 def pos_pgbench_scripts() -> tuple[str, str]:
     """The SQL of one signed sale as the intake sends it (server/pos/receipts.py): (an
     anonymous sale: one statement, no transaction, checking the till's key is active
-    (sql.KEY_ACTIVE: the lane does not read a key it knows) and claiming the key with its stored answer,
+    (sql.KEY_ACTIVE: the lane does not read a key it knows) and claiming the key with its
+    stored answer,
     the claim code, receipt and lines; a sale naming a guest by phone in two statements, no
     transaction (server/pos/guest_sale.py): the read of key, guest, account, tier window, time
     zone and profile, and the write of key, earn, profile (if unchanged), receipt and lines).

@@ -30,6 +30,9 @@ def test_the_floor_scripts_bind_every_placeholder_of_the_intakes_sql() -> None:
     assert "BEGIN;" not in named and named.count(";\n") == 1 and named.count("\\gset\n") == 1
     assert "loyalty_tier_window(" in named and "guest_profiles" in named
     assert "pos_take_guest_sale(" in named and ":visits_total" in named
+    # The lane does not read a key it knows; both check it is active, as the intake's do.
+    for script in (anonymous, named):
+        assert "revoked_at IS NULL" in script and "ak.key_id = :key::text" in script
 
 
 def test_a_request_line_is_its_body_signed_with_the_real_scheme(tmp_path: Path) -> None:
