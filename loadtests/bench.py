@@ -196,11 +196,12 @@ def pos_pgbench_scripts() -> tuple[str, str]:
     stored answer, the claim code, receipt and lines; a sale naming a guest by phone in two
     statements, no transaction (server/pos/guest_sale.py): the read of the till's key being
     active, the receipt's key, guest, account, tier window, time zone and profile, and the
-    write of key, earn, profile (if unchanged), receipt and lines). The guest's write binds what the read returned (``\\gset``); a write that meets a
-    concurrent change of the guest's profile fails with 40001 and pgbench tries the sale
-    again (``--max-tries``), as the intake does. Two lines, like most of
-    loadtests/pos_receipts.py's receipts. The catalogue reads and the program are not sent:
-    the intake keeps their answers (server/pos/catalogue.py), and the bench sends few SKUs."""
+    write of key, earn, profile (if unchanged), receipt and lines). The guest's write binds
+    what the read returned (``\\gset``); a write that meets a concurrent change of the guest's
+    profile fails with 40001 and pgbench tries the sale again (``--max-tries``), as the intake
+    does. Two lines, like most of loadtests/pos_receipts.py's receipts. The catalogue reads
+    and the program are not sent: the intake keeps their answers (server/pos/catalogue.py),
+    and the bench sends few SKUs."""
     from server.pos import sql as pos_sql
 
     head = [

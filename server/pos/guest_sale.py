@@ -7,8 +7,8 @@ COMMIT), and sending them was most of the API's time per receipt (docs/PERFORMAN
 
 1. one read (``sql.GUEST_SALE_READ``): whether the till's key is still active when it came
    from TillAuth's cache (else 401 ``invalid-key``, nothing written), the key stored for the
-   receipt, the guest, their account and tier window (loyalty's ``loyalty_tier_window``), the location's time zone and
-   the guest's profile, not locked;
+   receipt, the guest, their account and tier window (loyalty's ``loyalty_tier_window``),
+   the location's time zone and the guest's profile, not locked;
 2. in Python: the points at that tier (``PointsPort.plan_earn``: loyalty's rule) and the
    profile folded forward with this visit (``ProfileFold``: the counter's ``fold_visit``);
 3. one write (``sql.TAKE_GUEST_SALE``, migration 0024): the key with its answer, the earn
