@@ -10,8 +10,9 @@ guard with one ``X-Regulars-Key``, one ``X-Regulars-Signature`` and a body of a 
 strictly to ``ReceiptIn``. It then does what the route does, in its order: the signature check
 (:meth:`TillAuth.verify`: key, age, HMAC, replay guard; a key read before is taken from the
 cache and checked by the receipt's own statement, see server/pos/auth.py) and
-``Intake.take``, rendering what they raise with the app's own exception handlers, under the same request id and metrics
-(:class:`RequestTelemetry`), and answers 201 with the stored body as the route does.
+``Intake.take``, rendering what they raise with the app's own exception handlers, under the
+same request id and metrics (:class:`RequestTelemetry`), and answers 201 with the stored body
+as the route does.
 
 What it leaves alone: any other request goes to Litestar unchanged (with the body it read
 replayed). A body that does not decode reaches Litestar before its signature was checked, so
