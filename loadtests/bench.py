@@ -191,12 +191,11 @@ def _pos_guest_literals() -> tuple[str, str]:
 
 def pos_pgbench_scripts() -> tuple[str, str]:
     """The SQL of one signed sale as the intake sends it (server/pos/receipts.py): (an
-    anonymous sale: one statement, no transaction, checking the till's key is active
-    (sql.KEY_ACTIVE: the lane does not read a key it knows) and claiming the key with its
-    stored answer, the claim code, receipt and lines; a sale naming a guest by phone in two
-    statements, no transaction (server/pos/guest_sale.py): the read of the till's key being
-    active, the receipt's key, guest, account, tier window, time zone and profile, and the
-    write of key, earn, profile (if unchanged), receipt and lines). The guest's write binds
+    anonymous sale: one statement, no transaction, claiming the key with its stored answer,
+    the claim code, receipt and lines; a sale naming a guest by phone in two statements, no
+    transaction (server/pos/guest_sale.py): the read of key, guest, account, tier window, time
+    zone and profile, and the write of key, earn, profile (if unchanged), receipt and lines).
+    Both check the till's key is active (sql.KEY_ACTIVE), as the lane's do. The guest's write binds
     what the read returned (``\\gset``); a write that meets a concurrent change of the guest's
     profile fails with 40001 and pgbench tries the sale again (``--max-tries``), as the intake
     does. Two lines, like most of loadtests/pos_receipts.py's receipts. The catalogue reads
