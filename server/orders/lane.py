@@ -26,8 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import ASGIApp, Scope
 from prometheus_client import Counter
 
 from server.auth.guards import bearer_token, refuse_revoked
@@ -35,8 +34,7 @@ from server.auth.tokens import TokenIssuer
 from server.infra.http import stored_media_type
 from server.infra.idempotency import require_key
 from server.infra.identity import Principal, TokenError
-from server.infra.lanes import read_body, render_exception, replay, respond
-from server.infra.observability import RequestTelemetry
+from server.infra.lanes import Lane, single_headers
 from server.infra.problems import Problem
 from shared import contract
 
@@ -57,67 +55,38 @@ class _Admitted(msgspec.Struct, frozen=True):
     length: int
 
 
-class CheckoutLane:
-    """An ASGI app in front of Litestar's router (``Litestar.asgi_handler``); see the module."""
+class CheckoutLane(Lane[_Admitted, contract.OrderIn]):
+    """The checkout's lane (see the module); the shared plumbing is server.infra.lanes.Lane."""
+
+    path = PATH
 
     def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self._by_lane = _SERVED.labels("lane")
-        self._by_litestar = _SERVED.labels("litestar")
+        super().__init__(app, _SERVED)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP or scope["path"] != PATH or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        app_state = scope["app"].state
+    async def admit(self, scope: Scope, app_state: Any) -> _Admitted | None:
         admitted = _admit(scope, app_state.tokens, app_state.settings.order_body_max_bytes)
         if admitted is not None and await _revoked(admitted.principal, app_state):
-            admitted = None  # Litestar's authentication refuses it, with the reason
-        if admitted is None:
-            await self._pass_on(scope, receive, send)
-            return
-        body = await read_body(receive, admitted.length)
-        if body is None:  # the client went away, or sent another length than it declared
-            await self._pass_on(scope, replay(b"", receive), send)
-            return
-        try:
-            order = _decode_order(body)
-        # Litestar says what is wrong, as it always has. msgspec raises the last two for a
-        # string that is not UTF-8 and for nesting deeper than the stack it has left.
-        except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
-            await self._pass_on(scope, replay(body, receive), send)
-            return
-        self._by_lane.inc()
+            return None  # Litestar's authentication refuses it, with the reason
+        return admitted
+
+    def decode(self, body: bytes) -> contract.OrderIn:
+        return _decode_order(body)
+
+    def entering(self, scope: Scope, admitted: _Admitted) -> None:
         scope["user"], scope["auth"] = admitted.principal, admitted.token
-        scope["path_template"] = PATH  # the label Litestar's router gives this route
 
-        async def checkout(scope: Scope, receive: Receive, send: Send) -> None:
-            try:
-                stored = await app_state.services.orders.place(
-                    admitted.principal, order, admitted.key
-                )
-            except Exception as exc:
-                await render_exception(scope, receive, send, exc)
-                return
-            await respond(send, stored.status_code, stored_media_type(stored), stored.body)
-
-        await RequestTelemetry(checkout)(scope, receive, send)
-
-    async def _pass_on(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self._by_litestar.inc()
-        await self.app(scope, receive, send)
+    async def handle(
+        self, app_state: Any, admitted: _Admitted, body: bytes, decoded: contract.OrderIn
+    ) -> tuple[int, str, bytes]:
+        stored = await app_state.services.orders.place(admitted.principal, decoded, admitted.key)
+        return stored.status_code, stored_media_type(stored), stored.body
 
 
 def _admit(scope: Scope, tokens: TokenIssuer, max_body_bytes: int) -> _Admitted | None:
     """The request's guest, key and body length, or None when Litestar should answer it."""
-    seen: dict[bytes, bytes] = {}
-    for name, value in scope["headers"]:
-        if name in (b"authorization", b"idempotency-key", b"content-length"):
-            if name in seen:
-                return None  # which one counts is Litestar's call
-            seen[name] = value
-        elif name == b"transfer-encoding":
-            return None
+    seen = single_headers(scope, (b"authorization", b"idempotency-key", b"content-length"))
+    if seen is None:
+        return None
     token = bearer_token(seen.get(b"authorization", b"").decode("latin-1"))
     length = seen.get(b"content-length", b"")
     if not token or not length.isdigit() or int(length) > max_body_bytes:

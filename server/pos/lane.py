@@ -23,13 +23,13 @@ for comparing both (tests/api/test_pos_lane.py, ``loadtests.bench``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
-from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import ASGIApp, Scope
 from prometheus_client import Counter
 
-from server.infra.lanes import read_body, render_exception, replay, respond
-from server.infra.observability import RequestTelemetry
+from server.infra.lanes import Lane, single_headers
 from server.pos.auth import KEY_HEADER, SIGNATURE_HEADER
 from shared.pos import ReceiptIn
 
@@ -50,67 +50,37 @@ class _Admitted(msgspec.Struct, frozen=True):
     length: int
 
 
-class ReceiptLane:
-    """An ASGI app in front of Litestar's router (``Litestar.asgi_handler``); see the module."""
+class ReceiptLane(Lane[_Admitted, ReceiptIn]):
+    """A till's receipt lane (see the module); the plumbing is server.infra.lanes.Lane."""
+
+    path = PATH
 
     def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self._by_lane = _SERVED.labels("lane")
-        self._by_litestar = _SERVED.labels("litestar")
+        super().__init__(app, _SERVED)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP or scope["path"] != PATH or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        app_state = scope["app"].state
-        admitted = _admit(scope, app_state.settings.body_max_bytes)
-        if admitted is None:
-            await self._pass_on(scope, receive, send)
-            return
-        body = await read_body(receive, admitted.length)
-        if body is None:  # the client went away, or sent another length than it declared
-            await self._pass_on(scope, replay(b"", receive), send)
-            return
-        try:
-            receipt = _decode_receipt(body)
-        # Litestar says what is wrong, as it always has. msgspec raises the last two for a
-        # string that is not UTF-8 and for nesting deeper than the stack it has left.
-        except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
-            await self._pass_on(scope, replay(body, receive), send)
-            return
-        self._by_lane.inc()
-        scope["path_template"] = PATH  # the label Litestar's router gives this route
+    async def admit(self, scope: Scope, app_state: Any) -> _Admitted | None:
+        return _admit(scope, app_state.settings.body_max_bytes)
+
+    def decode(self, body: bytes) -> ReceiptIn:
+        return _decode_receipt(body)
+
+    async def handle(
+        self, app_state: Any, admitted: _Admitted, body: bytes, decoded: ReceiptIn
+    ) -> tuple[int, str, bytes]:
         services = app_state.services
-
-        async def take(scope: Scope, receive: Receive, send: Send) -> None:
-            try:
-                # One pooled connection for the key and the receipt: one acquire, not two. A
-                # key known before is not read: the receipt's statement checks it is active.
-                async with services.db.connection() as conn:
-                    till = await services.till_auth.verify(admitted.headers, body, conn, known=True)
-                    taken = await services.intake.take(till, receipt, conn)
-            except Exception as exc:
-                await render_exception(scope, receive, send, exc)
-                return
-            await respond(send, 201, "application/json", taken.body)
-
-        await RequestTelemetry(take)(scope, receive, send)
-
-    async def _pass_on(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self._by_litestar.inc()
-        await self.app(scope, receive, send)
+        # One pooled connection for the key and the receipt: one acquire, not two. A key
+        # known before is not read: the receipt's statement checks it is active.
+        async with services.db.connection() as conn:
+            till = await services.till_auth.verify(admitted.headers, body, conn, known=True)
+            taken = await services.intake.take(till, decoded, conn)
+        return 201, "application/json", taken.body
 
 
 def _admit(scope: Scope, max_body_bytes: int) -> _Admitted | None:
     """The signature headers and the body's length, or None when Litestar should answer."""
-    seen: dict[bytes, bytes] = {}
-    for name, value in scope["headers"]:
-        if name in _WATCHED:
-            if name in seen:
-                return None  # which one counts is Litestar's call
-            seen[name] = value
-        elif name == b"transfer-encoding":
-            return None
+    seen = single_headers(scope, _WATCHED)
+    if seen is None:
+        return None
     length = seen.get(b"content-length", b"")
     if _KEY not in seen or _SIGNATURE not in seen:
         return None  # refused by the route's guard, which says what to send
