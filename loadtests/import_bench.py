@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from loadtests.bench import HERE, Proc, free_port, log, start, wait_healthy
+from loadtests.bench import HERE, CpuMeter, Proc, free_port, log, start, wait_healthy
 from loadtests.common import Guest
 from loadtests.pos_receipts import TillStream
 
@@ -247,8 +247,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"file: {args.receipts} receipts, {lines} lines, {path.stat().st_size / 2**20:.1f} MB"
                 f" {args.format} (seed {args.seed}) in {time.perf_counter() - t0:.1f}s"
             )
-            first = run_import(path, location, data_dir, args.profile)
+            with CpuMeter(dev.popen.pid) as cpu:
+                first = run_import(path, location, data_dir, args.profile)
             log(f"I1 import: {json.dumps(first)}")
+            per_receipt = cpu.per_op_ms(args.receipts)
+            log(
+                "I1 CPU ms per receipt: "
+                f"import process {per_receipt['generator']:.3f},"
+                f" PostgreSQL {per_receipt['PostgreSQL']:.3f}, Redis {per_receipt['Redis']:.3f},"
+                f" box busy {per_receipt['box busy %']:.0f} %"
+            )
             problems = []
             if first["imported"] != args.receipts or first["refused"]:
                 problems.append(f"expected {args.receipts} imported, none refused: {first}")

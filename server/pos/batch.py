@@ -4,10 +4,10 @@ The body is never held whole in memory: as it streams in, each chunk goes throug
 signature's MAC and into a spool (memory up to ``pos_batch_spool_memory_bytes``, a temporary
 file beyond). Only once the last byte is in and the signature matches is any line taken, so a
 forged or tampered batch costs no database work and stores nothing. The spool is then read a
-line at a time and taken in transactions of ``pos_batch_chunk_lines`` lines, each line in its
-own savepoint: a bad line is refused with its problem and the rest proceeds, and no
-transaction holds guests' rows for longer than one chunk (realtime receipts of the same guests
-wait at most that long). Bounded: ``pos_batch_max_lines`` lines of at most
+line at a time and taken in transactions of ``pos_batch_chunk_lines`` lines (two chunks in
+flight at once: see ``take_chunks``), each line in its own savepoint: a bad line is refused
+with its problem and the rest proceeds, and no transaction holds guests' rows for longer than
+one chunk (realtime receipts of the same guests wait at most that long). Bounded: ``pos_batch_max_lines`` lines of at most
 ``pos_batch_line_max_bytes`` each and ``pos_batch_max_bytes`` in all, ``pos_batch_timeout_s``
 for the whole batch. Chunks taken before a failure (the database going away mid-batch) stay
 taken: sent again, their lines answer ``replayed``.
@@ -16,9 +16,10 @@ taken: sent again, their lines answer ``replayed``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import IO, Any
 
 import asyncpg
@@ -38,6 +39,10 @@ __all__ = ["BatchIntake", "Item"]
 _decode = msgspec.json.Decoder(ReceiptIn).decode
 # A receipt to take, by its line number in the batch or file, or why that line is refused.
 Item = tuple[int, ReceiptIn | Problem]
+# A chunk's answers by line, and the points it moved (to mirror to Redis).
+_Chunk = tuple[dict[int, BatchLineResult], list[Move]]
+# Lines read (and parsed) between two turns of the chunks in flight.
+_READ_SLICE = 50
 
 
 def _refused(line: int, problem: Problem) -> BatchLineResult:
@@ -126,14 +131,36 @@ class BatchIntake:
 
         A chunk's replays and sales are taken together (:meth:`Intake.take_many`,
         in a savepoint); every other receipt, or all of them when the database refuses that,
-        in a savepoint of its own: a refusal undoes that receipt only. A chunk's points are
-        mirrored to Redis while the next chunk is taken (one chunk's after another's), and
-        the last chunk's before the iteration ends."""
+        in a savepoint of its own: a refusal undoes that receipt only.
+
+        Two chunks are in flight at once, on two connections, so that one chunk's Python runs
+        while PostgreSQL works on the other: a chunk is read, parsed and priced, claims its
+        keys and writes its anonymous sales while the chunk before it is still being written,
+        and earns, folds visits and writes its guests' sales only once that one committed
+        (:meth:`Intake.take_many`'s ``after``). Points and visits therefore follow file order:
+        the results are those of taking the chunks one after another. A chunk that names an
+        ``external_id`` of a chunk in flight waits for it to commit before it starts. The one
+        wait left the other way, a claim code of the chunk before meeting one of this chunk's
+        uncommitted codes, is one in 10^14 codes. A chunk's points are mirrored to Redis after
+        it committed, in order, while the next chunks go on."""
+        size = self.settings.pos_batch_chunk_lines
         lines_taken, analyze_at = 0, self.settings.pos_batch_analyze_lines
         mirroring: asyncio.Task[None] | None = None
+        committed = asyncio.Event()
+        committed.set()  # nothing comes before the first chunk
+        in_flight: collections.deque[tuple[list[Item], asyncio.Task[_Chunk]]] = collections.deque()
         try:
-            while chunk := _next_chunk(items, self.settings.pos_batch_chunk_lines):
-                answers, moves = await self._take_chunk(till, chunk)
+            waiting = await _next_chunk(items, size)
+            while waiting or in_flight:
+                if waiting and len(in_flight) < 2 and not _shares_ids(in_flight, waiting):
+                    after, committed = committed, asyncio.Event()
+                    task = asyncio.create_task(self._take_chunk(till, waiting, after, committed))
+                    in_flight.append((waiting, task))
+                    waiting = await _next_chunk(items, size)  # the chunks in flight go on
+                    continue
+                chunk, task = in_flight[0]
+                answers, moves = await task
+                in_flight.popleft()
                 if mirroring is not None:
                     await mirroring
                 mirroring = asyncio.create_task(self.points.mirror(moves))
@@ -146,18 +173,24 @@ class BatchIntake:
                     for number, item in chunk
                 ]
         finally:
+            for _, task in in_flight:  # a chunk failed, or the caller stopped reading
+                task.cancel()
+            await asyncio.gather(*(task for _, task in in_flight), return_exceptions=True)
             if mirroring is not None:
                 await mirroring
 
     async def _take_chunk(
-        self, till: Till, chunk: list[Item]
-    ) -> tuple[dict[int, BatchLineResult], list[Move]]:
-        """One chunk in one transaction: its answers by line, and the moves to mirror."""
+        self, till: Till, chunk: list[Item], after: asyncio.Event, committed: asyncio.Event
+    ) -> _Chunk:
+        """One chunk in one transaction, writing once ``after`` is set (the chunk before it
+        committed); sets ``committed`` once it committed. Its answers by line, and the moves
+        to mirror."""
         receipts = [(n, r) for n, r in chunk if not isinstance(r, Problem)]
         moves: list[Move] = []
         answers: dict[int, BatchLineResult] = {}
         async with self.db.transaction() as conn:
-            together = await self._take_together(conn, till, [r for _, r in receipts])
+            together = await self._take_together(conn, till, [r for _, r in receipts], after)
+            await after.wait()
             for (number, receipt), taken in zip(receipts, together, strict=True):
                 if taken is None:
                     answers[number] = await self._take(conn, till, number, receipt, moves)
@@ -166,6 +199,7 @@ class BatchIntake:
                     answers[number] = BatchLineResult(
                         line=number, status=taken.status, receipt_id=taken.receipt_id
                     )
+        committed.set()
         return answers, moves
 
     async def _refresh_statistics(self, lines_taken: int) -> None:
@@ -177,11 +211,11 @@ class BatchIntake:
                 await conn.execute(sql.ANALYZE_KEYS)
 
     async def _take_together(
-        self, conn: asyncpg.Connection, till: Till, receipts: list[ReceiptIn]
+        self, conn: asyncpg.Connection, till: Till, receipts: list[ReceiptIn], after: asyncio.Event
     ) -> list[Taken | None]:
         try:
             async with conn.transaction():  # a savepoint: a refusal leaves nothing of it
-                return await self.intake.take_many(conn, till, receipts)
+                return await self.intake.take_many(conn, till, receipts, after)
         except (
             Problem,
             asyncpg.DataError,
@@ -214,9 +248,26 @@ class BatchIntake:
         return BatchLineResult(line=number, status=taken.status, receipt_id=taken.receipt_id)
 
 
-def _next_chunk(items: Iterator[Item], size: int) -> list[Item]:
-    """Up to ``size`` more items (none when ``items`` is exhausted)."""
-    return list(itertools.islice(items, size))
+def _shares_ids(in_flight: Iterable[tuple[list[Item], object]], chunk: list[Item]) -> bool:
+    """Whether ``chunk`` names an ``external_id`` a chunk in flight names too: it then waits
+    for that one to commit before it starts, as its key would wait on that one's claim while
+    that one's own fallback could wait on its claim."""
+    ids = {r.external_id for _, r in chunk if not isinstance(r, Problem)}
+    return any(
+        not isinstance(r, Problem) and r.external_id in ids
+        for other, _ in in_flight
+        for _, r in other
+    )
+
+
+async def _next_chunk(items: Iterator[Item], size: int) -> list[Item]:
+    """Up to ``size`` more items (none when ``items`` is exhausted). Reading a line parses
+    it: every ``_READ_SLICE`` lines, the chunks in flight get their turn."""
+    chunk: list[Item] = []
+    while piece := list(itertools.islice(items, min(_READ_SLICE, size - len(chunk)))):
+        chunk += piece
+        await asyncio.sleep(0)
+    return chunk
 
 
 def _receipt_of(raw: bytes) -> ReceiptIn | Problem:

@@ -13,6 +13,7 @@ a transaction when that gives the same result: one naming no guest in one
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from collections import Counter
@@ -357,7 +358,11 @@ class Intake:
         return Taken("created", receipt_id, body, moves)
 
     async def take_many(
-        self, conn: asyncpg.Connection, till: Till, receipts: Sequence[ReceiptIn]
+        self,
+        conn: asyncpg.Connection,
+        till: Till,
+        receipts: Sequence[ReceiptIn],
+        after: asyncio.Event | None = None,
     ) -> list[Taken | None]:
         """What :meth:`take_on` would answer for a chunk of receipts, set-based where that is
         the same: replays of receipts stored before, and sales (one key claim, one catalogue read,
@@ -368,6 +373,12 @@ class Intake:
         another transaction holds, an ``external_id`` twice in the chunk). Raises asyncpg's
         errors for data the database refuses, and a Problem; the caller then takes the chunk
         one receipt at a time (in a savepoint, so nothing of this stays).
+
+        With ``after`` (server/pos/batch.py sets it once the chunk before this one committed,
+        and passes it only when the two share no ``external_id``), the chunk's keys are claimed
+        and its anonymous sales written first; points, visits and the sales naming a guest wait
+        for ``after``, so that they follow the chunk before, as one receipt after another would.
+        Before ``after``, nothing is read that the chunk before writes but its own keys' rows.
         """
         answers: list[Taken | None] = [None] * len(receipts)
         digests = _chunk_digests(till, receipts)
@@ -394,11 +405,55 @@ class Intake:
         sales = [(i, p) for i, p in sales if receipts[i].external_id in claimed]
         if not sales:
             return answers
-        outs, moves, sales = await self._earn_and_visit(conn, till, receipts, sales, ids, menu)
-        bodies = await self._write_sales(conn, till, currency, receipts, sales, ids, outs)
-        for i, _ in sales:
-            answers[i] = Taken("created", ids[i], bodies[i], moves[i])
+        sale = _ChunkSales(currency, menu, ids)
+        taken: dict[int, tuple[bytes, tuple[Move, ...]]] = {}
+        resolved: dict[int, _Guest] | None = None
+        later = sales
+        if all(_found_by_reads(receipts[i]) for i, _ in sales):
+            resolved = await self._guests_of(conn, till, receipts, sales)
+            anonymous = [(i, p) for i, p in sales if resolved[i].guest_id is None]
+            later = [(i, p) for i, p in sales if resolved[i].guest_id is not None]
+            taken |= await self._take_sales(conn, till, receipts, anonymous, resolved, sale)
+        if after is not None:
+            await after.wait()
+        if later:
+            if resolved is None:
+                resolved = await self._guests_of(conn, till, receipts, later)
+            taken |= await self._take_sales(conn, till, receipts, later, resolved, sale)
+        for i, (body, moves) in taken.items():
+            answers[i] = Taken("created", ids[i], body, moves)
         return answers
+
+    async def _guests_of(
+        self,
+        conn: asyncpg.Connection,
+        till: Till,
+        receipts: Sequence[ReceiptIn],
+        sales: list[tuple[int, Pricing]],
+    ) -> dict[int, _Guest]:
+        guests = await self._resolve_guests(conn, till, [receipts[i] for i, _ in sales])
+        return dict(zip((i for i, _ in sales), guests, strict=True))
+
+    async def _take_sales(
+        self,
+        conn: asyncpg.Connection,
+        till: Till,
+        receipts: Sequence[ReceiptIn],
+        sales: list[tuple[int, Pricing]],
+        guests: dict[int, _Guest],
+        chunk: _ChunkSales,
+    ) -> dict[int, tuple[bytes, tuple[Move, ...]]]:
+        """Earn, fold the visits of and write ``sales`` (keys claimed); each one's stored
+        answer and points moved."""
+        if not sales:
+            return {}
+        outs, moves, sales = await self._earn_and_visit(
+            conn, till, receipts, sales, guests, chunk.ids, chunk.menu
+        )
+        bodies = await self._write_sales(
+            conn, till, chunk.currency, receipts, sales, chunk.ids, outs
+        )
+        return {i: (bodies[i], moves[i]) for i, _ in sales}
 
     async def _replays(
         self,
@@ -436,7 +491,9 @@ class Intake:
         excluded, menu = await self._catalogue(conn, till, [receipts[i] for i in candidates])
         program = await self.points.program(conn, till.brand_id)
         sales: list[tuple[int, Pricing]] = []
-        for i in candidates:
+        for n, i in enumerate(candidates, 1):
+            if n % _PRICE_SLICE == 0:  # the batch's other chunk in flight gets its turn
+                await asyncio.sleep(0)
             try:
                 pricing = price_receipt(
                     receipts[i], point_value_minor=program.point_value_minor, excluded=excluded
@@ -452,14 +509,15 @@ class Intake:
         till: Till,
         receipts: Sequence[ReceiptIn],
         sales: list[tuple[int, Pricing]],
+        resolved: dict[int, _Guest],
         ids: dict[int, UUID],
         menu: dict[str, UUID],
     ) -> tuple[dict[int, ReceiptOut], dict[int, tuple[Move, ...]], list[tuple[int, Pricing]]]:
-        """The chunk's guests, their points and visits, as _sale would leave them taking one
+        """The chunk's guests' points and visits, as _sale would leave them taking one
         receipt after another in file order (a guest's tier counts what their earlier receipts
-        of this chunk earned), set-based: guests resolved per chunk, points earned together
+        of this chunk earned), set-based: points earned together
         (:meth:`PointsPort.earn_many`), visits folded together (``on_visits``)."""
-        guests = await self._resolve_guests(conn, till, [receipts[i] for i, _ in sales])
+        guests = [resolved[i] for i, _ in sales]
         named = [
             (i, Earning(g.guest_id, p.earning_paid_minor, till.location_id, _reason(receipts[i])))
             for (i, p), g in zip(sales, guests, strict=True)
@@ -894,6 +952,26 @@ def _line_columns(lines: Sequence[PricedLine]) -> list[list[object]]:
         [p.paid_minor for p in lines],
         [p.points_earned for p in lines],
     ]
+
+
+@dataclass(frozen=True)
+class _ChunkSales:
+    """What the sales of one chunk share: the brand's currency, the menu items its SKUs
+    name, and the receipt id each sale gets."""
+
+    currency: str
+    menu: dict[str, UUID]
+    ids: dict[int, UUID]
+
+
+def _found_by_reads(receipt: ReceiptIn) -> bool:
+    """Whether the receipt's guest (if any) is found by reads alone: a phone or a card. A
+    QR or a till's customer id may link the guest (a write) as it is resolved."""
+    return receipt.guest is None or not (receipt.guest.qr_code or receipt.guest.pos_customer_id)
+
+
+# Receipts priced between two turns of the other chunk in flight (server/pos/batch.py).
+_PRICE_SLICE = 50
 
 
 def _chunk_digests(till: Till, receipts: Sequence[ReceiptIn]) -> dict[int, bytes]:
