@@ -250,7 +250,7 @@ def _line(row: dict[str, str], places: int) -> tuple[ReceiptLineIn, Tender | Non
     named = (row.get("tender") or "").lower() or None
     if named is not None and named not in _TENDERS:
         raise _LineError(f"tender {row['tender']!r} is not one of {sorted(_TENDERS)}")
-    tender = cast(Tender | None, named)
+    tender = cast("Tender | None", named)  # a string: the union is not built per row
     line = ReceiptLineIn(
         name=row["name"],
         quantity=quantity,
