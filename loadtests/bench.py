@@ -9,8 +9,7 @@ F1  PostgreSQL floor: the SQL of one checkout with points as the server sends it
     of place_order (migrations 0010 and 0012: idempotency claim, account, guest caps and tier,
     guarded hold + pending transfer, order + lines, slot + stored response), one round trip,
     no BEGIN/COMMIT — by pgbench -M prepared at 8 and 16 clients, synchronous_commit on,
-    same database, connected as the server is (PostgreSQL's Unix socket when the stack has
-    one, else loopback TCP).
+    same database.
 F4  framework ceiling: GET /healthz under wrk (closed loop).
 F5  checkout closed loop: wrk with unique Idempotency-Keys and rotating guest tokens at 8, 16
     and 32 connections: max rps and p99.
@@ -68,7 +67,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
@@ -571,12 +569,6 @@ class Bench:
         self.dev_pid = dev.popen.pid
         wait_healthy(self.dev_url, dev, 180)
         self.services = json.loads((self.tmp / "services.json").read_text())
-        # The floor connects as the server does: over PostgreSQL's Unix socket when the stack
-        # has one (server/infra/embedded.py), which costs both sides less than loopback TCP.
-        socket_url = self.services.get("database_socket_url")
-        self.pg_host = (
-            parse_qs(urlsplit(socket_url).query)["host"][0] if socket_url else "127.0.0.1"
-        )
         self.servers = [Server(s) for s in self.args.servers.split(",")]
         for server in self.servers:
             if server.spec == "dev":
@@ -815,7 +807,7 @@ class Bench:
             str(int(d)),
             *(arg for script in scripts for arg in ("-f", str(self.tmp / script))),
             "-h",
-            self.pg_host,
+            "127.0.0.1",
             "-p",
             str(self.services["pg_port"]),
             "-U",

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -57,17 +57,9 @@ def _with_urls(settings: Settings) -> Settings:
         )
     return msgspec.structs.replace(
         settings,
-        database_url=settings.database_url or running.local_database_url,
+        database_url=settings.database_url or running.database_url,
         redis_url=settings.redis_url or running.redis_url,
     )
-
-
-def _where(url: str) -> str:
-    """host:port of a database URL, or the socket directory a ``?host=/dir`` names."""
-    parts = urlsplit(url)
-    socket_dir = parse_qs(parts.query).get("host", [""])[0]
-    host = parts.hostname or socket_dir or "localhost"
-    return f"{host}:{parts.port or parse_qs(parts.query).get('port', ['5432'])[0]}"
 
 
 async def _check_database(url: str) -> None:
@@ -76,8 +68,9 @@ async def _check_database(url: str) -> None:
     try:
         conn = await connect_once(url, timeout_s=5)
     except (OSError, TimeoutError) as exc:
+        where = urlsplit(url)
         raise CliError(
-            f"PostgreSQL at {_where(url)} does not answer ({exc.__class__.__name__}); "
+            f"PostgreSQL at {where.hostname}:{where.port or 5432} does not answer ({exc.__class__.__name__}); "
             "is it running? check REGULARS_DATABASE_URL"
         ) from None
     except Exception as exc:
@@ -158,7 +151,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             running = services.start(postgres=need_pg, redis=need_redis)
             settings = msgspec.structs.replace(
                 settings,
-                database_url=settings.database_url or running.local_database_url,
+                database_url=settings.database_url or running.database_url,
                 redis_url=settings.redis_url or running.redis_url,
             )
         assert settings.database_url

@@ -100,8 +100,7 @@ TEST_LIMITS: dict[str, object] = {
 def settings(stack: Stack) -> Settings:
     return load_settings(
         environ={},
-        # Over PostgreSQL's Unix socket, as `regulars dev` and the CLI connect.
-        database_url=stack.running.local_database_url,
+        database_url=stack.running.database_url,
         redis_url=stack.running.redis_url,
         data_dir=str(stack.embedded.data_dir),
         env="test",

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import psutil
 
@@ -50,8 +49,6 @@ STOP_TIMEOUT_S = 20.0
 # (5 minutes) at ~700 checkouts/s. Segments are initdb's default 16 MB.
 WAL_RESERVE_MB = 1024
 _PR_SET_PDEATHSIG = 1
-# A Unix socket's path must fit in sockaddr_un's 108 bytes, with its terminating NUL.
-_SOCKET_PATH_MAX = 107
 # Redis Cluster nodes talk to each other on their port + 10000.
 _CLUSTER_BUS_OFFSET = 10_000
 
@@ -67,15 +64,6 @@ class RunningServices:
     pg_port: int
     redis_port: int
     owner_pid: int
-    # The same database over PostgreSQL's Unix socket, for processes on this machine: a
-    # round trip costs both sides less CPU than over loopback TCP (docs/PERFORMANCE.md).
-    # None when the socket's path would be too long for one, or in an older state file.
-    database_socket_url: str | None = None
-
-    @property
-    def local_database_url(self) -> str:
-        """The URL a process on this machine connects with: the socket's, else TCP's."""
-        return self.database_socket_url or self.database_url
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -104,9 +92,7 @@ def discover(data_dir: Path) -> RunningServices | None:
         return None
     if not psutil.pid_exists(state.get("owner_pid", -1)):
         return None
-    return RunningServices(
-        **{k: state[k] for k in RunningServices.__dataclass_fields__ if k in state}
-    )
+    return RunningServices(**{k: state[k] for k in RunningServices.__dataclass_fields__})
 
 
 def _die_with_parent() -> None:
@@ -181,28 +167,13 @@ class EmbeddedServices:
         return running
 
     def running(self) -> RunningServices:
-        socket_dir = self.pg_socket_dir() if self._pg is not None else None
         return RunningServices(
             database_url=f"postgresql://postgres@127.0.0.1:{self.pg_port}/{DATABASE}",
             redis_url=f"redis://127.0.0.1:{self.redis_port}/0",
             pg_port=self.pg_port,
             redis_port=self.redis_port,
             owner_pid=os.getpid(),
-            database_socket_url=(
-                f"postgresql://postgres@/{DATABASE}?host={quote(str(socket_dir))}&port={self.pg_port}"
-                if socket_dir is not None
-                else None
-            ),
         )
-
-    def pg_socket_dir(self) -> Path | None:
-        """Where PostgreSQL puts its Unix socket (its data directory), or None when the
-        socket's path would not fit in a socket address (or has a comma, which
-        ``unix_socket_directories`` reads as a separator)."""
-        pgdata = self.data_dir / "pg"
-        socket = pgdata / f".s.PGSQL.{self.pg_port}"
-        fits = len(os.fsencode(socket)) < _SOCKET_PATH_MAX and "," not in str(pgdata)
-        return pgdata if fits else None
 
     def stop(self) -> None:
         """Stop Redis, then PostgreSQL (fast shutdown), and forget the state file."""
@@ -255,7 +226,7 @@ class EmbeddedServices:
         options = {
             "listen_addresses": "127.0.0.1",
             "port": str(self.pg_port),
-            "unix_socket_directories": str(self.pg_socket_dir() or ""),
+            "unix_socket_directories": "",
             "max_connections": "200",
             "shared_buffers": "256MB",
             "synchronous_commit": "on",

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from server.infra.db import connect_once
-from server.infra.embedded import EmbeddedServices, free_port
+from server.infra.embedded import free_port
 from server.infra.migrate import apply_migrations
 from tests.conftest import Stack
 
@@ -290,31 +290,6 @@ def test_embedded_postgres_commits_durably_and_checkpoints_by_the_timer(stack: S
             await conn.close()
 
     assert asyncio.run(settings()) == ["on", "on", "4GB"]
-
-
-def test_processes_on_the_machine_reach_postgres_over_its_unix_socket(stack: Stack) -> None:
-    """`regulars dev`, the CLI and the tests connect by the socket (less CPU per round trip
-    than loopback TCP: docs/PERFORMANCE.md); TCP stays for everything else."""
-
-    async def server_addresses() -> list[str | None]:
-        addresses = []
-        for url in (stack.running.local_database_url, stack.running.database_url):
-            conn = await connect_once(url)
-            try:
-                addresses.append(await conn.fetchval("SELECT host(inet_server_addr())"))
-            finally:
-                await conn.close()
-        return addresses
-
-    assert stack.running.database_socket_url is not None
-    assert asyncio.run(server_addresses()) == [None, "127.0.0.1"]  # None: not over IP
-
-
-def test_a_data_dir_too_deep_for_a_socket_path_falls_back_to_tcp(tmp_path: Path) -> None:
-    deep = tmp_path / ("d" * 60) / ("e" * 60)
-    services = EmbeddedServices(deep, pg_port=54321)
-    assert services.pg_socket_dir() is None
-    assert EmbeddedServices(tmp_path, pg_port=54321).pg_socket_dir() == tmp_path / "pg"
 
 
 def test_the_tables_every_checkout_writes_are_analysed_from_small_samples(stack: Stack) -> None:
