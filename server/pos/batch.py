@@ -7,9 +7,9 @@ forged or tampered batch costs no database work and stores nothing. The spool is
 line at a time and taken in transactions of ``pos_batch_chunk_lines`` lines (two chunks in
 flight at once: see ``take_chunks``), each line in its own savepoint: a bad line is refused
 with its problem and the rest proceeds, and no transaction holds guests' rows for longer than
-one chunk (realtime receipts of the same guests wait at most that long). Bounded: ``pos_batch_max_lines`` lines of at most
-``pos_batch_line_max_bytes`` each and ``pos_batch_max_bytes`` in all, ``pos_batch_timeout_s``
-for the whole batch. Chunks taken before a failure (the database going away mid-batch) stay
+one chunk (realtime receipts of the same guests wait at most that long). Bounded:
+``pos_batch_max_lines`` lines of at most ``pos_batch_line_max_bytes`` each and
+``pos_batch_max_bytes`` in all, ``pos_batch_timeout_s`` for the whole batch. Chunks taken before a failure (the database going away mid-batch) stay
 taken: sent again, their lines answer ``replayed``.
 """
 

@@ -378,7 +378,8 @@ class Intake:
         and passes it only when the two share no ``external_id``), the chunk's keys are claimed
         and its anonymous sales written first; points, visits and the sales naming a guest wait
         for ``after``, so that they follow the chunk before, as one receipt after another would.
-        Before ``after``, nothing is read that the chunk before writes but its own keys' rows.
+        Before ``after`` it locks or writes no row the chunk before writes (but for a claim
+        code drawn by both, one in 10^14).
         """
         answers: list[Taken | None] = [None] * len(receipts)
         digests = _chunk_digests(till, receipts)
