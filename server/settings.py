@@ -189,10 +189,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # memory size, and taken in transactions of this many lines once its signature matches.
     pos_batch_timeout_s: float = 300.0
     pos_batch_spool_memory_bytes: int = 1024 * 1024
-    # 500 rather than 200: the per-chunk statements and commit are spread over more receipts
-    # (docs/PERFORMANCE.md, "Batch import"); a realtime receipt of a guest in the chunk waits
-    # for it (~0.1-0.2 s).
-    pos_batch_chunk_lines: int = 500
+    # 1,000: the per-chunk statements and commit are spread over more receipts; with two
+    # chunks in flight the import ran ~12 % faster than at 500 (docs/PERFORMANCE.md, "Batch
+    # import: two chunks in flight"). A realtime receipt of a guest whose points the chunk is
+    # earning waits for that chunk's commit (~0.15-0.3 s).
+    pos_batch_chunk_lines: int = 1000
     # A batch (an import) that has taken this many lines refreshes the planner's statistics of
     # receipt_keys, and again each time that doubles (0: never), while the planner counts
     # fewer keys than the batch took. Autovacuum analyzes a table a minute or more late: a
