@@ -24,13 +24,12 @@ TILL = Till(uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), key_id="k")
 NOW = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
 
 
-class Log(list[str]):
-    pass
+Log = list[str]  # what happened, in order: "read …", "earn …", "commit txN", "rollback txN"
 
 
 class FakeConn:
-    def __init__(self, log: Log, name: str) -> None:
-        self.log, self.name = log, name
+    def __init__(self, name: str) -> None:
+        self.name = name
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
@@ -47,7 +46,7 @@ class FakeDb:
         self.opened += 1
         name = f"tx{self.opened}"
         try:
-            yield FakeConn(self.log, name)
+            yield FakeConn(name)
         except BaseException:
             self.log.append(f"rollback {name}")
             raise
@@ -92,11 +91,10 @@ class FakePoints:
         return None
 
 
-def batch(log: Log) -> tuple[BatchIntake, FakeIntake]:
+def batch(log: Log) -> BatchIntake:
     settings = Settings(pos_batch_chunk_lines=2, pos_batch_analyze_lines=0)
-    intake = FakeIntake(log)
-    taker = BatchIntake(settings, FakeDb(log), None, intake, FakePoints())  # type: ignore[arg-type]
-    return taker, intake
+    # The fakes have only what take_chunks uses (no TillAuth at all: the batch is verified).
+    return BatchIntake(settings, FakeDb(log), None, FakeIntake(log), FakePoints())  # type: ignore[arg-type]
 
 
 def items(*ids: str) -> list[Item]:
@@ -107,8 +105,8 @@ def items(*ids: str) -> list[Item]:
 
 
 async def test_a_chunk_takes_its_turn_only_after_the_chunk_before_committed() -> None:
-    log = Log()
-    taker, _ = batch(log)
+    log: Log = []
+    taker = batch(log)
     results = [r async for r in taker.take_chunks(TILL, iter(items("a1", "a2", "b1", "b2", "c1")))]
 
     assert [[r.line for r in chunk] for chunk in results] == [[1, 2], [3, 4], [5]]
@@ -121,8 +119,8 @@ async def test_a_chunk_takes_its_turn_only_after_the_chunk_before_committed() ->
 
 
 async def test_a_failing_chunk_stops_the_batch_and_the_next_one_never_takes_its_turn() -> None:
-    log = Log()
-    taker, _ = batch(log)
+    log: Log = []
+    taker = batch(log)
 
     with pytest.raises(ConnectionError):
         async for _ in taker.take_chunks(TILL, iter(items("fail1", "x", "b1", "b2"))):
