@@ -469,6 +469,17 @@ class KioskSession:
             current.card.wallet, points_available=transfer.points_available
         )
         card = msgspec.structs.replace(current.card, wallet=wallet)
+        if transfer.tier is not None:  # an accrual says where the guest's tier now stands
+            standing = {
+                "tier": transfer.tier,
+                "next_tier": transfer.next_tier,
+                "points_to_next_tier": transfer.points_to_next_tier,
+            }
+            card = msgspec.structs.replace(
+                card,
+                wallet=msgspec.structs.replace(wallet, **standing),
+                guest=msgspec.structs.replace(card.guest, **standing),
+            )
         self.current = CurrentGuest(
             current.code, current.scanned_at, card, guest_card_view(card, self.currency)
         )

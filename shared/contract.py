@@ -400,6 +400,11 @@ class Transfer(_Wire, kw_only=True, frozen=True):
     state: Literal["pending", "posted", "voided"]
     created_at: datetime
     points_available: int | None = None
+    # An accrual: the guest's tier after it, and what the next one still needs (the kiosk's
+    # "N points to Silver" line would otherwise keep the scan's figure).
+    tier: str | None = None
+    next_tier: str | None = None
+    points_to_next_tier: int | None = None
 
 
 # -- kiosk devices and counter enrolment --------------------------------------------

@@ -23,7 +23,14 @@ from server.infra.identity import ROLE_RANK, Principal
 from server.infra.problems import Problem
 from server.infra.ratelimit import limit
 from server.infra.redis import RedisGate
-from server.loyalty.model import AccountState, Movement, Program, accrual_over_limit, earn_points
+from server.loyalty.model import (
+    AccountState,
+    Movement,
+    Program,
+    accrual_over_limit,
+    earn_points,
+    tier_for,
+)
 from server.loyalty.service import Loyalty, Resolution, Spend
 from server.settings import Settings
 from shared import contract
@@ -159,7 +166,7 @@ class CounterPoints:
         receipt that earns 0 points, but the claim all the same)."""
         guest_id = guest["guest_id"]
         program = await self.loyalty.programs.get(staff.brand_id, conn)
-        tier, _, _ = await self.loyalty.tier(conn, program, guest["account_id"])
+        tier, _, earned = await self.loyalty.tier(conn, program, guest["account_id"])
         points = earn_points(program, body.amount_paid_minor, tier)
         await require_within_limits(conn, staff, program, guest_id, points)
         transfer_id = uuid.uuid4()
@@ -180,9 +187,12 @@ class CounterPoints:
                 transfer_id=transfer_id,
             )
         available = moved.state.spendable if moved else await self.loyalty.spendable(conn, guest_id)
+        after, following = tier_for(program, earned + points)
         transfer = contract.Transfer(
             id=transfer_id, guest_id=guest_id, code="accrual", points=points, state="posted",
-            created_at=now, points_available=available,
+            created_at=now, points_available=available, tier=after.name,
+            next_tier=following.name if following else None,
+            points_to_next_tier=following.min_points - earned - points if following else None,
         )  # fmt: skip
         return moved, transfer
 

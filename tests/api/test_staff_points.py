@@ -76,6 +76,30 @@ async def test_accrual_credits_once_per_key_and_per_receipt(
     await assert_books_balance(services, demo.brand_id)
 
 
+async def test_an_accrual_answers_where_the_guests_tier_now_stands(
+    client: Client, notifier: RecordingNotifier, demo: Demo
+) -> None:
+    # The kiosk redraws "N points to Silver" from this answer, not from the scan before it.
+    guest = await sign_in(client, notifier)
+    token, mitte = demo.staff["barista"], str(demo.locations["mitte"])
+
+    def receipt(amount_minor: int) -> dict[str, Any]:
+        ref = f"R-{uuid.uuid4()}"
+        return {"amount_paid_minor": amount_minor, "location_id": mitte, "receipt_ref": ref}
+
+    small = await accrue(client, token, guest, receipt(1000))
+    assert small.status_code == 201, small.text
+    assert [small.json()[k] for k in ("points", "tier", "next_tier", "points_to_next_tier")] == [
+        50, "Bronze", "Silver", 450
+    ]  # fmt: skip
+
+    crossing = await accrue(client, token, guest, receipt(9000))
+    assert crossing.status_code == 201, crossing.text
+    assert [crossing.json()[k] for k in ("points", "tier", "next_tier", "points_to_next_tier")] == [
+        450, "Silver", "Gold", 1500
+    ]  # fmt: skip
+
+
 async def test_accrual_repays_a_clawback_debt_first(
     client: Client, notifier: RecordingNotifier, demo: Demo, services: Any
 ) -> None:

@@ -108,6 +108,8 @@ class FakeApi:
         self.accrue_calls: list[tuple[str, contract.AccrualIn, str]] = []
         self.effects: dict[str, contract.Transfer] = {}  # idempotency key -> transfer
         self.balances: dict[str, int] = {}
+        # What an accrual answers about the guest's tier after it (none: an older server).
+        self.standing_after_accrual: dict[str, Any] = {}
         self.redemptions: dict[UUID, contract.Transfer] = {}
         self.redemption_calls: list[tuple[str, str]] = []
         self.orders: dict[UUID, contract.Order] = {}
@@ -234,6 +236,7 @@ class FakeApi:
                 state="posted",
                 created_at=NOW,
                 points_available=self.balances[gid],
+                **self.standing_after_accrual,
             )
         if self.lose_reply:
             self.lose_reply = False

@@ -129,6 +129,39 @@ async def test_online_accrual_updates_the_card(
     assert session.current.view.points_line.startswith("432 points")
 
 
+async def test_an_accrual_redraws_the_next_tier_line(
+    session: KioskSession, fake_api: Any, card_factory: Any
+) -> None:
+    code = fresh_code()
+    fake_api.cards[code] = card_factory()  # gold, 80 points to platinum
+    await session.scan(code)
+    assert session.current is not None and session.current.view is not None
+    assert session.current.view.next_tier_line == "80 points to platinum"
+
+    fake_api.standing_after_accrual = {
+        "tier": "platinum", "next_tier": "diamond", "points_to_next_tier": 1900
+    }  # fmt: skip
+    await session.accrue(1250)
+
+    view = session.current.view
+    assert view is not None
+    assert (view.tier, view.next_tier_line) == ("Platinum", "1,900 points to diamond")
+
+
+async def test_an_accrual_from_an_older_server_keeps_the_scans_tier(
+    session: KioskSession, fake_api: Any, card_factory: Any
+) -> None:
+    code = fresh_code()
+    fake_api.cards[code] = card_factory()
+    await session.scan(code)
+    await session.accrue(1250)  # the answer names no tier
+    view = session.current.view if session.current else None
+    assert view is not None and (view.tier, view.next_tier_line) == (
+        "Gold",
+        "80 points to platinum",
+    )
+
+
 async def test_redemption_is_reserved_then_posted_once(
     session: KioskSession, fake_api: Any, card_factory: Any
 ) -> None:
