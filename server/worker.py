@@ -227,6 +227,7 @@ async def run_once(
         jobs["forgotten_idempotency_keys"] = lambda: backlog(
             lambda n: forget_idempotency_keys(services, n)
         )
+        jobs["sealed_webhook_secrets"] = services.pos_webhooks.seal_stored_secrets
     for name, job in jobs.items():
         try:
             async with claims.claim(name) as mine:

@@ -98,7 +98,7 @@ class Integrations:
                 body.location_id,
                 body.webhook_url,
                 brand_id,
-                webhook_secret,
+                self.sealer.seal(webhook_secret) if webhook_secret else None,
                 body.vendor_store_id,
             )
             if row is None:

@@ -3,7 +3,7 @@
 # -- integrations and keys -----------------------------------------------------------------
 
 INSERT_INTEGRATION = """
-INSERT INTO pos_integrations (brand_id, location_id, webhook_url, webhook_secret,
+INSERT INTO pos_integrations (brand_id, location_id, webhook_url, webhook_secret_sealed,
                               vendor_store_id)
 SELECT l.brand_id, l.id, $2, $4, $5 FROM locations l
 WHERE l.id = $1 AND ($3::uuid IS NULL OR l.brand_id = $3)

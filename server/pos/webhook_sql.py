@@ -7,6 +7,7 @@ __all__ = [
     "BURY_EXHAUSTED",
     "CLAIM_DUE",
     "CLAIM_UNFANNED",
+    "CLEAR_SECRETS",
     "DEAD_LETTERS",
     "DELIVERY_OF_BRAND",
     "FEED",
@@ -17,6 +18,7 @@ __all__ = [
     "MARK_FAILED",
     "MARK_FANNED",
     "REPLAY",
+    "SEAL_SECRET",
     "SET_HEAD",
 ]
 
@@ -63,7 +65,16 @@ FROM (
 ) due, pos_integrations i
 WHERE d.id = due.id AND i.id = d.integration_id
 RETURNING d.id, d.payload, d.attempts, d.lease_token, i.webhook_url, i.webhook_secret,
-          i.disabled_at
+          i.webhook_secret_sealed, i.disabled_at
+"""
+
+# Webhook secrets stored in the clear (before migration 0028), to seal.
+CLEAR_SECRETS = """
+SELECT id, webhook_secret FROM pos_integrations WHERE webhook_secret IS NOT NULL
+"""
+SEAL_SECRET = """
+UPDATE pos_integrations SET webhook_secret_sealed = $2, webhook_secret = NULL
+WHERE id = $1 AND webhook_secret = $3
 """
 
 # A delivery whose last attempt's worker died: its lease ran out with no attempts left.

@@ -44,13 +44,19 @@ async def test_integration_create_prints_a_key_a_till_can_sign_with(
         assert set(printed) == {"integration_id", "key_id", "secret", "webhook_secret"}
         assert printed["webhook_secret"].startswith("whsec_")
         stored = await services.db.fetchrow(
-            "SELECT secret_sealed, webhook_url, webhook_secret FROM pos_keys k"
-            " JOIN pos_integrations i ON i.id = k.integration_id WHERE k.key_id = $1",
+            "SELECT secret_sealed, webhook_url, webhook_secret, webhook_secret_sealed"
+            " FROM pos_keys k JOIN pos_integrations i ON i.id = k.integration_id"
+            " WHERE k.key_id = $1",
             printed["key_id"],
         )
         assert stored["webhook_url"] == "https://till.example/hooks"
-        assert stored["webhook_secret"] == printed["webhook_secret"]
         assert printed["secret"].encode() not in bytes(stored["secret_sealed"])
+        # Neither secret is stored in the clear (migration 0028 for the webhook's).
+        sealed_webhook = bytes(stored["webhook_secret_sealed"])
+        assert stored["webhook_secret"] is None
+        assert printed["webhook_secret"].encode() not in sealed_webhook
+        sealer = services.pos_integrations.sealer
+        assert sealer.open(sealed_webhook) == printed["webhook_secret"]
 
         try:
             till = SignedTill(

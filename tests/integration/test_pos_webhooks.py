@@ -120,7 +120,7 @@ def webhooks(services: Any, **overrides: Any) -> PosWebhooks:
         services.settings,
         **{"pos_webhook_backoff_base_s": 0.001, "pos_webhook_backoff_max_s": 0.005, **overrides},
     )
-    return PosWebhooks(settings, services.db)
+    return PosWebhooks(settings, services.db, services.pos_integrations.sealer)
 
 
 async def drain_history(services: Any) -> None:
@@ -130,17 +130,21 @@ async def drain_history(services: Any) -> None:
 
 
 async def new_integration(
-    services: Any, demo: Demo, url: str | None, secret: str | None
+    services: Any, demo: Demo, url: str | None, secret: str | None, *, in_clear: bool = False
 ) -> uuid.UUID:
+    """An integration whose webhook secret is sealed, as `Integrations.create` stores it; or,
+    ``in_clear``, stored as before migration 0028."""
+    sealed = services.pos_integrations.sealer.seal(secret) if secret and not in_clear else None
     return uuid.UUID(
         str(
             await services.db.fetchval(
-                "INSERT INTO pos_integrations (brand_id, location_id, webhook_url, webhook_secret)"
-                " VALUES ($1, $2, $3, $4) RETURNING id",
+                "INSERT INTO pos_integrations (brand_id, location_id, webhook_url,"
+                " webhook_secret, webhook_secret_sealed) VALUES ($1, $2, $3, $4, $5) RETURNING id",
                 demo.brand_id,
                 demo.locations["station"],
                 url,
-                secret,
+                secret if in_clear else None,
+                sealed,
             )
         )
     )
@@ -223,6 +227,47 @@ async def test_a_till_that_fails_twice_gets_each_event_once_signed(
     assert [e["type"] for e in events] == ["order.placed", "order.status"]
     assert {e["data"]["id"] for e in events} == {order_id}
     assert events[1]["data"]["status"] == "accepted"
+
+
+async def test_a_secret_stored_in_the_clear_signs_until_the_worker_seals_it(
+    client: Client,
+    services: Any,
+    demo: Demo,
+    guest: GuestHandle,
+    station_menu_item: str,
+    receiver: tuple[Receiver, str],
+) -> None:
+    # An integration made before migration 0028 keeps its webhooks signed with its secret,
+    # before and after the worker's job seals that secret and clears the stored one.
+    till, url = receiver
+    await drain_history(services)
+    integration = await new_integration(services, demo, url, till.secret, in_clear=True)
+    deliverer = webhooks(services)
+    try:
+        await pre_order(client, demo, guest, station_menu_item)
+        await drain_history(services)
+        before = await deliver_until_settled(services, deliverer, integration)
+        assert await services.pos_webhooks.seal_stored_secrets() >= 1
+        stored = await services.db.fetchrow(
+            "SELECT webhook_secret, webhook_secret_sealed FROM pos_integrations WHERE id = $1",
+            integration,
+        )
+        await pre_order(client, demo, guest, station_menu_item)
+        await drain_history(services)
+        after = await deliver_until_settled(services, deliverer, integration)
+    finally:
+        await retire(services, integration)
+        await deliverer.aclose()
+
+    assert stored["webhook_secret"] is None
+    assert till.secret.encode() not in bytes(stored["webhook_secret_sealed"])
+    assert services.pos_integrations.sealer.open(bytes(stored["webhook_secret_sealed"])) == (
+        till.secret
+    )
+    assert [state for state, _ in before.values()] == ["delivered"] * 2
+    assert [state for state, _ in after.values()] == ["delivered"] * 4
+    assert set(till.processed) == set(after)  # every one verified by the till with its secret
+    assert await services.pos_webhooks.seal_stored_secrets() == 0  # nothing left in the clear
 
 
 async def test_a_forged_signature_is_refused_by_the_till(receiver: tuple[Receiver, str]) -> None:
