@@ -80,6 +80,21 @@ SELECT request_hash, response, receipt_id FROM receipt_keys
 WHERE integration_id = $1 AND external_id = $2
 """
 
+# A receipt's lines as every statement below writes them (the lines' source aliased ``l``):
+# spelled once here, so the three writers below cannot drift apart (migration 0024's
+# pos_take_guest_sale spells them once more, as a migration must).
+_INSERT_LINES = """INSERT INTO receipt_lines (brand_id, occurred_at, receipt_id, line_no, sku,
+        name, category, quantity, unit_price_minor, gross_minor, discount_minor, tax_minor,
+        voided, gift_card, earns, points_paid, paid_minor, points_earned)"""
+_LINE_VALUES = """l.line_no, l.sku, l.name, l.category, l.quantity, l.unit_price_minor,
+           l.gross_minor, l.discount_minor, l.tax_minor, l.voided, l.gift_card, l.earns,
+           l.points_paid, l.paid_minor, l.points_earned"""
+
+
+def _with_lines(statement: str) -> str:
+    return statement.replace("{INSERT_LINES}", _INSERT_LINES).replace("{LINE_VALUES}", _LINE_VALUES)
+
+
 # A receipt, its lines and the answer stored for replays, in one statement (one round trip):
 # the lines' foreign key is checked at the statement's end, when the receipt row is there.
 WRITE_RECEIPT = """
@@ -90,13 +105,8 @@ WITH receipt AS (
                           points_earned, points_reversed, points_restored)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
 ), lines AS (
-    INSERT INTO receipt_lines (brand_id, occurred_at, receipt_id, line_no, sku, name, category,
-                               quantity, unit_price_minor, gross_minor, discount_minor,
-                               tax_minor, voided, gift_card, earns, points_paid, paid_minor,
-                               points_earned)
-    SELECT $1, $2, $3, l.line_no, l.sku, l.name, l.category, l.quantity, l.unit_price_minor,
-           l.gross_minor, l.discount_minor, l.tax_minor, l.voided, l.gift_card, l.earns,
-           l.points_paid, l.paid_minor, l.points_earned
+    {INSERT_LINES}
+    SELECT $1, $2, $3, {LINE_VALUES}
     FROM unnest($20::int[], $21::text[], $22::text[], $23::text[], $24::numeric[],
                 $25::bigint[], $26::bigint[], $27::bigint[], $28::bigint[], $29::bool[],
                 $30::bool[], $31::bool[], $32::int[], $33::bigint[], $34::int[])
@@ -106,6 +116,7 @@ WITH receipt AS (
 )
 UPDATE receipt_keys SET response = $35 WHERE integration_id = $4 AND external_id = $6
 """
+WRITE_RECEIPT = _with_lines(WRITE_RECEIPT)
 
 # An anonymous sale whole, in one statement (no transaction round trips): the idempotency
 # claim with its stored answer, the claim code, the receipt and its lines. Everything after
@@ -134,13 +145,8 @@ WITH active AS (
            $10::bigint, $11::int, $31::int
     FROM claim
 ), lines AS (
-    INSERT INTO receipt_lines (brand_id, occurred_at, receipt_id, line_no, sku, name, category,
-                               quantity, unit_price_minor, gross_minor, discount_minor,
-                               tax_minor, voided, gift_card, earns, points_paid, paid_minor,
-                               points_earned)
-    SELECT $1, $2, $3, l.line_no, l.sku, l.name, l.category, l.quantity, l.unit_price_minor,
-           l.gross_minor, l.discount_minor, l.tax_minor, l.voided, l.gift_card, l.earns,
-           l.points_paid, l.paid_minor, l.points_earned
+    {INSERT_LINES}
+    SELECT $1, $2, $3, {LINE_VALUES}
     FROM claim,
          unnest($12::int[], $13::text[], $14::text[], $15::text[], $16::numeric[],
                 $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[], $21::bool[],
@@ -151,6 +157,7 @@ WITH active AS (
 )
 SELECT (SELECT count(*) FROM claim) AS claimed, (SELECT yes FROM active) AS key_active
 """.replace("KEY_ACTIVE", KEY_ACTIVE.replace("$N", "$32"))
+WRITE_ANONYMOUS_SALE = _with_lines(WRITE_ANONYMOUS_SALE)
 
 # A sale naming a guest by QR, card number or phone, read in one statement outside a
 # transaction (server/pos/guest_sale.py): the key stored for it if any, the guest (by the QR's
@@ -322,13 +329,8 @@ WITH r AS (
            r.points_tender, r.points_earned
     FROM r
 ), lines AS (
-    INSERT INTO receipt_lines (brand_id, occurred_at, receipt_id, line_no, sku, name, category,
-                               quantity, unit_price_minor, gross_minor, discount_minor,
-                               tax_minor, voided, gift_card, earns, points_paid, paid_minor,
-                               points_earned)
-    SELECT $1, r.occurred_at, r.id, l.line_no, l.sku, l.name, l.category, l.quantity,
-           l.unit_price_minor, l.gross_minor, l.discount_minor, l.tax_minor, l.voided,
-           l.gift_card, l.earns, l.points_paid, l.paid_minor, l.points_earned
+    {INSERT_LINES}
+    SELECT $1, r.occurred_at, r.id, {LINE_VALUES}
     FROM jsonb_to_recordset($6::jsonb)
          AS l(n int, line_no int, sku text, name text, category text, quantity numeric,
               unit_price_minor bigint, gross_minor bigint, discount_minor bigint,
@@ -340,3 +342,4 @@ UPDATE receipt_keys k SET response = convert_to(r.response, 'UTF8')
 FROM r
 WHERE k.integration_id = $2 AND k.external_id = r.external_id
 """
+WRITE_SALES = _with_lines(WRITE_SALES)
