@@ -170,19 +170,7 @@ async def record_receipt_visits(conn: asyncpg.Connection, visits: Sequence[Recei
     now = datetime.now(UTC)
     for location_id, run in itertools.groupby(visits, key=lambda visit: visit.location_id):
         tz = zones[location_id]
-        folded = [
-            (
-                visit.guest_id,
-                Visit(
-                    at=visit.at,
-                    local_at=visit.at.astimezone(tz),
-                    amount_minor=visit.amount_minor,
-                    points=visit.points,
-                    items=tuple(VisitItem(*item) for item in visit.items),
-                ),
-            )
-            for visit in run
-        ]
+        folded = [(visit.guest_id, _counter_visit(visit, tz)) for visit in run]
         await record_visits(conn, folded, now, tz)
 
 

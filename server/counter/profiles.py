@@ -105,21 +105,8 @@ def _columns(folded: Profile) -> dict[str, object]:
 
 
 def _upsert_args(guest_id: UUID, folded: Profile) -> tuple[object, ...]:
-    return (
-        guest_id,
-        folded.visits_total,
-        folded.visits_30d,
-        folded.spend_total_minor,
-        folded.avg_ticket_minor,
-        folded.usual_weekday,
-        folded.usual_hour,
-        folded.last_visit_at,
-        list(folded.top_items),
-        folded.points_earned_12m,
-        list(folded.weekday_counts),
-        list(folded.hour_counts),
-        list(folded.recent_visits),
-    )
+    """A folded profile as UPSERT_PROFILE's parameters (its columns in ``_columns``' order)."""
+    return (guest_id, *_columns(folded).values())
 
 
 async def _profile_of(
