@@ -112,7 +112,7 @@ def build_loyalty(
     gate: RedisGate,
     grace_s: float,
     programs_ttl_s: float,
-    mirror_guests_at_once: int = 16,
+    mirror_guests_at_once: int,
 ) -> Loyalty:
     """The loyalty service with its ledger, hot wallets and program cache (for lifespan.py)."""
     return Loyalty(
