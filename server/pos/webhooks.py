@@ -129,7 +129,7 @@ class PosWebhooks:
         sealed it, as stored before migration 0028)."""
         if row["webhook_secret_sealed"] is not None:
             return self._sealer.open(bytes(row["webhook_secret_sealed"]))
-        return cast(str | None, row["webhook_secret"])
+        return cast("str | None", row["webhook_secret"])
 
     async def _attempt(self, row: Any) -> None:
         secret: str | None = None

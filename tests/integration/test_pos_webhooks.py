@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import secrets
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -157,6 +158,28 @@ async def retire(services: Any, integration_id: uuid.UUID) -> None:
     )
 
 
+@contextlib.asynccontextmanager
+async def delivering_to(
+    services: Any,
+    demo: Demo,
+    url: str,
+    secret: str | None,
+    *,
+    in_clear: bool = False,
+    **overrides: Any,
+) -> AsyncIterator[tuple[uuid.UUID, PosWebhooks]]:
+    """A till's integration at ``url`` (made after earlier tests' events are fanned out) and a
+    deliverer; both retired afterwards, so later tests' deliverers never see them."""
+    await drain_history(services)
+    integration = await new_integration(services, demo, url, secret, in_clear=in_clear)
+    deliverer = webhooks(services, **overrides)
+    try:
+        yield integration, deliverer
+    finally:
+        await retire(services, integration)
+        await deliverer.aclose()
+
+
 async def first_request(till: Receiver) -> None:
     """Wait until a request reached ``till`` (bounded)."""
     deadline = time.monotonic() + WAIT_MAX_S
@@ -208,16 +231,10 @@ async def test_a_till_that_fails_twice_gets_each_event_once_signed(
 ) -> None:
     till, url = receiver
     till.respond = lambda _id, nth: 503 if nth <= 2 else 204
-    await drain_history(services)
-    integration = await new_integration(services, demo, url, till.secret)
-    deliverer = webhooks(services)
-    try:
+    async with delivering_to(services, demo, url, till.secret) as (integration, deliverer):
         order_id = await pre_order(client, demo, guest, station_menu_item)
         await drain_history(services)
         settled = await deliver_until_settled(services, deliverer, integration)
-    finally:
-        await retire(services, integration)
-        await deliverer.aclose()
 
     assert sorted(settled.values()) == [("delivered", 3), ("delivered", 3)]
     # Three attempts each at the door, processed once each after deduplication on webhook-id.
@@ -240,10 +257,8 @@ async def test_a_secret_stored_in_the_clear_signs_until_the_worker_seals_it(
     # An integration made before migration 0028 keeps its webhooks signed with its secret,
     # before and after the worker's job seals that secret and clears the stored one.
     till, url = receiver
-    await drain_history(services)
-    integration = await new_integration(services, demo, url, till.secret, in_clear=True)
-    deliverer = webhooks(services)
-    try:
+    clear = delivering_to(services, demo, url, till.secret, in_clear=True)
+    async with clear as (integration, deliverer):
         await pre_order(client, demo, guest, station_menu_item)
         await drain_history(services)
         before = await deliver_until_settled(services, deliverer, integration)
@@ -255,9 +270,6 @@ async def test_a_secret_stored_in_the_clear_signs_until_the_worker_seals_it(
         await pre_order(client, demo, guest, station_menu_item)
         await drain_history(services)
         after = await deliver_until_settled(services, deliverer, integration)
-    finally:
-        await retire(services, integration)
-        await deliverer.aclose()
 
     assert stored["webhook_secret"] is None
     assert till.secret.encode() not in bytes(stored["webhook_secret_sealed"])
@@ -380,11 +392,9 @@ async def test_dead_letters_are_listed_and_replayed_by_an_admin(
 ) -> None:
     till, url = receiver
     till.respond = lambda _id, _nth: 500
-    await drain_history(services)
-    integration = await new_integration(services, demo, url, till.secret)
-    deliverer = webhooks(services, pos_webhook_max_attempts=2)
     admin = bearer(staff_token(services, demo, "admin"))
-    try:
+    dying = delivering_to(services, demo, url, till.secret, pos_webhook_max_attempts=2)
+    async with dying as (integration, deliverer):
         order_id = await pre_order(client, demo, guest, station_menu_item)
         await drain_history(services)
         settled = await deliver_until_settled(services, deliverer, integration)
@@ -431,9 +441,6 @@ async def test_dead_letters_are_listed_and_replayed_by_an_admin(
         assert missing.status_code == 404
 
         settled = await deliver_until_settled(services, deliverer, integration)
-    finally:
-        await retire(services, integration)
-        await deliverer.aclose()
     assert settled[webhook_id] == ("delivered", 1)
     assert webhook_id in till.processed
 
@@ -540,10 +547,7 @@ async def test_an_integration_without_a_secret_goes_to_the_dead_letters_at_once(
     receiver: tuple[Receiver, str],
 ) -> None:
     till, url = receiver
-    await drain_history(services)
-    integration = await new_integration(services, demo, url, None)
-    deliverer = webhooks(services)
-    try:
+    async with delivering_to(services, demo, url, None) as (integration, deliverer):
         await pre_order(client, demo, guest, station_menu_item)
         await drain_history(services)
         settled = await deliver_until_settled(services, deliverer, integration)
@@ -554,9 +558,6 @@ async def test_an_integration_without_a_secret_goes_to_the_dead_letters_at_once(
                 integration,
             )
         }
-    finally:
-        await retire(services, integration)
-        await deliverer.aclose()
     assert sorted(settled.values()) == [("dead", 1), ("dead", 1)]
     assert errors == {"the integration has no webhook_secret to sign with"}
     assert not till.attempts  # nothing unsigned ever left
