@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 from uuid import UUID
 
 import asyncpg
@@ -103,7 +103,7 @@ def key_refused() -> Problem:
     return _refuse("unknown or revoked key", "invalid-key")
 
 
-def _active(row: asyncpg.Record | None) -> bool:
+def _active(row: asyncpg.Record | None) -> TypeGuard[asyncpg.Record]:
     return row is not None and row["revoked_at"] is None and row["disabled_at"] is None
 
 
@@ -124,9 +124,9 @@ class TillAuth:
         self.db = db
         self.gate = gate
         self.sealer = sealer
-        # Keys read before, by key id: opening a secret is four HMACs and a byte-wise XOR in
-        # Python, and the lane's receipts need not read the row at all (module doc). Only
-        # keys that were active when read get here, so unknown ids cannot fill it.
+        # Keys read before, by key id: a secret is opened (decrypted) once, not per request,
+        # and the lane's receipts need not read the row at all (module doc). Only keys that
+        # were active when read get here, so unknown ids cannot fill it.
         self._known: dict[str, _KnownKey] = {}
 
     async def open(
@@ -161,7 +161,7 @@ class TillAuth:
             row = await self.db.fetchrow(sql.KEY_FOR_SIGNATURE, key_id)
         else:
             row = await conn.fetchrow(sql.KEY_FOR_SIGNATURE, key_id)
-        if row is None or not _active(row):
+        if not _active(row):
             raise key_refused()
         sealed = bytes(row["secret_sealed"])
         key = self._known.get(key_id)
