@@ -81,8 +81,7 @@ class GuestSales:
         self._phones = identify.PhoneForms(settings.pos_phones_remembered)
         self._skew = timedelta(seconds=settings.scan_clock_skew_s)
         self._scan_max_age = timedelta(seconds=settings.pos_scan_max_age_s)
-        self._qr_step_s = settings.qr_step_s
-        self._qr_valid_steps = settings.qr_valid_steps
+        self._settings = settings
 
     async def __call__(
         self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn, sale: PricedSale
@@ -128,14 +127,7 @@ class GuestSales:
         """Whether the QR was valid when it was scanned (identify.by_qr's check)."""
         if secret is None:
             return False
-        try:
-            qr.verify(
-                scan.code, bytes(secret), now_s=scan.at.timestamp(), step_s=self._qr_step_s,
-                valid_steps=self._qr_valid_steps,
-            )  # fmt: skip
-        except qr.QrError:
-            return False
-        return True
+        return identify.qr_refusal(scan.code, bytes(secret), scan.at, self._settings) is None
 
     async def _read(
         self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn, scan: _Scan | None

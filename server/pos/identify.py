@@ -15,7 +15,7 @@ from server.infra.problems import Problem
 from server.settings import Settings
 from shared import qr
 
-__all__ = ["PhoneForms", "by_card", "by_cards", "by_phone", "by_phones", "by_qr"]
+__all__ = ["PhoneForms", "by_card", "by_cards", "by_phone", "by_phones", "by_qr", "qr_refusal"]
 
 
 class PhoneForms:
@@ -53,6 +53,15 @@ async def by_qr(
     if found is None:
         return None, "unknown"
     guest_id, secret = found
+    refusal = qr_refusal(scanned, secret, at, settings)
+    return (None, refusal) if refusal else (guest_id, None)
+
+
+def qr_refusal(
+    scanned: qr.ScannedCode, secret: bytes, at: datetime, settings: Settings
+) -> str | None:
+    """Why a scanned code was not valid at ``at`` under its guest's ``secret`` ('forged',
+    'expired'), or None when it was."""
     try:
         qr.verify(
             scanned,
@@ -62,8 +71,8 @@ async def by_qr(
             valid_steps=settings.qr_valid_steps,
         )
     except qr.QrError as exc:
-        return None, exc.reason
-    return guest_id, None
+        return exc.reason
+    return None
 
 
 async def by_card(conn: asyncpg.Connection, brand_id: UUID, card_number: str) -> UUID | None:
