@@ -167,7 +167,8 @@ def _bind(statement: str, *values: str) -> str:
 def _pos_guest_literals() -> tuple[str, str]:
     """The guest sale's lines (one JSON object each, as server/pos/receipts.py's line_rows
     encodes them) and its folded profile (as the counter's fold_stored gives a regular's), as
-    SQL literals; the profile counts on from what the read returned (``\\gset``)."""
+    SQL literals; the profile counts on from what the read returned (``\\gset``), and says
+    the spend it read (``spend_read``, as server/counter/profiles.py's fold_stored)."""
     line_objects = "'" + json.dumps([
         {"n": 0, "line_no": n, "sku": sku, "name": name, "category": cat, "quantity": "1",
          "unit_price_minor": price, "gross_minor": price, "discount_minor": 0, "tax_minor": 0,
@@ -184,7 +185,9 @@ def _pos_guest_literals() -> tuple[str, str]:
         ' "00000000-0000-0000-0000-000000000000", "name": "Cappuccino", "count": 1,'
         " \"price_minor\": 380}]'::jsonb, 'points_earned_12m', :points_earned_12m + 7,"
         " 'weekday_counts', '[0,1,0,0,0,0,0]'::jsonb, 'hour_counts', to_jsonb(array_fill(0,"
-        " ARRAY[24])), 'recent_visits', jsonb_build_array(now()))"
+        " ARRAY[24])), 'recent_visits', jsonb_build_array(now()),"
+        # The spend the fold read, which guest_profile_replace compares (migration 0029).
+        " 'spend_read', :spend_total_minor)"
     )
     return line_objects, profile
 

@@ -24,11 +24,12 @@ from server.catalog.locations import Locations
 from server.catalog.service import CATALOG_CHANNEL, Catalog
 from server.counter import sql as counter_sql
 from server.counter.live import LiveQueues
-from server.counter.model import Visit, VisitItem
+from server.counter.model import Return, Visit, VisitItem
 from server.counter.points import CounterPoints
 from server.counter.profiles import (
     fold_stored,
     record_completed_order,
+    record_return,
     record_visit,
     record_visits,
 )
@@ -49,7 +50,7 @@ from server.pos.guest_sale import GuestSales
 from server.pos.imports import ReceiptImport
 from server.pos.integrations import Integrations
 from server.pos.points import LoyaltyPoints
-from server.pos.receipts import Intake, ReceiptVisit
+from server.pos.receipts import Intake, ReceiptReturn, ReceiptVisit
 from server.pos.sealing import Sealer
 from server.pos.tender import Tender
 from server.pos.webhooks import PosWebhooks
@@ -64,6 +65,7 @@ __all__ = [
     "jwt_secret",
     "lifespan",
     "pos_seal_key",
+    "record_receipt_return",
     "record_receipt_visit",
     "record_receipt_visits",
 ]
@@ -140,6 +142,20 @@ async def record_receipt_visit(conn: asyncpg.Connection, visit: ReceiptVisit) ->
     await record_visit(conn, visit.guest_id, _counter_visit(visit, tz), datetime.now(UTC), tz)
 
 
+async def record_receipt_return(conn: asyncpg.Connection, returned: ReceiptReturn) -> None:
+    """A till refund folded into the guest's profile: what it gave back lowers their spend,
+    average ticket, points earned and top items."""
+    tz = ZoneInfo(
+        await conn.fetchval("SELECT timezone FROM locations WHERE id = $1", returned.location_id)
+    )
+    folded = Return(
+        returned.amount_minor,
+        returned.points,
+        tuple(VisitItem(*item) for item in returned.items),
+    )
+    await record_return(conn, returned.guest_id, folded, datetime.now(UTC), tz)
+
+
 def fold_receipt_profile(
     stored: asyncpg.Record, visit: ReceiptVisit, timezone: str, now: datetime
 ) -> dict[str, object]:
@@ -177,7 +193,15 @@ async def record_receipt_visits(conn: asyncpg.Connection, visits: Sequence[Recei
 def _intake(settings: Settings, db: Database, points: LoyaltyPoints) -> Intake:
     """Receipt intake with its hooks into the counter's profile fold."""
     guest_sales = GuestSales(settings, points, fold_receipt_profile)
-    return Intake(settings, db, points, record_receipt_visit, record_receipt_visits, guest_sales)
+    return Intake(
+        settings,
+        db,
+        points,
+        record_receipt_visit,
+        record_receipt_visits,
+        record_receipt_return,
+        guest_sales,
+    )
 
 
 async def build_services(settings: Settings, notifier: Notifier | None = None) -> Services:

@@ -21,9 +21,11 @@ __all__ = [
     "WEEKDAYS",
     "CodeKind",
     "Profile",
+    "Return",
     "Visit",
     "VisitItem",
     "classify_code",
+    "fold_return",
     "fold_visit",
     "habits_of",
     "histogram_from",
@@ -164,6 +166,16 @@ class Visit:
 
 
 @dataclass(frozen=True, slots=True)
+class Return:
+    """What a refund gives back of an earlier visit: the money the guest paid for what they
+    returned, the points that money had earned, and the items."""
+
+    amount_minor: int
+    points: int
+    items: tuple[VisitItem, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Profile:
     """A ``guest_profiles`` row; the histograms and recent visits are always known here."""
 
@@ -217,6 +229,35 @@ def _top_items(
         entry["name"], entry["price_minor"] = item.name, item.price_minor
     ranked = sorted(merged.values(), key=lambda e: -int(e["count"]))
     return tuple(ranked[:TOP_ITEMS_MAX])
+
+
+def _top_items_less(
+    current: Iterable[Mapping[str, Any]], items: Iterable[VisitItem]
+) -> tuple[dict[str, Any], ...]:
+    """The top items with returned ones counted out (an item no longer counted is dropped;
+    one that had already left the top has nothing to lower)."""
+    counts = {str(entry["item_id"]): dict(entry) for entry in current}
+    for item in items:
+        entry = counts.get(str(item.item_id))
+        if entry is not None:
+            entry["count"] = int(entry["count"]) - item.quantity
+    kept = [entry for entry in counts.values() if int(entry["count"]) > 0]
+    return tuple(sorted(kept, key=lambda e: -int(e["count"])))
+
+
+def fold_return(profile: Profile, returned: Return) -> Profile:
+    """The profile after a refund of part of an earlier visit: spend, average ticket, points
+    earned and top items lowered. The visit still took place, so visits, habits and recent
+    visits stay as they are. Never below zero (a refund of a visit from before the profile
+    was started lowers only what the profile holds)."""
+    spend = max(0, profile.spend_total_minor - returned.amount_minor)
+    return replace(
+        profile,
+        spend_total_minor=spend,
+        avg_ticket_minor=spend // profile.visits_total if profile.visits_total else 0,
+        points_earned_12m=max(0, profile.points_earned_12m - returned.points),
+        top_items=_top_items_less(profile.top_items, returned.items),
+    )
 
 
 def fold_visit(profile: Profile, visit: Visit, now: datetime) -> Profile:

@@ -15,14 +15,22 @@ from server.counter import sql
 from server.counter.model import (
     RECENT_VISITS_MAX,
     Profile,
+    Return,
     Row,
     Visit,
     VisitItem,
+    fold_return,
     fold_visit,
     histogram_from,
 )
 
-__all__ = ["fold_stored", "record_completed_order", "record_visit", "record_visits"]
+__all__ = [
+    "fold_stored",
+    "record_completed_order",
+    "record_return",
+    "record_visit",
+    "record_visits",
+]
 
 
 async def record_visit(
@@ -48,6 +56,18 @@ async def record_visit(
         row = await conn.fetchrow(sql.PROFILE_FOR_UPDATE, guest_id)
     profile = await _profile_of(conn, guest_id, row, now, tz, exclude_order_id)
     await conn.execute(sql.UPSERT_PROFILE, *_upsert_args(guest_id, fold_visit(profile, visit, now)))
+
+
+async def record_return(
+    conn: asyncpg.Connection, guest_id: UUID, returned: Return, now: datetime, tz: ZoneInfo
+) -> None:
+    """Fold a refund into the guest's ``guest_profiles`` row (:func:`fold_return`), in the
+    caller's transaction. A guest without a row has nothing to lower."""
+    row = await conn.fetchrow(sql.PROFILE_FOR_UPDATE, guest_id)
+    if row is None:
+        return
+    profile = await _profile_of(conn, guest_id, row, now, tz, None)
+    await conn.execute(sql.UPSERT_PROFILE, *_upsert_args(guest_id, fold_return(profile, returned)))
 
 
 async def record_visits(
@@ -77,9 +97,14 @@ async def record_visits(
 def fold_stored(row: Row, visit: Visit, now: datetime) -> dict[str, object]:
     """A stored profile row (as PROFILE_FOR_UPDATE reads it, its histograms started) after
     :func:`fold_visit` of ``visit``: the columns UPDATE_PROFILES writes, for a writer that
-    checks the row is unchanged (``guest_profile_replace``, migration 0023)."""
+    checks the row is unchanged (``guest_profile_replace``, migrations 0023 and 0029), and
+    ``spend_read``, the spend it was folded from, which that check compares: a refund
+    (:func:`record_return`) lowers the spend and may leave the other two it compares alone."""
     assert row["weekday_counts"] is not None, "the histograms are started"
-    return _columns(fold_visit(_stored(row), visit, now))
+    return {
+        **_columns(fold_visit(_stored(row), visit, now)),
+        "spend_read": row["spend_total_minor"],
+    }
 
 
 def _row(guest_id: UUID, folded: Profile) -> dict[str, object]:

@@ -102,7 +102,13 @@ class Claims:
                     receipt["integration_id"],
                     receipt["pos_customer_id"],
                 )
-            paid = sum(r["paid_minor"] for r in lines)
+            # What is kept of what was paid: lines returned before the claim count out, as a
+            # refund after it would count them out of the profile.
+            paid = sum(
+                r["paid_minor"]
+                - refund_share(r["paid_minor"], r["quantity"], Decimal(0), r["refunded_quantity"])
+                for r in lines
+            )
             visit = ReceiptVisit(
                 guest.subject_id, receipt["location_id"], taken["occurred_at"], paid, points
             )

@@ -167,6 +167,8 @@ class SoldLine:
     refunded_quantity: Decimal = Decimal(0)
     points_earned: int = 0
     points_paid: int = 0
+    # The money paid for the line (net of discounts and of the points that paid for it).
+    paid_minor: int = 0
 
     @property
     def remaining(self) -> Decimal:
@@ -181,11 +183,13 @@ class RefundTake:
 
 @dataclass(frozen=True, slots=True)
 class Returns:
-    """What a refund returns: quantities by sale line, and the points that go with them."""
+    """What a refund returns: quantities by sale line, the points that go with them, and the
+    money that had been paid for them."""
 
     quantities: dict[int, Decimal]
     points_reversed: int
     points_restored: int
+    paid_minor: int = 0
 
 
 def _same_item(refund: ReceiptLineIn, sale: SoldLine) -> bool:
@@ -233,18 +237,20 @@ def match_refund(
 def returns_of(refund_lines: Sequence[ReceiptLineIn], sale: Sequence[SoldLine]) -> Returns:
     """The refund's returns and their points: each returned part of a line takes back its
     share of what the line earned and gives back its share of the points that paid for it
-    (:func:`refund_share`, so a line returned in parts gives back exactly its whole)."""
+    (:func:`refund_share`, so a line returned in parts gives back exactly its whole); the
+    money paid for what is returned is shared out the same way."""
     by_no = {s.line_no: s for s in sale}
     returned: dict[int, Decimal] = {}
-    reversed_points = restored = 0
+    reversed_points = restored = paid = 0
     for take in match_refund(refund_lines, sale):
         line = by_no[take.sale_line_no]
         before = line.refunded_quantity + returned.get(take.sale_line_no, Decimal(0))
         after = before + take.quantity
         reversed_points += refund_share(line.points_earned, line.quantity, before, after)
         restored += refund_share(line.points_paid, line.quantity, before, after)
+        paid += refund_share(line.paid_minor, line.quantity, before, after)
         returned[take.sale_line_no] = after - line.refunded_quantity
-    return Returns(returned, reversed_points, restored)
+    return Returns(returned, reversed_points, restored, paid)
 
 
 _CLAIM_CODES = len(CLAIM_ALPHABET) ** CLAIM_CODE_CHARS

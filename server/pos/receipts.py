@@ -36,6 +36,7 @@ from server.pos.catalogue import CatalogueCache
 from server.pos.model import (
     PricedLine,
     Pricing,
+    Returns,
     SoldLine,
     new_claim_code,
     price_receipt,
@@ -50,7 +51,9 @@ __all__ = [
     "GuestSaleHook",
     "Intake",
     "PricedSale",
+    "ReceiptReturn",
     "ReceiptVisit",
+    "ReturnHook",
     "Taken",
     "VisitHook",
     "VisitsHook",
@@ -82,6 +85,23 @@ class ReceiptVisit:
 VisitHook = Callable[[asyncpg.Connection, ReceiptVisit], Awaitable[None]]
 # The same for many visits, folded in order (a batch's chunk): one profile write per guest.
 VisitsHook = Callable[[asyncpg.Connection, Sequence[ReceiptVisit]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptReturn:
+    """What a refund on a till gives back of a guest's earlier sale, for their aggregates: the
+    money paid for what was returned, the points taken back, the returned items the menu
+    knows (as :class:`ReceiptVisit` names them)."""
+
+    guest_id: UUID
+    location_id: UUID
+    amount_minor: int
+    points: int
+    items: tuple[tuple[UUID, str, int, int], ...] = ()
+
+
+# Folds a refund into the guest's aggregates, in the caller's transaction (wired in lifespan).
+ReturnHook = Callable[[asyncpg.Connection, ReceiptReturn], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +191,7 @@ class Intake:
         points: PointsPort,
         on_visit: VisitHook,
         on_visits: VisitsHook,
+        on_return: ReturnHook,
         guest_sale: GuestSaleHook | None = None,
     ) -> None:
         self.settings = settings
@@ -179,6 +200,7 @@ class Intake:
         self.points = points
         self.on_visit = on_visit
         self.on_visits = on_visits
+        self.on_return = on_return
         self._phones = identify.PhoneForms(settings.pos_phones_remembered)
         self._currencies: dict[UUID, str] = {}
         self.catalogue = CatalogueCache(
@@ -871,7 +893,7 @@ class Intake:
         sold = [
             SoldLine(
                 r["line_no"], r["sku"], r["name"], r["unit_price_minor"], r["quantity"],
-                r["refunded_quantity"], r["points_earned"], r["points_paid"],
+                r["refunded_quantity"], r["points_earned"], r["points_paid"], r["paid_minor"],
             )
             for r in await conn.fetch(sql.SALE_LINES_FOR_UPDATE, *key)
         ]  # fmt: skip
@@ -892,6 +914,9 @@ class Intake:
                 location_id=till.location_id,
                 reason=f"refund {receipt.external_id} of {receipt.refund_of}",
             )
+            await self.on_return(
+                conn, await self._return_of(conn, till, receipt, guest_id, sold, returns)
+            )
         else:
             reversed_points = restored = 0
         out = ReceiptOut(
@@ -906,6 +931,30 @@ class Intake:
             pos_customer_id=None, kind="refund", refund_of=(sale["id"], sale["occurred_at"]),
         )  # fmt: skip
         return body, moves
+
+    async def _return_of(
+        self,
+        conn: asyncpg.Connection,
+        till: Till,
+        receipt: ReceiptIn,
+        guest_id: UUID,
+        sold: Sequence[SoldLine],
+        returns: Returns,
+    ) -> ReceiptReturn:
+        """What ``returns`` gives back of the guest's sale, for their aggregates: the items
+        named as their visit named them (the sale's SKUs the menu knows)."""
+        _, menu = await self._catalogue(conn, till, (receipt,))
+        by_no = {line.line_no: line for line in sold}
+        items = []
+        for line_no, quantity in returns.quantities.items():
+            line = by_no[line_no]
+            if line.sku is not None and line.sku in menu:
+                items.append(
+                    (menu[line.sku], line.name, max(1, int(quantity)), line.unit_price_minor)
+                )
+        return ReceiptReturn(
+            guest_id, till.location_id, returns.paid_minor, returns.points_reversed, tuple(items)
+        )
 
 
 def stored_answer(row: asyncpg.Record, receipt: ReceiptIn, digest: bytes) -> Taken:

@@ -10,13 +10,15 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 import pytest
 
 from server.auth.notifier import RecordingNotifier
-from server.pos.receipts import Taken
+from server.lifespan import fold_receipt_profile
+from server.pos.receipts import ReceiptVisit, Taken
 from server.settings import Settings
 from shared import qr
 from tests.api.helpers import assert_books_balance
@@ -273,3 +275,97 @@ async def test_a_batch_of_the_same_guest_meanwhile_loses_nothing(
     assert hot is not None and (hot.posted, hot.pending) == pg[:2]
     assert (await profile(services, guest))[:2] == (49, 300 * 49)
     await assert_books_balance(services, demo.brand_id)
+
+
+SHOP_BEANS = {"name": "Beans", "category": "shop", "unit_price_minor": 1290}  # earns nothing
+
+
+async def top_items(services: Any, guest: GuestHandle) -> dict[str, int]:
+    row = await services.db.fetchval(
+        "SELECT top_items FROM guest_profiles WHERE guest_id = $1", guest.id
+    )
+    return {entry["name"]: entry["count"] for entry in row}
+
+
+async def test_a_refund_lowers_the_profile_and_a_guest_sale_after_it_counts_on(
+    client: Client, notifier: RecordingNotifier, demo: Demo, services: Any
+) -> None:
+    counted = Counted(services)
+    till = await new_till(client, demo)
+    guest = await sign_in(client, notifier)
+    by_phone = {"phone": guest.phone}
+    await first_visit(till, guest)
+    three_caps = {**CAPPUCCINO, "quantity": "3"}
+    sale = receipt_body(till, three_caps, SHOP_BEANS, guest=by_phone)
+    sold = await till.receipt(sale)
+    assert sold.status_code == 201, sold.text
+    points = sold.json()["points_earned"]
+    assert counted.taken == 1
+    assert await profile(services, guest) == (2, 300 + 3 * 380 + 1290, 15 + points)
+    assert (await top_items(services, guest))["Cappuccino"] == 3
+
+    async def refund(*lines: dict[str, Any]) -> int:
+        answer = await till.receipt(receipt_body(till, *lines, refund_of=sale["external_id"]))
+        assert answer.status_code == 201, answer.text
+        return int(answer.json()["points_reversed"])
+
+    one = await refund(CAPPUCCINO)
+    assert one > 0
+    assert await profile(services, guest) == (2, 300 + 2 * 380 + 1290, 15 + points - one)
+    assert (await top_items(services, guest))["Cappuccino"] == 2
+    # A line that earned nothing: the spend goes down, the points earned stay.
+    assert await refund(SHOP_BEANS) == 0
+    assert await profile(services, guest) == (2, 300 + 2 * 380, 15 + points - one)
+    rest = await refund({**CAPPUCCINO, "quantity": "2"})
+    assert one + rest == points
+    assert await profile(services, guest) == (2, 300, 15)
+    assert "Cappuccino" not in await top_items(services, guest)
+    avg = await services.db.fetchval(
+        "SELECT avg_ticket_minor FROM guest_profiles WHERE guest_id = $1", guest.id
+    )
+    assert avg == 300 // 2
+
+    # The two-statement sale still takes the next one, counting on from the lowered profile.
+    again = await till.receipt(receipt_body(till, CUP, guest=by_phone))
+    assert again.status_code == 201, again.text
+    assert counted.taken == 2
+    assert await profile(services, guest) == (3, 600, 30)
+    await assert_books_balance(services, demo.brand_id)
+
+
+async def test_a_profile_lowered_by_a_refund_is_not_replaced_by_a_fold_read_before_it(
+    client: Client, notifier: RecordingNotifier, demo: Demo, services: Any
+) -> None:
+    """Migration 0029: a refund of a line that earned nothing changes neither visits nor
+    points earned; the spend a two-statement sale's fold read is what tells it apart."""
+    till = await new_till(client, demo)
+    guest = await sign_in(client, notifier)
+    await first_visit(till, guest)
+    sale = receipt_body(till, SHOP_BEANS, guest={"phone": guest.phone})
+    assert (await till.receipt(sale)).status_code == 201
+    # What a guest sale's read saw, and its fold of one more cup.
+    read = await services.db.fetchrow("SELECT * FROM guest_profiles WHERE guest_id = $1", guest.id)
+    now = datetime.now(UTC)
+    cup = ReceiptVisit(guest.id, uuid.UUID(str(till.location_id)), now, 300, 15)
+    folded = fold_receipt_profile(read, cup, "UTC", now)
+    assert folded["spend_read"] == 300 + 1290
+
+    refunded = await till.receipt(receipt_body(till, SHOP_BEANS, refund_of=sale["external_id"]))
+    assert refunded.status_code == 201, refunded.text
+    assert await profile(services, guest) == (2, 300, 15)
+
+    async def replace(profile_json: dict[str, object]) -> bool:
+        return bool(
+            await services.db.fetchval(
+                "SELECT guest_profile_replace($1, $2, $3, $4)",
+                guest.id,
+                read["visits_total"],
+                read["points_earned_12m"],
+                profile_json,
+            )
+        )
+
+    assert not await replace(folded)  # read before the refund: refused
+    assert not await replace({k: v for k, v in folded.items() if k != "spend_read"})
+    assert await profile(services, guest) == (2, 300, 15)
+    assert await replace({**folded, "spend_read": 300})  # as read after it

@@ -344,6 +344,16 @@ async def test_bad_receipts_are_refused_with_a_problem(client: Client, demo: Dem
     assert missing.status_code == 422 and slug(missing) == "validation-error"
 
 
+async def spend_and_points(services: Any, guest: GuestHandle) -> tuple[int, int, int]:
+    """The guest's profile: visits, spend and points earned."""
+    row = await services.db.fetchrow(
+        "SELECT visits_total, spend_total_minor, points_earned_12m FROM guest_profiles"
+        " WHERE guest_id = $1",
+        guest.id,
+    )
+    return row["visits_total"], row["spend_total_minor"], row["points_earned_12m"]
+
+
 async def test_lines_returned_before_a_claim_earn_nothing(
     client: Client, notifier: RecordingNotifier, demo: Demo, services: Any
 ) -> None:
@@ -366,6 +376,8 @@ async def test_lines_returned_before_a_claim_earn_nothing(
     assert claimed.status_code == 201, claimed.text
     assert claimed.json()["points_earned"] == earned(800) - earned(800) // 2
     assert await points_of_receipts(services, guest.id) == earned(800) - earned(800) // 2
+    kept = earned(800) - earned(800) // 2
+    assert await spend_and_points(services, guest) == (1, 400, kept)  # the cup kept
     # Returning the other cup now takes back exactly what is left.
     rest = await till.receipt(
         receipt_body(
@@ -376,6 +388,7 @@ async def test_lines_returned_before_a_claim_earn_nothing(
     )
     assert rest.json()["guest_id"] == str(guest.id)
     assert await points_of_receipts(services, guest.id) == 0
+    assert await spend_and_points(services, guest) == (1, 0, 0)
     await assert_books_balance(services, demo.brand_id)
 
 

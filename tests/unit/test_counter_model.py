@@ -11,9 +11,11 @@ import pytest
 from server.counter.model import (
     RECENT_VISITS_MAX,
     Profile,
+    Return,
     Visit,
     VisitItem,
     classify_code,
+    fold_return,
     fold_visit,
     habits_of,
     histogram_from,
@@ -114,6 +116,31 @@ def test_fold_visit_moves_the_profile_forward() -> None:
     assert profile.visits_30d == 3  # the 45-day-old visit is outside the window
     assert [e["name"] for e in profile.top_items] == ["Latte", "Cookie"]
     assert profile.top_items[0]["count"] == 3
+
+
+def test_fold_return_lowers_spend_points_and_items_but_not_the_visit() -> None:
+    latte, cookie = uuid.uuid4(), uuid.uuid4()
+    visit = _visit(
+        NOW, 1320, 60, VisitItem(latte, "Latte", 2, 410), VisitItem(cookie, "Cookie", 2, 250)
+    )
+    profile = fold_visit(fold_visit(Profile(), _visit(NOW, 500, 25), NOW), visit, NOW)
+    returned = fold_return(profile, Return(660, 30, (VisitItem(cookie, "Cookie", 2, 250),)))
+    assert returned.spend_total_minor == 1820 - 660 and returned.avg_ticket_minor == 1160 // 2
+    assert returned.points_earned_12m == 85 - 30
+    assert [(e["name"], e["count"]) for e in returned.top_items] == [("Latte", 2)]
+    assert (returned.visits_total, returned.recent_visits) == (2, profile.recent_visits)
+    assert (returned.usual_weekday, returned.usual_hour) == (
+        profile.usual_weekday,
+        profile.usual_hour,
+    )
+    # More than the profile holds (a visit from before it was started): down to zero.
+    emptied = fold_return(returned, Return(10_000, 1_000))
+    assert (emptied.spend_total_minor, emptied.avg_ticket_minor, emptied.points_earned_12m) == (
+        0,
+        0,
+        0,
+    )
+    assert fold_return(Profile(), Return(100, 5)).avg_ticket_minor == 0
 
 
 def test_fold_visit_keeps_the_usual_on_a_tie_and_bounds_recent_visits() -> None:

@@ -3,6 +3,7 @@ the signature header, sealing of till secrets."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from uuid import uuid4
@@ -113,6 +114,16 @@ def test_returns_carry_their_share_of_points_earned_and_paid() -> None:
     # Two of the three, one returned before: 20 * 3/3 - 20 * 1/3 = 20 - 6.
     assert returns.quantities == {1: Decimal(2)}
     assert (returns.points_reversed, returns.points_restored) == (14, 7)
+
+
+def test_a_line_returned_in_parts_gives_back_exactly_the_money_paid_for_it() -> None:
+    # 3 cappuccinos for which 1000 was paid: no part is a whole number of cents.
+    line = SoldLine(1, "CAP", "Cappuccino", 380, Decimal(3), paid_minor=1000)
+    one = ReceiptLineIn(name="Cappuccino", sku="CAP")
+    first = returns_of([one], [line])
+    second = returns_of([one], [replace(line, refunded_quantity=Decimal(1))])
+    third = returns_of([one], [replace(line, refunded_quantity=Decimal(2))])
+    assert [first.paid_minor, second.paid_minor, third.paid_minor] == [333, 333, 334]
 
 
 def test_names_and_claim_codes() -> None:
