@@ -45,11 +45,14 @@ from server.orders import sql as orders_sql
 from server.orders.service import Orders
 from server.pos.auth import TillAuth
 from server.pos.batch import BatchIntake
+from server.pos.chunks import ChunkIntake
 from server.pos.claims import Claims
 from server.pos.guest_sale import GuestSales
+from server.pos.identify import TillGuests
 from server.pos.imports import ReceiptImport
 from server.pos.integrations import Integrations
 from server.pos.points import LoyaltyPoints
+from server.pos.pricing import TillPricing
 from server.pos.receipts import Intake, ReceiptReturn, ReceiptVisit
 from server.pos.sealing import Sealer
 from server.pos.tender import Tender
@@ -193,12 +196,14 @@ async def record_receipt_visits(conn: asyncpg.Connection, visits: Sequence[Recei
 def _intake(settings: Settings, db: Database, points: LoyaltyPoints) -> Intake:
     """Receipt intake with its hooks into the counter's profile fold."""
     guest_sales = GuestSales(settings, points, fold_receipt_profile)
+    pricing, guests = TillPricing(settings, points), TillGuests(settings)
     return Intake(
         settings,
         db,
         points,
+        pricing,
+        guests,
         record_receipt_visit,
-        record_receipt_visits,
         record_receipt_return,
         guest_sales,
     )
@@ -239,7 +244,9 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
     till_auth = TillAuth(settings, db, gate, sealer)
     points = LoyaltyPoints(loyalty)
     intake = _intake(settings, db, points)
-    batch_intake = BatchIntake(settings, db, till_auth, intake, points)
+    # The batch's chunks share the intake's pricing (its catalogue cache) and guest lookups.
+    chunks = ChunkIntake(settings, intake.pricing, intake.guests, points, record_receipt_visits)
+    batch_intake = BatchIntake(settings, db, till_auth, intake, chunks, points)
     return Services(
         settings,
         db,

@@ -29,6 +29,7 @@ from server.infra.db import Database
 from server.infra.problems import Problem
 from server.pos import sql
 from server.pos.auth import PendingCheck, Till, TillAuth
+from server.pos.chunks import ChunkIntake
 from server.pos.points import Move, PointsPort
 from server.pos.receipts import Intake, Taken
 from server.settings import Settings
@@ -51,12 +52,19 @@ def _refused(line: int, problem: Problem) -> BatchLineResult:
 
 class BatchIntake:
     def __init__(
-        self, settings: Settings, db: Database, auth: TillAuth, intake: Intake, points: PointsPort
+        self,
+        settings: Settings,
+        db: Database,
+        auth: TillAuth,
+        intake: Intake,
+        chunks: ChunkIntake,
+        points: PointsPort,
     ) -> None:
         self.settings = settings
         self.db = db
         self.auth = auth
         self.intake = intake
+        self.chunks = chunks
         self.points = points
 
     async def take(self, headers: Any, body: AsyncIterator[bytes]) -> list[BatchLineResult]:
@@ -129,7 +137,7 @@ class BatchIntake:
         """Take ``items`` in transactions of ``pos_batch_chunk_lines`` receipts; yields each
         chunk's results once it committed (the import's progress).
 
-        A chunk's replays and sales are taken together (:meth:`Intake.take_many`,
+        A chunk's replays and sales are taken together (:meth:`ChunkIntake.take_many`,
         in a savepoint); every other receipt, or all of them when the database refuses that,
         in a savepoint of its own: a refusal undoes that receipt only.
 
@@ -137,7 +145,7 @@ class BatchIntake:
         while PostgreSQL works on the other: a chunk is read, parsed and priced, claims its
         keys and writes its anonymous sales while the chunk before it is still being written,
         and earns, folds visits and writes its guests' sales only once that one committed
-        (:meth:`Intake.take_many`'s ``after``). Points and visits therefore follow file order:
+        (:meth:`ChunkIntake.take_many`'s ``after``). Points and visits therefore follow file order:
         the results are those of taking the chunks one after another. A chunk that names an
         ``external_id`` of a chunk in flight waits for it to commit before it starts. The one
         wait left the other way, a claim code of the chunk before meeting one of this chunk's
@@ -215,7 +223,7 @@ class BatchIntake:
     ) -> list[Taken | None]:
         try:
             async with conn.transaction():  # a savepoint: a refusal leaves nothing of it
-                return await self.intake.take_many(conn, till, receipts, after)
+                return await self.chunks.take_many(conn, till, receipts, after)
         except (
             Problem,
             asyncpg.DataError,

@@ -111,7 +111,7 @@ class GuestSales:
         return None
 
     def _scan(self, receipt: ReceiptIn, code: str) -> _Scan | None:
-        """The QR and when it was scanned, if Intake._by_qr would go on to look its guest up
+        """The QR and when it was scanned, if TillGuests.resolve would go on to look its guest up
         (None: it would not, and take_on says why)."""
         named = receipt.guest
         at = (named.scanned_at if named and named.scanned_at else None) or receipt.occurred_at

@@ -2,7 +2,8 @@
 
 :meth:`Intake.take` is the use case of ``POST /v1/pos/receipts`` (and of the vendor adapters'
 routes, which turn a vendor's object into a :class:`~shared.pos.ReceiptIn` first);
-:meth:`Intake.take_on` is the same on a caller's connection, for the batch. The effects, all in
+:meth:`Intake.take_on` is the same on a caller's connection, for the batch (whose chunks are
+taken set-based where that comes to the same: server/pos/chunks.py). The effects, all in
 the caller's transaction: the idempotency row, the receipt and its lines, the guest resolved
 (or a claim code), points earned or reversed through :class:`~server.pos.points.PointsPort`,
 the guest's aggregates folded forward. A sale is taken in as few statements on ``conn`` outside
@@ -13,10 +14,8 @@ a transaction when that gives the same result: one naming no guest in one
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import uuid
-from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,12 +26,11 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from server.guests import identities
 from server.infra.db import Database
 from server.infra.problems import Problem
-from server.pos import identify, sql
+from server.pos import sql
 from server.pos.auth import Till, key_refused, reread_key
-from server.pos.catalogue import CatalogueCache
+from server.pos.identify import TillGuests
 from server.pos.model import (
     PricedLine,
     Pricing,
@@ -43,13 +41,16 @@ from server.pos.model import (
     returns_of,
     with_points_earned,
 )
-from server.pos.points import Earning, Move, PointsPort
+from server.pos.points import Move, PointsPort
+from server.pos.pricing import TillPricing
 from server.settings import Settings
-from shared.pos import ReceiptIn, ReceiptLineIn, ReceiptOut
+from shared.pos import ReceiptIn, ReceiptOut
 
 __all__ = [
+    "CLAIM_ATTEMPTS",
     "GuestSaleHook",
     "Intake",
+    "LineRow",
     "PricedSale",
     "ReceiptReturn",
     "ReceiptVisit",
@@ -64,7 +65,8 @@ __all__ = [
 ]
 
 _encode = msgspec.json.Encoder().encode
-_CLAIM_ATTEMPTS = 5
+# Claim codes drawn for a sale before giving up (a collision is one in 10^14 per draw).
+CLAIM_ATTEMPTS = 5
 _DEADLOCK_RETRIES = 2
 
 
@@ -129,32 +131,9 @@ class Taken:
     moves: tuple[Move, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class _Guest:
-    guest_id: UUID | None
-    # Why a named guest was not resolved (an expired or forged QR): kept anonymous.
-    unresolved: str | None = None
-
-
-class _SaleRow(msgspec.Struct, frozen=True):
-    """A sale as WRITE_SALES reads it (one JSON object per sale)."""
-
-    n: int
-    occurred_at: datetime
-    id: UUID
-    external_id: str
-    pos_customer_id: str | None
-    gross_minor: int
-    discount_minor: int
-    earning_paid_minor: int
-    points_tender: int
-    response: str
-    guest_id: UUID | None
-    points_earned: int
-
-
-class _LineRow(msgspec.Struct, frozen=True):
-    """A line of the sale ``n`` as WRITE_SALES reads it."""
+class LineRow(msgspec.Struct, frozen=True):
+    """A line of the sale ``n`` of a chunk as WRITE_SALES reads it (and pos_take_guest_sale,
+    with ``n`` 0)."""
 
     n: int
     line_no: int
@@ -174,10 +153,6 @@ class _LineRow(msgspec.Struct, frozen=True):
     points_earned: int
 
 
-def _pos_customer(receipt: ReceiptIn) -> str | None:
-    return receipt.guest.pos_customer_id if receipt.guest else None
-
-
 def request_digest(receipt: ReceiptIn) -> bytes:
     """What the receipt says, independent of JSON spacing and field order."""
     return hashlib.sha256(_encode(receipt)).digest()
@@ -189,8 +164,9 @@ class Intake:
         settings: Settings,
         db: Database,
         points: PointsPort,
+        pricing: TillPricing,
+        guests: TillGuests,
         on_visit: VisitHook,
-        on_visits: VisitsHook,
         on_return: ReturnHook,
         guest_sale: GuestSaleHook | None = None,
     ) -> None:
@@ -198,14 +174,10 @@ class Intake:
         self.guest_sale = guest_sale if settings.pos_guest_sale_fast else None
         self.db = db
         self.points = points
+        self.pricing = pricing
+        self.guests = guests
         self.on_visit = on_visit
-        self.on_visits = on_visits
         self.on_return = on_return
-        self._phones = identify.PhoneForms(settings.pos_phones_remembered)
-        self._currencies: dict[UUID, str] = {}
-        self.catalogue = CatalogueCache(
-            settings.menu_cache_ttl_s, settings.pos_catalogue_cache_entries
-        )
 
     async def take(
         self, till: Till, receipt: ReceiptIn, conn: asyncpg.Connection | None = None
@@ -270,11 +242,11 @@ class Intake:
         """
         if receipt.location_id != till.location_id or receipt.occurred_at.tzinfo is None:
             return None
-        currency = await self._currency_of(conn, till)
+        currency = await self.pricing.currency_of(conn, till)
         if receipt.currency not in (None, currency):
             return None
         try:
-            pricing, menu = await self._price(conn, till, receipt)
+            pricing, menu = await self.pricing.price(conn, till, receipt)
         except Problem:
             return None
         if receipt.guest is None:
@@ -294,7 +266,7 @@ class Intake:
         after a deadlock (nothing was written; take_on retries)."""
         digest = request_digest(receipt)
         receipt_id = uuid.uuid4()
-        for _ in range(_CLAIM_ATTEMPTS):
+        for _ in range(CLAIM_ATTEMPTS):
             try:
                 body = await self._write_anonymous(
                     conn, till, receipt, receipt_id, pricing, currency, digest
@@ -346,10 +318,10 @@ class Intake:
 
     async def currency_of(self, till: Till) -> str:
         """The brand's ISO 4217 currency (a vendor receipt may not carry one)."""
-        currency = self._currencies.get(till.brand_id)
+        currency = self.pricing.known_currency(till)
         if currency is None:
             async with self.db.connection() as conn:
-                currency = await self._remember_currency(till, conn)
+                currency = await self.pricing.currency_of(conn, till)
         return currency
 
     async def take_on(self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn) -> Taken:
@@ -379,324 +351,6 @@ class Intake:
             body, moves = await self._sale(conn, till, receipt, receipt_id)
         return Taken("created", receipt_id, body, moves)
 
-    async def take_many(
-        self,
-        conn: asyncpg.Connection,
-        till: Till,
-        receipts: Sequence[ReceiptIn],
-        after: asyncio.Event | None = None,
-    ) -> list[Taken | None]:
-        """What :meth:`take_on` would answer for a chunk of receipts, set-based where that is
-        the same: replays of receipts stored before, and sales (one key claim, one catalogue read,
-        one claim-code insert and one write for the whole chunk; the named guests looked up,
-        their points earned and their visits folded per chunk, in file order: see
-        :meth:`_earn_and_visit`). None for a receipt the caller takes
-        with :meth:`take_on` (a refund, one that is refused or conflicts, one whose key
-        another transaction holds, an ``external_id`` twice in the chunk). Raises asyncpg's
-        errors for data the database refuses, and a Problem; the caller then takes the chunk
-        one receipt at a time (in a savepoint, so nothing of this stays).
-
-        With ``after`` (server/pos/batch.py sets it once the chunk before this one committed,
-        and passes it only when the two share no ``external_id``), the chunk's keys are claimed
-        and its anonymous sales written first; points, visits and the sales naming a guest wait
-        for ``after``, so that they follow the chunk before, as one receipt after another would.
-        Before ``after`` it locks or writes no row the chunk before writes (but for a claim
-        code drawn by both, one in 10^14).
-        """
-        answers: list[Taken | None] = [None] * len(receipts)
-        digests = _chunk_digests(till, receipts)
-        if not digests:
-            return answers
-        fresh = await self._replays(conn, till, receipts, digests, answers)
-        priced = await self._priced_sales(conn, till, receipts, fresh)
-        if priced is None:
-            return answers
-        currency, menu, sales = priced
-        ids = {i: uuid.uuid4() for i, _ in sales}
-        claimed = {
-            row["external_id"]
-            for row in await conn.fetch(
-                sql.CLAIM_RECEIPT_KEYS,
-                till.integration_id,
-                till.brand_id,
-                [receipts[i].external_id for i, _ in sales],
-                [digests[i] for i, _ in sales],
-                [receipts[i].occurred_at for i, _ in sales],
-                [ids[i] for i, _ in sales],
-            )
-        }
-        sales = [(i, p) for i, p in sales if receipts[i].external_id in claimed]
-        if not sales:
-            return answers
-        sale = _ChunkSales(currency, menu, ids)
-        taken: dict[int, tuple[bytes, tuple[Move, ...]]] = {}
-        resolved: dict[int, _Guest] | None = None
-        later = sales
-        if all(_found_by_reads(receipts[i]) for i, _ in sales):
-            resolved = await self._guests_of(conn, till, receipts, sales)
-            anonymous = [(i, p) for i, p in sales if resolved[i].guest_id is None]
-            later = [(i, p) for i, p in sales if resolved[i].guest_id is not None]
-            taken |= await self._take_sales(conn, till, receipts, anonymous, resolved, sale)
-        if after is not None:
-            await after.wait()
-        if later:
-            if resolved is None:
-                resolved = await self._guests_of(conn, till, receipts, later)
-            taken |= await self._take_sales(conn, till, receipts, later, resolved, sale)
-        for i, (body, moves) in taken.items():
-            answers[i] = Taken("created", ids[i], body, moves)
-        return answers
-
-    async def _guests_of(
-        self,
-        conn: asyncpg.Connection,
-        till: Till,
-        receipts: Sequence[ReceiptIn],
-        sales: list[tuple[int, Pricing]],
-    ) -> dict[int, _Guest]:
-        guests = await self._resolve_guests(conn, till, [receipts[i] for i, _ in sales])
-        return dict(zip((i for i, _ in sales), guests, strict=True))
-
-    async def _take_sales(
-        self,
-        conn: asyncpg.Connection,
-        till: Till,
-        receipts: Sequence[ReceiptIn],
-        sales: list[tuple[int, Pricing]],
-        guests: dict[int, _Guest],
-        chunk: _ChunkSales,
-    ) -> dict[int, tuple[bytes, tuple[Move, ...]]]:
-        """Earn, fold the visits of and write ``sales`` (keys claimed); each one's stored
-        answer and points moved."""
-        if not sales:
-            return {}
-        outs, moves, sales = await self._earn_and_visit(
-            conn, till, receipts, sales, guests, chunk.ids, chunk.menu
-        )
-        bodies = await self._write_sales(
-            conn, till, chunk.currency, receipts, sales, chunk.ids, outs
-        )
-        return {i: (bodies[i], moves[i]) for i, _ in sales}
-
-    async def _replays(
-        self,
-        conn: asyncpg.Connection,
-        till: Till,
-        receipts: Sequence[ReceiptIn],
-        digests: dict[int, bytes],
-        answers: list[Taken | None],
-    ) -> list[int]:
-        """Answer the chunk's replays of receipts stored before (into ``answers``); returns
-        the receipts whose key is not stored yet."""
-        stored = {
-            row["external_id"]: row
-            for row in await conn.fetch(
-                sql.RECEIPT_KEYS, till.integration_id, [receipts[i].external_id for i in digests]
-            )
-        }
-        fresh = [i for i in digests if receipts[i].external_id not in stored]
-        for i in digests:
-            row = stored.get(receipts[i].external_id)
-            if row is not None and bytes(row["request_hash"]) == digests[i]:
-                answers[i] = Taken("replayed", row["receipt_id"], bytes(row["response"]))
-        return fresh
-
-    async def _priced_sales(
-        self, conn: asyncpg.Connection, till: Till, receipts: Sequence[ReceiptIn], fresh: list[int]
-    ) -> tuple[str, dict[str, UUID], list[tuple[int, Pricing]]] | None:
-        """The fresh sales of the chunk priced (currency, menu items, sales), or None when
-        there are none; a sale that take_on would refuse is left to it."""
-        candidates = [i for i in fresh if receipts[i].refund_of is None]
-        if not candidates:
-            return None
-        currency = await self._currency_of(conn, till)
-        candidates = [i for i in candidates if receipts[i].currency in (None, currency)]
-        excluded, menu = await self._catalogue(conn, till, [receipts[i] for i in candidates])
-        program = await self.points.program(conn, till.brand_id)
-        sales: list[tuple[int, Pricing]] = []
-        for n, i in enumerate(candidates, 1):
-            if n % _PRICE_SLICE == 0:  # the batch's other chunk in flight gets its turn
-                await asyncio.sleep(0)
-            try:
-                pricing = price_receipt(
-                    receipts[i], point_value_minor=program.point_value_minor, excluded=excluded
-                )
-            except Problem:
-                continue  # refused by take_on, with the same problem
-            sales.append((i, pricing))
-        return (currency, menu, sales) if sales else None
-
-    async def _earn_and_visit(
-        self,
-        conn: asyncpg.Connection,
-        till: Till,
-        receipts: Sequence[ReceiptIn],
-        sales: list[tuple[int, Pricing]],
-        resolved: dict[int, _Guest],
-        ids: dict[int, UUID],
-        menu: dict[str, UUID],
-    ) -> tuple[dict[int, ReceiptOut], dict[int, tuple[Move, ...]], list[tuple[int, Pricing]]]:
-        """The chunk's guests' points and visits, as _sale would leave them taking one
-        receipt after another in file order (a guest's tier counts what their earlier receipts
-        of this chunk earned), set-based: points earned together
-        (:meth:`PointsPort.earn_many`), visits folded together (``on_visits``)."""
-        guests = [resolved[i] for i, _ in sales]
-        named = [
-            (i, Earning(g.guest_id, p.earning_paid_minor, till.location_id, _reason(receipts[i])))
-            for (i, p), g in zip(sales, guests, strict=True)
-            if g.guest_id is not None
-        ]
-        earned = (
-            await self.points.earn_many(
-                conn, brand_id=till.brand_id, earnings=[e for _, e in named]
-            )
-            if named
-            else []
-        )
-        points_of = {i: e for (i, _), e in zip(named, earned, strict=True)}
-        outs: dict[int, ReceiptOut] = {}
-        moves: dict[int, tuple[Move, ...]] = {}
-        priced: list[tuple[int, Pricing]] = []
-        visits: list[ReceiptVisit] = []
-        for (i, pricing), guest in zip(sales, guests, strict=True):
-            moves[i] = ()
-            if i in points_of:
-                pricing = with_points_earned(pricing, points_of[i].points)
-                moves[i] = points_of[i].moves
-            points = sum(p.points_earned for p in pricing.lines)
-            if guest.guest_id is not None:
-                visits.append(visit_of(till, receipts[i], guest.guest_id, pricing, points, menu))
-            outs[i] = ReceiptOut(
-                receipt_id=ids[i],
-                points_earned=points,
-                guest_id=guest.guest_id,
-                guest_unresolved=guest.unresolved,
-            )
-            priced.append((i, pricing))
-        if visits:
-            await self.on_visits(conn, visits)
-        return outs, moves, priced
-
-    async def _resolve_guests(
-        self, conn: asyncpg.Connection, till: Till, receipts: Sequence[ReceiptIn]
-    ) -> list[_Guest]:
-        """:meth:`_resolve_guest` of each receipt, in order: the cards and phones of the chunk
-        looked up in one query each; a receipt naming a QR or the till's customer id is
-        resolved on its own (in order: a customer id linked by one counts for the next)."""
-        plain = [
-            r.guest
-            for r in receipts
-            if r.guest and not (r.guest.qr_code or r.guest.pos_customer_id)
-        ]
-        cards = {g.card_number for g in plain if g.card_number}
-        phones = {g.phone for g in plain if g.phone}
-        by_card = await identify.by_cards(conn, till.brand_id, cards) if cards else {}
-        by_phone = (
-            await identify.by_phones(conn, till.brand_id, phones, self._phones) if phones else {}
-        )
-        guests: list[_Guest] = []
-        for receipt in receipts:
-            named = receipt.guest
-            if named is None:
-                guests.append(_Guest(None))
-            elif named.qr_code or named.pos_customer_id:
-                guests.append(await self._resolve_guest(conn, till, receipt))
-            else:
-                guest_id = by_card.get(named.card_number) if named.card_number else None
-                if guest_id is None and named.phone:
-                    guest_id = by_phone.get(named.phone)
-                guests.append(_Guest(guest_id))
-        return guests
-
-    async def _write_sales(
-        self,
-        conn: asyncpg.Connection,
-        till: Till,
-        currency: str,
-        receipts: Sequence[ReceiptIn],
-        sales: list[tuple[int, Pricing]],
-        ids: dict[int, UUID],
-        outs: dict[int, ReceiptOut],
-    ) -> dict[int, bytes]:
-        """Claim codes for the anonymous sales, then every sale and line in one statement;
-        returns each sale's stored answer."""
-        anonymous = [(receipts[i], ids[i]) for i, _ in sales if outs[i].guest_id is None]
-        codes = await self._claim_codes(conn, till, anonymous) if anonymous else {}
-        bodies = {
-            i: _encode(msgspec.structs.replace(outs[i], claim_code=codes.get(ids[i])))
-            for i, _ in sales
-        }
-        rows = [
-            _SaleRow(
-                n, receipts[i].occurred_at, ids[i], receipts[i].external_id,
-                _pos_customer(receipts[i]), p.gross_minor, p.discount_minor,
-                p.earning_paid_minor, p.points_tender, bodies[i].decode(), outs[i].guest_id,
-                outs[i].points_earned,
-            )
-            for n, (i, p) in enumerate(sales)
-        ]  # fmt: skip
-        lines = [
-            _LineRow(
-                n, p.line_no, p.line.sku, p.line.name, p.line.category, p.line.quantity,
-                p.line.unit_price_minor, p.gross_minor, p.discount_minor, p.line.tax_minor,
-                p.line.voided, p.line.gift_card, p.earns, p.points_paid, p.paid_minor,
-                p.points_earned,
-            )
-            for n, (_, pricing) in enumerate(sales)
-            for p in pricing.lines
-        ]  # fmt: skip
-        await conn.execute(
-            sql.WRITE_SALES, till.brand_id, till.integration_id, till.location_id, currency,
-            rows, lines,
-        )  # fmt: skip
-        return bodies
-
-    async def _currency_of(self, conn: asyncpg.Connection, till: Till) -> str:
-        currency = self._currencies.get(till.brand_id)
-        return currency if currency is not None else await self._remember_currency(till, conn)
-
-    async def _catalogue(
-        self, conn: asyncpg.Connection, till: Till, receipts: Sequence[ReceiptIn]
-    ) -> tuple[Callable[[ReceiptLineIn], bool], dict[str, UUID]]:
-        """Whether a line earns nothing by the catalogue, and the menu items the SKUs name
-        (as :meth:`_price` reads them), read once for all of ``receipts``."""
-        lines = [line for receipt in receipts for line in receipt.lines]
-        catalogue = await self.catalogue.read(
-            conn,
-            till.brand_id,
-            {line.sku for line in lines if line.sku},
-            {line.category for line in lines if line.category},
-        )
-
-        def excluded(line: ReceiptLineIn) -> bool:
-            return catalogue.excluded(line.sku, line.category)
-
-        return excluded, catalogue.menu()
-
-    async def _claim_codes(
-        self, conn: asyncpg.Connection, till: Till, sales: list[tuple[ReceiptIn, UUID]]
-    ) -> dict[UUID, str]:
-        """A claim code for each sale (receipt id → code), as :meth:`_claim_code` makes one."""
-        expires_at = datetime.now(UTC) + timedelta(seconds=self.settings.pos_claim_window_s)
-        codes: dict[UUID, str] = {}
-        waiting = sales
-        for _ in range(_CLAIM_ATTEMPTS):
-            proposed = {new_claim_code(): (receipt, rid) for receipt, rid in waiting}
-            taken = await conn.fetch(
-                sql.INSERT_CLAIMS,
-                till.brand_id,
-                expires_at,
-                list(proposed),
-                [receipt.occurred_at for receipt, _ in proposed.values()],
-                [rid for _, rid in proposed.values()],
-            )
-            for row in taken:
-                codes[proposed[row["code"]][1]] = row["code"]
-            waiting = [(r, rid) for r, rid in waiting if rid not in codes]
-            if not waiting:
-                return codes
-        raise AssertionError("claim codes keep colliding: the alphabet or length is too small")
-
     async def _replay(
         self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn, digest: bytes
     ) -> Taken:
@@ -706,24 +360,12 @@ class Intake:
 
     # -- a sale ----------------------------------------------------------------------------
 
-    async def _price(
-        self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn
-    ) -> tuple[Pricing, dict[str, UUID]]:
-        """The receipt priced by the brand's rules, and the menu items its SKUs name (the
-        catalogue as read within ``menu_cache_ttl_s``: server/pos/catalogue.py)."""
-        excluded, menu = await self._catalogue(conn, till, (receipt,))
-        program = await self.points.program(conn, till.brand_id)
-        pricing = price_receipt(
-            receipt, point_value_minor=program.point_value_minor, excluded=excluded
-        )
-        return pricing, menu
-
     async def _sale(
         self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn, receipt_id: UUID
     ) -> tuple[bytes, tuple[Move, ...]]:
-        currency = await self._currency(conn, till, receipt)
-        pricing, menu = await self._price(conn, till, receipt)
-        guest = await self._resolve_guest(conn, till, receipt)
+        currency = await self.pricing.currency(conn, till, receipt)
+        pricing, menu = await self.pricing.price(conn, till, receipt)
+        guest = await self.guests.resolve(conn, till, receipt)
         moves: tuple[Move, ...] = ()
         if guest.guest_id is not None:
             earned = await self.points.earn(
@@ -755,24 +397,6 @@ class Intake:
             pos_customer_id=pos_customer, kind="sale",
         )  # fmt: skip
         return body, moves
-
-    async def _currency(self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn) -> str:
-        """The brand's currency; 422 ``currency-mismatch`` for a receipt in another one."""
-        currency = self._currencies.get(till.brand_id)
-        if currency is None:
-            currency = await self._remember_currency(till, conn)
-        if receipt.currency is not None and receipt.currency != currency:
-            raise Problem(
-                422, "currency-mismatch", f"this brand takes {currency}, not {receipt.currency}"
-            )
-        return currency
-
-    async def _remember_currency(self, till: Till, conn: asyncpg.Connection) -> str:
-        # A brand's currency never changes, so it is kept once read.
-        currency = self._currencies[till.brand_id] = str(
-            await conn.fetchval(sql.BRAND_CURRENCY, till.brand_id)
-        )
-        return currency
 
     async def _write(
         self,
@@ -806,7 +430,7 @@ class Intake:
         self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn, receipt_id: UUID
     ) -> str:
         expires_at = datetime.now(UTC) + timedelta(seconds=self.settings.pos_claim_window_s)
-        for _ in range(_CLAIM_ATTEMPTS):
+        for _ in range(CLAIM_ATTEMPTS):
             code = new_claim_code()
             if await conn.fetchval(
                 sql.INSERT_CLAIM, code, till.brand_id, receipt.occurred_at, receipt_id, expires_at
@@ -828,52 +452,6 @@ class Intake:
 
     # -- who the guest is ------------------------------------------------------------------
 
-    async def _resolve_guest(
-        self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn
-    ) -> _Guest:
-        """The guest the till named, tried QR, card, phone, then the till's customer id.
-
-        A QR is checked against its validity when it was scanned (``scanned_at``, else when
-        the sale happened), so an offline till's receipt hours late still counts. A QR that
-        is forged or was already expired keeps the receipt anonymous (with a claim code), and
-        the answer says why: the sale happened, the till cannot ask the guest again.
-        """
-        named = receipt.guest
-        if named is None:
-            return _Guest(None)
-        guest_id: UUID | None = None
-        unresolved: str | None = None
-        if named.qr_code:
-            guest_id, unresolved = await self._by_qr(till, receipt, conn, named.qr_code)
-        if guest_id is None and named.card_number:
-            guest_id = await identify.by_card(conn, till.brand_id, named.card_number)
-        if guest_id is None and named.phone:
-            guest_id = await identify.by_phone(conn, till.brand_id, named.phone)
-        customer = named.pos_customer_id
-        if customer and guest_id is None:
-            guest_id = await identities.by_pos_customer(
-                conn, till.brand_id, till.integration_id, customer
-            )
-        elif customer and guest_id is not None:
-            await identities.link_pos_customer(
-                conn, till.brand_id, guest_id, till.integration_id, customer
-            )
-        return _Guest(guest_id, None if guest_id else unresolved)
-
-    async def _by_qr(
-        self, till: Till, receipt: ReceiptIn, conn: asyncpg.Connection, code: str
-    ) -> tuple[UUID | None, str | None]:
-        """The QR judged at its scan time, which may be at most ``pos_scan_max_age_s`` ago."""
-        named = receipt.guest
-        at = (named.scanned_at if named and named.scanned_at else None) or receipt.occurred_at
-        if at.tzinfo is None:
-            return None, "malformed"
-        now = datetime.now(UTC)
-        skew = timedelta(seconds=self.settings.scan_clock_skew_s)
-        if at > now + skew or at < now - timedelta(seconds=self.settings.pos_scan_max_age_s):
-            return None, "expired"
-        return await identify.by_qr(conn, self.settings, till.brand_id, code, at)
-
     # -- a refund --------------------------------------------------------------------------
 
     async def _refund(
@@ -883,7 +461,7 @@ class Intake:
         back its share of the points that paid for it and takes back its share of the points
         it earned (:func:`~server.pos.model.refund_share`), exactly once per unit returned.
         Refuses 422 ``unknown-sale`` and ``refund-exceeds-sale``."""
-        currency = await self._currency(conn, till, receipt)
+        currency = await self.pricing.currency(conn, till, receipt)
         sale = await conn.fetchrow(sql.SALE_OF_INTEGRATION, till.integration_id, receipt.refund_of)
         if sale is None or sale["kind"] != "sale":
             raise Problem(
@@ -943,7 +521,7 @@ class Intake:
     ) -> ReceiptReturn:
         """What ``returns`` gives back of the guest's sale, for their aggregates: the items
         named as their visit named them (the sale's SKUs the menu knows)."""
-        _, menu = await self._catalogue(conn, till, (receipt,))
+        _, menu = await self.pricing.catalogue_of(conn, till, (receipt,))
         by_no = {line.line_no: line for line in sold}
         items = []
         for line_no, quantity in returns.quantities.items():
@@ -970,11 +548,12 @@ def stored_answer(row: asyncpg.Record, receipt: ReceiptIn, digest: bytes) -> Tak
     return Taken("replayed", row["receipt_id"], bytes(row["response"]))
 
 
-def line_rows(lines: Sequence[PricedLine]) -> list[_LineRow]:
-    """The priced lines of one sale as WRITE_SALES (and pos_take_guest_sale) read them."""
+def line_rows(lines: Sequence[PricedLine], n: int = 0) -> list[LineRow]:
+    """The priced lines of one sale (the ``n``-th of a chunk) as WRITE_SALES (and
+    pos_take_guest_sale) read them."""
     return [
-        _LineRow(
-            0, p.line_no, p.line.sku, p.line.name, p.line.category, p.line.quantity,
+        LineRow(
+            n, p.line_no, p.line.sku, p.line.name, p.line.category, p.line.quantity,
             p.line.unit_price_minor, p.gross_minor, p.discount_minor, p.line.tax_minor,
             p.line.voided, p.line.gift_card, p.earns, p.points_paid, p.paid_minor,
             p.points_earned,
@@ -1002,43 +581,6 @@ def _line_columns(lines: Sequence[PricedLine]) -> list[list[object]]:
         [p.paid_minor for p in lines],
         [p.points_earned for p in lines],
     ]
-
-
-@dataclass(frozen=True)
-class _ChunkSales:
-    """What the sales of one chunk share: the brand's currency, the menu items its SKUs
-    name, and the receipt id each sale gets."""
-
-    currency: str
-    menu: dict[str, UUID]
-    ids: dict[int, UUID]
-
-
-def _found_by_reads(receipt: ReceiptIn) -> bool:
-    """Whether the receipt's guest (if any) is found by reads alone: a phone or a card. A
-    QR or a till's customer id may link the guest (a write) as it is resolved."""
-    return receipt.guest is None or not (receipt.guest.qr_code or receipt.guest.pos_customer_id)
-
-
-# Receipts priced between two turns of the other chunk in flight (server/pos/batch.py).
-_PRICE_SLICE = 50
-
-
-def _chunk_digests(till: Till, receipts: Sequence[ReceiptIn]) -> dict[int, bytes]:
-    """The request digests of the chunk's receipts that take_many may take set-based: at the
-    till's location, with a timezone, their ``external_id`` once in the chunk."""
-    counts = Counter(r.external_id for r in receipts)
-    return {
-        i: request_digest(receipt)
-        for i, receipt in enumerate(receipts)
-        if receipt.location_id == till.location_id
-        and receipt.occurred_at.tzinfo is not None
-        and counts[receipt.external_id] == 1
-    }
-
-
-def _reason(receipt: ReceiptIn) -> str:
-    return f"receipt {receipt.external_id}"
 
 
 def visit_of(

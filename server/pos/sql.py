@@ -162,7 +162,7 @@ WRITE_ANONYMOUS_SALE = _with_lines(WRITE_ANONYMOUS_SALE)
 # A sale naming a guest by QR, card number or phone, read in one statement outside a
 # transaction (server/pos/guest_sale.py): the key stored for it if any, the guest (by the QR's
 # public id with the secret that checks it, else by card, else by phone, as
-# Intake._resolve_guest tries them), their account and the points it earned in the tier
+# TillGuests.resolve tries them), their account and the points it earned in the tier
 # window since $6 (loyalty's own loyalty_tier_window, migration 0022), the location's time
 # zone, and the guest's profile as PROFILE_FOR_UPDATE reads it (not locked: the write checks
 # it is unchanged), and whether the key $9 is active (KEY_ACTIVE; read before anything is

@@ -159,7 +159,7 @@ async def test_a_chunk_claims_and_writes_its_anonymous_sales_before_its_turn_and
     signed = await new_till(client, demo)
     till = Till(uuid.UUID(signed.integration_id), demo.brand_id, signed.location_id, signed.key_id)
     a = await sign_in(client, notifier)
-    intake = services.intake
+    chunks = services.batch_intake.chunks
     seen: list[str] = []
     waiting = asyncio.Event()
 
@@ -169,7 +169,7 @@ async def test_a_chunk_claims_and_writes_its_anonymous_sales_before_its_turn_and
             waiting.set()
             return await super().wait()
 
-    earn_many, write_sales = intake.points.earn_many, intake._write_sales
+    earn_many, write_sales = chunks.points.earn_many, chunks._write_sales
 
     async def earning(*args: Any, **kwargs: Any) -> Any:
         seen.append("earn")
@@ -186,11 +186,11 @@ async def test_a_chunk_claims_and_writes_its_anonymous_sales_before_its_turn_and
     receipts = [msgspec.convert(body, ReceiptIn) for body in bodies]
     turn = Turn()
     with (
-        mock.patch.object(intake.points, "earn_many", earning),
-        mock.patch.object(intake, "_write_sales", writing),
+        mock.patch.object(chunks.points, "earn_many", earning),
+        mock.patch.object(chunks, "_write_sales", writing),
     ):
         async with services.db.transaction() as conn:
-            taking = asyncio.create_task(intake.take_many(conn, till, receipts, turn))
+            taking = asyncio.create_task(chunks.take_many(conn, till, receipts, turn))
             await waiting.wait()
             assert seen == ["write 1", "turn"]  # the anonymous sale, then it waits
             turn.set()

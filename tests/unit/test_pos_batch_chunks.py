@@ -94,7 +94,8 @@ class FakePoints:
 def batch(log: Log) -> BatchIntake:
     settings = Settings(pos_batch_chunk_lines=2, pos_batch_analyze_lines=0)
     # The fakes have only what take_chunks uses (no TillAuth at all: the batch is verified).
-    return BatchIntake(settings, FakeDb(log), None, FakeIntake(log), FakePoints())  # type: ignore[arg-type]
+    intake = FakeIntake(log)  # the receipt intake and the chunks' both
+    return BatchIntake(settings, FakeDb(log), None, intake, intake, FakePoints())  # type: ignore[arg-type]
 
 
 def items(*ids: str) -> list[Item]:
