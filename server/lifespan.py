@@ -29,6 +29,7 @@ from server.counter.points import CounterPoints
 from server.counter.profiles import (
     fold_stored,
     record_completed_order,
+    record_refunded_lines,
     record_return,
     record_visit,
     record_visits,
@@ -231,7 +232,14 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
         settings.menu_cache_ttl_s,
         settings.loyalty_mirror_guests_at_once,
     )
-    orders = Orders(settings, db, catalog, loyalty, on_completed=record_completed_order)
+    orders = Orders(
+        settings,
+        db,
+        catalog,
+        loyalty,
+        on_completed=record_completed_order,
+        on_refunded=record_refunded_lines,
+    )
     guests = Guests(settings, db, loyalty)
     auth = Auth(settings, db, gate, tokens, guests, notifier or LogNotifier())
     staff = Staff(settings, db, gate, auth.issue)

@@ -27,6 +27,7 @@ from server.counter.model import (
 __all__ = [
     "fold_stored",
     "record_completed_order",
+    "record_refunded_lines",
     "record_return",
     "record_visit",
     "record_visits",
@@ -212,3 +213,24 @@ async def record_completed_order(conn: asyncpg.Connection, order_id: UUID) -> No
         items=items,
     )
     await record_visit(conn, row["guest_id"], visit, now, tz, exclude_order_id=order_id)
+
+
+async def record_refunded_lines(
+    conn: asyncpg.Connection, order_id: UUID, line_ids: Sequence[UUID]
+) -> None:
+    """Count lines of a completed order that were just refunded out of its guest's profile
+    (:func:`record_return`), in the refund's transaction."""
+    rows = await conn.fetch(sql.REFUNDED_ORDER_LINES, order_id, list(line_ids))
+    if not rows:
+        return
+    returned = Return(
+        amount_minor=sum(int(r["paid_minor"]) for r in rows),
+        points=sum(int(r["points_earned"]) for r in rows),
+        items=tuple(
+            VisitItem(r["item_id"], str(r["name"]), int(r["quantity"]), int(r["unit_price_minor"]))
+            for r in rows
+            if r["item_id"] is not None
+        ),
+    )
+    tz = ZoneInfo(rows[0]["timezone"])
+    await record_return(conn, rows[0]["guest_id"], returned, datetime.now(UTC), tz)

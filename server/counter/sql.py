@@ -132,6 +132,18 @@ FROM jsonb_to_recordset($1::jsonb)
 WHERE p.guest_id = f.guest_id
 """
 
+# Lines of an order refunded just now, with what they were paid and earned (the guest's
+# profile counts them out: profiles.record_refunded_lines).
+REFUNDED_ORDER_LINES = """
+SELECT o.guest_id, l.timezone, ol.item_id, ol.name, ol.quantity, ol.unit_price_minor,
+       ol.paid_minor, ol.points_earned
+FROM orders o
+JOIN locations l ON l.id = o.location_id
+JOIN order_lines ol ON ol.order_id = o.id
+WHERE o.id = $1 AND ol.id = ANY($2::uuid[])
+ORDER BY ol.id
+"""
+
 COMPLETED_ORDER = """
 SELECT o.guest_id, o.location_id, o.updated_at, o.points_earned, l.timezone,
        coalesce(sum(ol.paid_minor), 0)::bigint AS paid_minor,

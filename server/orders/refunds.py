@@ -1,8 +1,10 @@
 """Line refunds of a completed order: the points each line earned are reversed and the points
-that paid for it restored, through loyalty, exactly once per line."""
+that paid for it restored, through loyalty, and the guest's profile counts the line out
+(``on_refunded``), exactly once per line."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from uuid import UUID
 
 import asyncpg
@@ -20,16 +22,21 @@ from server.orders import sql
 from server.orders.views import order_from_rows, visible
 from shared import contract
 
-__all__ = ["REFUNDS_ROUTE", "Refunds"]
+__all__ = ["REFUNDS_ROUTE", "RefundedHook", "Refunds"]
 
 _encode = msgspec.json.Encoder().encode
 REFUNDS_ROUTE = "POST /v1/orders/{order_id}/refunds"
 
+# Runs in the refund's transaction with the lines refunded by it (the guest's profile counts
+# them out; wired in lifespan).
+RefundedHook = Callable[[asyncpg.Connection, UUID, Sequence[UUID]], Awaitable[None]]
+
 
 class Refunds:
-    def __init__(self, db: Database, loyalty: Loyalty) -> None:
+    def __init__(self, db: Database, loyalty: Loyalty, on_refunded: RefundedHook) -> None:
         self.db = db
         self.loyalty = loyalty
+        self.on_refunded = on_refunded
 
     async def refund_lines(
         self, staff: Principal, order_id: UUID, body: contract.RefundIn, key: str
@@ -55,7 +62,9 @@ class Refunds:
             rows = await conn.fetch(sql.LINES_FOR_REFUND, order_id, body.line_ids)
             if len(rows) != len(set(body.line_ids)):
                 raise Problem(404, "line-not-found", "one of line_ids is not a line of this order")
-            mirrors = await self._refund_rows(conn, order, rows)
+            mirrors, refunded = await self._refund_rows(conn, order, rows)
+            if refunded:
+                await self.on_refunded(conn, order_id, refunded)
             if await conn.fetchval(sql.ALL_LINES_REFUNDED, order_id):
                 await conn.execute(sql.SET_STATUS, order_id, "refunded", order["points_earned"])
             after = await conn.fetchrow(sql.ORDER, order_id)
@@ -75,10 +84,12 @@ class Refunds:
 
     async def _refund_rows(
         self, conn: asyncpg.Connection, order: asyncpg.Record, rows: list[asyncpg.Record]
-    ) -> list[Movement]:
+    ) -> tuple[list[Movement], list[UUID]]:
+        """The points moved for the lines not refunded before, and those lines."""
         account_id = await self.loyalty.account_of(conn, order["guest_id"])
         assert account_id is not None  # enrolment opens it with the guest
         moved: list[Movement] = []
+        refunded: list[UUID] = []
         for row in rows:
             if row["refunded"]:
                 continue
@@ -86,6 +97,7 @@ class Refunds:
             if await conn.fetchval(sql.INSERT_REFUND, *refund) is None:
                 continue  # a concurrent refund of this line won
             await conn.execute(sql.MARK_LINE_REFUNDED, row["id"])
+            refunded.append(row["id"])
             if row["points_spent"]:
                 moved.append(
                     await self.loyalty.earn(
@@ -109,4 +121,4 @@ class Refunds:
                         points=row["points_earned"],
                     )
                 )
-        return moved
+        return moved, refunded

@@ -15,7 +15,7 @@ from server.infra.db import Database
 from server.loyalty.service import Loyalty
 from server.orders.checkout import Checkout, PlaceOrderStatement
 from server.orders.lifecycle import Lifecycle
-from server.orders.refunds import Refunds
+from server.orders.refunds import RefundedHook, Refunds
 from server.orders.views import order_from_rows
 from server.settings import Settings
 
@@ -30,13 +30,15 @@ class Orders:
         catalog: Catalog,
         loyalty: Loyalty,
         on_completed: Callable[[asyncpg.Connection, UUID], Awaitable[None]],
+        on_refunded: RefundedHook,
         statement: PlaceOrderStatement | None = None,
     ) -> None:
-        """``on_completed`` runs in the transaction that completes an order; ``statement`` is
-        the checkout's writes (a test may inject a fake)."""
+        """``on_completed`` runs in the transaction that completes an order, ``on_refunded``
+        in the one that refunds lines of it; ``statement`` is the checkout's writes (a test
+        may inject a fake)."""
         self.checkout = Checkout(settings, db, catalog, loyalty, statement)
         self.lifecycle = Lifecycle(db, loyalty, on_completed)
-        self.refunds = Refunds(db, loyalty)
+        self.refunds = Refunds(db, loyalty, on_refunded)
         # Bound once: the checkout lane calls place on every request.
         self.place = self.checkout.place
         self.get = self.lifecycle.get

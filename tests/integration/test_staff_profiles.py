@@ -9,6 +9,10 @@ from server.auth.notifier import RecordingNotifier
 from tests.api.helpers import advance, menu_items, pay, place
 from tests.conftest import Client, Demo, sign_in
 
+PROFILE_POINTS = (
+    "SELECT visits_total, spend_total_minor, points_earned_12m, top_items FROM guest_profiles"
+    " WHERE guest_id = $1"
+)
 PROFILE = (
     "SELECT visits_total, spend_total_minor, top_items, last_visit_at, weekday_counts,"
     " usual_weekday, usual_hour FROM guest_profiles WHERE guest_id = $1"
@@ -42,6 +46,43 @@ async def test_a_completed_order_folds_into_the_profile(
     )
     assert card.json()["habits"]["visits_total"] == 1
     assert card.json()["usual"][0]["name"] == items["CRO"]["name"]
+
+
+async def test_a_refunded_line_is_counted_out_of_the_profile_once(
+    client: Client, notifier: RecordingNotifier, demo: Demo, services: Any
+) -> None:
+    guest = await sign_in(client, notifier)
+    station = demo.locations["station"]
+    items = await menu_items(client, station)
+    body = {
+        "location_id": str(station),
+        "lines": [
+            {"item_id": items["CRO"]["id"], "quantity": 2},
+            {"item_id": items["FLW"]["id"], "quantity": 1},
+        ],
+    }
+    order = (await place(client, guest, body)).json()
+    assert (await pay(client, guest, order["id"])).status_code == 200
+    done = await advance(client, demo, order["id"], "accepted", "preparing", "ready", "completed")
+    croissants = next(line for line in done.json()["lines"] if line["sku"] == "CRO")
+    folded = await services.db.fetchrow(PROFILE_POINTS, guest.id)
+    assert folded["spend_total_minor"] == order["amount_due_minor"]
+
+    lead = {"Authorization": f"Bearer {demo.staff['shift_lead']}"}
+    first, second = f"refund-{uuid.uuid4()}", f"refund-{uuid.uuid4()}"
+    for key in (first, first, second):  # a retry, and the same lines again
+        refunded = await client.post(
+            f"/v1/orders/{order['id']}/refunds",
+            json={"line_ids": [croissants["id"]]},
+            headers={**lead, "Idempotency-Key": key},
+        )
+        assert refunded.status_code == 200, refunded.text
+
+    row = await services.db.fetchrow(PROFILE_POINTS, guest.id)
+    assert row["visits_total"] == 1  # the visit took place
+    assert row["spend_total_minor"] == order["amount_due_minor"] - croissants["paid_minor"]
+    assert row["points_earned_12m"] == folded["points_earned_12m"] - croissants["points_earned"]
+    assert [entry["name"] for entry in row["top_items"]] == [items["FLW"]["name"]]
 
 
 async def test_a_seeded_profile_starts_its_histograms_from_history(
