@@ -437,6 +437,37 @@ def cmd_integration(args: argparse.Namespace) -> int:
     return asyncio.run(_with_services(settings, work))
 
 
+def cmd_integration_webhook(args: argparse.Namespace) -> int:
+    """Point an integration's webhooks at a new URL with a new secret (``--url``; the old
+    secret signs beside it for a while unless ``--at-once``), or stop them (``--remove``);
+    print the result as one JSON line (the new secret is shown this once)."""
+    from server.infra.problems import Problem
+    from server.pos.integrations import WebhookIn
+
+    try:
+        integration_id = uuid.UUID(args.integration_id)
+        body = msgspec.convert(
+            {
+                "webhook_url": None if args.remove else args.url,
+                "keep_previous_secret": not args.at_once,
+            },
+            WebhookIn,
+        )
+    except (ValueError, msgspec.ValidationError) as exc:
+        raise CliError(f"--integration-id or --url: {exc}") from None
+    settings = _with_urls(_settings(args))
+
+    async def work(services: Any) -> int:
+        try:
+            done = await services.pos_integrations.set_webhook(None, integration_id, body)
+        except Problem as exc:
+            raise CliError(exc.detail) from None
+        print(msgspec.json.encode(done).decode())
+        return 0
+
+    return asyncio.run(_with_services(settings, work))
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     """Import a file of past receipts (NDJSON of ours, or CSV of receipt lines) at a location;
     a progress bar on a terminal, the refused lines and a summary line at the end."""
@@ -559,6 +590,19 @@ def _pos_commands(
         help="the vendor's id of this store (Square location_id, Loyverse store_id)",
     )
     create.add_argument("--data-dir")
+    webhook = actions.add_parser(
+        "webhook",
+        help="a new webhook URL and secret (the old secret signs beside it for a while), or none",
+    )
+    webhook.set_defaults(handler=cmd_integration_webhook)
+    webhook.add_argument("--integration-id", required=True)
+    target = webhook.add_mutually_exclusive_group(required=True)
+    target.add_argument("--url", help="https URL the till takes order events at")
+    target.add_argument("--remove", action="store_true", help="stop webhooks; the till polls")
+    webhook.add_argument(
+        "--at-once", action="store_true", help="the old secret stops signing now (it leaked)"
+    )
+    webhook.add_argument("--data-dir")
     imports = command("import", cmd_import, "import past data")
     what = imports.add_subparsers(dest="what", required=True)
     receipts = what.add_parser("receipts", help="NDJSON of our receipts, or CSV of receipt lines")

@@ -246,6 +246,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     pos_webhook_backoff_base_s: float = 10.0
     pos_webhook_backoff_max_s: float = 600.0
     pos_webhook_batch_size: int = 50
+    # A webhook secret replaced by an admin keeps signing beside the new one this long, for the
+    # till to be switched over (0: it stops at once).
+    pos_webhook_secret_overlap_s: int = 86_400
     pos_webhook_interval_s: float = 1.0
     # Let webhook URLs be plain http or reach loopback and private addresses (server/pos/
     # webhook_net.py, the SSRF guard): for a till simulator beside `regulars dev` and the tests'
@@ -280,6 +283,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             )
         if self.pos_webhook_max_attempts < 1 or self.pos_webhook_batch_size < 1:
             raise ValueError(f"{PREFIX}POS_WEBHOOK_MAX_ATTEMPTS and _BATCH_SIZE must be >= 1")
+        if self.pos_webhook_secret_overlap_s < 0:
+            raise ValueError(f"{PREFIX}POS_WEBHOOK_SECRET_OVERLAP_S must be >= 0")
         if self.shutdown_grace_s <= 0:
             raise ValueError(f"{PREFIX}SHUTDOWN_GRACE_S must be above 0")
         if not 0 < self.worker_duty <= 1:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from litestar import Controller, Request, Response, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
@@ -23,6 +23,8 @@ from server.pos.integrations import (
     Integrations,
     IntegrationView,
     KeyCreated,
+    WebhookIn,
+    WebhookSet,
 )
 from server.pos.receipts import Intake
 from server.pos.tender import Tender
@@ -164,6 +166,18 @@ class IntegrationsController(Controller):
     ) -> KeyCreated:
         """A second key, for rotation (at most two active)."""
         return await pos_integrations.add_key(principal.brand_id, integration_id)
+
+    @put("/{integration_id:uuid}/webhook", status_code=200, responses=problems(404))
+    async def set_webhook(
+        self,
+        pos_integrations: NamedDependency[Integrations],
+        principal: NamedDependency[Principal],
+        integration_id: FromPath[UUID],
+        data: JSONBody[WebhookIn],
+    ) -> WebhookSet:
+        """Send the till's webhooks to a new URL with a new secret (shown once), or stop them
+        (null); the secret replaced keeps signing beside the new one for a while."""
+        return await pos_integrations.set_webhook(principal.brand_id, integration_id, data)
 
     @delete("/{integration_id:uuid}/keys/{key_id:str}", status_code=204)
     async def revoke_key(

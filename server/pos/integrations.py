@@ -1,9 +1,11 @@
 """POS integrations and their signing keys: created by an admin (API or CLI), a secret shown
-once, at most ``pos_keys_active_max`` active keys for rotation, revocation immediate."""
+once, at most ``pos_keys_active_max`` active keys for rotation, revocation immediate. Their
+webhook (URL and Standard Webhooks secret) can be set, replaced or removed later; a replaced
+secret signs beside the new one for a while (server/pos/webhooks.py)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 from uuid import UUID
 
@@ -26,6 +28,8 @@ __all__ = [
     "Integrations",
     "KeyCreated",
     "KeyView",
+    "WebhookIn",
+    "WebhookSet",
 ]
 
 WebhookUrl = Annotated[str, Meta(max_length=2000, pattern=r"^https?://")]
@@ -60,6 +64,24 @@ class IntegrationCreated(Struct, kw_only=True, frozen=True):
     webhook_secret: str | None = None
 
 
+class WebhookIn(Struct, kw_only=True, frozen=True):
+    """Where the integration's till takes its webhooks now; null: it polls instead."""
+
+    webhook_url: WebhookUrl | None
+    # False for a secret that leaked: the one replaced stops signing at once.
+    keep_previous_secret: bool = True
+
+
+class WebhookSet(Struct, kw_only=True, frozen=True):
+    integration_id: UUID
+    webhook_url: str | None
+    # The new Standard Webhooks secret, shown this once (null when the webhook was removed).
+    webhook_secret: str | None = None
+    # Until then deliveries are signed with the secret replaced too, so a till that still
+    # verifies with it accepts them while it is switched over.
+    previous_secret_valid_until: datetime | None = None
+
+
 class KeyView(Struct, kw_only=True, frozen=True):
     key_id: str
     # SHA-256 of the secret: tells keys apart without revealing them.
@@ -75,6 +97,8 @@ class IntegrationView(Struct, kw_only=True, frozen=True):
     created_at: datetime
     keys: list[KeyView]
     vendor_store_id: str | None = None
+    # While a replaced webhook secret still signs beside the new one.
+    webhook_previous_until: datetime | None = None
 
 
 class Integrations:
@@ -122,6 +146,54 @@ class Integrations:
                 raise Problem(404, "integration-not-found", f"no integration {integration_id}")
             return await self._new_key(conn, integration_id)
 
+    async def set_webhook(
+        self, brand_id: UUID | None, integration_id: UUID, body: WebhookIn
+    ) -> WebhookSet:
+        """Point the integration's webhooks at ``body.webhook_url`` with a new signing secret
+        (shown this once), or remove them (null). The secret replaced signs beside the new one
+        for ``pos_webhook_secret_overlap_s``, so the till can be switched over without
+        refusing a delivery (not with ``keep_previous_secret`` false: a secret that leaked);
+        a removal stops both at once. Refuses 404
+        ``integration-not-found`` (another brand's, or disabled), 422
+        ``webhook-url-not-allowed`` as :meth:`create` does."""
+        url = body.webhook_url
+        refusal = url and url_refusal(url)
+        if refusal and not self.settings.pos_webhook_private_ok:
+            raise Problem(422, "webhook-url-not-allowed", refusal)
+        secret = new_webhook_secret() if url else None
+        async with self.db.transaction() as conn:
+            row = await conn.fetchrow(sql.INTEGRATION_FOR_UPDATE, integration_id, brand_id)
+            if row is None:
+                raise Problem(404, "integration-not-found", f"no integration {integration_id}")
+            keep = url and body.keep_previous_secret
+            previous, until = self._replaced(row) if keep else (None, None)
+            stored = await conn.fetchrow(
+                sql.SET_WEBHOOK,
+                integration_id,
+                url,
+                self.sealer.seal(secret) if secret else None,
+                previous,
+                until,
+            )
+        assert stored is not None  # locked above
+        return WebhookSet(
+            integration_id=integration_id,
+            webhook_url=stored["webhook_url"],
+            webhook_secret=secret,
+            previous_secret_valid_until=stored["webhook_previous_until"],
+        )
+
+    def _replaced(self, row: asyncpg.Record) -> tuple[bytes | None, datetime | None]:
+        """The integration's current secret, sealed, to sign beside a new one, and until
+        when; (None, None) when it has none or the overlap is 0."""
+        overlap_s = self.settings.pos_webhook_secret_overlap_s
+        sealed = row["webhook_secret_sealed"]
+        if sealed is None and row["webhook_secret"]:  # stored in the clear before 0028
+            sealed = self.sealer.seal(row["webhook_secret"])
+        if sealed is None or overlap_s == 0:
+            return None, None
+        return bytes(sealed), datetime.now(UTC) + timedelta(seconds=overlap_s)
+
     async def _new_key(self, conn: asyncpg.Connection, integration_id: UUID) -> KeyCreated:
         active = await conn.fetchval(sql.ACTIVE_KEYS, integration_id)
         if active >= self.settings.pos_keys_active_max:
@@ -152,6 +224,7 @@ class Integrations:
                 location_id=r["location_id"],
                 webhook_url=r["webhook_url"],
                 vendor_store_id=r["vendor_store_id"],
+                webhook_previous_until=r["webhook_previous_until"],
                 created_at=r["created_at"],
                 keys=msgspec.convert(r["keys"], list[KeyView]),
             )

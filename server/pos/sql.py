@@ -12,9 +12,20 @@ RETURNING id, brand_id, location_id, webhook_url, vendor_store_id, created_at
 
 # Locks the integration so two key creations cannot both pass the active-key limit.
 INTEGRATION_FOR_UPDATE = """
-SELECT id, brand_id, location_id, webhook_url, created_at FROM pos_integrations
+SELECT id, brand_id, location_id, webhook_url, webhook_secret, webhook_secret_sealed, created_at
+FROM pos_integrations
 WHERE id = $1 AND disabled_at IS NULL AND ($2::uuid IS NULL OR brand_id = $2)
 FOR UPDATE
+"""
+
+# A new webhook URL and secret (NULLs: no webhook); the secret replaced, sealed, signs beside
+# the new one until $5 (migration 0030). The clear secret of before 0028 goes either way.
+SET_WEBHOOK = """
+UPDATE pos_integrations
+SET webhook_url = $2, webhook_secret_sealed = $3, webhook_secret = NULL,
+    webhook_previous_sealed = $4, webhook_previous_until = $5
+WHERE id = $1
+RETURNING id, webhook_url, webhook_previous_until
 """
 
 ACTIVE_KEYS = """
@@ -37,6 +48,8 @@ RETURNING k.revoked_at
 
 INTEGRATIONS_OF_BRAND = """
 SELECT i.id, i.brand_id, i.location_id, i.webhook_url, i.vendor_store_id, i.created_at,
+       CASE WHEN i.webhook_previous_until > now() THEN i.webhook_previous_until END
+           AS webhook_previous_until,
        coalesce(jsonb_agg(jsonb_build_object(
            'key_id', k.key_id, 'digest', encode(k.secret_digest, 'hex'),
            'created_at', k.created_at, 'revoked_at', k.revoked_at) ORDER BY k.created_at)

@@ -66,10 +66,17 @@ def webhook_id(seq: int, integration_id: str) -> str:
     return f"msg_{seq}_{integration_id.replace('-', '')}"
 
 
-def signed_headers(secret: str, message_id: str, at: datetime, body: bytes) -> dict[str, str]:
+def signed_headers(
+    secret: str, message_id: str, at: datetime, body: bytes, *, previous: str | None = None
+) -> dict[str, str]:
     """Standard Webhooks headers for ``body``: ``webhook-id``, ``webhook-timestamp`` (the
-    attempt's time, which receivers check for freshness) and ``webhook-signature``."""
-    signature = Webhook(secret).sign(message_id, at, body.decode())
+    attempt's time, which receivers check for freshness) and ``webhook-signature``. With
+    ``previous`` (a secret being replaced), its signature follows, space-separated as the spec
+    has it for rotation: a receiver accepts the message when either verifies."""
+    text = body.decode()
+    signature = " ".join(
+        Webhook(key).sign(message_id, at, text) for key in (secret, previous) if key is not None
+    )
     return {
         "webhook-id": message_id,
         "webhook-timestamp": str(int(at.timestamp())),

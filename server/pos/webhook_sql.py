@@ -65,7 +65,8 @@ FROM (
 ) due, pos_integrations i
 WHERE d.id = due.id AND i.id = d.integration_id
 RETURNING d.id, d.payload, d.attempts, d.lease_token, i.webhook_url, i.webhook_secret,
-          i.webhook_secret_sealed, i.disabled_at
+          i.webhook_secret_sealed, i.webhook_previous_sealed, i.webhook_previous_until,
+          i.disabled_at
 """
 
 # Webhook secrets stored in the clear (before migration 0028), to seal.

@@ -131,6 +131,18 @@ class PosWebhooks:
             return self._sealer.open(bytes(row["webhook_secret_sealed"]))
         return cast("str | None", row["webhook_secret"])
 
+    def _previous(self, row: Any) -> str | None:
+        """The secret the integration's one replaced, while it still signs beside it
+        (migration 0030). One that does not open only loses its own signature."""
+        until = row["webhook_previous_until"]
+        if row["webhook_previous_sealed"] is None or until is None or until <= self._clock():
+            return None
+        try:
+            return self._sealer.open(bytes(row["webhook_previous_sealed"]))
+        except SealError:
+            log.warning("the replaced webhook secret of delivery %s does not open", row["id"])
+            return None
+
     async def _attempt(self, row: Any) -> None:
         secret: str | None = None
         try:
@@ -142,7 +154,7 @@ class PosWebhooks:
         fatal = error is not None
         if error is None:
             assert secret is not None
-            error = await self._send(row, secret)
+            error = await self._send(row, secret, self._previous(row))
         async with self._db.transaction() as conn:
             if error is None:
                 await conn.execute(sql.MARK_DELIVERED, row["id"], row["lease_token"])
@@ -163,10 +175,11 @@ class PosWebhooks:
             )
         log.info("webhook %s attempt %d failed: %s", row["id"], row["attempts"], error)
 
-    async def _send(self, row: Any, secret: str) -> str | None:
-        """POST one delivery; None when the till took it (any 2xx), else why not."""
+    async def _send(self, row: Any, secret: str, previous: str | None) -> str | None:
+        """POST one delivery signed with ``secret`` (and ``previous``, being replaced); None
+        when the till took it (any 2xx), else why not."""
         body = msgspec.json.encode(row["payload"])
-        headers = signed_headers(secret, row["id"], self._clock(), body)
+        headers = signed_headers(secret, row["id"], self._clock(), body, previous=previous)
         try:
             response = await self._http.post(row["webhook_url"], content=body, headers=headers)
         except httpx.HTTPError as exc:

@@ -78,3 +78,59 @@ def test_integration_create_for_an_unknown_location_is_a_one_line_error(stack: S
     assert result.stderr.startswith("regulars: ") and "location" in result.stderr
     bad = regulars(stack, "integration", "create", "--location-id", "nope")
     assert bad.returncode == 2 and "--location-id" in bad.stderr
+
+
+async def test_integration_webhook_replaces_the_secret_and_removes_the_webhook(
+    stack: Stack, settings: Settings
+) -> None:
+    async with app_client(settings, RecordingNotifier()) as client:
+        services: Any = client.app.state.services
+        station = await services.db.fetchval("SELECT id FROM locations WHERE slug = 'station'")
+        created = regulars(
+            stack,
+            "integration", "create", "--location-id", str(station),
+            "--webhook-url", "https://till.example/hooks",
+        )  # fmt: skip
+        first = json.loads(created.stdout)
+        integration = first["integration_id"]
+        try:
+            moved = regulars(
+                stack, "integration", "webhook", "--integration-id", integration,
+                "--url", "https://till.example/v2/hooks",
+            )  # fmt: skip
+            assert moved.returncode == 0, moved.stderr
+            printed = json.loads(moved.stdout)
+            assert printed["webhook_url"] == "https://till.example/v2/hooks"
+            assert printed["webhook_secret"] not in (None, first["webhook_secret"])
+            assert printed["previous_secret_valid_until"] is not None
+            leaked = regulars(
+                stack, "integration", "webhook", "--integration-id", integration,
+                "--url", "https://till.example/v3/hooks", "--at-once",
+            )  # fmt: skip
+            assert leaked.returncode == 0, leaked.stderr
+            assert json.loads(leaked.stdout)["previous_secret_valid_until"] is None
+            removed = regulars(
+                stack, "integration", "webhook", "--integration-id", integration, "--remove"
+            )
+            assert removed.returncode == 0, removed.stderr
+            assert json.loads(removed.stdout)["webhook_url"] is None
+            stored = await services.db.fetchrow(
+                "SELECT webhook_url, webhook_secret_sealed, webhook_previous_sealed"
+                " FROM pos_integrations WHERE id = $1",
+                uuid.UUID(integration),
+            )
+            assert tuple(stored) == (None, None, None)
+            for wrong in (["--url", "ftp://till"], ["--url", "https://x.example", "--remove"]):
+                bad = regulars(
+                    stack, "integration", "webhook", "--integration-id", integration, *wrong
+                )
+                assert bad.returncode == 2 and bad.stdout == ""
+            unknown = regulars(
+                stack, "integration", "webhook", "--integration-id", str(uuid.uuid4()), "--remove"
+            )
+            assert unknown.returncode == 2 and "integration" in unknown.stderr
+        finally:
+            await services.db.fetchval(
+                "UPDATE pos_integrations SET disabled_at = now() WHERE id = $1 RETURNING id",
+                uuid.UUID(integration),
+            )

@@ -32,6 +32,7 @@ from server.infra.embedded import free_port
 from server.infra.identity import Principal
 from server.infra.problems import Problem, exception_handlers
 from server.pos import webhook_sql
+from server.pos.integrations import Integrations, WebhookIn
 from server.pos.webhook_controller import PosOrdersFeedController
 from server.pos.webhook_model import signed_headers
 from server.pos.webhooks import PosWebhooks
@@ -55,6 +56,8 @@ class Receiver:
     hold: threading.Event | None = None
     attempts: Counter[str] = field(default_factory=Counter)
     processed: dict[str, Any] = field(default_factory=dict)
+    # The last request of each webhook-id as it arrived (headers, body).
+    raw: dict[str, tuple[dict[str, str], bytes]] = field(default_factory=dict)
     in_flight: Counter[str] = field(default_factory=Counter)
     most_in_flight: Counter[str] = field(default_factory=Counter)
     got_one: threading.Event = field(default_factory=threading.Event)
@@ -65,6 +68,7 @@ class Receiver:
         message_id = headers["webhook-id"]
         with self.lock:
             self.attempts[message_id] += 1
+            self.raw[message_id] = (headers, body)
             nth = self.attempts[message_id]
             self.in_flight[message_id] += 1
             self.most_in_flight[message_id] = max(
@@ -606,3 +610,121 @@ async def test_a_webhook_url_on_our_own_network_gets_nothing(
         "ConnectError: localhost resolves to no public address (127.0.0.1): webhooks are"
         " sent only to the internet"
     ] * 2
+
+
+async def test_an_admin_replaces_the_webhook_and_the_old_secret_signs_beside_it_for_a_while(
+    client: Client,
+    services: Any,
+    demo: Demo,
+    guest: GuestHandle,
+    station_menu_item: str,
+    receiver: tuple[Receiver, str],
+) -> None:
+    till, url = receiver
+    old_secret = till.secret
+    admin = bearer(staff_token(services, demo, "admin"))
+    async with delivering_to(services, demo, url, old_secret) as (integration, deliverer):
+        route = f"/v1/pos/integrations/{integration}/webhook"
+        replaced = await client.put(route, json={"webhook_url": url}, headers=admin)
+        assert replaced.status_code == 200, replaced.text
+        answer = replaced.json()
+        new_secret = answer["webhook_secret"]
+        assert new_secret.startswith("whsec_") and new_secret != old_secret
+        until = datetime.fromisoformat(answer["previous_secret_valid_until"])
+        overlap_s = services.settings.pos_webhook_secret_overlap_s
+        assert abs((until - datetime.now(UTC)).total_seconds() - overlap_s) < 60
+        stored = await services.db.fetchrow(
+            "SELECT webhook_secret, webhook_secret_sealed, webhook_previous_sealed"
+            " FROM pos_integrations WHERE id = $1",
+            integration,
+        )
+        sealer = services.pos_integrations.sealer
+        assert stored["webhook_secret"] is None
+        assert new_secret.encode() not in bytes(stored["webhook_secret_sealed"])
+        assert sealer.open(bytes(stored["webhook_previous_sealed"])) == old_secret
+
+        # The till still verifies with the old secret: it takes every delivery meanwhile.
+        await pre_order(client, demo, guest, station_menu_item)
+        await drain_history(services)
+        during = await deliver_until_settled(services, deliverer, integration)
+        assert [state for state, _ in during.values()] == ["delivered"] * 2
+        assert set(till.processed) == set(during)
+        headers, body = till.raw[next(iter(during))]
+        assert Webhook(new_secret).verify(body, headers)  # and a till on the new one too
+
+        # Once the overlap is over (its end moved to the past), only the new secret signs.
+        await services.db.fetchval(
+            "UPDATE pos_integrations SET webhook_previous_until = now() - interval '1 second'"
+            " WHERE id = $1 RETURNING id",
+            integration,
+        )
+        till.secret = new_secret
+        await pre_order(client, demo, guest, station_menu_item)
+        await drain_history(services)
+        after = await deliver_until_settled(services, deliverer, integration)
+        fresh = set(after) - set(during)
+        assert len(fresh) == 2 and fresh <= set(till.processed)
+        headers, body = till.raw[next(iter(fresh))]
+        with pytest.raises(WebhookVerificationError):
+            Webhook(old_secret).verify(body, headers)
+
+        # Other brands' admins and other roles cannot touch it; a removal stops deliveries.
+        stranger = await other_brand(services)
+        outsider = Principal(
+            kind="staff", subject_id=uuid.uuid4(), brand_id=stranger.brand_id, role="admin"
+        )
+        foreign = await client.put(
+            route, json={"webhook_url": url}, headers=bearer(services.tokens.issue(outsider))
+        )
+        assert foreign.status_code == 404
+        barista = bearer(staff_token(services, demo, "barista"))
+        assert (
+            await client.put(route, json={"webhook_url": url}, headers=barista)
+        ).status_code == 403
+        bad = await client.put(route, json={"webhook_url": "ftp://till"}, headers=admin)
+        assert bad.status_code == 422, bad.text
+        assert bad.json()["type"].endswith("/validation-error")
+        # Removed: what was still to be sent goes to the dead letters, saying why; later
+        # events are not sent at all (the till polls the feed instead).
+        await pre_order(client, demo, guest, station_menu_item)
+        await drain_history(services)
+        removed = await client.put(route, json={"webhook_url": None}, headers=admin)
+        assert removed.status_code == 200, removed.text
+        assert removed.json()["webhook_secret"] is None
+        gone = await deliver_until_settled(services, deliverer, integration)
+        await pre_order(client, demo, guest, station_menu_item)
+        await drain_history(services)
+        unsent = await states(services, integration)
+    dead = {k: v for k, v in gone.items() if k not in after}
+    assert sorted(dead.values()) == [("dead", 1), ("dead", 1)]
+    assert unsent == gone
+    reasons = await services.db.fetch(
+        "SELECT DISTINCT last_error FROM pos_webhook_deliveries WHERE id = ANY($1::text[])",
+        list(dead),
+    )
+    assert [r["last_error"] for r in reasons] == ["the integration has no webhook_url any more"]
+
+
+async def test_a_webhook_cannot_be_moved_onto_our_own_network(services: Any, demo: Demo) -> None:
+    """The SSRF guard of create holds for a replaced URL too (where private URLs are not let)."""
+    strict = msgspec.structs.replace(services.settings, pos_webhook_private_ok=False)
+    integrations = Integrations(strict, services.db, services.pos_integrations.sealer)
+    integration = await new_integration(services, demo, None, None)
+    try:
+        for url in ("http://till.example/hook", "https://127.0.0.1/hook", "https://10.1.2.3/x"):
+            with pytest.raises(Problem) as refused:
+                await integrations.set_webhook(
+                    demo.brand_id, integration, WebhookIn(webhook_url=url)
+                )
+            assert refused.value.status == 422 and refused.value.slug == "webhook-url-not-allowed"
+        row = await services.db.fetchrow(
+            "SELECT webhook_url, webhook_secret_sealed FROM pos_integrations WHERE id = $1",
+            integration,
+        )
+        assert (row["webhook_url"], row["webhook_secret_sealed"]) == (None, None)
+        added = await integrations.set_webhook(
+            demo.brand_id, integration, WebhookIn(webhook_url="https://till.example/hook")
+        )
+        assert added.webhook_secret and added.previous_secret_valid_until is None  # none before
+    finally:
+        await retire(services, integration)

@@ -53,6 +53,20 @@ def test_signed_headers_verify_with_standard_webhooks() -> None:
         Webhook(SECRET).verify(body.replace(b"o1", b"o2"), headers)
 
 
+def test_a_secret_being_replaced_signs_beside_the_new_one() -> None:
+    body = b'{"type":"order.status"}'
+    new = new_webhook_secret()
+    headers = signed_headers(new, "msg_2_x", datetime.now(UTC), body, previous=SECRET)
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    # A till on either secret accepts it; one on neither does not.
+    assert Webhook(new).verify(body, headers) == Webhook(SECRET).verify(body, headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(new_webhook_secret()).verify(body, headers)
+    alone = signed_headers(new, "msg_2_x", datetime.now(UTC), body)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET).verify(body, alone)
+
+
 @pytest.mark.parametrize(
     ("attempts", "low", "high"),
     [(1, 5, 10), (2, 10, 20), (3, 20, 40), (6, 150, 300), (7, 150, 300), (30, 150, 300)],
