@@ -14,8 +14,9 @@ COMMIT), and sending them was most of the API's time per receipt (docs/PERFORMAN
 3. one write (``sql.TAKE_GUEST_SALE``, migration 0024): the key with its answer, the earn
    through loyalty's ``loyalty_earn``, the profile only if it is still the one read, the
    receipt and its lines. A profile changed meanwhile (another receipt of the guest, a visit,
-   the tier recount) fails the statement with SQLSTATE 40001, so nothing of it stays: the sale
-   is read and tried again, ``pos_guest_sale_attempts`` times in all, then left to take_on.
+   a refund, the tier recount: migrations 0023 and 0029) fails the statement with SQLSTATE
+   40001, so nothing of it stays: the sale is read and tried again,
+   ``pos_guest_sale_attempts`` times in all, then left to take_on.
 
 The results are take_on's: the same points (the tier counted from the same window, now read
 in the statement that the profile check ties to the write), transfer, account state, Redis
