@@ -369,3 +369,35 @@ async def test_a_profile_lowered_by_a_refund_is_not_replaced_by_a_fold_read_befo
     assert not await replace({k: v for k, v in folded.items() if k != "spend_read"})
     assert await profile(services, guest) == (2, 300, 15)
     assert await replace({**folded, "spend_read": 300})  # as read after it
+
+
+async def test_refunds_and_sales_of_one_guest_at_once_leave_the_profile_exact(
+    client: Client, notifier: RecordingNotifier, demo: Demo, services: Any
+) -> None:
+    """Four refunds (lines that earned nothing among them) and four two-statement sales of
+    one guest, all at once from four tills: every one lands in the profile once."""
+    tills = [await new_till(client, demo) for _ in range(4)]
+    guest = await sign_in(client, notifier)
+    by_phone = {"phone": guest.phone}
+    await services.loyalty.reload(guest.id)
+    await first_visit(tills[0], guest)
+    sales = [receipt_body(t, CAPPUCCINO, SHOP_BEANS, guest=by_phone) for t in tills]
+    for till, body in zip(tills, sales, strict=True):
+        assert (await till.receipt(body)).status_code == 201
+    before = await profile(services, guest)
+    assert before[:2] == (5, 300 + 4 * (380 + 1290))
+
+    refunds = [
+        receipt_body(t, SHOP_BEANS, refund_of=sale["external_id"])
+        for t, sale in zip(tills, sales, strict=True)
+    ]
+    more = [receipt_body(t, CUP, guest=by_phone) for t in tills]
+    answers = await asyncio.gather(
+        *(t.receipt(b) for t, b in zip(tills * 2, refunds + more, strict=True))
+    )
+    assert [a.status_code for a in answers] == [201] * 8, [a.text for a in answers]
+    assert [a.json()["points_reversed"] for a in answers[:4]] == [0] * 4
+    visits, spend, points = await profile(services, guest)
+    assert (visits, spend) == (9, 300 + 4 * 380 + 4 * 300)
+    assert points == before[2] + 4 * 15 == await points_of_receipts(services, guest.id)
+    await assert_books_balance(services, demo.brand_id)
