@@ -54,7 +54,7 @@ from server.pos.imports import ReceiptImport
 from server.pos.integrations import Integrations
 from server.pos.points import LoyaltyPoints
 from server.pos.pricing import TillPricing
-from server.pos.receipts import Intake, ReceiptReturn, ReceiptVisit
+from server.pos.receipts import Intake, ItemSold, ReceiptReturn, ReceiptVisit
 from server.pos.sealing import Sealer
 from server.pos.tender import Tender
 from server.pos.webhooks import PosWebhooks
@@ -155,7 +155,7 @@ async def record_receipt_return(conn: asyncpg.Connection, returned: ReceiptRetur
     folded = Return(
         returned.amount_minor,
         returned.points,
-        tuple(VisitItem(*item) for item in returned.items),
+        _visit_items(returned.items),
     )
     await record_return(conn, returned.guest_id, folded, datetime.now(UTC), tz)
 
@@ -174,8 +174,12 @@ def _counter_visit(visit: ReceiptVisit, tz: ZoneInfo) -> Visit:
         local_at=visit.at.astimezone(tz),
         amount_minor=visit.amount_minor,
         points=visit.points,
-        items=tuple(VisitItem(*item) for item in visit.items),
+        items=_visit_items(visit.items),
     )
+
+
+def _visit_items(items: Sequence[ItemSold]) -> tuple[VisitItem, ...]:
+    return tuple(VisitItem(i.item_id, i.name, i.quantity, i.price_minor) for i in items)
 
 
 async def record_receipt_visits(conn: asyncpg.Connection, visits: Sequence[ReceiptVisit]) -> None:

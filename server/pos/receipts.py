@@ -50,6 +50,7 @@ __all__ = [
     "CLAIM_ATTEMPTS",
     "GuestSaleHook",
     "Intake",
+    "ItemSold",
     "LineRow",
     "PricedSale",
     "ReceiptReturn",
@@ -71,6 +72,16 @@ _DEADLOCK_RETRIES = 2
 
 
 @dataclass(frozen=True, slots=True)
+class ItemSold:
+    """A receipt's line whose SKU the menu knows, as a guest's top items count it."""
+
+    item_id: UUID
+    name: str
+    quantity: int
+    price_minor: int
+
+
+@dataclass(frozen=True, slots=True)
 class ReceiptVisit:
     """A guest's visit seen on a till, for their aggregates (DESIGN §11)."""
 
@@ -79,8 +90,7 @@ class ReceiptVisit:
     at: datetime
     amount_minor: int
     points: int
-    # (menu item id, name, quantity, unit price) of the lines whose SKU the menu knows.
-    items: tuple[tuple[UUID, str, int, int], ...] = ()
+    items: tuple[ItemSold, ...] = ()
 
 
 # Folds a visit into the guest's aggregates, in the caller's transaction (wired in lifespan).
@@ -99,7 +109,7 @@ class ReceiptReturn:
     location_id: UUID
     amount_minor: int
     points: int
-    items: tuple[tuple[UUID, str, int, int], ...] = ()
+    items: tuple[ItemSold, ...] = ()
 
 
 # Folds a refund into the guest's aggregates, in the caller's transaction (wired in lifespan).
@@ -528,7 +538,9 @@ class Intake:
             line = by_no[line_no]
             if line.sku is not None and line.sku in menu:
                 items.append(
-                    (menu[line.sku], line.name, max(1, int(quantity)), line.unit_price_minor)
+                    ItemSold(
+                        menu[line.sku], line.name, max(1, int(quantity)), line.unit_price_minor
+                    )
                 )
         return ReceiptReturn(
             guest_id, till.location_id, returns.paid_minor, returns.points_reversed, tuple(items)
@@ -593,7 +605,9 @@ def visit_of(
 ) -> ReceiptVisit:
     """The guest's visit a priced sale makes, for their aggregates."""
     items = tuple(
-        (menu[p.line.sku], p.line.name, max(1, int(p.line.quantity)), p.line.unit_price_minor)
+        ItemSold(
+            menu[p.line.sku], p.line.name, max(1, int(p.line.quantity)), p.line.unit_price_minor
+        )
         for p in pricing.lines
         if p.line.sku in menu and not p.line.voided
     )
