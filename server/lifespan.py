@@ -280,7 +280,7 @@ async def build_services(settings: Settings, notifier: Notifier | None = None) -
         intake,
         batch_intake,
         Tender(settings, db, gate, points),
-        Claims(db, points, record_receipt_visit),
+        Claims(db, points, intake.pricing, record_receipt_visit),
         ReceiptImport(db, batch_intake),
     )
 

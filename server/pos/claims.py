@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 
@@ -17,16 +18,20 @@ from server.loyalty.model import allocate
 from server.pos import sql
 from server.pos.model import normalise_claim_code, refund_share
 from server.pos.points import Move, PointsPort
-from server.pos.receipts import ReceiptVisit, VisitHook
+from server.pos.pricing import TillPricing
+from server.pos.receipts import ItemSold, ReceiptVisit, VisitHook
 from shared.pos import ClaimIn, ClaimResult
 
 __all__ = ["Claims"]
 
 
 class Claims:
-    def __init__(self, db: Database, points: PointsPort, on_visit: VisitHook) -> None:
+    def __init__(
+        self, db: Database, points: PointsPort, pricing: TillPricing, on_visit: VisitHook
+    ) -> None:
         self.db = db
         self.points = points
+        self.pricing = pricing
         self.on_visit = on_visit
 
     async def _take_back_returned(
@@ -110,11 +115,28 @@ class Claims:
                 for r in lines
             )
             visit = ReceiptVisit(
-                guest.subject_id, receipt["location_id"], taken["occurred_at"], paid, points
+                guest.subject_id,
+                receipt["location_id"],
+                taken["occurred_at"],
+                paid,
+                points,
+                await self._items_kept(conn, guest.brand_id, lines),
             )
             await self.on_visit(conn, visit)
         await self.points.mirror(moves)
         return ClaimResult(receipt_id=taken["receipt_id"], points_earned=points)
+
+    async def _items_kept(
+        self, conn: asyncpg.Connection, brand_id: UUID, lines: list[asyncpg.Record]
+    ) -> tuple[ItemSold, ...]:
+        """The claimed receipt's lines the menu knows, less what was returned before the
+        claim, as the guest's top items count them (as a sale naming the guest would)."""
+        menu = await self.pricing.menu_of(conn, brand_id, {r["sku"] for r in lines if r["sku"]})
+        return tuple(
+            ItemSold(menu[r["sku"]], r["name"], max(1, int(kept)), r["unit_price_minor"])
+            for r in lines
+            if r["sku"] in menu and (kept := r["quantity"] - r["refunded_quantity"]) > 0
+        )
 
     @staticmethod
     async def _refuse(conn: asyncpg.Connection, code: str, guest: Principal) -> None:

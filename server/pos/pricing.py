@@ -5,7 +5,7 @@ server/pos/chunks.py), so that all three price a receipt alike and read each onc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from uuid import UUID
 
 import asyncpg
@@ -73,6 +73,13 @@ class TillPricing:
             return catalogue.excluded(line.sku, line.category)
 
         return excluded, catalogue.menu()
+
+    async def menu_of(
+        self, conn: asyncpg.Connection, brand_id: UUID, skus: Iterable[str]
+    ) -> dict[str, UUID]:
+        """The menu items ``skus`` name at the brand (those it sells), as :meth:`price`
+        reads them."""
+        return (await self.catalogue.read(conn, brand_id, skus, ())).menu()
 
     async def price(
         self, conn: asyncpg.Connection, till: Till, receipt: ReceiptIn

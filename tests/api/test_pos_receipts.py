@@ -354,6 +354,14 @@ async def spend_and_points(services: Any, guest: GuestHandle) -> tuple[int, int,
     return row["visits_total"], row["spend_total_minor"], row["points_earned_12m"]
 
 
+async def top_items_of(services: Any, guest: GuestHandle) -> dict[str, int]:
+    """The guest's top items by name, with their counts."""
+    items = await services.db.fetchval(
+        "SELECT top_items FROM guest_profiles WHERE guest_id = $1", guest.id
+    )
+    return {entry["name"]: entry["count"] for entry in items}
+
+
 async def test_lines_returned_before_a_claim_earn_nothing(
     client: Client, notifier: RecordingNotifier, demo: Demo, services: Any
 ) -> None:
@@ -378,6 +386,7 @@ async def test_lines_returned_before_a_claim_earn_nothing(
     assert await points_of_receipts(services, guest.id) == earned(800) - earned(800) // 2
     kept = earned(800) - earned(800) // 2
     assert await spend_and_points(services, guest) == (1, 400, kept)  # the cup kept
+    assert await top_items_of(services, guest) == {"Flat White": 1}
     # Returning the other cup now takes back exactly what is left.
     rest = await till.receipt(
         receipt_body(
@@ -389,6 +398,7 @@ async def test_lines_returned_before_a_claim_earn_nothing(
     assert rest.json()["guest_id"] == str(guest.id)
     assert await points_of_receipts(services, guest.id) == 0
     assert await spend_and_points(services, guest) == (1, 0, 0)
+    assert await top_items_of(services, guest) == {}
     await assert_books_balance(services, demo.brand_id)
 
 
