@@ -6,8 +6,8 @@
 -- before the refund. The fold now also sends the spend it read, as the key "spend_read" of
 -- p_profile (server/counter/profiles.py, fold_stored), and it is compared too; the signature
 -- stays, so pos_take_guest_sale (0024) calls this one unchanged. A profile without the key
--- never matches: a caller that does not send it is sent to the locked path (40001 from
--- pos_take_guest_sale) rather than overwrite a refund.
+-- (the code before this release, still serving while new pods start) is checked as before
+-- (deploy/README.md, "expand, then contract"); the release after this one may require it.
 CREATE OR REPLACE FUNCTION guest_profile_replace(
     p_guest_id uuid, p_visits_read integer, p_points_read bigint, p_profile jsonb
 ) RETURNS boolean
@@ -27,7 +27,8 @@ BEGIN
               weekday_counts int[], hour_counts int[], recent_visits timestamptz[],
               spend_read bigint)
     WHERE p.guest_id = p_guest_id AND p.visits_total = p_visits_read
-      AND p.points_earned_12m = p_points_read AND p.spend_total_minor = f.spend_read;
+      AND p.points_earned_12m = p_points_read
+      AND (f.spend_read IS NULL OR p.spend_total_minor = f.spend_read);
     RETURN FOUND;
 END;
 $$;
