@@ -140,8 +140,19 @@ def slot_runs(
 
 def slot_runs_rest_of_day(location: Location, now: datetime) -> list[tuple[datetime, datetime]]:
     """The open slots left in the location's day, from the earliest pickup (lead time) on: the
-    candidates of an "as soon as possible" checkout."""
-    return slot_runs(location, now, earliest_pickup(location, now))
+    candidates of an "as soon as possible" checkout.
+
+    When the lead time carries the earliest pickup past the location's midnight, the day is
+    the next one if the location is open then: a 24/7 place or a bar open through midnight
+    takes an order at 23:55 (it used to answer "closed for the rest of today" from ~23:45),
+    while a café closed since the evening still does not offer tomorrow morning as "as soon
+    as possible"."""
+    earliest = earliest_pickup(location, now)
+    if local_date(location, earliest) != local_date(location, now) and not is_open(
+        location, earliest
+    ):
+        return []
+    return slot_runs(location, earliest, earliest)
 
 
 def slot_runs_after_today(

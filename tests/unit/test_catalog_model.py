@@ -62,6 +62,29 @@ def test_the_rest_of_a_day_in_runs_is_the_days_open_slots_from_the_earliest_pick
         assert expanded == [s for s in day if s >= earliest_pickup(CAFE, now)], now
 
 
+def test_an_order_just_before_midnight_goes_to_the_next_day_only_if_it_opens_at_once() -> None:
+    step = timedelta(minutes=CAFE.slot_minutes)
+    # Friday 23:52 in Berlin: the lead time ends on Saturday, open from 00:00.
+    friday_late = datetime(2026, 11, 27, 22, 52, tzinfo=UTC)
+    runs = slot_runs_rest_of_day(CAFE, friday_late)
+    saturday = slots_on(CAFE, datetime(2026, 11, 28, 12, tzinfo=UTC))
+    expanded = [f + k * step for f, last in runs for k in range(int((last - f) / step) + 1)]
+    assert expanded == [s for s in saturday if s >= earliest_pickup(CAFE, friday_late)]
+    assert expanded[0] == datetime(2026, 11, 27, 23, 15, tzinfo=UTC)  # Saturday 00:15
+    # Saturday 23:55: Sunday is closed, so nothing "as soon as possible".
+    assert slot_runs_rest_of_day(CAFE, datetime(2026, 11, 28, 22, 55, tzinfo=UTC)) == []
+    # Around the clock: every minute of the evening has a slot to offer.
+    always = Location(
+        uuid.uuid4(), uuid.uuid4(), "Station", "", "Europe/Berlin",
+        {day: [["00:00", "24:00"]] for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")},
+        10, 15, 20,
+    )  # fmt: skip
+    for minute in range(0, 60):
+        now = datetime(2026, 12, 5, 22, minute, tzinfo=UTC)  # 23:00-23:59 in Berlin
+        first = slot_runs_rest_of_day(always, now)[0][0]
+        assert first == earliest_pickup(always, now), now
+
+
 def test_the_days_after_today_in_runs_are_their_open_slots() -> None:
     now = datetime(2026, 11, 22, 12, tzinfo=UTC)  # Sunday: closed; then Monday, Tuesday (closed)
     step = timedelta(minutes=CAFE.slot_minutes)
