@@ -138,20 +138,22 @@ def pos_seal_key(settings: Settings) -> str:
     return settings.pos_seal_key or "pos-seal:" + jwt_secret(settings)
 
 
+async def _timezone(conn: asyncpg.Connection, location_id: UUID) -> ZoneInfo:
+    return ZoneInfo(
+        await conn.fetchval("SELECT timezone FROM locations WHERE id = $1", location_id)
+    )
+
+
 async def record_receipt_visit(conn: asyncpg.Connection, visit: ReceiptVisit) -> None:
     """A till receipt's visit folded into the guest's profile, like a counter accrual."""
-    tz = ZoneInfo(
-        await conn.fetchval("SELECT timezone FROM locations WHERE id = $1", visit.location_id)
-    )
+    tz = await _timezone(conn, visit.location_id)
     await record_visit(conn, visit.guest_id, _counter_visit(visit, tz), datetime.now(UTC), tz)
 
 
 async def record_receipt_return(conn: asyncpg.Connection, returned: ReceiptReturn) -> None:
     """A till refund folded into the guest's profile: what it gave back lowers their spend,
     average ticket, points earned and top items."""
-    tz = ZoneInfo(
-        await conn.fetchval("SELECT timezone FROM locations WHERE id = $1", returned.location_id)
-    )
+    tz = await _timezone(conn, returned.location_id)
     folded = Return(
         returned.amount_minor,
         returned.points,

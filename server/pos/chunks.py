@@ -31,7 +31,9 @@ from server.pos.receipts import (
     ReceiptVisit,
     Taken,
     VisitsHook,
+    earn_reason,
     line_rows,
+    pos_customer_of,
     request_digest,
     visit_of,
 )
@@ -236,7 +238,12 @@ class ChunkIntake:
         (:meth:`PointsPort.earn_many`), visits folded together (``on_visits``)."""
         guests = [resolved[i] for i, _ in sales]
         named = [
-            (i, Earning(g.guest_id, p.earning_paid_minor, till.location_id, _reason(receipts[i])))
+            (
+                i,
+                Earning(
+                    g.guest_id, p.earning_paid_minor, till.location_id, earn_reason(receipts[i])
+                ),
+            )
             for (i, p), g in zip(sales, guests, strict=True)
             if g.guest_id is not None
         ]
@@ -292,7 +299,7 @@ class ChunkIntake:
         rows = [
             _SaleRow(
                 n, receipts[i].occurred_at, ids[i], receipts[i].external_id,
-                _pos_customer(receipts[i]), p.gross_minor, p.discount_minor,
+                pos_customer_of(receipts[i]), p.gross_minor, p.discount_minor,
                 p.earning_paid_minor, p.points_tender, bodies[i].decode(), outs[i].guest_id,
                 outs[i].points_earned,
             )
@@ -378,11 +385,3 @@ def _chunk_digests(till: Till, receipts: Sequence[ReceiptIn]) -> dict[int, bytes
         and receipt.occurred_at.tzinfo is not None
         and counts[receipt.external_id] == 1
     }
-
-
-def _reason(receipt: ReceiptIn) -> str:
-    return f"receipt {receipt.external_id}"
-
-
-def _pos_customer(receipt: ReceiptIn) -> str | None:
-    return receipt.guest.pos_customer_id if receipt.guest else None

@@ -19,7 +19,7 @@ from server.pos import sql
 from server.pos.model import normalise_claim_code, refund_share
 from server.pos.points import Move, PointsPort
 from server.pos.pricing import TillPricing
-from server.pos.receipts import ItemSold, ReceiptVisit, VisitHook
+from server.pos.receipts import ItemSold, ReceiptVisit, VisitHook, item_sold
 from shared.pos import ClaimIn, ClaimResult
 
 __all__ = ["Claims"]
@@ -132,11 +132,12 @@ class Claims:
         """The claimed receipt's lines the menu knows, less what was returned before the
         claim, as the guest's top items count them (as a sale naming the guest would)."""
         menu = await self.pricing.menu_of(conn, brand_id, {r["sku"] for r in lines if r["sku"]})
-        return tuple(
-            ItemSold(menu[r["sku"]], r["name"], max(1, int(kept)), r["unit_price_minor"])
+        kept = (
+            item_sold(menu, r["sku"], r["name"], left, r["unit_price_minor"])
             for r in lines
-            if r["sku"] in menu and (kept := r["quantity"] - r["refunded_quantity"]) > 0
+            if (left := r["quantity"] - r["refunded_quantity"]) > 0
         )
+        return tuple(item for item in kept if item is not None)
 
     @staticmethod
     async def _refuse(conn: asyncpg.Connection, code: str, guest: Principal) -> None:

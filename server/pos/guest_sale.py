@@ -47,6 +47,7 @@ from server.pos.receipts import (
     PricedSale,
     ReceiptVisit,
     Taken,
+    earn_reason,
     line_rows,
     request_digest,
     stored_answer,
@@ -195,7 +196,7 @@ class GuestSales:
 
 def _earn_args(plan: PlannedEarn | None, receipt: ReceiptIn) -> tuple[object, ...]:
     """pos_take_guest_sale's earn arguments (0 points: nothing earned)."""
-    reason = f"receipt {receipt.external_id}"
+    reason = earn_reason(receipt)
     if plan is None:
         return 0, None, None, "earn", None, reason
     return plan.points, plan.transfer_id, plan.source_account_id, plan.code, plan.expires_at, reason

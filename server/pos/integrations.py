@@ -112,9 +112,7 @@ class Integrations:
         with its first key, and a webhook secret when it has a webhook_url. Refuses 404
         ``location-not-found``, 422 ``webhook-url-not-allowed`` for a URL that is not https or
         names an internal host (server/pos/webhook_net.py)."""
-        refusal = body.webhook_url and url_refusal(body.webhook_url)
-        if refusal and not self.settings.pos_webhook_private_ok:
-            raise Problem(422, "webhook-url-not-allowed", refusal)
+        self._check_url(body.webhook_url)
         webhook_secret = new_webhook_secret() if body.webhook_url else None
         async with self.db.transaction() as conn:
             row = await conn.fetchrow(
@@ -157,9 +155,7 @@ class Integrations:
         ``integration-not-found`` (another brand's, or disabled), 422
         ``webhook-url-not-allowed`` as :meth:`create` does."""
         url = body.webhook_url
-        refusal = url and url_refusal(url)
-        if refusal and not self.settings.pos_webhook_private_ok:
-            raise Problem(422, "webhook-url-not-allowed", refusal)
+        self._check_url(url)
         secret = new_webhook_secret() if url else None
         async with self.db.transaction() as conn:
             row = await conn.fetchrow(sql.INTEGRATION_FOR_UPDATE, integration_id, brand_id)
@@ -182,6 +178,13 @@ class Integrations:
             webhook_secret=secret,
             previous_secret_valid_until=stored["webhook_previous_until"],
         )
+
+    def _check_url(self, url: str | None) -> None:
+        """422 ``webhook-url-not-allowed`` for a URL that is not https or names an internal
+        host (server/pos/webhook_net.py), unless ``pos_webhook_private_ok``."""
+        refusal = url and url_refusal(url)
+        if refusal and not self.settings.pos_webhook_private_ok:
+            raise Problem(422, "webhook-url-not-allowed", refusal)
 
     def _replaced(self, row: asyncpg.Record) -> tuple[bytes | None, datetime | None]:
         """The integration's current secret, sealed, to sign beside a new one, and until

@@ -59,7 +59,10 @@ __all__ = [
     "Taken",
     "VisitHook",
     "VisitsHook",
+    "earn_reason",
+    "item_sold",
     "line_rows",
+    "pos_customer_of",
     "request_digest",
     "stored_answer",
     "visit_of",
@@ -79,6 +82,26 @@ class ItemSold:
     name: str
     quantity: int
     price_minor: int
+
+
+def item_sold(
+    menu: dict[str, UUID], sku: str | None, name: str, quantity: Decimal, unit_price_minor: int
+) -> ItemSold | None:
+    """A line as the guest's top items count it (a part of one counts as one), or None when
+    the menu does not know its SKU: a sale's, a refund's and a claim's lines alike."""
+    if sku is None or sku not in menu:
+        return None
+    return ItemSold(menu[sku], name, max(1, int(quantity)), unit_price_minor)
+
+
+def earn_reason(receipt: ReceiptIn) -> str:
+    """The ledger's reason for what a sale earns."""
+    return f"receipt {receipt.external_id}"
+
+
+def pos_customer_of(receipt: ReceiptIn) -> str | None:
+    """The till's own id of the guest the receipt names, if any."""
+    return receipt.guest.pos_customer_id if receipt.guest else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,7 +407,7 @@ class Intake:
                 guest_id=guest.guest_id,
                 paid_minor=pricing.earning_paid_minor,
                 location_id=till.location_id,
-                reason=f"receipt {receipt.external_id}",
+                reason=earn_reason(receipt),
             )
             pricing = with_points_earned(pricing, earned.points)
             moves = earned.moves
@@ -401,7 +424,7 @@ class Intake:
             claim_code=claim_code,
             guest_unresolved=guest.unresolved,
         )
-        pos_customer = receipt.guest.pos_customer_id if receipt.guest else None
+        pos_customer = pos_customer_of(receipt)
         body = await self._write(
             conn, till, receipt, receipt_id, pricing, currency, out,
             pos_customer_id=pos_customer, kind="sale",
@@ -533,17 +556,13 @@ class Intake:
         named as their visit named them (the sale's SKUs the menu knows)."""
         _, menu = await self.pricing.catalogue_of(conn, till, (receipt,))
         by_no = {line.line_no: line for line in sold}
-        items = []
-        for line_no, quantity in returns.quantities.items():
-            line = by_no[line_no]
-            if line.sku is not None and line.sku in menu:
-                items.append(
-                    ItemSold(
-                        menu[line.sku], line.name, max(1, int(quantity)), line.unit_price_minor
-                    )
-                )
+        returned = (
+            item_sold(menu, by_no[n].sku, by_no[n].name, quantity, by_no[n].unit_price_minor)
+            for n, quantity in returns.quantities.items()
+        )
+        items = tuple(item for item in returned if item is not None)
         return ReceiptReturn(
-            guest_id, till.location_id, returns.paid_minor, returns.points_reversed, tuple(items)
+            guest_id, till.location_id, returns.paid_minor, returns.points_reversed, items
         )
 
 
@@ -604,12 +623,11 @@ def visit_of(
     menu: dict[str, UUID],
 ) -> ReceiptVisit:
     """The guest's visit a priced sale makes, for their aggregates."""
-    items = tuple(
-        ItemSold(
-            menu[p.line.sku], p.line.name, max(1, int(p.line.quantity)), p.line.unit_price_minor
-        )
+    sold = (
+        item_sold(menu, p.line.sku, p.line.name, p.line.quantity, p.line.unit_price_minor)
         for p in pricing.lines
-        if p.line.sku in menu and not p.line.voided
+        if not p.line.voided
     )
+    items = tuple(item for item in sold if item is not None)
     paid = sum(p.paid_minor for p in pricing.lines if not p.line.voided)
     return ReceiptVisit(guest_id, till.location_id, receipt.occurred_at, paid, points, items)
