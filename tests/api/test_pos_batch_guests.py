@@ -76,6 +76,14 @@ async def profile(services: Any, guest: GuestHandle) -> tuple[int, int, int]:
     return row["visits_total"], row["spend_total_minor"], row["points_earned_12m"]
 
 
+async def top_items(services: Any, guest: GuestHandle) -> dict[str, int]:
+    """The guest's top items by name, with their counts."""
+    items = await services.db.fetchval(
+        "SELECT top_items FROM guest_profiles WHERE guest_id = $1", guest.id
+    )
+    return {entry["name"]: entry["count"] for entry in items}
+
+
 async def whole_profile(services: Any, guest: GuestHandle) -> dict[str, Any]:
     """The profile but its refresh time and exact visit times (the two tills' receipts were
     made a moment apart)."""

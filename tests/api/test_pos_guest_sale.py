@@ -37,6 +37,7 @@ from tests.api.test_pos_batch_guests import (
     WELCOME,
     points_earned,
     profile,
+    top_items,
     wallet,
 )
 from tests.conftest import Client, Demo, GuestHandle, app_client, sign_in
@@ -278,13 +279,6 @@ async def test_a_batch_of_the_same_guest_meanwhile_loses_nothing(
 
 
 SHOP_BEANS = {"name": "Beans", "category": "shop", "unit_price_minor": 1290}  # earns nothing
-
-
-async def top_items(services: Any, guest: GuestHandle) -> dict[str, int]:
-    row = await services.db.fetchval(
-        "SELECT top_items FROM guest_profiles WHERE guest_id = $1", guest.id
-    )
-    return {entry["name"]: entry["count"] for entry in row}
 
 
 async def test_a_refund_lowers_the_profile_and_a_guest_sale_after_it_counts_on(

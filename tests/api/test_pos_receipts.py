@@ -23,6 +23,7 @@ from tests.api.pos_support import (
     receipt_body,
     slug,
 )
+from tests.api.test_pos_batch_guests import profile, top_items
 from tests.conftest import Client, Demo, GuestHandle, give_points, sign_in
 
 BRONZE = PROGRAM.tiers[0]
@@ -89,11 +90,7 @@ async def test_points_are_earned_on_net_paid_money_only(
     assert [r["earns"] for r in rows] == [True, True, False, False, False, False, True]
     assert sum(r["points_earned"] for r in rows) == expected
     assert [r["points_paid"] for r in rows] == shares
-    profile = await services.db.fetchrow(
-        "SELECT visits_total, spend_total_minor FROM guest_profiles WHERE guest_id = $1", guest.id
-    )
-    assert profile["visits_total"] == 1
-    assert profile["spend_total_minor"] == sum(paid) + 2500
+    assert (await profile(services, guest))[:2] == (1, sum(paid) + 2500)
     await assert_books_balance(services, demo.brand_id)
 
 
@@ -344,24 +341,6 @@ async def test_bad_receipts_are_refused_with_a_problem(client: Client, demo: Dem
     assert missing.status_code == 422 and slug(missing) == "validation-error"
 
 
-async def spend_and_points(services: Any, guest: GuestHandle) -> tuple[int, int, int]:
-    """The guest's profile: visits, spend and points earned."""
-    row = await services.db.fetchrow(
-        "SELECT visits_total, spend_total_minor, points_earned_12m FROM guest_profiles"
-        " WHERE guest_id = $1",
-        guest.id,
-    )
-    return row["visits_total"], row["spend_total_minor"], row["points_earned_12m"]
-
-
-async def top_items_of(services: Any, guest: GuestHandle) -> dict[str, int]:
-    """The guest's top items by name, with their counts."""
-    items = await services.db.fetchval(
-        "SELECT top_items FROM guest_profiles WHERE guest_id = $1", guest.id
-    )
-    return {entry["name"]: entry["count"] for entry in items}
-
-
 async def test_lines_returned_before_a_claim_earn_nothing(
     client: Client, notifier: RecordingNotifier, demo: Demo, services: Any
 ) -> None:
@@ -385,8 +364,8 @@ async def test_lines_returned_before_a_claim_earn_nothing(
     assert claimed.json()["points_earned"] == earned(800) - earned(800) // 2
     assert await points_of_receipts(services, guest.id) == earned(800) - earned(800) // 2
     kept = earned(800) - earned(800) // 2
-    assert await spend_and_points(services, guest) == (1, 400, kept)  # the cup kept
-    assert await top_items_of(services, guest) == {"Flat White": 1}
+    assert await profile(services, guest) == (1, 400, kept)  # the cup kept
+    assert await top_items(services, guest) == {"Flat White": 1}
     # Returning the other cup now takes back exactly what is left.
     rest = await till.receipt(
         receipt_body(
@@ -397,8 +376,8 @@ async def test_lines_returned_before_a_claim_earn_nothing(
     )
     assert rest.json()["guest_id"] == str(guest.id)
     assert await points_of_receipts(services, guest.id) == 0
-    assert await spend_and_points(services, guest) == (1, 0, 0)
-    assert await top_items_of(services, guest) == {}
+    assert await profile(services, guest) == (1, 0, 0)
+    assert await top_items(services, guest) == {}
     await assert_books_balance(services, demo.brand_id)
 
 

@@ -26,21 +26,27 @@ def regulars(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*REGULARS, *args], env=env, capture_output=True, text=True, timeout=120)
 
 
+def create_with_webhook(stack: Stack, location_id: uuid.UUID) -> dict[str, Any]:
+    """``regulars integration create`` with a webhook URL: its one JSON line."""
+    result = regulars(
+        stack,
+        "integration", "create", "--location-id", str(location_id),
+        "--webhook-url", "https://till.example/hooks",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1
+    printed: dict[str, Any] = json.loads(lines[0])
+    return printed
+
+
 async def test_integration_create_prints_a_key_a_till_can_sign_with(
     stack: Stack, settings: Settings
 ) -> None:
     async with app_client(settings, RecordingNotifier()) as client:
         services: Any = client.app.state.services
         station = await services.db.fetchval("SELECT id FROM locations WHERE slug = 'station'")
-        result = regulars(
-            stack,
-            "integration", "create", "--location-id", str(station),
-            "--webhook-url", "https://till.example/hooks",
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr
-        lines = result.stdout.strip().splitlines()
-        assert len(lines) == 1
-        printed = json.loads(lines[0])
+        printed = create_with_webhook(stack, station)
         assert set(printed) == {"integration_id", "key_id", "secret", "webhook_secret"}
         assert printed["webhook_secret"].startswith("whsec_")
         stored = await services.db.fetchrow(
@@ -86,12 +92,7 @@ async def test_integration_webhook_replaces_the_secret_and_removes_the_webhook(
     async with app_client(settings, RecordingNotifier()) as client:
         services: Any = client.app.state.services
         station = await services.db.fetchval("SELECT id FROM locations WHERE slug = 'station'")
-        created = regulars(
-            stack,
-            "integration", "create", "--location-id", str(station),
-            "--webhook-url", "https://till.example/hooks",
-        )  # fmt: skip
-        first = json.loads(created.stdout)
+        first = create_with_webhook(stack, station)
         integration = first["integration_id"]
         try:
             moved = regulars(

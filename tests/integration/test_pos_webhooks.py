@@ -213,6 +213,15 @@ async def pre_order(client: Client, demo: Demo, guest: GuestHandle, sku: str) ->
     return order_id
 
 
+async def fanned_order(
+    client: Client, services: Any, demo: Demo, guest: GuestHandle, sku: str
+) -> str:
+    """:func:`pre_order`, its events fanned out to the integrations' deliveries."""
+    order_id = await pre_order(client, demo, guest, sku)
+    await drain_history(services)
+    return order_id
+
+
 async def states(services: Any, integration_id: uuid.UUID) -> dict[str, tuple[str, int]]:
     rows = await services.db.fetch(
         "SELECT id, state, attempts FROM pos_webhook_deliveries WHERE integration_id = $1",
@@ -245,8 +254,7 @@ async def test_a_till_that_fails_twice_gets_each_event_once_signed(
     till, url = receiver
     till.respond = lambda _id, nth: 503 if nth <= 2 else 204
     async with delivering_to(services, demo, url, till.secret) as (integration, deliverer):
-        order_id = await pre_order(client, demo, guest, station_menu_item)
-        await drain_history(services)
+        order_id = await fanned_order(client, services, demo, guest, station_menu_item)
         settled = await deliver_until_settled(services, deliverer, integration)
 
     assert sorted(settled.values()) == [("delivered", 3), ("delivered", 3)]
@@ -272,16 +280,14 @@ async def test_a_secret_stored_in_the_clear_signs_until_the_worker_seals_it(
     till, url = receiver
     clear = delivering_to(services, demo, url, till.secret, in_clear=True)
     async with clear as (integration, deliverer):
-        await pre_order(client, demo, guest, station_menu_item)
-        await drain_history(services)
+        await fanned_order(client, services, demo, guest, station_menu_item)
         before = await deliver_until_settled(services, deliverer, integration)
         assert await services.pos_webhooks.seal_stored_secrets() >= 1
         stored = await services.db.fetchrow(
             "SELECT webhook_secret, webhook_secret_sealed FROM pos_integrations WHERE id = $1",
             integration,
         )
-        await pre_order(client, demo, guest, station_menu_item)
-        await drain_history(services)
+        await fanned_order(client, services, demo, guest, station_menu_item)
         after = await deliver_until_settled(services, deliverer, integration)
 
     assert stored["webhook_secret"] is None
@@ -323,8 +329,7 @@ async def test_a_worker_killed_mid_delivery_loses_nothing(
     dying = webhooks(services, pos_webhook_timeout_s=2.0, pos_webhook_lease_s=2.5)
     survivor = webhooks(services, pos_webhook_timeout_s=2.0, pos_webhook_lease_s=2.5)
     try:
-        await pre_order(client, demo, guest, station_menu_item)
-        await drain_history(services)
+        await fanned_order(client, services, demo, guest, station_menu_item)
         send = asyncio.create_task(dying.deliver_due(1))  # one of the two events
         await first_request(till)
         send.cancel()  # the worker dies with the request in flight: nothing reports back
@@ -408,8 +413,7 @@ async def test_dead_letters_are_listed_and_replayed_by_an_admin(
     admin = bearer(staff_token(services, demo, "admin"))
     dying = delivering_to(services, demo, url, till.secret, pos_webhook_max_attempts=2)
     async with dying as (integration, deliverer):
-        order_id = await pre_order(client, demo, guest, station_menu_item)
-        await drain_history(services)
+        order_id = await fanned_order(client, services, demo, guest, station_menu_item)
         settled = await deliver_until_settled(services, deliverer, integration)
         assert sorted(settled.values()) == [("dead", 2), ("dead", 2)]
 
@@ -469,8 +473,7 @@ async def test_a_disabled_integration_gets_nothing_and_the_feed_pages_by_cursor(
     start = (await services.pos_webhooks.feed(demo.locations["station"], None, 10_000)).cursor
     integration = await new_integration(services, demo, "http://127.0.0.1:9/x", "whsec_AAAA")
     await retire(services, integration)
-    order_id = await pre_order(client, demo, guest, station_menu_item)
-    await drain_history(services)
+    order_id = await fanned_order(client, services, demo, guest, station_menu_item)
     assert await states(services, integration) == {}
 
     feed = services.pos_webhooks
@@ -512,8 +515,7 @@ async def test_the_feed_route_serves_the_tills_location(
     ``till`` dependency); the integrator registers the route behind the real one."""
     await drain_history(services)
     start = (await services.pos_webhooks.feed(demo.locations["station"], None, 10_000)).cursor
-    order_id = await pre_order(client, demo, guest, station_menu_item)
-    await drain_history(services)
+    order_id = await fanned_order(client, services, demo, guest, station_menu_item)
 
     @dataclass(frozen=True)
     class Till:
@@ -561,8 +563,7 @@ async def test_an_integration_without_a_secret_goes_to_the_dead_letters_at_once(
 ) -> None:
     till, url = receiver
     async with delivering_to(services, demo, url, None) as (integration, deliverer):
-        await pre_order(client, demo, guest, station_menu_item)
-        await drain_history(services)
+        await fanned_order(client, services, demo, guest, station_menu_item)
         settled = await deliver_until_settled(services, deliverer, integration)
         errors = {
             row["last_error"]
@@ -594,8 +595,7 @@ async def test_a_webhook_url_on_our_own_network_gets_nothing(
     )
     deliverer = webhooks(services, pos_webhook_private_ok=False, pos_webhook_max_attempts=2)
     try:
-        await pre_order(client, demo, guest, station_menu_item)
-        await drain_history(services)
+        await fanned_order(client, services, demo, guest, station_menu_item)
         settled = await deliver_until_settled(services, deliverer, integration)
         errors = await services.db.fetch(
             "SELECT last_error FROM pos_webhook_deliveries WHERE integration_id = $1",
@@ -644,8 +644,7 @@ async def test_an_admin_replaces_the_webhook_and_the_old_secret_signs_beside_it_
         assert sealer.open(bytes(stored["webhook_previous_sealed"])) == old_secret
 
         # The till still verifies with the old secret: it takes every delivery meanwhile.
-        await pre_order(client, demo, guest, station_menu_item)
-        await drain_history(services)
+        await fanned_order(client, services, demo, guest, station_menu_item)
         during = await deliver_until_settled(services, deliverer, integration)
         assert [state for state, _ in during.values()] == ["delivered"] * 2
         assert set(till.processed) == set(during)
@@ -659,8 +658,7 @@ async def test_an_admin_replaces_the_webhook_and_the_old_secret_signs_beside_it_
             integration,
         )
         till.secret = new_secret
-        await pre_order(client, demo, guest, station_menu_item)
-        await drain_history(services)
+        await fanned_order(client, services, demo, guest, station_menu_item)
         after = await deliver_until_settled(services, deliverer, integration)
         fresh = set(after) - set(during)
         assert len(fresh) == 2 and fresh <= set(till.processed)
@@ -686,14 +684,12 @@ async def test_an_admin_replaces_the_webhook_and_the_old_secret_signs_beside_it_
         assert bad.json()["type"].endswith("/validation-error")
         # Removed: what was still to be sent goes to the dead letters, saying why; later
         # events are not sent at all (the till polls the feed instead).
-        await pre_order(client, demo, guest, station_menu_item)
-        await drain_history(services)
+        await fanned_order(client, services, demo, guest, station_menu_item)
         removed = await client.put(route, json={"webhook_url": None}, headers=admin)
         assert removed.status_code == 200, removed.text
         assert removed.json()["webhook_secret"] is None
         gone = await deliver_until_settled(services, deliverer, integration)
-        await pre_order(client, demo, guest, station_menu_item)
-        await drain_history(services)
+        await fanned_order(client, services, demo, guest, station_menu_item)
         unsent = await states(services, integration)
     dead = {k: v for k, v in gone.items() if k not in after}
     assert sorted(dead.values()) == [("dead", 1), ("dead", 1)]

@@ -7,7 +7,7 @@ from typing import Any
 
 from server.auth.notifier import RecordingNotifier
 from tests.api.helpers import advance, menu_items, pay, place
-from tests.conftest import Client, Demo, sign_in
+from tests.conftest import Client, Demo, GuestHandle, sign_in
 
 PROFILE_POINTS = (
     "SELECT visits_total, spend_total_minor, points_earned_12m, top_items FROM guest_profiles"
@@ -19,16 +19,29 @@ PROFILE = (
 )
 
 
+async def completed_order(
+    client: Client, demo: Demo, guest: GuestHandle, *lines: tuple[str, int]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A paid pre-order of ``lines`` (item id, quantity) at the station, taken through to
+    completed: the order as placed, and as completed."""
+    body = {
+        "location_id": str(demo.locations["station"]),
+        "lines": [{"item_id": item_id, "quantity": quantity} for item_id, quantity in lines],
+    }
+    placed = await place(client, guest, body)
+    assert placed.status_code == 201, placed.text
+    order = placed.json()
+    assert (await pay(client, guest, order["id"])).status_code == 200
+    done = await advance(client, demo, order["id"], "accepted", "preparing", "ready", "completed")
+    return order, done.json()
+
+
 async def test_a_completed_order_folds_into_the_profile(
     client: Client, notifier: RecordingNotifier, demo: Demo, services: Any
 ) -> None:
     guest = await sign_in(client, notifier)
-    station = demo.locations["station"]
-    items = await menu_items(client, station)
-    body = {"location_id": str(station), "lines": [{"item_id": items["CRO"]["id"], "quantity": 2}]}
-    order = (await place(client, guest, body)).json()
-    assert (await pay(client, guest, order["id"])).status_code == 200
-    await advance(client, demo, order["id"], "accepted", "preparing", "ready", "completed")
+    items = await menu_items(client, demo.locations["station"])
+    order, _ = await completed_order(client, demo, guest, (items["CRO"]["id"], 2))
 
     # Completion itself folded the visit into the profile (the orders hook).
     row = await services.db.fetchrow(PROFILE, guest.id)
@@ -52,19 +65,11 @@ async def test_a_refunded_line_is_counted_out_of_the_profile_once(
     client: Client, notifier: RecordingNotifier, demo: Demo, services: Any
 ) -> None:
     guest = await sign_in(client, notifier)
-    station = demo.locations["station"]
-    items = await menu_items(client, station)
-    body = {
-        "location_id": str(station),
-        "lines": [
-            {"item_id": items["CRO"]["id"], "quantity": 2},
-            {"item_id": items["FLW"]["id"], "quantity": 1},
-        ],
-    }
-    order = (await place(client, guest, body)).json()
-    assert (await pay(client, guest, order["id"])).status_code == 200
-    done = await advance(client, demo, order["id"], "accepted", "preparing", "ready", "completed")
-    croissants = next(line for line in done.json()["lines"] if line["sku"] == "CRO")
+    items = await menu_items(client, demo.locations["station"])
+    order, done = await completed_order(
+        client, demo, guest, (items["CRO"]["id"], 2), (items["FLW"]["id"], 1)
+    )
+    croissants = next(line for line in done["lines"] if line["sku"] == "CRO")
     folded = await services.db.fetchrow(PROFILE_POINTS, guest.id)
     assert folded["spend_total_minor"] == order["amount_due_minor"]
 
